@@ -1,0 +1,22 @@
+# The two set-up commands of README.md. Both install what they need first (idempotent).
+VENV := .venv
+MC := $(VENV)/bin/metalchain
+DEMO_SITE ?= demo-site
+
+.PHONY: bootstrap demo test test-unit lint
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+demo: bootstrap
+	@./scripts/demo.sh "$(DEMO_SITE)"
+
+test: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -m "unit or lab or e2e" tests
+
+test-unit: bootstrap
+	$(VENV)/bin/python -m pytest -m unit tests
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
