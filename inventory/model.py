@@ -1,0 +1,158 @@
+"""The inventory model: hosts, groups, BMCs, provisioning data. Plain, immutable data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from inventory.secrets import Secret
+
+ALL_GROUP = "all"
+
+
+@dataclass(frozen=True)
+class Bmc:
+    """Where and how to reach a machine's baseboard management controller."""
+
+    address: str
+    username: str
+    password: Secret
+    port: int = 623
+    driver: str = "ipmi"
+
+    def describe(self) -> str:
+        return f"{self.driver}://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    """What the boot server needs to install a machine."""
+
+    mac: str | None = None
+    ip: str | None = None
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class SshSettings:
+    """How configure/ and orchestrate/ reach the host over SSH."""
+
+    user: str = "root"
+    port: int = 22
+    host_key: str | None = None
+    proxy_command: str | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str | None
+    groups: tuple[str, ...]
+    roles: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    vars: dict[str, Any] = field(default_factory=dict)
+    bmc: Bmc | None = None
+    provision: Provisioning | None = None
+    ssh: SshSettings = field(default_factory=SshSettings)
+    file: str = ""
+    line: int = 0
+    key_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+    @property
+    def managed(self) -> bool:
+        """A host with a BMC or provisioning data goes through the node lifecycle."""
+        return self.bmc is not None or self.provision is not None
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    children: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    vars: dict[str, Any] = field(default_factory=dict)
+    file: str = ""
+    line: int = 0
+    key_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
+@dataclass
+class Inventory:
+    """The validated inventory: look-ups, membership and ordering; no I/O."""
+
+    hosts: dict[str, Host]
+    groups: dict[str, Group]
+    all_vars: dict[str, Any]
+    sources: list[str]
+    all_vars_source: str = ""
+
+    def host(self, name: str) -> Host:
+        from inventory.errors import InputError
+
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise InputError(f"no host named '{name}' in the inventory") from None
+
+    def group_hosts(self, group: str) -> list[str]:
+        """Every host in ``group`` or one of its descendants, in inventory order."""
+        if group == ALL_GROUP:
+            return list(self.hosts)
+        members: set[str] = set()
+        for g in self.descendants(group):
+            members.update(self.groups[g].hosts)
+        members.update(h.name for h in self.hosts.values()
+                       if any(g in self.descendants(group) for g in h.groups))
+        return [h for h in self.hosts if h in members]
+
+    def descendants(self, group: str) -> list[str]:
+        """``group`` followed by all groups below it (validated acyclic)."""
+        out: list[str] = []
+        stack = [group]
+        while stack:
+            g = stack.pop()
+            if g in out:
+                continue
+            out.append(g)
+            stack.extend(reversed(self.groups[g].children))
+        return out
+
+    def groups_of(self, host: str) -> list[str]:
+        """The groups ``host`` belongs to, directly or through children, parents first.
+
+        Ordered by depth (distance from the top), then by name: the order in which their
+        variables are applied, so a child group's value overrides its parent's.
+        """
+        direct = {g for g in self.groups if host in self.groups[g].hosts}
+        direct.update(self.hosts[host].groups)
+        parents: dict[str, set[str]] = {g: set() for g in self.groups}
+        for g in self.groups.values():
+            for child in g.children:
+                parents[child].add(g.name)
+        found: set[str] = set()
+        stack = list(direct)
+        while stack:
+            g = stack.pop()
+            if g not in found:
+                found.add(g)
+                stack.extend(parents[g])
+        return sorted(found, key=lambda g: (self.depth(g), g))
+
+    def roles_of(self, host: str) -> list[str]:
+        """Roles of ``host``: its groups' roles (parents first), then its own; no repeats."""
+        roles: list[str] = []
+        for g in self.groups_of(host):
+            roles.extend(r for r in self.groups[g].roles if r not in roles)
+        roles.extend(r for r in self.hosts[host].roles if r not in roles)
+        return roles
+
+    def depth(self, group: str) -> int:
+        """Length of the longest parent chain above ``group`` (a top-level group has 0)."""
+        parents = [g.name for g in self.groups.values() if group in g.children]
+        return 0 if not parents else 1 + max(self.depth(p) for p in parents)

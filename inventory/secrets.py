@@ -1,0 +1,125 @@
+"""Secrets: values that must never reach output, logs, argv or exceptions.
+
+The inventory never holds a secret's value, only a reference: ``{secret: NAME}`` (a key of the
+site's secrets file, which must not be readable by group or others) or ``{env: VAR}``. A resolved
+value is wrapped in :class:`Secret`, which masks itself everywhere it could be printed;
+``reveal()`` is the one, greppable way to get the value, used only at the edge that needs it
+(the BMC or SSH call).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from inventory.errors import SecretError
+
+MASK = "***"
+
+
+class Secret:
+    """A string value that prints as ``***`` in str, repr, format, JSON and logs."""
+
+    __slots__ = ("_ref", "_value")
+
+    def __init__(self, value: str, ref: str = "") -> None:
+        self._value = value
+        self._ref = ref
+
+    def reveal(self) -> str:
+        """The real value. Call only where it is handed to the component that needs it."""
+        return self._value
+
+    @property
+    def ref(self) -> str:
+        """Where the value came from (``secret:NAME`` or ``env:VAR``): safe to print."""
+        return self._ref
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __repr__(self) -> str:
+        return f"Secret({self._ref or MASK})"
+
+    def __format__(self, spec: str) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._ref))
+
+    def __reduce__(self) -> Any:
+        # Pickling would write the value to wherever the pickle goes; refuse it.
+        raise TypeError("Secret values cannot be pickled")
+
+    def to_json(self) -> str:
+        return MASK
+
+
+class SecretStore:
+    """The site's secrets file (YAML mapping of name -> string) plus the environment."""
+
+    def __init__(self, values: Mapping[str, str], path: Path | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self._values = dict(values)
+        self.path = path
+        self._environ = os.environ if environ is None else environ
+
+    @classmethod
+    def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> SecretStore:
+        """Load ``path`` if it exists; a missing file is an empty store (references then fail)."""
+        # Imported here so that secrets.py stays importable by yamlsource without a cycle.
+        from inventory.yamlsource import read_yaml_file
+
+        if not path.exists():
+            return cls({}, path, environ)
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SecretError(
+                f"{path}: permissions {stat.S_IMODE(mode):04o} are too open for a secrets "
+                f"file; run: chmod 600 {path}")
+        data = read_yaml_file(path)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise SecretError(f"{path}:1: the secrets file must be a mapping of name: value")
+        values: dict[str, str] = {}
+        for key, value in data.items():
+            line = data.line_of(key) if hasattr(data, "line_of") else 0
+            if not isinstance(key, str):
+                raise SecretError(f"{path}:{line}: secret names must be strings")
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                # Never echo the value: it is the secret.
+                raise SecretError(f"{path}:{line}: secret '{key}' must be a string")
+            values[key] = str(value)
+        return cls(values, path, environ)
+
+    def resolve(self, ref: Mapping[str, Any]) -> Secret:
+        """Resolve ``{secret: NAME}`` or ``{env: VAR}``; SecretError names the reference."""
+        if set(ref) == {"secret"} and isinstance(ref["secret"], str):
+            name = ref["secret"]
+            if name not in self._values:
+                where = self.path if self.path else "the secrets file"
+                raise SecretError(f"secret '{name}' is not defined in {where}")
+            return Secret(self._values[name], f"secret:{name}")
+        if set(ref) == {"env"} and isinstance(ref["env"], str):
+            var = ref["env"]
+            if var not in self._environ:
+                raise SecretError(f"environment variable '{var}' (secret reference) is not set")
+            return Secret(self._environ[var], f"env:{var}")
+        raise SecretError("a secret reference must be {secret: NAME} or {env: VARIABLE}")
+
+    def known_values(self) -> list[str]:
+        """All secret values of the file, for output scrubbing as a last line of defence."""
+        return [v for v in self._values.values() if v]
+
+
+def is_secret_ref(value: Any) -> bool:
+    """True for a mapping that looks like a secret reference (one key: secret or env)."""
+    return isinstance(value, Mapping) and len(value) == 1 and (
+        "secret" in value or "env" in value)

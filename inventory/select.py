@@ -1,0 +1,71 @@
+"""Target selection: which hosts a pattern names.
+
+A target is a comma-separated list of terms, applied left to right:
+
+- ``name`` — a group (all its hosts) or a host
+- ``node*`` — a glob over host and group names
+- ``key=value`` — hosts whose label ``key`` equals ``value`` (``role=hypervisor``)
+- ``@NAME`` — a named host list supplied by the caller (``@failed`` from the last run)
+- ``!term`` removes the term's hosts, ``&term`` keeps only hosts also in the term
+
+Selecting nothing is an InputError: an operator who typed a target meant some hosts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+
+from inventory.errors import InputError
+from inventory.model import ALL_GROUP, Inventory
+
+
+def _term_hosts(inv: Inventory, term: str, named: Mapping[str, Sequence[str]]) -> list[str]:
+    if term.startswith("@"):
+        if term[1:] not in named:
+            known = ", ".join("@" + n for n in named) or "none"
+            raise InputError(f"unknown host list '{term}' (known: {known})")
+        return [h for h in named[term[1:]] if h in inv.hosts]
+    if "=" in term:
+        key, _, value = term.partition("=")
+        return [h.name for h in inv.hosts.values() if h.labels.get(key) == value]
+    if any(ch in term for ch in "*?["):
+        hosts: set[str] = {h for h in inv.hosts if fnmatch.fnmatchcase(h, term)}
+        for g in inv.groups:
+            if fnmatch.fnmatchcase(g, term):
+                hosts.update(inv.group_hosts(g))
+        return [h for h in inv.hosts if h in hosts]
+    if term == ALL_GROUP or term in inv.groups:
+        return inv.group_hosts(term)
+    if term in inv.hosts:
+        return [term]
+    raise InputError(f"target '{term}' matches no group, host or label")
+
+
+def select_hosts(inv: Inventory, target: str, limit: str | None = None,
+                 named: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Host names selected by ``target`` (and narrowed by ``limit``), in inventory order."""
+    named = named or {}
+    chosen = _apply(inv, target, named)
+    if limit:
+        narrowed = set(_apply(inv, limit, named))
+        chosen = [h for h in chosen if h in narrowed]
+    if not chosen:
+        what = f"'{target}'" + (f" limited to '{limit}'" if limit else "")
+        raise InputError(f"target {what} selects no hosts")
+    return chosen
+
+
+def _apply(inv: Inventory, target: str, named: Mapping[str, Sequence[str]]) -> list[str]:
+    terms = [t.strip() for t in target.split(",") if t.strip()]
+    if not terms:
+        raise InputError("empty target")
+    selected: set[str] = set()
+    for term in terms:
+        if term.startswith("!"):
+            selected -= set(_term_hosts(inv, term[1:], named))
+        elif term.startswith("&"):
+            selected &= set(_term_hosts(inv, term[1:], named))
+        else:
+            selected |= set(_term_hosts(inv, term, named))
+    return [h for h in inv.hosts if h in selected]

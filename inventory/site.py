@@ -1,0 +1,112 @@
+"""A site: the directory holding an inventory, its secrets, playbooks and state.
+
+Found by ``--site DIR``, else ``$METALCHAIN_SITE``, else the current directory. Layout::
+
+    SITE/metalchain.yml     optional settings: inventory, secrets, state (paths or a URL)
+    SITE/inventory.yml      or SITE/inventory/*.yml
+    SITE/secrets.yml        mode 0600
+    SITE/playbooks/
+    SITE/state/metalchain.db
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inventory.errors import InputError, InventoryError
+from inventory.loader import load_inventory
+from inventory.model import Inventory
+from inventory.secrets import SecretStore
+from inventory.state import StateStore
+from inventory.yamlsource import read_yaml_file
+
+SETTINGS_FILE = "metalchain.yml"
+SETTINGS_KEYS = ("inventory", "secrets", "state")
+
+
+def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    raw = option or env.get("METALCHAIN_SITE") or os.getcwd()
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass
+class Site:
+    root: Path
+    inventory_path: Path
+    secrets_path: Path
+    state_url: str
+    _inventory: Inventory | None = field(default=None, repr=False)
+    _secrets: SecretStore | None = field(default=None, repr=False)
+    _state: StateStore | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, root: Path, environ: dict[str, str] | None = None) -> Site:
+        env = os.environ if environ is None else environ
+        if not root.is_dir():
+            raise InputError(f"site directory {root} does not exist "
+                             "(create one with: metalchain init DIR)")
+        settings: dict[str, Any] = {}
+        settings_file = root / SETTINGS_FILE
+        if settings_file.exists():
+            data = read_yaml_file(settings_file)
+            if data is not None and not isinstance(data, dict):
+                raise InventoryError("site settings must be a mapping", file=str(settings_file),
+                                     line=1)
+            for key in data or {}:
+                if key not in SETTINGS_KEYS:
+                    raise InventoryError(f"unknown key '{key}'; allowed: "
+                                         f"{', '.join(SETTINGS_KEYS)}", file=str(settings_file),
+                                         line=data.line_of(key))
+                if not isinstance(data[key], str):
+                    raise InventoryError(f"{key} must be a string", file=str(settings_file),
+                                         line=data.line_of(key))
+            settings = dict(data or {})
+        if "inventory" in settings:
+            inv = root / settings["inventory"]
+        elif (root / "inventory").is_dir():
+            inv = root / "inventory"
+        else:
+            inv = root / "inventory.yml"
+        if not inv.exists():
+            raise InputError(f"{root} is not a metalchain site: no inventory.yml or inventory/ "
+                             "(use --site DIR or $METALCHAIN_SITE, or create one with "
+                             "metalchain init DIR)")
+        secrets = root / settings.get("secrets", "secrets.yml")
+        state = env.get("METALCHAIN_STATE_URL") or settings.get("state") or "state/metalchain.db"
+        if "://" not in state:
+            path = root / state
+            state = f"sqlite:///{path}"
+        return cls(root=root, inventory_path=inv, secrets_path=secrets, state_url=state)
+
+    @property
+    def secrets(self) -> SecretStore:
+        if self._secrets is None:
+            self._secrets = SecretStore.load(self.secrets_path)
+        return self._secrets
+
+    @property
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            self._inventory = load_inventory(self.inventory_path, self.secrets)
+        return self._inventory
+
+    @property
+    def state(self) -> StateStore:
+        if self._state is None:
+            if self.state_url.startswith("sqlite:///"):
+                Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(
+                    parents=True, exist_ok=True)
+            self._state = StateStore(self.state_url)
+        return self._state
+
+    @property
+    def playbooks_dir(self) -> Path:
+        return self.root / "playbooks"
+
+    def close(self) -> None:
+        if self._state is not None:
+            self._state.close()

@@ -1,0 +1,137 @@
+"""The `metalchain` command line: global options, error handling and exit codes.
+
+Exit codes: 0 ok, 1 a host or step failed, 2 bad input or usage. Only ``--debug`` prints a
+traceback; every other failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from inventory.errors import MetalchainError
+from inventory.site import Site, find_site_dir
+
+log = logging.getLogger("metalchain")
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        return version("metalchain")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass
+class Context:
+    """What every command gets: the site (opened lazily) and the global flags."""
+
+    site_option: str | None
+    debug: bool
+    _site: Site | None = field(default=None, repr=False)
+
+    @property
+    def site(self) -> Site:
+        if self._site is None:
+            self._site = Site.open(find_site_dir(self.site_option))
+            _SCRUB.site = self._site
+        return self._site
+
+    def close(self) -> None:
+        if self._site is not None:
+            self._site.close()
+
+
+class _Scrubber(logging.Filter):
+    """Last line of defence: replaces any known secret value in log records and errors."""
+
+    site: Site | None = None
+
+    def values(self) -> list[str]:
+        if self.site is None or self.site._secrets is None:
+            return []
+        return self.site._secrets.known_values()
+
+    def scrub(self, text: str) -> str:
+        for v in self.values():
+            text = text.replace(v, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = ()
+        return True
+
+
+_SCRUB = _Scrubber()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="metalchain")
+@click.option("--site", "site", metavar="DIR", envvar=None,
+              help="Site directory (default: $METALCHAIN_SITE, else the current directory).")
+@click.option("--debug", is_flag=True, help="Verbose logging and tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
+    """metalchain: from bare metal to monitored virtual machines, with one inventory."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_SCRUB)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    ctx.obj = Context(site_option=site, debug=debug)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register() -> None:
+    from orchestrate.commands import init_cmd, inventory_cmd, state_cmd
+
+    cli.add_command(init_cmd.init)
+    cli.add_command(inventory_cmd.inventory)
+    cli.add_command(state_cmd.state)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="metalchain", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("aborted\n")
+        return EXIT_FAILED
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_INPUT if exc.exit_code in (1, 2) else exc.exit_code
+    except MetalchainError as exc:
+        if debug:
+            sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
+        sys.stderr.write(f"error: {_SCRUB.scrub(str(exc))}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean line
+        if debug:
+            sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
+        sys.stderr.write(f"internal error: {exc.__class__.__name__}: {_SCRUB.scrub(str(exc))}"
+                         " (run with --debug for the traceback; please report it)\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def run() -> None:
+    sys.exit(main())
