@@ -182,7 +182,7 @@ class _Resolver:
             try:
                 return self.secrets.resolve(value)
             except SecretError as exc:
-                raise InventoryError(str(exc), file=where.file, line=where.line_of(key),
+                raise InventoryError(f"{path}: {exc}", file=where.file, line=where.line_of(key),
                                      host=host, key=path) from None
         if isinstance(value, dict):
             return {k: self.resolve(v, value, k, host, f"{path}.{k}") for k, v in value.items()}
