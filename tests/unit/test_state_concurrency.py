@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 from pathlib import Path
 
@@ -52,5 +53,5 @@ def test_concurrent_writers_lose_nothing(tmp_path):
     assert len(store.audit_log(target="shared", limit=10_000)) == 2 * WRITES
     # Each transition's from_state is the previous one's to_state: no interleaved lost update.
     ts = store.transitions("shared")
-    assert all(a.to_state == b.from_state for a, b in zip(ts, ts[1:], strict=False))
+    assert all(a.to_state == b.from_state for a, b in itertools.pairwise(ts))
     store.close()
