@@ -1,0 +1,273 @@
+"""SSH transport: one verified connection per host, commands from argument lists.
+
+Host keys are verified against the keys pinned for the host (the state store, the inventory's
+``ssh.host_key`` or the operator's known_hosts); an unknown or changed key is refused, never
+added. paramiko's exceptions are converted here into :class:`TransportError` naming the host
+and the command, so nothing above this module sees a paramiko type.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from inventory.errors import TransportError
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_COMMAND_TIMEOUT = 600.0
+
+OutputSink = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text chunk)
+
+
+def fingerprint(key_type: str, key_b64: str) -> str:
+    """OpenSSH-style SHA256 fingerprint of a public key."""
+    digest = hashlib.sha256(base64.b64decode(key_b64)).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def quote_command(argv: Sequence[str]) -> str:
+    """Join an argument list into one shell-safe command line."""
+    if isinstance(argv, str):
+        raise TypeError("commands are argument lists; use Shell(...) for raw shell on purpose")
+    return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+@dataclass(frozen=True)
+class Shell:
+    """Raw shell text, chosen explicitly and visibly (never built from host or alert data)."""
+
+    script: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    host: str
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 10) -> str:
+        text = (self.stderr or self.stdout).rstrip().splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Everything needed to reach one host; built from the inventory and the state store."""
+
+    host: str
+    address: str
+    pinned_keys: tuple[str, ...]          # 'TYPE BASE64' lines
+    user: str = "root"
+    port: int = 22
+    private_key: Path | None = None
+    proxy_command: str | None = None
+
+
+class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
+    def __init__(self, target: SshTarget) -> None:
+        self.target = target
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        offered = fingerprint(key.get_name(), key.get_base64())
+        if self.target.pinned_keys:
+            pinned = ", ".join(fingerprint(*k.split()[:2]) for k in self.target.pinned_keys)
+            raise TransportError(
+                f"host '{self.target.host}' ({self.target.address}): host key "
+                f"{key.get_name()} {offered} does not match the pinned key ({pinned}); "
+                "refusing to connect (re-pin it only if the host was really reinstalled)")
+        raise TransportError(
+            f"host '{self.target.host}' ({self.target.address}): no pinned host key; offered "
+            f"{key.get_name()} {offered}. Refusing to connect: pin the key first")
+
+
+class SshConnection:
+    """One SSH connection to one host, reused for every command of a run. Thread-safe."""
+
+    def __init__(self, target: SshTarget, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 ) -> None:
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+        self.round_trips = 0
+
+    @property
+    def host(self) -> str:
+        return self.target.host
+
+    def _lookup_name(self) -> str:
+        t = self.target
+        return t.address if t.port == 22 else f"[{t.address}]:{t.port}"
+
+    def connect(self) -> None:
+        with self._lock:
+            if self._client is not None and self._client.get_transport() is not None \
+                    and self._client.get_transport().is_active():
+                return
+            self._client = self._open()
+
+    def _open(self) -> paramiko.SSHClient:
+        t = self.target
+        client = paramiko.SSHClient()
+        keys = client.get_host_keys()
+        for line in t.pinned_keys:
+            parts = line.split()
+            try:
+                keys.add(self._lookup_name(), parts[0],
+                         paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1])))
+            except (ValueError, IndexError, paramiko.SSHException) as exc:
+                raise TransportError(f"host '{t.host}': pinned host key is not a valid key: "
+                                     f"{exc}") from None
+        client.set_missing_host_key_policy(_RefuseUnknown(t))
+        sock = None
+        if t.proxy_command:
+            sock = paramiko.ProxyCommand(t.proxy_command)
+        try:
+            client.connect(
+                t.address, port=t.port, username=t.user,
+                key_filename=str(t.private_key) if t.private_key else None,
+                timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout,
+                allow_agent=False, look_for_keys=t.private_key is None, sock=sock)
+        except TransportError:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            got = fingerprint(exc.key.get_name(), exc.key.get_base64())
+            want = fingerprint(exc.expected_key.get_name(), exc.expected_key.get_base64())
+            raise TransportError(
+                f"host '{t.host}' ({t.address}): HOST KEY CHANGED: offered {got}, pinned "
+                f"{want}; refusing to connect (possible man-in-the-middle, or the host was "
+                "reinstalled without re-pinning)") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise TransportError(f"host '{t.host}' ({t.address}): authentication as "
+                                 f"'{t.user}' failed") from None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            client.close()
+            reason = str(exc) or exc.__class__.__name__
+            if isinstance(exc, (TimeoutError, socket.timeout)):
+                reason = f"no answer within {self.connect_timeout:g} s"
+            raise TransportError(f"host '{t.host}' ({t.address}:{t.port}): cannot connect: "
+                                 f"{reason}") from None
+        return client
+
+    def run(self, command: Sequence[str] | Shell, *, timeout: float = DEFAULT_COMMAND_TIMEOUT,
+            become: bool = False, stdin: bytes | None = None,
+            sink: OutputSink | None = None) -> CommandResult:
+        """Run a command; never raises for a non-zero exit (that is in the result)."""
+        if isinstance(command, Shell):
+            line = quote_command(["sh", "-c", command.script])
+        else:
+            line = quote_command(command)
+        if become and self.target.user != "root":
+            line = "sudo -n -- " + line
+        self.connect()
+        client = self._client
+        if client is None:
+            raise TransportError(f"host '{self.host}': not connected")
+        start = time.monotonic()
+        try:
+            transport = client.get_transport()
+            if transport is None:
+                raise TransportError(f"host '{self.host}': connection lost")
+            chan = transport.open_session(timeout=self.connect_timeout)
+            chan.settimeout(1.0)
+            chan.exec_command(line)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = self._collect(chan, start, timeout, line, sink)
+            code = chan.recv_exit_status()
+            chan.close()
+        except TransportError:
+            raise
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransportError(f"host '{self.host}': command failed to run: {line}: "
+                                 f"{exc or exc.__class__.__name__}") from None
+        self.round_trips += 1
+        return CommandResult(self.host, line, code, out, err, time.monotonic() - start)
+
+    def _collect(self, chan: paramiko.Channel, start: float, timeout: float, line: str,
+                 sink: OutputSink | None) -> tuple[str, str]:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        while True:
+            got = False
+            while chan.recv_ready():
+                data = chan.recv(65536)
+                out.append(data)
+                got = True
+                if sink:
+                    sink("stdout", data.decode("utf-8", "replace"))
+            while chan.recv_stderr_ready():
+                data = chan.recv_stderr(65536)
+                err.append(data)
+                got = True
+                if sink:
+                    sink("stderr", data.decode("utf-8", "replace"))
+            if chan.exit_status_ready() and not chan.recv_ready() \
+                    and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() - start > timeout:
+                chan.close()
+                raise TransportError(f"host '{self.host}': command timed out after "
+                                     f"{timeout:g} s: {line}")
+            if not got:
+                chan.status_event.wait(0.01)
+        return (b"".join(out).decode("utf-8", "replace"),
+                b"".join(err).decode("utf-8", "replace"))
+
+    def put(self, data: bytes, remote_path: str, mode: int = 0o644,
+            timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+        """Write ``data`` to ``remote_path`` atomically (temp file + rename)."""
+        tmp = f"{remote_path}.metalchain-tmp"
+        self.connect()
+        try:
+            with self._client.open_sftp() as sftp:  # type: ignore[union-attr]
+                sftp.get_channel().settimeout(timeout)
+                with sftp.open(tmp, "wb") as fh:
+                    fh.write(data)
+                sftp.chmod(tmp, mode)
+                sftp.posix_rename(tmp, remote_path)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransportError(f"host '{self.host}': upload to {remote_path} failed: "
+                                 f"{exc or exc.__class__.__name__}") from None
+        self.round_trips += 1
+
+    def get(self, remote_path: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> bytes:
+        self.connect()
+        try:
+            with self._client.open_sftp() as sftp:  # type: ignore[union-attr]
+                sftp.get_channel().settimeout(timeout)
+                with sftp.open(remote_path, "rb") as fh:
+                    data = fh.read()
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransportError(f"host '{self.host}': download of {remote_path} failed: "
+                                 f"{exc or exc.__class__.__name__}") from None
+        self.round_trips += 1
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
