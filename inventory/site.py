@@ -2,7 +2,9 @@
 
 Found by ``--site DIR``, else ``$METALCHAIN_SITE``, else the current directory. Layout::
 
-    SITE/metalchain.yml     optional settings: inventory, secrets, state (paths or a URL)
+    SITE/metalchain.yml     optional settings: inventory, secrets, state (paths or a URL), ssh_key
+    SITE/keys/id_ed25519    the controller's SSH key
+    SITE/runs/RUN.jsonl     event log of each run
     SITE/inventory.yml      or SITE/inventory/*.yml
     SITE/secrets.yml        mode 0600
     SITE/playbooks/
@@ -24,7 +26,7 @@ from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
 
 SETTINGS_FILE = "metalchain.yml"
-SETTINGS_KEYS = ("inventory", "secrets", "state")
+SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key")
 
 
 def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -39,6 +41,7 @@ class Site:
     inventory_path: Path
     secrets_path: Path
     state_url: str
+    ssh_key_path: Path | None = None
     _inventory: Inventory | None = field(default=None, repr=False)
     _secrets: SecretStore | None = field(default=None, repr=False)
     _state: StateStore | None = field(default=None, repr=False)
@@ -80,7 +83,9 @@ class Site:
         if "://" not in state:
             path = root / state
             state = f"sqlite:///{path}"
-        return cls(root=root, inventory_path=inv, secrets_path=secrets, state_url=state)
+        key = root / settings.get("ssh_key", "keys/id_ed25519")
+        return cls(root=root, inventory_path=inv, secrets_path=secrets, state_url=state,
+                   ssh_key_path=key)
 
     @property
     def secrets(self) -> SecretStore:
@@ -106,6 +111,15 @@ class Site:
     @property
     def playbooks_dir(self) -> Path:
         return self.root / "playbooks"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where each run's JSON-lines event log is kept (``RUN_ID.jsonl``)."""
+        return self.root / "runs"
+
+    def private_key(self) -> Path | None:
+        """The controller's SSH key, if the site has one (else paramiko's defaults)."""
+        return self.ssh_key_path if self.ssh_key_path and self.ssh_key_path.exists() else None
 
     def close(self) -> None:
         if self._state is not None:

@@ -365,6 +365,23 @@ class StateStore:
             conn.execute(update(runs).where(runs.c.uid == uid).values(
                 status=status, ended_at=time.time()))
 
+    def get_run(self, uid: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            r = conn.execute(select(runs).where(runs.c.uid == uid)).first()
+        if r is None:
+            return None
+        return {"uid": r.uid, "kind": r.kind, "name": r.name, "status": r.status,
+                "started_at": r.started_at, "ended_at": r.ended_at, "args": json.loads(r.args)}
+
+    def reopen_run(self, uid: str) -> None:
+        """Mark a run as running again (``--resume``)."""
+        with self._write() as conn:
+            res = conn.execute(update(runs).where(runs.c.uid == uid).values(
+                status="running", ended_at=None))
+            if res.rowcount == 0:
+                raise InputError(f"no run '{uid}' in the state store (see: metalchain runs "
+                                 "list)")
+
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._read() as conn:
             rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()

@@ -92,11 +92,14 @@ def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from orchestrate.commands import init_cmd, inventory_cmd, state_cmd
+    from orchestrate.commands import init_cmd, inventory_cmd, run_cmd, state_cmd
 
     cli.add_command(init_cmd.init)
     cli.add_command(inventory_cmd.inventory)
     cli.add_command(state_cmd.state)
+    cli.add_command(run_cmd.run)
+    cli.add_command(run_cmd.exec_)
+    cli.add_command(run_cmd.runs)
 
 
 _register()

@@ -45,7 +45,14 @@ def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 # Values for the arguments commands take; a new command with an argument not listed here fails
 # this test on purpose, so that it gets covered.
-ARGUMENT_VALUES = {"host": "node1", "target": "all", "directory": None}
+ARGUMENT_VALUES = {"host": "node1", "target": "all", "directory": None,
+                   "playbook": "site.yml", "command": "true", "run_id": "nope"}
+PLAYBOOK = """\
+- name: touch
+  hosts: all
+  steps:
+    - command: [echo, "{{ api_token }}"]
+"""
 
 
 def invocations(tmp_path: Path):
@@ -58,6 +65,11 @@ def invocations(tmp_path: Path):
                 value = ARGUMENT_VALUES[param.name]
                 args.append(str(tmp_path / "new-site") if value is None else value)
         json_flag = ["--json"] if any(p.name == "as_json" for p in cmd.params) else []
+        if "command" in [p.name for p in cmd.params]:
+            # exec's COMMAND comes last, after the options.
+            yield [*path, *args[:-1], *json_flag, "--", args[-1]]
+            yield [*path, *args[:-1], "--", args[-1]]
+            continue
         yield [*path, *args, *json_flag]
         yield [*path, *args]
 
@@ -66,6 +78,8 @@ def test_canary_never_printed(tmp_path, run_cli, monkeypatch, caplog):
     monkeypatch.setenv("METALCHAIN_CANARY_ENV", CANARY)
     site = write_site(tmp_path / "site", INVENTORY,
                       secrets=f"bmc-node1: {CANARY}\napi-token: {CANARY}\n")
+    (site / "playbooks").mkdir()
+    (site / "playbooks" / "site.yml").write_text(PLAYBOOK, encoding="utf-8")
     ran = 0
     for args in invocations(tmp_path):
         result = run_cli("--debug", "--site", str(site), *args)

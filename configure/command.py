@@ -1,0 +1,136 @@
+"""The ``command`` step/resource: run a command, made idempotent by guards.
+
+::
+
+    command: [touch, /var/lib/app/initialised]              # argv shorthand
+    command:
+      argv: [/usr/local/bin/init-db]
+      creates: /var/lib/db/ready     # skip if this path exists
+      unless: [test, -f, /etc/x]     # skip if this command succeeds
+      onlyif: [systemctl, is-active, db]   # run only if this command succeeds
+      shell: "echo a | tee /tmp/b"   # raw shell instead of argv, chosen explicitly
+
+Without a guard the command runs every time and reports "changed"; in check mode an unguarded
+command cannot be predicted and is reported as such, never silently skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from configure.ssh import Shell
+from inventory.contracts import HostContext, StepOutcome
+
+KEYS = ("argv", "shell", "creates", "unless", "onlyif", "timeout", "become")
+
+
+@dataclass(frozen=True)
+class CommandArgs:
+    command: tuple[str, ...] | Shell
+    creates: str | None = None
+    unless: tuple[str, ...] | None = None
+    onlyif: tuple[str, ...] | None = None
+    timeout: float = 600.0
+    become: bool = False
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.creates or self.unless or self.onlyif)
+
+    def describe(self) -> str:
+        if isinstance(self.command, Shell):
+            return f"sh -c {self.command.script!r}"
+        return " ".join(self.command)
+
+
+def _argv(value: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in value):
+        raise ValueError(f"{what} must be a non-empty list of arguments, got {value!r}")
+    return tuple(str(a) for a in value)
+
+
+def parse_command(raw: Any) -> CommandArgs:
+    if isinstance(raw, list):
+        return CommandArgs(_argv(raw, "command"))
+    if isinstance(raw, str):
+        raise ValueError("a command is an argument list like [systemctl, restart, nginx]; "
+                         "for raw shell write {shell: '...'}")
+    if not isinstance(raw, dict):
+        raise ValueError("expected an argument list or a mapping")
+    unknown = [k for k in raw if k not in KEYS]
+    if unknown:
+        raise ValueError(f"unknown key '{unknown[0]}'; allowed: {', '.join(KEYS)}")
+    if ("argv" in raw) == ("shell" in raw):
+        raise ValueError("give exactly one of argv or shell")
+    if "shell" in raw:
+        if not isinstance(raw["shell"], str) or not raw["shell"].strip():
+            raise ValueError("shell must be a non-empty string")
+        command: tuple[str, ...] | Shell = Shell(raw["shell"])
+    else:
+        command = _argv(raw["argv"], "argv")
+    creates = raw.get("creates")
+    if creates is not None and (not isinstance(creates, str) or not creates.startswith("/")):
+        raise ValueError("creates must be an absolute path")
+    timeout = raw.get("timeout", 600)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    become = raw.get("become", False)
+    if not isinstance(become, bool):
+        raise ValueError("become must be true or false")
+    return CommandArgs(
+        command=command, creates=creates,
+        unless=_argv(raw["unless"], "unless") if "unless" in raw else None,
+        onlyif=_argv(raw["onlyif"], "onlyif") if "onlyif" in raw else None,
+        timeout=float(timeout), become=become)
+
+
+def guard_satisfied(ctx: HostContext, args: CommandArgs) -> str | None:
+    """Probe the guards; return why the command need not run, or None if it must."""
+    conn = ctx.connection()
+    if args.creates:
+        if conn.run(["test", "-e", args.creates], timeout=30).ok:
+            return f"{args.creates} exists"
+    if args.unless:
+        if conn.run(list(args.unless), timeout=args.timeout, become=args.become).ok:
+            return f"'{' '.join(args.unless)}' succeeded"
+    if args.onlyif:
+        if not conn.run(list(args.onlyif), timeout=args.timeout, become=args.become).ok:
+            return f"'{' '.join(args.onlyif)}' failed"
+    return None
+
+
+class CommandStep:
+    name = "command"
+    description = "run a command (argv list or explicit shell), idempotent with guards"
+
+    def parse(self, raw: Any) -> CommandArgs:
+        return parse_command(raw)
+
+    def run(self, ctx: HostContext, args: CommandArgs) -> StepOutcome:
+        if args.guarded:
+            reason = guard_satisfied(ctx, args)
+            if reason is not None:
+                return StepOutcome("ok", f"not run: {reason}")
+        if ctx.check:
+            if args.guarded:
+                return StepOutcome("changed", f"would run: {args.describe()}",
+                                   changes=[f"run {args.describe()}"])
+            return StepOutcome("skipped", f"unknown in check mode (no creates/unless/onlyif "
+                                          f"guard): {args.describe()}",
+                               data={"unknown": True})
+        command = args.command if isinstance(args.command, Shell) else list(args.command)
+        result = ctx.connection().run(command, timeout=args.timeout, become=args.become)
+        output = result.stdout + (("\n" + result.stderr) if result.stderr else "")
+        if not result.ok:
+            return StepOutcome("failed", f"exit code {result.exit_code}: {args.describe()}"
+                                         + (f": {result.tail(5)}" if result.tail(5) else ""),
+                               output=output, data={"exit_code": result.exit_code})
+        return StepOutcome("changed", args.describe(), changes=[f"ran {args.describe()}"],
+                           output=output, data={"exit_code": 0, "stdout": result.stdout,
+                                                "stderr": result.stderr})
+
+    def recheck(self, ctx: HostContext, args: CommandArgs) -> bool:
+        """A guarded command in doubt is done when its guard says so; unguarded ones rerun."""
+        return args.guarded and guard_satisfied(ctx, args) is not None

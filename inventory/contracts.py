@@ -1,0 +1,38 @@
+"""Types shared across stages: what a step gets (a host context) and returns (an outcome).
+
+They live in the bottom layer so provision/, configure/ and monitor/ can implement step kinds
+without importing orchestrate/, which registers and runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
+
+
+@dataclass
+class StepOutcome:
+    status: str                     # one of OUTCOMES
+    message: str = ""
+    changes: list[str] = field(default_factory=list)
+    output: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in OUTCOMES:
+            raise ValueError(f"unknown step outcome {self.status!r}")
+
+
+class HostContext(Protocol):
+    """What a step gets for one host: its name, vars, connection and run settings."""
+
+    host: str
+    vars: Mapping[str, Any]
+    check: bool
+
+    def connection(self) -> Any: ...
+
+    def emit(self, event: str, **fields: Any) -> None: ...

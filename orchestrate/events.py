@@ -1,0 +1,64 @@
+"""The JSON-lines event log of a run: one object per line, UTF-8, flushed as it happens.
+
+Events: run_start, play_start, batch_start, host_step_start, host_step_end, batch_end,
+play_end, run_end, plus stage-specific ones emitted by steps. Every event carries ``ts``
+(epoch seconds), ``run`` and ``event``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from orchestrate.output import to_json
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+class EventLog:
+    def __init__(self, path: Path | None, run_uid: str) -> None:
+        self.path = path
+        self.run_uid = run_uid
+        self._lock = threading.Lock()
+        self._fh: TextIO | None = None
+        self._listeners: list[Listener] = []
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "a", encoding="utf-8")  # closed in close()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        record = {"ts": round(time.time(), 6), "run": self.run_uid, "event": event, **fields}
+        # Round-trip through to_json so Secrets and dataclasses are encoded the same way as
+        # in every other JSON document metalchain prints.
+        line = json.dumps(json.loads(to_json(record)), ensure_ascii=False,
+                          separators=(",", ":"))
+        with self._lock:
+            if self._fh is not None:
+                self._fh.write(line + "\n")
+                self._fh.flush()
+            for listener in self._listeners:
+                listener(record)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """All events of a log; a torn last line (a killed run) is ignored."""
+    events = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(raw))
+        except json.JSONDecodeError:
+            continue
+    return events

@@ -1,0 +1,14 @@
+"""Builds the step registry from the stages. The only place that knows which stage offers
+which step kinds; orchestrate's runner itself names none."""
+
+from __future__ import annotations
+
+from orchestrate.steps import StepRegistry
+
+
+def build_registry() -> StepRegistry:
+    from configure.command import CommandStep
+
+    registry = StepRegistry()
+    registry.register(CommandStep())
+    return registry
