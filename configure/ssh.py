@@ -164,6 +164,8 @@ class SshConnection:
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
             reason = str(exc) or exc.__class__.__name__
+            if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+                reason = "connection refused"
             if isinstance(exc, (TimeoutError, socket.timeout)):
                 reason = f"no answer within {self.connect_timeout:g} s"
             raise TransportError(f"host '{t.host}' ({t.address}:{t.port}): cannot connect: "

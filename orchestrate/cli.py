@@ -108,7 +108,7 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="metalchain", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="metalchain", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"internal error: {exc.__class__.__name__}: {_SCRUB.scrub(str(exc))}"
                          " (run with --debug for the traceback; please report it)\n")
         return EXIT_FAILED
-    return EXIT_OK
+    # Without standalone mode, click returns the code of a command's Exit(code) here.
+    return rv if isinstance(rv, int) else EXIT_OK
 
 
 def run() -> None:

@@ -22,7 +22,9 @@ def keygen(path: Path) -> str:
 
 
 class LocalSshd:
-    def __init__(self, workdir: Path, client_pub: str) -> None:
+    def __init__(self, workdir: Path, client_pub: str,
+                 addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
+        self.addresses = addresses
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_tcp_port()
@@ -32,7 +34,8 @@ class LocalSshd:
         (self.dir / "authorized_keys").chmod(0o600)
         self.config = self.dir / "sshd_config"
         self.config.write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key_path}\n"
+            f"Port {self.port}\n" + "".join(f"ListenAddress {a}\n" for a in addresses)
+            + f"HostKey {self.host_key_path}\n"
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPermitRootLogin yes\n"
             "PasswordAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n"
             f"PidFile {self.dir / 'sshd.pid'}\nMaxSessions 100\nMaxStartups 200\n")
@@ -46,7 +49,7 @@ class LocalSshd:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
+                    (self.addresses[-1], self.port), timeout=0.5):
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError((self.dir / "sshd.log").read_text())

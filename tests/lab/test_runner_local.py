@@ -1,0 +1,181 @@
+"""The runner against real SSH: one OpenSSH server answering on ten loopback addresses, each
+an inventory host. (The lab fleet tests cover the same paths on separate systemd hosts.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from inventory.site import Site
+from tests.lab.sshd import LocalSshd, keygen
+
+pytestmark = pytest.mark.lab
+
+METALCHAIN = str(Path(sys.executable).parent / "metalchain")
+N = 10
+
+
+def addresses() -> list[str]:
+    return [f"127.0.0.{i}" for i in range(2, 2 + N)]
+
+
+class SitePath(type(Path())):  # a Path that also carries the sshd and a work dir
+    sshd: LocalSshd
+    work: Path
+
+
+@pytest.fixture
+def lab_site(tmp_path):
+    site = SitePath(tmp_path / "site")
+    (site / "keys").mkdir(parents=True)
+    (site / "playbooks").mkdir()
+    pub = keygen(site / "keys" / "id_ed25519")
+    sshd = LocalSshd(tmp_path / "sshd", pub, tuple(addresses()))
+    sshd.start()
+    try:
+        yield _populate(site, sshd, tmp_path)
+    finally:
+        sshd.stop()
+
+
+def _populate(site: SitePath, sshd: LocalSshd, tmp_path: Path) -> SitePath:
+    hosts = []
+    for i, addr in enumerate(addresses(), 1):
+        fail = '"yes"' if i in (1, 5, 9) else '"no"'
+        hosts.append(f"  h{i:02d}:\n    address: {addr}\n    groups: [fleet]\n"
+                     f"    ssh: {{port: {sshd.port}, host_key: \"{sshd.host_pub}\"}}\n"
+                     f"    vars: {{fail: {fail}}}\n")
+    (site / "inventory.yml").write_text("groups:\n  fleet: {}\nhosts:\n" + "".join(hosts))
+    (site / "secrets.yml").write_text("{}\n")
+    os.chmod(site / "secrets.yml", 0o600)
+    site.sshd = sshd
+    site.work = tmp_path / "work"
+    site.work.mkdir()
+    return site
+
+
+def mc(site: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([METALCHAIN, "--site", str(site), *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_exec_on_all_hosts(lab_site):
+    r = mc(lab_site, "exec", "fleet", "--json", "--", "sh", "-c", "echo $SSH_CONNECTION")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert len(doc["hosts"]) == N
+    for i, addr in enumerate(addresses(), 1):
+        h = doc["hosts"][f"h{i:02d}"]
+        assert h["exit_code"] == 0 and h["stdout"].split()[2] == addr
+
+
+def test_changed_host_key_refused_others_proceed(lab_site, tmp_path):
+    other = keygen(tmp_path / "other")
+    inv = lab_site / "inventory.yml"
+    text = inv.read_text().splitlines(keepends=True)
+    # h03's pinned key is now a different one: the host "changed".
+    idx = next(i for i, ln in enumerate(text) if ln.startswith("  h03:"))
+    text[idx + 3] = text[idx + 3].replace(lab_site.sshd.host_pub, other)
+    inv.write_text("".join(text))
+    r = mc(lab_site, "exec", "fleet", "--json", "--", "true")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["hosts"]["h03"]["status"] == "unreachable"
+    assert "does not match the pinned key" in doc["hosts"]["h03"]["message"] or \
+        "HOST KEY CHANGED" in doc["hosts"]["h03"]["message"]
+    assert all(doc["hosts"][h]["status"] == "changed" for h in doc["hosts"] if h != "h03")
+
+
+def test_serial_and_max_fail_percentage(lab_site):
+    (lab_site / "playbooks" / "roll.yml").write_text(
+        "- name: rolling\n  hosts: fleet\n  serial: 20%\n  max_fail_percentage: 10\n"
+        "  steps:\n    - name: maybe fail\n"
+        "      command: [sh, -c, 'test \"$0\" = no', '{{ fail }}']\n")
+    r = mc(lab_site, "run", "roll", "--json")
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert set(doc["hosts"]) == {"h01", "h02"}
+    assert doc["hosts"]["h01"]["status"] == "failed"
+    assert doc["hosts"]["h02"]["status"] == "changed"
+    assert doc["not_run"] == [f"h{i:02d}" for i in range(3, N + 1)]
+    assert "max_fail_percentage" in doc["stopped"]
+    assert doc["counts"] == {"ok": 0, "changed": 1, "failed": 1, "unreachable": 0,
+                             "skipped": 0, "not_run": 8}
+    # --limit @failed re-runs exactly the failed host of the last run.
+    r = mc(lab_site, "run", "roll", "--limit", "@failed", "--json")
+    assert set(json.loads(r.stdout)["hosts"]) == {"h01"}
+
+
+def test_retries(lab_site):
+    marker = lab_site.work / "attempts-{{ inventory_hostname }}"
+    (lab_site / "playbooks" / "retry.yml").write_text(
+        "- hosts: h02\n  steps:\n    - retries: 2\n      delay: 0.1\n"
+        f"      command: [sh, -c, 'echo x >> \"$0\"; test $(wc -l < \"$0\") -ge 3', "
+        f"'{marker}']\n")
+    r = mc(lab_site, "run", "retry", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    step = json.loads(r.stdout)["hosts"]["h02"]["steps"][0]
+    assert step["attempts"] == 3 and step["status"] == "changed"
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_and_resume_runs_every_host_step_once(lab_site):
+    log = str(lab_site.work / "{{ inventory_hostname }}.log")
+    (lab_site / "playbooks" / "three.yml").write_text(
+        "- name: three steps\n  hosts: fleet\n  steps:\n"
+        f"    - name: first\n      command: [sh, -c, 'echo s1 >> \"$0\"', '{log}']\n"
+        "    - name: slow\n      command: [sleep, '3']\n"
+        f"    - name: third\n      command: [sh, -c, 'echo s3 >> \"$0\"', '{log}']\n")
+    proc = subprocess.Popen([METALCHAIN, "--site", str(lab_site), "run", "three"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        site = Site.open(lab_site)
+
+        def all_slow_started() -> bool:
+            runs = site.state.list_runs()
+            if not runs:
+                return False
+            entries = site.state.journal_entries(runs[0]["uid"])
+            return sum(1 for e in entries if e.step.endswith("/ slow")) == N
+        _wait_for(all_slow_started, 60, "every host to start the slow step")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    run_uid = site.state.list_runs()[0]["uid"]
+    assert site.state.get_run(run_uid)["status"] == "running"   # killed: never ended
+    r = mc(lab_site, "run", "three", "--resume", run_uid, "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    for i in range(1, N + 1):
+        host = f"h{i:02d}"
+        lines = (lab_site.work / f"{host}.log").read_text().split()
+        assert lines == ["s1", "s3"], (host, lines)
+        steps = doc["hosts"][host]["steps"]
+        assert [s["resumed"] for s in steps] == [True, False, False]
+    assert site.state.get_run(run_uid)["status"] == "ok"
+    site.close()
+
+
+def test_exec_unreachable_host_is_reported(lab_site):
+    lab_site.sshd.stop()
+    r = mc(lab_site, "exec", "h01", "--", "true")
+    assert r.returncode == 1
+    assert "h01 | UNREACHABLE |" in r.stdout and "cannot connect" in r.stdout
