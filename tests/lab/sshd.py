@@ -5,8 +5,23 @@ from __future__ import annotations
 import contextlib
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+METALCHAIN = str(Path(sys.executable).parent / "metalchain")
+N = 10
+
+
+def addresses() -> list[str]:
+    """The loopback addresses of the local test hosts (one sshd answers on all of them)."""
+    return [f"127.0.0.{i}" for i in range(2, 2 + N)]
+
+
+def mc(site: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the metalchain console script against ``site``."""
+    return subprocess.run([METALCHAIN, "--site", str(site), *args], capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def free_tcp_port() -> int:
@@ -64,3 +79,8 @@ class LocalSshd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+class SitePath(type(Path())):  # a Path that also carries the sshd and a work dir
+    sshd: LocalSshd
+    work: Path

@@ -4,67 +4,16 @@ an inventory host. (The lab fleet tests cover the same paths on separate systemd
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from inventory.site import Site
-from tests.lab.sshd import LocalSshd, keygen
+from tests.lab.sshd import METALCHAIN, N, addresses, keygen, mc
 
 pytestmark = pytest.mark.lab
-
-METALCHAIN = str(Path(sys.executable).parent / "metalchain")
-N = 10
-
-
-def addresses() -> list[str]:
-    return [f"127.0.0.{i}" for i in range(2, 2 + N)]
-
-
-class SitePath(type(Path())):  # a Path that also carries the sshd and a work dir
-    sshd: LocalSshd
-    work: Path
-
-
-@pytest.fixture
-def lab_site(tmp_path):
-    site = SitePath(tmp_path / "site")
-    (site / "keys").mkdir(parents=True)
-    (site / "playbooks").mkdir()
-    pub = keygen(site / "keys" / "id_ed25519")
-    sshd = LocalSshd(tmp_path / "sshd", pub, tuple(addresses()))
-    sshd.start()
-    try:
-        yield _populate(site, sshd, tmp_path)
-    finally:
-        sshd.stop()
-
-
-def _populate(site: SitePath, sshd: LocalSshd, tmp_path: Path) -> SitePath:
-    hosts = []
-    for i, addr in enumerate(addresses(), 1):
-        fail = '"yes"' if i in (1, 5, 9) else '"no"'
-        hosts.append(f"  h{i:02d}:\n    address: {addr}\n    groups: [fleet]\n"
-                     f"    ssh: {{port: {sshd.port}, host_key: \"{sshd.host_pub}\"}}\n"
-                     f"    vars: {{fail: {fail}}}\n")
-    (site / "inventory.yml").write_text("groups:\n  fleet: {}\nhosts:\n" + "".join(hosts))
-    (site / "secrets.yml").write_text("{}\n")
-    os.chmod(site / "secrets.yml", 0o600)
-    site.sshd = sshd
-    site.work = tmp_path / "work"
-    site.work.mkdir()
-    return site
-
-
-def mc(site: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([METALCHAIN, "--site", str(site), *args], capture_output=True,
-                          text=True, timeout=timeout)
-
 
 def test_exec_on_all_hosts(lab_site):
     r = mc(lab_site, "exec", "fleet", "--json", "--", "sh", "-c", "echo $SSH_CONNECTION")

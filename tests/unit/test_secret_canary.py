@@ -46,7 +46,8 @@ def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 # Values for the arguments commands take; a new command with an argument not listed here fails
 # this test on purpose, so that it gets covered.
 ARGUMENT_VALUES = {"host": "node1", "target": "all", "directory": None,
-                   "playbook": "site.yml", "command": "true", "run_id": "nope"}
+                   "playbook": "site.yml", "command": "true", "run_id": "nope",
+                   "name": "canary"}
 PLAYBOOK = """\
 - name: touch
   hosts: all

@@ -1,0 +1,70 @@
+"""`metalchain schedule add|list|remove`: recurring runs (drift correction) via cron.d."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrate import output, schedule
+from orchestrate.commands.run_cmd import find_playbook
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+dir_option = click.option("--cron-dir", type=click.Path(file_okay=False, path_type=Path),
+                          default=schedule.CRON_DIR, show_default=True,
+                          help="Where schedule files go.")
+
+
+@click.group("schedule")
+def schedule_group() -> None:
+    """Run a playbook on a schedule (e.g. drift correction every 15 minutes)."""
+
+
+@schedule_group.command("add")
+@click.argument("name")
+@click.option("--playbook", required=True, help="Playbook file or name under playbooks/.")
+@click.option("--mode", type=click.Choice(["check", "fix"]), default="check", show_default=True,
+              help="check: report drift only; fix: converge.")
+@click.option("--every", help="Interval: 15m, 2h, 1d.")
+@click.option("--cron", "cron_expr", help="A 5-field cron expression instead of --every.")
+@dir_option
+@click.pass_obj
+def add(obj: Any, name: str, playbook: str, mode: str, every: str | None,
+        cron_expr: str | None, cron_dir: Path) -> None:
+    """Install schedule NAME."""
+    site = obj.site
+    pb = find_playbook(site, playbook)
+    s = schedule.Schedule(name=schedule.check_name(name), site=site.root, playbook=str(pb),
+                          mode=mode, when=schedule.cron_expression(every, cron_expr))
+    metalchain = str(Path(sys.executable).parent / "metalchain")
+    log = site.runs_dir / f"schedule-{name}.log"
+    site.runs_dir.mkdir(parents=True, exist_ok=True)
+    path = schedule.install(s, cron_dir, metalchain, log)
+    output.line(f"installed {path}: '{s.when}' {mode} {pb} (log: {log})")
+
+
+@schedule_group.command("list")
+@dir_option
+@json_option
+@click.pass_obj
+def list_(obj: Any, cron_dir: Path, as_json: bool) -> None:
+    """Schedules installed for any site."""
+    items = schedule.installed(cron_dir)
+    if as_json:
+        output.emit_json("schedule.list", {"schedules": [
+            {"name": s.name, "site": str(s.site), "playbook": s.playbook, "mode": s.mode,
+             "when": s.when} for s in items]})
+        return
+    output.table("schedules", ["name", "when", "mode", "playbook", "site"],
+                 [[s.name, s.when, s.mode, s.playbook, s.site] for s in items])
+
+
+@schedule_group.command("remove")
+@click.argument("name")
+@dir_option
+def remove(name: str, cron_dir: Path) -> None:
+    """Remove schedule NAME."""
+    schedule.remove(cron_dir, name)
+    output.line(f"removed schedule {name}")

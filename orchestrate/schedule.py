@@ -1,0 +1,123 @@
+"""Scheduled runs (drift correction): one cron.d file, or one systemd timer, per schedule.
+
+The schedule files are the single source of truth: ``schedule list`` reads them back, so a
+schedule removed by hand is gone from the list too. Overlap is prevented by the run lock that
+every ``metalchain run`` takes per playbook; a scheduled run that finds it held exits 1 with a
+message in its log instead of piling up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from inventory.errors import InputError
+
+CRON_DIR = Path("/etc/cron.d")
+SYSTEMD_DIR = Path("/etc/systemd/system")
+MARK = "# metalchain schedule"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+_CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
+_EVERY = re.compile(r"^(\d+)(m|h|d)$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    site: Path
+    playbook: str
+    mode: str            # "check" or "fix"
+    when: str            # a 5-field cron expression
+
+    def argv(self, metalchain: str) -> list[str]:
+        args = [metalchain, "--site", str(self.site), "run", self.playbook]
+        if self.mode == "check":
+            args.append("--check")
+        return args
+
+
+def cron_expression(every: str | None, cron: str | None) -> str:
+    """``--every 15m|2h|1d`` or ``--cron 'M H DoM Mon DoW'`` -> a cron expression."""
+    if (every is None) == (cron is None):
+        raise InputError("give exactly one of --every (e.g. 15m, 2h, 1d) or --cron")
+    if cron is not None:
+        fields = cron.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+            raise InputError(f"--cron must have 5 fields of digits, *, /, - and commas, "
+                             f"got '{cron}'")
+        return " ".join(fields)
+    m = _EVERY.match(every or "")
+    if not m:
+        raise InputError(f"--every must look like 15m, 2h or 1d, got '{every}'")
+    n, unit = int(m.group(1)), m.group(2)
+    limits = {"m": 59, "h": 23, "d": 31}
+    if not 1 <= n <= limits[unit]:
+        raise InputError(f"--every {every}: use 1-{limits[unit]}{unit}")
+    if unit == "m":
+        return f"*/{n} * * * *"
+    if unit == "h":
+        return f"0 */{n} * * *"
+    return f"0 3 */{n} * *"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InputError(f"schedule name '{name}': use 1-40 lowercase letters, digits, -")
+    return name
+
+
+def cron_file(directory: Path, name: str) -> Path:
+    return directory / f"metalchain-{name}"
+
+
+def render_cron(s: Schedule, metalchain: str, log: Path) -> str:
+    command = " ".join(shlex.quote(a) for a in s.argv(metalchain))
+    meta = f"{MARK} name={s.name} site={s.site} playbook={s.playbook} mode={s.mode}"
+    return (f"{meta}\n"
+            "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
+            f"{s.when} root {command} >> {shlex.quote(str(log))} 2>&1\n")
+
+
+def parse_cron(text: str) -> Schedule | None:
+    """Read back a schedule file written by render_cron; None for anything else."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith(MARK):
+        return None
+    meta = dict(part.split("=", 1) for part in lines[0][len(MARK):].split() if "=" in part)
+    entry = next((ln for ln in lines[1:] if ln and not ln.startswith("#") and "=" not in
+                  ln.split()[0]), None)
+    if entry is None or not {"name", "site", "playbook", "mode"} <= set(meta):
+        return None
+    return Schedule(name=meta["name"], site=Path(meta["site"]), playbook=meta["playbook"],
+                    mode=meta["mode"], when=" ".join(entry.split()[:5]))
+
+
+def install(s: Schedule, directory: Path, metalchain: str, log: Path) -> Path:
+    """Write the cron file atomically (cron reads whole files; never a half-written one)."""
+    path = cron_file(directory, s.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(render_cron(s, metalchain, log), encoding="utf-8")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def installed(directory: Path) -> list[Schedule]:
+    out = []
+    if directory.is_dir():
+        for f in sorted(directory.glob("metalchain-*")):
+            s = parse_cron(f.read_text(encoding="utf-8", errors="replace"))
+            if s is not None:
+                out.append(s)
+    return out
+
+
+def remove(directory: Path, name: str) -> None:
+    path = cron_file(directory, check_name(name))
+    if not path.exists() or parse_cron(path.read_text(encoding="utf-8")) is None:
+        raise InputError(f"no metalchain schedule named '{name}' in {directory}")
+    path.unlink()

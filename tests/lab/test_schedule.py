@@ -1,0 +1,61 @@
+"""Schedules: a cron.d file that runs the playbook for real, read back by `list`, and a lock
+that keeps a scheduled run from overlapping a running one."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+
+import pytest
+
+from orchestrate.commands.run_cmd import RunLock
+from orchestrate.schedule import parse_cron
+from tests.lab.sshd import mc
+
+pytestmark = pytest.mark.lab
+
+
+def test_schedule_add_run_list_remove(lab_site, tmp_path):
+    cron_dir = tmp_path / "cron.d"
+    marker = lab_site.work / "drift-{{ inventory_hostname }}"
+    (lab_site / "playbooks" / "drift.yml").write_text(
+        "- hosts: h02\n  steps:\n"
+        f"    - command: {{argv: [touch, '{marker}'], creates: '{marker}'}}\n")
+    r = mc(lab_site, "schedule", "add", "drift", "--playbook", "drift", "--mode", "fix",
+           "--every", "15m", "--cron-dir", str(cron_dir))
+    assert r.returncode == 0, r.stderr
+    text = (cron_dir / "metalchain-drift").read_text()
+    s = parse_cron(text)
+    assert s is not None and s.when == "*/15 * * * *" and s.mode == "fix"
+    # Run exactly what cron would run (this machine has no cron daemon running).
+    entry = next(ln for ln in text.splitlines() if ln.startswith("*/15"))
+    argv = shlex.split(entry.split(" root ", 1)[1].split(" >> ")[0])
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (lab_site.work / "drift-h02").exists()
+    # While another run holds the playbook's lock, the scheduled run refuses to overlap.
+    with RunLock(lab_site / "runs" / ".lock-drift"):
+        overlap = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert overlap.returncode == 1 and "another run of this playbook" in overlap.stderr
+    r = mc(lab_site, "schedule", "list", "--json", "--cron-dir", str(cron_dir))
+    assert [x["name"] for x in json.loads(r.stdout)["schedules"]] == ["drift"]
+    assert mc(lab_site, "schedule", "remove", "drift", "--cron-dir", str(cron_dir)
+              ).returncode == 0
+    assert not (cron_dir / "metalchain-drift").exists()
+    r = mc(lab_site, "schedule", "remove", "drift", "--cron-dir", str(cron_dir))
+    assert r.returncode == 2 and "no metalchain schedule named 'drift'" in r.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--every", "15x"], "--every must look like"),
+    (["--every", "90m"], "use 1-59m"),
+    (["--cron", "* * *"], "--cron must have 5 fields"),
+    (["--every", "1h", "--cron", "* * * * *"], "exactly one of"),
+])
+def test_schedule_bad_input(lab_site, tmp_path, args, message):
+    (lab_site / "playbooks" / "d.yml").write_text("- hosts: all\n  steps:\n"
+                                                  "    - command: [/bin/true]\n")
+    r = mc(lab_site, "schedule", "add", "x", "--playbook", "d", "--cron-dir",
+           str(tmp_path / "c"), *args)
+    assert r.returncode == 2 and message in r.stderr
