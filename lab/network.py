@@ -324,15 +324,18 @@ class LabNetwork:
         run_command(["ip", "link", "set", self.uplink, "up"])
 
     def _refuse_overlap(self) -> None:
-        """The /24 must not already be routed in the root namespace by something else."""
-        out = run_command(["ip", "-j", "-4", "route", "show", "match", str(self.ipv4)]).stdout
+        """Refuse a lab /24 that is already routed (or partly routed) by something else.
+
+        A broader route (e.g. 10.0.0.0/8 via eth0) is allowed: the lab's connected /24 is
+        more specific and wins for lab addresses only.
+        """
+        out = run_command(["ip", "-j", "-4", "route", "show", "table", "main"]).stdout
         for route in json.loads(out) if out.strip() else []:
-            dst = route.get("dst", "")
-            if dst == "default":
+            dst, dev = route.get("dst", ""), route.get("dev")
+            if dst == "default" or dev == self.uplink:
                 continue
-            dev = route.get("dev")
             net = ipaddress.ip_network(dst, strict=False)
-            if net.overlaps(self.ipv4) and dev != self.uplink:
+            if net.overlaps(self.ipv4) and net.prefixlen >= self.ipv4.prefixlen:
                 raise LabError(f"{self.ipv4} is already routed via {dev} ({dst}); "
                                f"pick another lab network")
 

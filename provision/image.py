@@ -122,16 +122,19 @@ class GoldenImage:
 
 
 def mmdebstrap_argv(spec: ImageSpec, target: Path) -> list[str]:
-    """The mmdebstrap command line, run inside a private mount namespace.
+    """The mmdebstrap command line, wrapped so that a dead build leaves nothing behind.
 
-    The wrapper matters: mmdebstrap in root mode bind-mounts /dev, /proc and /sys into the
-    target while it works; if it is killed, those mounts would stay under the temporary
-    directory and a later cleanup would delete files through them. In a private mount
-    namespace they vanish with the process.
+    - its own mount namespace: mmdebstrap in root mode bind-mounts /dev, /proc and /sys into
+      the target; killed, those mounts would stay under the temporary directory and a later
+      cleanup would delete files through them. In a private namespace they vanish with it.
+    - its own PID namespace with mmdebstrap as init, and the parent-death signal: if the
+      controller dies, the build (apt and dpkg included) dies with it instead of running on
+      unlocked next to the next build.
     """
     argv = [
-        "unshare", "--mount", "--propagation", "private", "--",
-        "mmdebstrap",
+        "setpriv", "--pdeathsig", "KILL", "--",
+        "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
+        "--", "mmdebstrap",
         "--mode=root",
         f"--variant={spec.variant}",
         f"--architectures={spec.architecture}",
