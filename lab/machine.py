@@ -26,6 +26,10 @@ Serial: SeaBIOS and iPXE draw on a VGA text console; ``etc/sercon-port`` (fw_cfg
 mirror that console to COM1, which is logged to a file, so "PXE attempt" and "disk boot attempt"
 are observable without a display.
 
+CPU priority: a real BMC has its own processor. Here BMC processes share two cores with TCG
+guests that can each eat a core, and QEMU's stop/reset must wait for its vCPU threads, so the
+machines run at ``nice 10`` by default: the BMCs keep answering in milliseconds while guests boot.
+
 Acceleration: ``/dev/kvm`` may exist and still be unusable (nested PVM KVM here), so KVM is used
 only if a real test launch with it reaches the end of POST; the answer is cached per process.
 """
@@ -112,6 +116,7 @@ class MachineSpec:
     disk_format: Literal["qcow2", "raw"] = "qcow2"
     boot_order: str = DEFAULT_BOOT_ORDER
     accel: Accel = "auto"
+    nice: int = 10
     extra_args: tuple[str, ...] = field(default=())
 
     def validate(self) -> None:
@@ -240,6 +245,8 @@ class Machine:
         argv: list[str] = []
         if spec.netns:
             argv += ["ip", "netns", "exec", spec.netns]
+        if spec.nice:
+            argv += ["nice", "-n", str(spec.nice)]
         argv += [QEMU, "-name", spec.name, "-machine", "pc", *accel_args(spec.accel),
                  "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
                  "-nodefaults", "-display", "none", "-vga", "none",
@@ -318,7 +325,7 @@ class Machine:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        if not _alive(pid):
+        if not process_alive(pid):
             return None
         # Guard against pid reuse: the process must be QEMU with our pidfile on its command line.
         try:
@@ -356,7 +363,7 @@ class Machine:
             time.sleep(0.2)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True if the process exists and is not a zombie (daemonized QEMU may not get reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -368,7 +375,7 @@ def _alive(pid: int) -> bool:
 
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)

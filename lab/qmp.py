@@ -3,9 +3,9 @@
 Why our own and so small: the lab needs a handful of commands (query-status, stop, cont,
 system_reset, system_powerdown, human-monitor-command) from two places (the lab and each BMC
 process), and every one of them must give up after a deadline instead of hanging on a wedged
-QEMU. Each :class:`QmpClient` is one short-lived connection: QEMU serves one client per QMP
-monitor at a time, so holding a connection open would lock every other caller out. A call is
-connect, greeting, ``qmp_capabilities``, command, close: a few milliseconds.
+QEMU. QEMU serves one client per QMP monitor at a time, so each machine has two monitors: the
+BMC keeps a connection to its own open (one round trip per command, which matters when TCG
+guests load the CPU), the lab connects per call to the other.
 
 Example::
 
@@ -26,6 +26,10 @@ from inventory.errors import LabError
 
 # Linux limits sun_path to 108 bytes including the terminating NUL.
 MAX_UNIX_PATH = 107
+
+
+class QmpDisconnected(LabError):
+    """The QMP connection is gone (QEMU exited or restarted); the command did not run on it."""
 
 
 class QmpClient:
@@ -66,6 +70,10 @@ class QmpClient:
             raise LabError(f"QMP {self.path}: unexpected greeting {greeting!r}")
         self.execute("qmp_capabilities")
 
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -84,7 +92,7 @@ class QmpClient:
         try:
             self._sock.sendall(json.dumps(request).encode() + b"\n")
         except OSError as exc:
-            raise LabError(f"QMP {self.path}: {command}: send failed: {exc}") from exc
+            raise QmpDisconnected(f"QMP {self.path}: {command}: send failed: {exc}") from exc
         while True:
             message = self._read_message()
             if "event" in message:
@@ -114,9 +122,9 @@ class QmpClient:
             except TimeoutError as exc:
                 raise LabError(f"QMP {self.path}: no answer within {self.timeout:.1f}s") from exc
             except OSError as exc:
-                raise LabError(f"QMP {self.path}: receive failed: {exc}") from exc
+                raise QmpDisconnected(f"QMP {self.path}: receive failed: {exc}") from exc
             if not chunk:
-                raise LabError(f"QMP {self.path}: connection closed by QEMU")
+                raise QmpDisconnected(f"QMP {self.path}: connection closed by QEMU")
             self._buffer += chunk
         line, self._buffer = self._buffer.split(b"\n", 1)
         try:
