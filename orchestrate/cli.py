@@ -92,7 +92,14 @@ def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from orchestrate.commands import init_cmd, inventory_cmd, run_cmd, schedule_cmd, state_cmd
+    from orchestrate.commands import (
+        init_cmd,
+        inventory_cmd,
+        lab_cmd,
+        run_cmd,
+        schedule_cmd,
+        state_cmd,
+    )
 
     cli.add_command(init_cmd.init)
     cli.add_command(inventory_cmd.inventory)
@@ -101,6 +108,7 @@ def _register() -> None:
     cli.add_command(run_cmd.exec_)
     cli.add_command(run_cmd.runs)
     cli.add_command(schedule_cmd.schedule_group)
+    cli.add_command(lab_cmd.lab)
 
 
 _register()

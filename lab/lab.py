@@ -1,0 +1,309 @@
+"""The lab as a whole: bare-metal nodes with BMCs, a provisioning network, an SSH fleet — and
+the ordinary site (inventory, secrets, keys, pinned host keys) that describes them.
+
+Everything the lab runs is recorded in ``SITE/lab/lab.json`` (written atomically), so ``lab
+down`` in another process, or after a crash, finds and removes all of it. Nothing outside lab/
+knows the lab exists: the inventory it writes is the same kind an operator writes by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets as pysecrets
+import shutil
+import socket
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from inventory.errors import LabError
+from inventory.state import StateStore
+from lab import fleet as fleetmod
+from lab.bmc import BmcProcessSpec, bmc_pid, start_bmc, stop_bmc
+from lab.machine import Machine, MachineSpec, TapNetwork
+from lab.network import LabNetwork, netns_exists
+
+INVENTORY_HEADER = "# Written by `metalchain lab up`: the lab's inventory. lab up rewrites it.\n"
+BMC_USER = "admin"
+FIRST_NODE_HOST = 11
+FIRST_FLEET_HOST = 100
+FIRST_BMC_PORT = 6230
+NODE_IMAGE = "debian-12"
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    mac: str
+    ip: str
+    tap: str
+    bmc_port: int
+
+
+@dataclass
+class LabConfig:
+    name: str
+    netns: str
+    ipv4: str
+    ipv6: str
+    memory_mib: int = 1024
+    disk_gib: int = 4
+    nodes: list[NodeConfig] = field(default_factory=list)
+    fleet: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LabConfig:
+        nodes = [NodeConfig(**n) for n in data.pop("nodes", [])]
+        return cls(nodes=nodes, **data)
+
+
+def default_netns(site_root: Path) -> str:
+    """One namespace name per site directory, short enough to name the uplink too."""
+    return "mclab-" + hashlib.sha256(str(site_root.resolve()).encode()).hexdigest()[:6]
+
+
+def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def _udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Lab:
+    """The lab of one site directory."""
+
+    def __init__(self, site_root: Path) -> None:
+        self.root = site_root.resolve()
+        self.dir = self.root / "lab"
+        self.config_path = self.dir / "lab.json"
+        self.key_path = self.root / "keys" / "id_ed25519"
+        self.secrets_path = self.root / "secrets.yml"
+        self.inventory_path = self.root / "inventory.yml"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def load(self) -> LabConfig | None:
+        if not self.config_path.exists():
+            return None
+        try:
+            return LabConfig.from_dict(json.loads(self.config_path.read_text("utf-8")))
+        except (ValueError, TypeError) as exc:
+            raise LabError(f"{self.config_path}: unreadable lab record: {exc}") from None
+
+    def save(self, config: LabConfig) -> None:
+        _atomic_write(self.config_path, json.dumps(asdict(config), indent=2) + "\n")
+
+    def plan(self, nodes: int, fleet: int, *, ipv4: str | None, name: str | None,
+             memory_mib: int, disk_gib: int) -> LabConfig:
+        """The configuration for ``nodes``/``fleet``, keeping what an earlier run chose."""
+        old = self.load()
+        netns = old.netns if old else (f"mclab-{name}" if name else default_netns(self.root))
+        net = LabNetwork(netns, ipv4=ipv4 or (old.ipv4 if old else "10.77.0.0/24"))
+        if old and ipv4 and ipv4 != old.ipv4:
+            raise LabError(f"this lab uses {old.ipv4}; run lab down --purge to change it")
+        if nodes > FIRST_FLEET_HOST - FIRST_NODE_HOST:
+            raise LabError(f"at most {FIRST_FLEET_HOST - FIRST_NODE_HOST} nodes")
+        tag = hashlib.sha256(netns.encode()).digest()
+        kept = {n.name: n for n in (old.nodes if old else [])}
+        used_ports = {n.bmc_port for n in kept.values()}
+        port = FIRST_BMC_PORT
+        out: list[NodeConfig] = []
+        for i in range(1, nodes + 1):
+            nname = f"node{i}"
+            if nname in kept:
+                out.append(kept[nname])
+                continue
+            while port in used_ports or not _udp_port_free(port):
+                port += 1
+            used_ports.add(port)
+            out.append(NodeConfig(
+                name=nname, mac=f"52:54:{tag[0]:02x}:{tag[1]:02x}:00:{i:02x}",
+                ip=str(net.ipv4[FIRST_NODE_HOST + i - 1]), tap=f"tap{i}", bmc_port=port))
+        return LabConfig(name=netns.removeprefix("mclab-"), netns=netns, ipv4=str(net.ipv4),
+                         ipv6=str(net.ipv6), memory_mib=memory_mib, disk_gib=disk_gib,
+                         nodes=out, fleet=fleet)
+
+    def network(self, config: LabConfig) -> LabNetwork:
+        return LabNetwork(config.netns, ipv4=config.ipv4, ipv6=config.ipv6)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def machine(self, config: LabConfig, node: NodeConfig) -> Machine:
+        return Machine(MachineSpec(
+            name=node.name, workdir=self.dir / "nodes" / node.name, mac=node.mac,
+            network=TapNetwork(node.tap), netns=config.netns, memory_mib=config.memory_mib,
+            disk_bytes=config.disk_gib * 1024**3))
+
+    def bmc_spec(self, node: NodeConfig) -> BmcProcessSpec:
+        d = self.dir / "nodes" / node.name
+        return BmcProcessSpec(name=node.name, port=node.bmc_port, qmp_socket=d / "bmc-qmp.sock",
+                              state_file=d / "bmc-state.json", user=BMC_USER,
+                              password_file=d / "bmc.pass", pidfile=d / "bmc.pid",
+                              logfile=d / "bmc.log")
+
+    def ensure_key(self) -> str:
+        """The controller's SSH key pair (generated once); returns the public key line."""
+        if not self.key_path.exists():
+            self.key_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                                "metalchain-controller", "-f", str(self.key_path)],
+                               check=True, capture_output=True, timeout=30)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                raise LabError(f"ssh-keygen failed for {self.key_path}: {exc}") from None
+        return self.key_path.with_suffix(".pub").read_text("utf-8").strip()
+
+    def ensure_secrets(self, config: LabConfig) -> dict[str, str]:
+        """BMC passwords in the site's secrets file (kept across runs), one per node."""
+        current: dict[str, str] = {}
+        if self.secrets_path.exists():
+            data = yaml.safe_load(self.secrets_path.read_text("utf-8")) or {}
+            if not isinstance(data, dict):
+                raise LabError(f"{self.secrets_path}: not a mapping of name: value")
+            current = {str(k): str(v) for k, v in data.items()}
+        changed = False
+        for node in config.nodes:
+            key = f"bmc-{node.name}"
+            if key not in current:
+                current[key] = pysecrets.token_urlsafe(16)
+                changed = True
+        if changed or not self.secrets_path.exists():
+            body = "# Secrets of this site (mode 0600). BMC passwords generated by lab up.\n"
+            body += yaml.safe_dump(current, sort_keys=True)
+            _atomic_write(self.secrets_path, body, 0o600)
+        return current
+
+    def write_inventory(self, config: LabConfig, fleet_records: list[fleetmod.HostRecord]
+                        ) -> None:
+        if self.inventory_path.exists() and not self.inventory_path.read_text(
+                "utf-8").startswith(INVENTORY_HEADER):
+            raise LabError(f"{self.inventory_path} exists and was not written by lab up; "
+                           "use an empty directory for the lab")
+        hosts: dict[str, Any] = {}
+        for node in config.nodes:
+            hosts[node.name] = {
+                "groups": ["nodes"],
+                "bmc": {"address": "127.0.0.1", "port": node.bmc_port, "username": BMC_USER,
+                        "password": {"secret": f"bmc-{node.name}"}},
+                "provision": {"mac": node.mac, "ip": node.ip, "image": NODE_IMAGE},
+            }
+        for rec in sorted(fleet_records, key=lambda r: r.name):
+            key_type, key_b64 = rec.host_key.split()[:2]
+            hosts[rec.name] = {"groups": ["fleet"], "address": rec.address,
+                               "ssh": {"user": "root", "host_key": f"{key_type} {key_b64}"}}
+        doc = {"groups": {"nodes": {}, "fleet": {}}, "hosts": hosts}
+        _atomic_write(self.inventory_path, INVENTORY_HEADER + yaml.safe_dump(
+            doc, sort_keys=False, default_flow_style=False))
+
+    def record_state(self, config: LabConfig, fleet_records: list[fleetmod.HostRecord]) -> None:
+        store = StateStore.open_file(self.root / "state" / "metalchain.db")
+        try:
+            for rec in fleet_records:
+                key = " ".join(rec.host_key.split()[:2])
+                if key not in store.host_keys_of(rec.name):
+                    store.pin_host_key(rec.name, key, "lab")
+            for node in config.nodes:
+                if store.node(node.name) is None or store.node(node.name).state is None:
+                    store.set_node_state(node.name, "enrolled", "created by lab up")
+        finally:
+            store.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def up(self, config: LabConfig, *, fleet_timeout: float = 300.0) -> dict[str, Any]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        old = self.load()
+        self.save(config)  # recorded before anything starts, so lab down can always clean up
+        pub = self.ensure_key()
+        passwords = self.ensure_secrets(config)
+        net = self.network(config)
+        net.up()
+        wanted = {n.name for n in config.nodes}
+        for node in (old.nodes if old else []):
+            if node.name not in wanted:
+                self._stop_node(config, node)
+        for node in config.nodes:
+            net.add_tap(node.tap)
+            machine = self.machine(config, node)
+            machine.start()
+            spec = self.bmc_spec(node)
+            _atomic_write(spec.password_file, passwords[f"bmc-{node.name}"] + "\n", 0o600)
+            start_bmc(spec)
+        records = self._fleet_up(config, net, pub, fleet_timeout)
+        self.write_inventory(config, records)
+        self.record_state(config, records)
+        return {"nodes": [n.name for n in config.nodes], "fleet": [r.name for r in records]}
+
+    def _fleet_up(self, config: LabConfig, net: LabNetwork, pub: str,
+                  timeout: float) -> list[fleetmod.HostRecord]:
+        specs = fleetmod.plan_hosts(config.fleet, net.ipv4, prefix="fleet",
+                                    first=FIRST_FLEET_HOST)
+        running = {r.name for r in fleetmod.load_records(self.dir)}
+        extra = sorted(running - {s.name for s in specs})
+        if not specs and not running:
+            return []
+        from provision.image import ensure_image
+
+        rootfs = ensure_image().rootfs if specs else Path("/")
+        fl = fleetmod.Fleet(self.dir, net, rootfs, [pub])
+        if extra:
+            fl.stop(extra)
+        if specs:
+            fl.start(specs, timeout=timeout).check()
+        return [r for r in fleetmod.load_records(self.dir) if r.name in {s.name for s in specs}]
+
+    def _stop_node(self, config: LabConfig, node: NodeConfig) -> None:
+        stop_bmc(self.bmc_spec(node).pidfile)
+        self.machine(config, node).stop()
+
+    def down(self, *, purge: bool = False) -> None:
+        """Stop everything the lab runs and remove its network. Idempotent."""
+        config = self.load()
+        errors: list[str] = []
+        try:
+            fleetmod.stop_all(self.dir)
+        except LabError as exc:
+            errors.append(str(exc))
+        for node in (config.nodes if config else []):
+            try:
+                self._stop_node(config, node)  # type: ignore[arg-type]
+            except LabError as exc:
+                errors.append(str(exc))
+        if config is not None and netns_exists(config.netns):
+            try:
+                self.network(config).down()
+            except LabError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise LabError("lab down left something behind: " + "; ".join(errors))
+        if purge:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(self.dir)
+
+    def node_processes(self) -> dict[str, dict[str, int | None]]:
+        config = self.load()
+        out: dict[str, dict[str, int | None]] = {}
+        for node in (config.nodes if config else []):
+            out[node.name] = {"qemu": self.machine(config, node).pid(),  # type: ignore[arg-type]
+                              "bmc": bmc_pid(self.bmc_spec(node).pidfile)}
+        return out

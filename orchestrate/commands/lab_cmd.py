@@ -1,0 +1,165 @@
+"""`metalchain lab up|status|console|down`: the virtual datacenter for demos, tests and
+rehearsals. It creates an ordinary site (inventory, secrets, keys, state) in --dir."""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inventory.errors import BmcError, InputError, LabError
+from inventory.site import Site, find_site_dir
+from orchestrate import output
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+dir_option = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+                          help="The lab's site directory (default: --site, $METALCHAIN_SITE, "
+                               "or the current directory).")
+
+
+def _root(obj: Any, directory: Path | None) -> Path:
+    return (directory or find_site_dir(obj.site_option)).resolve()
+
+
+def _lab(obj: Any, directory: Path | None):
+    from lab.lab import Lab
+
+    return Lab(_root(obj, directory))
+
+
+@click.group()
+def lab() -> None:
+    """The built-in virtual datacenter (QEMU nodes with IPMI BMCs, an SSH fleet)."""
+
+
+@lab.command()
+@click.option("--nodes", type=click.IntRange(0, 80), default=2, show_default=True,
+              help="Bare-metal QEMU nodes, each with its own BMC.")
+@click.option("--fleet", type=click.IntRange(0, 150), default=0, show_default=True,
+              help="Lightweight SSH hosts (systemd containers).")
+@click.option("--subnet", help="Provisioning network /24 (default 10.77.0.0/24).")
+@click.option("--name", help="Lab name (network namespace mclab-NAME); default from the dir.")
+@click.option("--memory", "memory_mib", type=click.IntRange(128, 65536), default=1024,
+              show_default=True, help="MiB of RAM per node.")
+@click.option("--disk", "disk_gib", type=click.IntRange(1, 1024), default=4, show_default=True,
+              help="GiB of (sparse) disk per node.")
+@dir_option
+@json_option
+@click.pass_obj
+def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
+       memory_mib: int, disk_gib: int, directory: Path | None, as_json: bool) -> None:
+    """Bring the lab up (idempotent; re-run to resize)."""
+    lb = _lab(obj, directory)
+    started = time.monotonic()
+    config = lb.plan(nodes, fleet, ipv4=subnet, name=name, memory_mib=memory_mib,
+                     disk_gib=disk_gib)
+    result = lb.up(config)
+    took = time.monotonic() - started
+    if as_json:
+        output.emit_json("lab.up", {"site": str(lb.root), "netns": config.netns,
+                                    "subnet": config.ipv4, "seconds": round(took, 1),
+                                    **result})
+        return
+    output.line(f"lab up in {took:.1f}s: {len(result['nodes'])} nodes, "
+                f"{len(result['fleet'])} fleet hosts; site {lb.root} (network {config.ipv4}, "
+                f"namespace {config.netns})")
+
+
+def _power(host: Any) -> tuple[str, str]:
+    from provision.drivers import driver_for
+
+    try:
+        with driver_for(host, timeout=3.0) as bmc:
+            return bmc.power_status(), ""
+    except BmcError as exc:
+        return "unknown", str(exc)
+
+
+@lab.command()
+@dir_option
+@json_option
+@click.pass_obj
+def status(obj: Any, directory: Path | None, as_json: bool) -> None:
+    """Every node with its BMC power state, every fleet host with SSH reachability."""
+    from lab.fleet import fleet_status
+
+    lb = _lab(obj, directory)
+    config = lb.load()
+    if config is None:
+        raise InputError(f"no lab in {lb.root} (create one with: metalchain lab up --dir DIR)")
+    site = Site.open(lb.root)
+    inv = site.inventory
+    procs = lb.node_processes()
+    node_hosts = [inv.hosts[n.name] for n in config.nodes if n.name in inv.hosts]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(node_hosts)))) as pool:
+        powers = list(pool.map(_power, node_hosts))
+    nodes = [{"name": h.name, "power": p, "error": err or None,
+              "bmc": h.bmc.describe() if h.bmc else None,
+              "mac": h.provision.mac if h.provision else None,
+              "ip": h.provision.ip if h.provision else None,
+              "qemu_pid": procs.get(h.name, {}).get("qemu"),
+              "bmc_pid": procs.get(h.name, {}).get("bmc")}
+             for h, (p, err) in zip(node_hosts, powers, strict=True)]
+    fleet = [{"name": s.name, "address": s.address, "running": s.init_alive,
+              "ssh": s.ssh_ok, "error": s.detail or None}
+             for s in sorted(fleet_status(lb.dir), key=lambda s: s.name)]
+    healthy = all(n["power"] in ("on", "off") for n in nodes) and all(
+        f["running"] and f["ssh"] for f in fleet)
+    if as_json:
+        output.emit_json("lab.status", {"site": str(lb.root), "netns": config.netns,
+                                        "subnet": config.ipv4, "healthy": healthy,
+                                        "nodes": nodes, "fleet": fleet})
+    else:
+        output.table("nodes", ["node", "power", "bmc", "mac", "ip"],
+                     [[n["name"], n["power"], n["bmc"], n["mac"], n["ip"]] for n in nodes])
+        output.table("fleet", ["host", "address", "running", "ssh"],
+                     [[f["name"], f["address"], f["running"],
+                       "ok" if f["ssh"] else (f["error"] or "no")] for f in fleet])
+    site.close()
+    raise click.exceptions.Exit(0 if healthy else 1)
+
+
+@lab.command()
+@click.argument("node")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
+@click.option("--lines", "-n", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@dir_option
+@click.pass_obj
+def console(obj: Any, node: str, follow: bool, lines: int, directory: Path | None) -> None:
+    """Show NODE's serial console log."""
+    lb = _lab(obj, directory)
+    config = lb.load()
+    if config is None or node not in {n.name for n in config.nodes}:
+        raise InputError(f"no lab node named '{node}' in {lb.root}")
+    log = lb.dir / "nodes" / node / "serial.log"
+    if not log.exists():
+        raise LabError(f"{node} has no console log yet ({log})")
+    data = log.read_bytes()
+    tail = b"\n".join(data.split(b"\n")[-lines:])
+    sys.stdout.write(tail.decode("utf-8", "replace"))
+    sys.stdout.flush()
+    pos = len(data)
+    while follow:
+        time.sleep(0.5)
+        size = log.stat().st_size
+        if size > pos:
+            with open(log, "rb") as fh:
+                fh.seek(pos)
+                sys.stdout.write(fh.read(size - pos).decode("utf-8", "replace"))
+                sys.stdout.flush()
+            pos = size
+
+
+@lab.command()
+@click.option("--purge", is_flag=True, help="Also delete the nodes' disks and lab records.")
+@dir_option
+@click.pass_obj
+def down(obj: Any, purge: bool, directory: Path | None) -> None:
+    """Stop every lab process and remove its network (idempotent)."""
+    lb = _lab(obj, directory)
+    lb.down(purge=purge)
+    output.line(f"lab down: {lb.root}" + (" (purged)" if purge else ""))
