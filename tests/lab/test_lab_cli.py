@@ -1,0 +1,95 @@
+"""`metalchain lab up|status|console|down` as an operator runs it, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.lab.sshd import METALCHAIN
+
+pytestmark = pytest.mark.lab
+
+SUBNET = "10.78.0.0/24"
+
+
+def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def leftovers(site: Path, netns: str) -> list[str]:
+    found = []
+    if netns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                               timeout=10).stdout.split():
+        found.append(f"netns {netns}")
+    if Path("/sys/class/net", netns).exists():
+        found.append(f"link {netns}")
+    with open("/proc/mounts", encoding="utf-8") as fh:
+        found += [f"mount {ln.split()[1]}" for ln in fh if str(site) in ln.split()[1]]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        zombie = stat.rsplit(")", 1)[1].split()[0] == "Z"
+        if str(site).encode() in cmdline and not zombie:
+            found.append(f"process {proc.name}: {cmdline[:80]!r}")
+    return found
+
+
+@pytest.fixture
+def lab_dir(tmp_path):
+    site = tmp_path / "lab"
+    yield site
+    mc("lab", "down", "--purge", "--dir", str(site), timeout=180)
+
+
+def test_lab_up_status_console_down(lab_dir):
+    r = mc("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--fleet", "10", "--subnet",
+           SUBNET, "--memory", "256", "--json")
+    assert r.returncode == 0, r.stderr
+    up = json.loads(r.stdout)
+    assert up["nodes"] == ["node1", "node2"] and len(up["fleet"]) == 10
+    netns = up["netns"]
+
+    r = mc("--site", str(lab_dir), "lab", "status", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = json.loads(r.stdout)
+    assert [(n["name"], n["power"]) for n in st["nodes"]] == [("node1", "off"),
+                                                             ("node2", "off")]
+    assert len(st["fleet"]) == 10 and all(f["running"] and f["ssh"] for f in st["fleet"])
+
+    # The lab wrote an ordinary site: it validates and the fleet answers SSH through it.
+    r = mc("--site", str(lab_dir), "inventory", "validate", "--json")
+    assert json.loads(r.stdout)["hosts"] == 12
+    r = mc("--site", str(lab_dir), "exec", "fleet", "--json", "--", "hostname")
+    assert r.returncode == 0, r.stderr
+    assert {h: v["stdout"].strip() for h, v in json.loads(r.stdout)["hosts"].items()} == {
+        f"fleet{i:02d}": f"fleet{i:02d}" for i in range(1, 11)}
+
+    # Re-running up is harmless and keeps addresses, MACs and BMC ports.
+    inventory_before = (lab_dir / "inventory.yml").read_text()
+    r = mc("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--fleet", "10")
+    assert r.returncode == 0, r.stderr
+    assert (lab_dir / "inventory.yml").read_text() == inventory_before
+
+    r = mc("--site", str(lab_dir), "lab", "console", "node1")
+    assert r.returncode == 0
+    r = mc("--site", str(lab_dir), "lab", "console", "node9")
+    assert r.returncode == 2 and "no lab node named 'node9'" in r.stderr
+
+    r = mc("lab", "down", "--dir", str(lab_dir))
+    assert r.returncode == 0, r.stderr
+    assert leftovers(lab_dir, netns) == []
+    # And again: idempotent.
+    assert mc("lab", "down", "--dir", str(lab_dir)).returncode == 0
+
+
+def test_status_without_lab_is_input_error(tmp_path):
+    r = mc("lab", "status", "--dir", str(tmp_path))
+    assert r.returncode == 2 and "no lab in" in r.stderr
