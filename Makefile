@@ -3,13 +3,16 @@ VENV := .venv
 MC := $(VENV)/bin/metalchain
 DEMO_SITE ?= demo-site
 
-.PHONY: bootstrap demo test test-unit lint
+.PHONY: bootstrap demo demo-down test test-unit lint
 
 bootstrap:
 	@./scripts/bootstrap.sh
 
 demo: bootstrap
 	@./scripts/demo.sh "$(DEMO_SITE)"
+
+demo-down: bootstrap
+	$(MC) lab down --dir "$(DEMO_SITE)"
 
 test: bootstrap
 	$(VENV)/bin/ruff check .

@@ -226,8 +226,10 @@ class SshConnection:
                 got = True
                 if sink:
                     sink("stderr", data.decode("utf-8", "replace"))
-            if chan.exit_status_ready() and not chan.recv_ready() \
-                    and not chan.recv_stderr_ready():
+            # Done only when the exit status AND the end of the output have arrived: sshd may
+            # send the exit status before the last output it still had buffered.
+            if chan.exit_status_ready() and (chan.eof_received or chan.closed) \
+                    and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() - start > timeout:
                 chan.close()

@@ -49,7 +49,22 @@ def lab_dir(tmp_path):
     mc("lab", "down", "--purge", "--dir", str(site), timeout=180)
 
 
+CANARY = "CANARY-bmc-1b7e-never-print"
+
+
 def test_lab_up_status_console_down(lab_dir):
+    # The lab keeps existing secrets: node1's BMC password is a canary that must never show.
+    lab_dir.mkdir()
+    (lab_dir / "secrets.yml").write_text(f"bmc-node1: {CANARY}\n")
+    (lab_dir / "secrets.yml").chmod(0o600)
+    outputs: list[str] = []
+
+    def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([METALCHAIN, "--debug", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        outputs.append(r.stdout + r.stderr)
+        return r
+
     r = mc("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--fleet", "10", "--subnet",
            SUBNET, "--memory", "256", "--json")
     assert r.returncode == 0, r.stderr
@@ -59,7 +74,7 @@ def test_lab_up_status_console_down(lab_dir):
 
     r = mc("--site", str(lab_dir), "lab", "status", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    st = json.loads(r.stdout)
+    st = json.loads(r.stdout[r.stdout.index("{"):])
     assert [(n["name"], n["power"]) for n in st["nodes"]] == [("node1", "off"),
                                                              ("node2", "off")]
     assert len(st["fleet"]) == 10 and all(f["running"] and f["ssh"] for f in st["fleet"])
@@ -88,6 +103,8 @@ def test_lab_up_status_console_down(lab_dir):
     assert leftovers(lab_dir, netns) == []
     # And again: idempotent.
     assert mc("lab", "down", "--dir", str(lab_dir)).returncode == 0
+    assert all(CANARY not in out for out in outputs)
+    assert "bmc-node1: " + CANARY in (lab_dir / "secrets.yml").read_text()  # kept, not replaced
 
 
 def test_status_without_lab_is_input_error(tmp_path):

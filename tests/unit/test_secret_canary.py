@@ -47,7 +47,10 @@ def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 # this test on purpose, so that it gets covered.
 ARGUMENT_VALUES = {"host": "node1", "target": "all", "directory": None,
                    "playbook": "site.yml", "command": "true", "run_id": "nope",
-                   "name": "canary"}
+                   "name": "canary", "node": "node1"}
+# Commands that start machines and networks: their canary check is in tests/lab/test_lab_cli.py,
+# which runs them against a lab whose BMC password is a canary.
+STARTS_MACHINES = {("lab", "up"), ("lab", "down")}
 PLAYBOOK = """\
 - name: touch
   hosts: all
@@ -58,6 +61,8 @@ PLAYBOOK = """\
 
 def invocations(tmp_path: Path):
     for path, cmd in leaf_commands(cli):
+        if path in STARTS_MACHINES:
+            continue
         args: list[str] = []
         for param in cmd.params:
             if isinstance(param, click.Argument):
