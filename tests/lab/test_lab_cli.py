@@ -110,3 +110,17 @@ def test_lab_up_status_console_down(lab_dir):
 def test_status_without_lab_is_input_error(tmp_path):
     r = mc("lab", "status", "--dir", str(tmp_path))
     assert r.returncode == 2 and "no lab in" in r.stderr
+
+
+def test_exec_on_50_fleet_hosts(tmp_path):
+    site = tmp_path / "fleet50"
+    try:
+        r = mc("lab", "up", "--dir", str(site), "--nodes", "0", "--fleet", "50", "--subnet",
+               "10.80.0.0/24", "--json")
+        assert r.returncode == 0, r.stderr
+        r = mc("--site", str(site), "exec", "fleet", "--json", "--", "hostname")
+        assert r.returncode == 0, r.stderr
+        answers = {h: v["stdout"].strip() for h, v in json.loads(r.stdout)["hosts"].items()}
+        assert answers == {f"fleet{i:02d}": f"fleet{i:02d}" for i in range(1, 51)}
+    finally:
+        mc("lab", "down", "--purge", "--dir", str(site), timeout=300)
