@@ -13,7 +13,10 @@ transaction tries to upgrade its read lock.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,7 +47,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inventory.errors import InputError, StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 
 metadata = MetaData()
@@ -121,6 +124,19 @@ audit = Table(
     Column("action", String(64), nullable=False),
     Column("target", Text, nullable=False),
     Column("detail", Text, nullable=False, default="{}"),
+)
+
+# Schema 2: one-time deploy tokens for the install callbacks (only their hashes are stored).
+deploy_tokens = Table(
+    "deploy_tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    # active -> spent (done/failed reported) or revoked (a newer token was issued)
+    Column("status", String(16), nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("ended_at", Float),
 )
 
 JOURNAL_OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
@@ -241,7 +257,12 @@ class StateStore:
             raise StateError(f"the state store {_safe_url(self.url)} has schema version "
                              f"{found}, newer than this metalchain ({SCHEMA_VERSION}); "
                              "upgrade metalchain")
-        # Later schema versions add their migration steps here, one per version.
+        if found < SCHEMA_VERSION:
+            with self._write() as conn:
+                # create_all above already added the tables new in later versions (1 -> 2:
+                # deploy_tokens); steps that alter existing tables go here, one per version.
+                conn.execute(update(meta).where(meta.c.key == "schema_version").values(
+                    value=str(SCHEMA_VERSION)))
 
     def schema_version(self) -> int:
         with self._read() as conn:
@@ -423,6 +444,57 @@ class StateStore:
         return [JournalEntry(r.id, r.uid, r.name, r.step_index, r.step, r.status,
                              r.started_at, r.ended_at, json.loads(r.detail)) for r in rows]
 
+    # -- deploy tokens ------------------------------------------------------------------------
+
+    def issue_deploy_token(self, name: str, ttl: float) -> str:
+        """A fresh one-time token for ``name``'s next deployment; earlier ones are revoked.
+
+        Only the token's SHA-256 is stored: a copy of the database does not let anyone
+        impersonate an installer.
+        """
+        token = secrets.token_urlsafe(24)
+        now = time.time()
+        with self._write() as conn:
+            node_id = self._node_id(conn, name, create=True)
+            conn.execute(update(deploy_tokens).where(
+                deploy_tokens.c.node_id == node_id, deploy_tokens.c.status == "active"
+            ).values(status="revoked", ended_at=now))
+            conn.execute(insert(deploy_tokens).values(
+                node_id=node_id, token_sha256=_sha256(token), status="active", issued_at=now,
+                expires_at=now + ttl))
+        return token
+
+    def check_deploy_token(self, name: str, token: str) -> bool:
+        """True if ``token`` is ``name``'s active, unexpired token."""
+        with self._read() as conn:
+            row = conn.execute(select(deploy_tokens.c.token_sha256, deploy_tokens.c.expires_at)
+                               .join(nodes, nodes.c.id == deploy_tokens.c.node_id)
+                               .where(nodes.c.name == name,
+                                      deploy_tokens.c.status == "active")).first()
+        if row is None or row.expires_at < time.time():
+            return False
+        return hmac.compare_digest(row.token_sha256, _sha256(token))
+
+    def spend_deploy_token(self, name: str, token: str) -> bool:
+        """Spend ``token`` (done or failed was reported); False if it was not active."""
+        with self._write() as conn:
+            res = conn.execute(update(deploy_tokens).where(
+                deploy_tokens.c.token_sha256 == _sha256(token),
+                deploy_tokens.c.status == "active",
+                deploy_tokens.c.expires_at >= time.time(),
+                deploy_tokens.c.node_id == select(nodes.c.id).where(
+                    nodes.c.name == name).scalar_subquery(),
+            ).values(status="spent", ended_at=time.time()))
+            return res.rowcount == 1
+
+    def revoke_deploy_tokens(self, name: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(deploy_tokens).where(
+                deploy_tokens.c.status == "active",
+                deploy_tokens.c.node_id == select(nodes.c.id).where(
+                    nodes.c.name == name).scalar_subquery(),
+            ).values(status="revoked", ended_at=time.time()))
+
     # -- audit --------------------------------------------------------------------------------
 
     @staticmethod
@@ -444,6 +516,10 @@ class StateStore:
             rows = conn.execute(q).all()
         return [{"at": r.at, "actor": r.actor, "action": r.action, "target": r.target,
                  "detail": json.loads(r.detail)} for r in rows]
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _safe_url(url: str) -> str:

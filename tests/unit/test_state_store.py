@@ -69,3 +69,41 @@ def test_unopenable_store_is_a_clean_error(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StateError, match="state store"):
         StateStore.open_file(tmp_path / "dir.db")
+
+
+def test_deploy_tokens_one_time(store):
+    t1 = store.issue_deploy_token("n1", ttl=60)
+    assert store.check_deploy_token("n1", t1)
+    assert not store.check_deploy_token("n2", t1)          # another node's token
+    assert not store.check_deploy_token("n1", t1 + "x")
+    t2 = store.issue_deploy_token("n1", ttl=60)             # a new deployment revokes t1
+    assert not store.check_deploy_token("n1", t1)
+    assert store.check_deploy_token("n1", t2)
+    assert not store.spend_deploy_token("n2", t2)
+    assert store.spend_deploy_token("n1", t2)
+    assert not store.spend_deploy_token("n1", t2)           # replay after done
+    assert not store.check_deploy_token("n1", t2)
+    expired = store.issue_deploy_token("n1", ttl=-1)
+    assert not store.check_deploy_token("n1", expired)
+    with store._read() as conn:
+        stored = [r[0] for r in conn.exec_driver_sql("SELECT token_sha256 FROM deploy_tokens")]
+    assert t2 not in stored and len(stored) == 3
+
+
+def test_migration_from_schema_1(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    s = StateStore.open_file(path)
+    s.set_node_state("n1", "active", "before upgrade")
+    s.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE deploy_tokens")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    s = StateStore.open_file(path)
+    assert s.schema_version() == SCHEMA_VERSION == 2
+    assert s.node("n1").state == "active"
+    assert s.check_deploy_token("n1", s.issue_deploy_token("n1", ttl=10))
+    s.close()
