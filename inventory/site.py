@@ -26,7 +26,9 @@ from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
 
 SETTINGS_FILE = "metalchain.yml"
-SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key")
+SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot")
+# Settings that are mappings, validated by the stage that owns them (boot: provision/).
+MAPPING_SETTINGS = ("boot",)
 
 
 def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -42,6 +44,8 @@ class Site:
     secrets_path: Path
     state_url: str
     ssh_key_path: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    settings_file: Path | None = None
     _inventory: Inventory | None = field(default=None, repr=False)
     _secrets: SecretStore | None = field(default=None, repr=False)
     _state: StateStore | None = field(default=None, repr=False)
@@ -64,8 +68,10 @@ class Site:
                     raise InventoryError(f"unknown key '{key}'; allowed: "
                                          f"{', '.join(SETTINGS_KEYS)}", file=str(settings_file),
                                          line=data.line_of(key))
-                if not isinstance(data[key], str):
-                    raise InventoryError(f"{key} must be a string", file=str(settings_file),
+                want = dict if key in MAPPING_SETTINGS else str
+                if not isinstance(data[key], want):
+                    kind = "mapping" if want is dict else "string"
+                    raise InventoryError(f"{key} must be a {kind}", file=str(settings_file),
                                          line=data.line_of(key))
             settings = dict(data or {})
         if "inventory" in settings:
@@ -85,7 +91,7 @@ class Site:
             state = f"sqlite:///{path}"
         key = root / settings.get("ssh_key", "keys/id_ed25519")
         return cls(root=root, inventory_path=inv, secrets_path=secrets, state_url=state,
-                   ssh_key_path=key)
+                   ssh_key_path=key, settings=settings, settings_file=settings_file)
 
     @property
     def secrets(self) -> SecretStore:
