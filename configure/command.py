@@ -121,7 +121,11 @@ class CommandStep:
                                           f"guard): {args.describe()}",
                                data={"unknown": True})
         command = args.command if isinstance(args.command, Shell) else list(args.command)
-        result = ctx.connection().run(command, timeout=args.timeout, become=args.become)
+        def sink(stream: str, text: str) -> None:
+            ctx.emit("host_output", stream=stream, text=text)
+
+        result = ctx.connection().run(command, timeout=args.timeout, become=args.become,
+                                      sink=sink)
         output = result.stdout + (("\n" + result.stderr) if result.stderr else "")
         if not result.ok:
             return StepOutcome("failed", f"exit code {result.exit_code}: {args.describe()}"

@@ -62,6 +62,29 @@ def test_serial_and_max_fail_percentage(lab_site):
     assert set(json.loads(r.stdout)["hosts"]) == {"h01"}
 
 
+def test_event_log_streams_output(lab_site):
+    (lab_site / "playbooks" / "out.yml").write_text(
+        "- hosts: h01,h02\n  steps:\n    - name: talk\n"
+        "      command: [sh, -c, 'echo to-out; echo to-err >&2']\n")
+    r = mc(lab_site, "run", "out", "--json")
+    assert r.returncode == 0, r.stderr
+    run_uid = json.loads(r.stdout)["run"]
+    events = [json.loads(ln) for ln in
+              (lab_site / "runs" / f"{run_uid}.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "run_start" and kinds[-1] == "run_end"
+    outputs = {(e["host"], e["stream"], e["text"].strip()) for e in events
+               if e["event"] == "host_output"}
+    assert {("h01", "stdout", "to-out"), ("h01", "stderr", "to-err"),
+            ("h02", "stdout", "to-out")} <= outputs
+    ends = [e for e in events if e["event"] == "host_step_end"]
+    assert {e["host"] for e in ends} == {"h01", "h02"}
+    assert all(e["status"] == "changed" and e["duration"] >= 0 for e in ends)
+    r = mc(lab_site, "runs", "show", run_uid, "--json")
+    doc = json.loads(r.stdout)
+    assert doc["run"]["status"] == "ok" and len(doc["journal"]) == 2
+
+
 def test_retries(lab_site):
     marker = lab_site.work / "attempts-{{ inventory_hostname }}"
     (lab_site / "playbooks" / "retry.yml").write_text(
