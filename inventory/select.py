@@ -5,6 +5,8 @@ A target is a comma-separated list of terms, applied left to right:
 - ``name`` — a group (all its hosts) or a host
 - ``node*`` — a glob over host and group names
 - ``key=value`` — hosts whose label ``key`` equals ``value`` (``role=hypervisor``)
+- ``fact.key=value`` — hosts whose last gathered fact ``key`` equals ``value``
+  (``fact.os_codename=bookworm``; list facts match any element)
 - ``@NAME`` — a named host list supplied by the caller (``@failed`` from the last run)
 - ``!term`` removes the term's hosts, ``&term`` keeps only hosts also in the term
 
@@ -15,17 +17,29 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from inventory.errors import InputError
 from inventory.model import ALL_GROUP, Inventory
 
 
-def _term_hosts(inv: Inventory, term: str, named: Mapping[str, Sequence[str]]) -> list[str]:
+def _fact_matches(value: Any, wanted: str) -> bool:
+    if isinstance(value, list):
+        return any(str(v) == wanted or str(v).split("/")[0] == wanted for v in value)
+    return value is not None and str(value) == wanted
+
+
+def _term_hosts(inv: Inventory, term: str, named: Mapping[str, Sequence[str]],
+                facts: Mapping[str, Mapping[str, Any]]) -> list[str]:
     if term.startswith("@"):
         if term[1:] not in named:
             known = ", ".join("@" + n for n in named) or "none"
             raise InputError(f"unknown host list '{term}' (known: {known})")
         return [h for h in named[term[1:]] if h in inv.hosts]
+    if term.startswith("fact.") and "=" in term:
+        key, _, value = term[5:].partition("=")
+        return [h for h in inv.hosts if key in facts.get(h, {})
+                and _fact_matches(facts[h][key], value)]
     if "=" in term:
         key, _, value = term.partition("=")
         return [h.name for h in inv.hosts.values() if h.labels.get(key) == value]
@@ -43,12 +57,14 @@ def _term_hosts(inv: Inventory, term: str, named: Mapping[str, Sequence[str]]) -
 
 
 def select_hosts(inv: Inventory, target: str, limit: str | None = None,
-                 named: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+                 named: Mapping[str, Sequence[str]] | None = None,
+                 facts: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     """Host names selected by ``target`` (and narrowed by ``limit``), in inventory order."""
     named = named or {}
-    chosen = _apply(inv, target, named)
+    facts = facts or {}
+    chosen = _apply(inv, target, named, facts)
     if limit:
-        narrowed = set(_apply(inv, limit, named))
+        narrowed = set(_apply(inv, limit, named, facts))
         chosen = [h for h in chosen if h in narrowed]
     if not chosen:
         what = f"'{target}'" + (f" limited to '{limit}'" if limit else "")
@@ -56,16 +72,17 @@ def select_hosts(inv: Inventory, target: str, limit: str | None = None,
     return chosen
 
 
-def _apply(inv: Inventory, target: str, named: Mapping[str, Sequence[str]]) -> list[str]:
+def _apply(inv: Inventory, target: str, named: Mapping[str, Sequence[str]],
+           facts: Mapping[str, Mapping[str, Any]]) -> list[str]:
     terms = [t.strip() for t in target.split(",") if t.strip()]
     if not terms:
         raise InputError("empty target")
     selected: set[str] = set()
     for term in terms:
         if term.startswith("!"):
-            selected -= set(_term_hosts(inv, term[1:], named))
+            selected -= set(_term_hosts(inv, term[1:], named, facts))
         elif term.startswith("&"):
-            selected &= set(_term_hosts(inv, term[1:], named))
+            selected &= set(_term_hosts(inv, term[1:], named, facts))
         else:
-            selected |= set(_term_hosts(inv, term, named))
+            selected |= set(_term_hosts(inv, term, named, facts))
     return [h for h in inv.hosts if h in selected]

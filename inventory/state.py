@@ -47,7 +47,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inventory.errors import InputError, StateError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000
 
 metadata = MetaData()
@@ -137,6 +137,14 @@ deploy_tokens = Table(
     Column("issued_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("ended_at", Float),
+)
+
+# Schema 3: the last facts gathered from each host.
+facts = Table(
+    "facts", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("gathered_at", Float, nullable=False),
 )
 
 JOURNAL_OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
@@ -260,7 +268,7 @@ class StateStore:
         if found < SCHEMA_VERSION:
             with self._write() as conn:
                 # create_all above already added the tables new in later versions (1 -> 2:
-                # deploy_tokens); steps that alter existing tables go here, one per version.
+                # deploy_tokens; 2 -> 3: facts); steps that alter existing tables go here.
                 conn.execute(update(meta).where(meta.c.key == "schema_version").values(
                     value=str(SCHEMA_VERSION)))
 
@@ -494,6 +502,23 @@ class StateStore:
                 deploy_tokens.c.node_id == select(nodes.c.id).where(
                     nodes.c.name == name).scalar_subquery(),
             ).values(status="revoked", ended_at=time.time()))
+
+    # -- facts --------------------------------------------------------------------------------
+
+    def save_facts(self, name: str, data: dict[str, Any]) -> None:
+        now = time.time()
+        with self._write() as conn:
+            node_id = self._node_id(conn, name, create=True)
+            conn.execute(facts.delete().where(facts.c.node_id == node_id))
+            conn.execute(insert(facts).values(node_id=node_id, data=json.dumps(data),
+                                              gathered_at=now))
+
+    def all_facts(self) -> dict[str, dict[str, Any]]:
+        """host name -> its last gathered facts (with ``gathered_at``)."""
+        with self._read() as conn:
+            rows = conn.execute(select(nodes.c.name, facts.c.data, facts.c.gathered_at)
+                                .join(facts, facts.c.node_id == nodes.c.id)).all()
+        return {r.name: {**json.loads(r.data), "gathered_at": r.gathered_at} for r in rows}
 
     # -- audit --------------------------------------------------------------------------------
 

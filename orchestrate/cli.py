@@ -107,6 +107,7 @@ def _register() -> None:
     cli.add_command(run_cmd.run)
     cli.add_command(run_cmd.exec_)
     cli.add_command(run_cmd.runs)
+    cli.add_command(run_cmd.facts)
     cli.add_command(schedule_cmd.schedule_group)
     cli.add_command(lab_cmd.lab)
 

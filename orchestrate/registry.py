@@ -8,7 +8,9 @@ from orchestrate.steps import StepRegistry
 
 def build_registry() -> StepRegistry:
     from configure.command import CommandStep
+    from configure.facts import GatherFactsStep
 
     registry = StepRegistry()
     registry.register(CommandStep())
+    registry.register(GatherFactsStep())
     return registry

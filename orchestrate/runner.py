@@ -134,18 +134,20 @@ class Runner:
     def run(self, playbook: Playbook, *, events: EventLog, run_uid: str,
             limit: str | None = None, extra_vars: Mapping[str, Any] | None = None,
             check: bool = False, named: Mapping[str, Sequence[str]] | None = None,
-            done: Mapping[tuple[str, int], str] | None = None) -> RunReport:
+            done: Mapping[tuple[str, int], str] | None = None,
+            facts: Mapping[str, Mapping[str, Any]] | None = None) -> RunReport:
         """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run."""
         report = RunReport(uid=run_uid)
         conns = Connections(self.connect)
         done = done or {}
+        self._facts = facts or {}
         events.emit("run_start", playbook=str(playbook.path), limit=limit, check=check,
                     resumed=bool(done))
         excluded: set[str] = set()
         try:
             for play in playbook.plays:
-                hosts = [h for h in select_hosts(self.inventory, play.hosts, limit, named)
-                         if h not in excluded]
+                hosts = [h for h in select_hosts(self.inventory, play.hosts, limit, named,
+                                                 self._facts) if h not in excluded]
                 events.emit("play_start", play=play.name, hosts=hosts)
                 for n, batch in enumerate(batches(hosts, play.serial)):
                     if report.stopped_reason:
@@ -191,7 +193,8 @@ class Runner:
               done: Mapping[tuple[str, int], str]) -> HostReport:
         h = self.inventory.hosts[host]
         magic = {"inventory_hostname": host, "address": h.address,
-                 "group_names": self.inventory.groups_of(host), "labels": h.labels}
+                 "group_names": self.inventory.groups_of(host), "labels": h.labels,
+                 "facts": dict(getattr(self, "_facts", {}).get(host, {}))}
         variables = {**magic, **host_vars(self.inventory, host, extra=extra)}
         ctx = _HostCtx(host, variables, check, conns, events, play.name)
         report = HostReport(host)

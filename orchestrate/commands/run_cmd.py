@@ -106,7 +106,8 @@ def execute(obj: Any, playbook: Playbook, *, limit: str | None, extra: dict[str,
     status = "failed"
     try:
         report = runner.run(playbook, events=events, run_uid=uid, limit=limit,
-                            extra_vars=extra, check=check, named=named, done=done)
+                            extra_vars=extra, check=check, named=named, done=done,
+                            facts=store.all_facts())
         status = "ok" if report.exit_code == 0 else "failed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -180,9 +181,10 @@ def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], chec
 
 def _plan(site: Any, pb: Playbook, limit: str | None, as_json: bool) -> None:
     named = {"failed": last_failed_hosts(site.state)}
+    facts = site.state.all_facts()
     plays = []
     for play in pb.plays:
-        hosts = select_hosts(site.inventory, play.hosts, limit, named)
+        hosts = select_hosts(site.inventory, play.hosts, limit, named, facts)
         plays.append({"play": play.name, "hosts": hosts,
                       "batches": batches(hosts, play.serial),
                       "max_fail_percentage": play.max_fail_percentage,
@@ -216,11 +218,7 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
     from configure.command import CommandArgs
 
     args = CommandArgs(command=tuple(command), timeout=timeout, become=become)
-    step = Step(index=0, name=" ".join(command)[:60], kind="command", args=args, retries=0,
-                delay=0, timeout=None, file="<exec>", line=0)
-    play = Play(index=0, name="exec", hosts=target, serial=(),
-                max_fail_percentage=None, steps=(step,), file="<exec>", line=0)
-    pb = Playbook(path=Path("<exec>"), plays=[play])
+    pb = _single_step_playbook(target, "command", args, " ".join(command)[:60])
     report = execute(obj, pb, limit=limit, extra={}, check=False, parallel=parallel,
                      resume=None, kind="exec")
     results = {}
@@ -247,6 +245,49 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
         output.line(f"exec {report.uid}: {len(results)} hosts, "
                     + ", ".join(f"{k}={v}" for k, v in c.items() if v))
     raise click.exceptions.Exit(report.exit_code)
+
+
+def _single_step_playbook(target: str, kind: str, args: Any, name: str) -> Playbook:
+    step = Step(index=0, name=name, kind=kind, args=args, retries=0, delay=0, timeout=None,
+                file=f"<{kind}>", line=0)
+    play = Play(index=0, name=kind, hosts=target, serial=(), max_fail_percentage=None,
+                steps=(step,), file=f"<{kind}>", line=0)
+    return Playbook(path=Path(f"<{kind}>"), plays=[play])
+
+
+@click.command()
+@click.argument("target")
+@click.option("--limit", help="Narrow the target.")
+@click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
+              show_default=True)
+@click.option("--cached", is_flag=True, help="Show the stored facts; contact no host.")
+@json_option
+@click.pass_obj
+def facts(obj: Any, target: str, limit: str | None, parallel: int, cached: bool,
+          as_json: bool) -> None:
+    """Gather (or with --cached, show) the facts of TARGET's hosts."""
+    store = obj.site.state
+    hosts = select_hosts(obj.site.inventory, target, limit, {"failed": last_failed_hosts(store)},
+                         store.all_facts())
+    code = 0
+    if not cached:
+        pb = _single_step_playbook(target, "gather_facts", None, "gather facts")
+        report = execute(obj, pb, limit=limit, extra={}, check=False, parallel=parallel,
+                         resume=None, kind="facts")
+        for h, r in report.hosts.items():
+            if r.steps and "facts" in r.steps[0].outcome.data:
+                store.save_facts(h, r.steps[0].outcome.data["facts"])
+        code = report.exit_code
+    known = store.all_facts()
+    doc = {h: known.get(h) for h in hosts}
+    if as_json:
+        output.emit_json("facts", {"hosts": doc})
+    else:
+        output.table("facts", ["host", "os", "kernel", "cpus", "memory_mb", "ipv4"],
+                     [[h, (f or {}).get("os_pretty"), (f or {}).get("kernel"),
+                       (f or {}).get("cpus"), (f or {}).get("memory_mb"),
+                       (f or {}).get("ipv4")] for h, f in doc.items()])
+    raise click.exceptions.Exit(code)
 
 
 @click.group()

@@ -151,3 +151,19 @@ def test_exec_unreachable_host_is_reported(lab_site):
     r = mc(lab_site, "exec", "h01", "--", "true")
     assert r.returncode == 1
     assert "h01 | UNREACHABLE |" in r.stdout and "cannot connect" in r.stdout
+
+
+def test_facts_and_fact_selectors(lab_site):
+    r = mc(lab_site, "facts", "h01,h02", "--json")
+    assert r.returncode == 0, r.stderr
+    hosts = json.loads(r.stdout)["hosts"]
+    assert set(hosts) == {"h01", "h02"}
+    for f in hosts.values():
+        assert f["os_id"] == "debian" and f["cpus"] >= 1 and f["memory_mb"] > 100
+        assert f["init"] in ("systemd", "other") and f["pkg_manager"] == "apt"
+    (lab_site / "playbooks" / "f.yml").write_text(
+        "- hosts: fact.os_id=debian\n  steps:\n    - command: [/bin/true]\n")
+    r = mc(lab_site, "run", "f", "--plan", "--json")
+    assert json.loads(r.stdout)["plays"][0]["hosts"] == ["h01", "h02"]
+    r = mc(lab_site, "facts", "fact.os_id=debian", "--cached", "--json")
+    assert set(json.loads(r.stdout)["hosts"]) == {"h01", "h02"}
