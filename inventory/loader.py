@@ -43,6 +43,7 @@ HOST_KEYS = ("address", "groups", "roles", "labels", "vars", "bmc", "provision",
 GROUP_KEYS = ("children", "hosts", "roles", "vars")
 BMC_KEYS = ("address", "port", "username", "password", "driver")
 BMC_DRIVERS = ("ipmi",)
+IPMI_PASSWORD_MAX = 20
 PROVISION_KEYS = ("mac", "ip", "image")
 SSH_KEYS = ("user", "port", "host_key", "proxy_command")
 
@@ -241,14 +242,20 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
             # Never echo the value: it may be a password typed in by mistake.
             raise b.fail("password", "bmc.password must be a secret reference ({secret: NAME} "
                                      "or {env: VARIABLE}), not a literal value")
+        password = resolver.resolve(pw, bd, "password", name, "bmc.password")
+        driver = b.string("driver", check=lambda d: d in BMC_DRIVERS,
+                          what=f"one of {', '.join(BMC_DRIVERS)}") or "ipmi"
+        if driver == "ipmi" and len(password.reveal().encode("utf-8")) > IPMI_PASSWORD_MAX:
+            # Says how long it may be, never what it is.
+            raise b.fail("password", f"bmc.password: IPMI 2.0 passwords are at most "
+                                     f"{IPMI_PASSWORD_MAX} bytes ({password.ref} is longer)")
         bmc = Bmc(
             address=b.string("address", required=True, check=_address,
                              what="an IP address or host name") or "",
             username=b.string("username", required=True) or "",
-            password=resolver.resolve(pw, bd, "password", name, "bmc.password"),
+            password=password,
             port=b.port("port", 623),
-            driver=b.string("driver", check=lambda d: d in BMC_DRIVERS,
-                            what=f"one of {', '.join(BMC_DRIVERS)}") or "ipmi",
+            driver=driver,
         )
 
     prov = None

@@ -96,6 +96,7 @@ def _register() -> None:
         init_cmd,
         inventory_cmd,
         lab_cmd,
+        power_cmd,
         run_cmd,
         schedule_cmd,
         state_cmd,
@@ -110,6 +111,7 @@ def _register() -> None:
     cli.add_command(run_cmd.facts)
     cli.add_command(schedule_cmd.schedule_group)
     cli.add_command(lab_cmd.lab)
+    cli.add_command(power_cmd.power)
 
 
 _register()

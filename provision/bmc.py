@@ -50,6 +50,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import select
 import socket
 import subprocess
@@ -252,6 +253,12 @@ class BmcDriver(ABC):
                     timeout: float | None = None) -> BootSetting:
         """Set the device for the next boot and return what the BMC reports afterwards."""
 
+    def __enter__(self) -> BmcDriver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:  # noqa: B027 - optional hook, drivers without resources skip it
         """Release sessions and helpers."""
 
@@ -278,6 +285,16 @@ def _bmc_lock(address: str, port: int) -> threading.Lock:
     """One lock per BMC address, shared by every driver object that talks to it."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault((address, port), threading.Lock())
+
+
+# When each BMC last finished a command (monotonic), shared like the locks: small BMCs
+# drop or mangle requests that arrive back to back, so callers can ask for a gap.
+_LAST_COMMAND: dict[tuple[str, int], float] = {}
+
+
+def _jitter(remaining: float) -> float:
+    """A short random pause before a retry, so many nodes' retries do not line up."""
+    return max(0.0, min(remaining, random.uniform(0.05, 0.25)))  # noqa: S311 - not crypto
 
 
 class _WorkerLost(Exception):
@@ -383,7 +400,7 @@ class IpmiBmc(BmcDriver):
 
     def __init__(self, host: str, address: str, *, port: int = 623, user: str | bytes,
                  password: str | bytes, timeout: float = 5.0, attempt_timeout: float = 1.0,
-                 login_timeout: float = 4.0) -> None:
+                 login_timeout: float = 4.0, min_interval: float = 0.0) -> None:
         self.host = host
         self.address = address
         self.port = port
@@ -393,6 +410,7 @@ class IpmiBmc(BmcDriver):
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.login_timeout = login_timeout
+        self.min_interval = min_interval
         self._lock = _bmc_lock(address, port)
         self._worker: _Worker | None = None
 
@@ -463,23 +481,38 @@ class IpmiBmc(BmcDriver):
         """One IPMI request with the recovery described in the module docstring."""
         deadline = time.monotonic() + (timeout or self.timeout)
         with self._locked(deadline, what):
-            for attempt in (1, 2):
-                worker = self._ensure_worker(deadline)
-                remaining = deadline - time.monotonic()
-                try:
-                    reply = worker.raw(netfn, command, data,
-                                       timeout=min(self.attempt_timeout, max(0.0, remaining)))
-                    if "error" in reply:
-                        raise _WorkerLost(str(reply["error"]))
-                    return int(reply["code"]), [int(b) for b in reply["data"]]
-                except _WorkerLost as exc:
-                    self._drop_worker()
-                    if attempt == 2 or deadline - time.monotonic() <= 0:
-                        raise self._error(what, str(exc)) from None
-                    # Down, or only our session is stale (e.g. the BMC restarted)?
-                    if ping(self.address, self.port,
-                            timeout=min(0.5, max(0.0, deadline - time.monotonic()))) is None:
-                        raise self._error(what, f"{exc}; BMC does not answer a ping") from None
+            try:
+                return self._attempts(what, netfn, command, data, deadline)
+            finally:
+                _LAST_COMMAND[(self.address, self.port)] = time.monotonic()
+
+    def _attempts(self, what: str, netfn: int, command: int, data: list[int],
+                  deadline: float) -> tuple[int, list[int]]:
+        for attempt in (1, 2):
+            gap = _LAST_COMMAND.get((self.address, self.port), 0.0) + self.min_interval \
+                - time.monotonic()
+            if gap > 0:
+                if time.monotonic() + gap >= deadline:
+                    raise self._error(what, f"min_interval {self.min_interval:g}s leaves no "
+                                            "time before the deadline")
+                time.sleep(gap)
+            worker = self._ensure_worker(deadline)
+            remaining = deadline - time.monotonic()
+            try:
+                reply = worker.raw(netfn, command, data,
+                                   timeout=min(self.attempt_timeout, max(0.0, remaining)))
+                if "error" in reply:
+                    raise _WorkerLost(str(reply["error"]))
+                return int(reply["code"]), [int(b) for b in reply["data"]]
+            except _WorkerLost as exc:
+                self._drop_worker()
+                if attempt == 2 or deadline - time.monotonic() <= 0:
+                    raise self._error(what, str(exc)) from None
+                # Down, or only our session is stale (e.g. the BMC restarted)?
+                if ping(self.address, self.port,
+                        timeout=min(0.5, max(0.0, deadline - time.monotonic()))) is None:
+                    raise self._error(what, f"{exc}; BMC does not answer a ping") from None
+                time.sleep(_jitter(deadline - time.monotonic() - 0.1))
         raise self._error(what, "no attempt left")  # unreachable; keeps type checkers calm
 
     def _checked(self, what: str, netfn: int, command: int, data: list[int],

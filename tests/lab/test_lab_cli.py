@@ -49,7 +49,7 @@ def lab_dir(tmp_path):
     mc("lab", "down", "--purge", "--dir", str(site), timeout=180)
 
 
-CANARY = "CANARY-bmc-1b7e-never-print"
+CANARY = "CANARY-bmc-1b7e-xq"  # IPMI passwords are at most 20 bytes
 
 
 def test_lab_up_status_console_down(lab_dir):
@@ -93,6 +93,8 @@ def test_lab_up_status_console_down(lab_dir):
     assert r.returncode == 0, r.stderr
     assert (lab_dir / "inventory.yml").read_text() == inventory_before
 
+    _power_cli(mc, lab_dir)
+
     r = mc("--site", str(lab_dir), "lab", "console", "node1")
     assert r.returncode == 0
     r = mc("--site", str(lab_dir), "lab", "console", "node9")
@@ -124,3 +126,55 @@ def test_exec_on_50_fleet_hosts(tmp_path):
         assert answers == {f"fleet{i:02d}": f"fleet{i:02d}" for i in range(1, 51)}
     finally:
         mc("lab", "down", "--purge", "--dir", str(site), timeout=300)
+
+
+def _ipmitool(lab_dir: Path, node: str, port: int, *args: str) -> str:
+    import yaml
+
+    password = yaml.safe_load((lab_dir / "secrets.yml").read_text())[f"bmc-{node}"]
+    r = subprocess.run(["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port),
+                        "-U", "admin", "-E", *args], capture_output=True, text=True,
+                       timeout=30, env={"IPMI_PASSWORD": password, "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def _power_cli(mc, lab_dir: Path) -> None:
+    """metalchain power, cross-checked with ipmitool; a dead BMC fails fast and clearly."""
+    import time
+
+    inv = json.loads(mc("--site", str(lab_dir), "inventory", "list", "nodes", "--json")
+                     .stdout)["hosts"]
+    port = {h["name"]: h["bmc"]["port"] for h in inv}
+    r = mc("--site", str(lab_dir), "power", "bootdev", "node1", "network", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Boot Device Selector : Force PXE" in _ipmitool(
+        lab_dir, "node1", port["node1"], "chassis", "bootparam", "get", "5")
+    r = mc("--site", str(lab_dir), "power", "on", "node1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Chassis Power is on" in _ipmitool(lab_dir, "node1", port["node1"], "chassis",
+                                              "power", "status")
+    r = mc("--site", str(lab_dir), "power", "status", "nodes", "--json")
+    states = {h["host"]: h["result"] for h in json.loads(r.stdout)["hosts"]}
+    assert states == {"node1": "on", "node2": "off"}
+    assert mc("--site", str(lab_dir), "power", "off", "node1").returncode == 0
+    assert "Chassis Power is off" in _ipmitool(lab_dir, "node1", port["node1"], "chassis",
+                                               "power", "status")
+    # node2's BMC dies: its call fails within 10 s naming host and BMC; node1 still answers.
+    pid = int((lab_dir / "lab" / "nodes" / "node2" / "bmc.pid").read_text())
+    import os
+    import signal
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    r = mc("--site", str(lab_dir), "power", "status", "nodes", "--json")
+    took = time.monotonic() - start
+    assert r.returncode == 1
+    hosts = {h["host"]: h for h in json.loads(r.stdout)["hosts"]}
+    assert hosts["node1"]["result"] == "off"
+    assert not hosts["node2"]["ok"] and "node2 (BMC 127.0.0.1:" in hosts["node2"]["error"]
+    assert took < 10, took
+    # lab up brings the dead BMC back (idempotent repair).
+    assert mc("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--fleet", "10"
+              ).returncode == 0
+    r = mc("--site", str(lab_dir), "power", "status", "node2", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["hosts"][0]["result"] == "off"

@@ -29,7 +29,8 @@ def _check(result, site: Path, line: int | None, expect: list[str]) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
 def test_malformed_inventory(case, tmp_path, run_cli, monkeypatch):
     monkeypatch.delenv("METALCHAIN_TEST_SURELY_UNSET_VAR", raising=False)
-    site = write_site(tmp_path / "site", case["inventory"])
+    site = write_site(tmp_path / "site", case["inventory"],
+                      secrets="bmc-ok: pw\nlong-one: abcdefghijklmnopqrstuvwxyz\n")
     result = run_cli("--site", str(site), "inventory", "validate")
     _check(result, site, case["line"], case["expect"])
 
