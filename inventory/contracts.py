@@ -32,6 +32,10 @@ class HostContext(Protocol):
     host: str
     vars: Mapping[str, Any]
     check: bool
+    #: the state store (inventory.state.StateStore): owed handlers, drift
+    state: Any
+    #: run-wide options: playbooks_dir (Path | None), diff (bool)
+    options: Mapping[str, Any]
 
     def connection(self) -> Any: ...
 

@@ -47,7 +47,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inventory.errors import InputError, StateError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000
 
 metadata = MetaData()
@@ -145,6 +145,27 @@ facts = Table(
     Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
     Column("data", Text, nullable=False),
     Column("gathered_at", Float, nullable=False),
+)
+
+# Schema 4: handlers owed by changes whose handler has not run yet (a killed or failed run
+# must not lose a restart), and the latest drift found per host and resource.
+owed_handlers = Table(
+    "owed_handlers", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
+    Column("role", String(64), primary_key=True),
+    Column("handler", String(200), primary_key=True),
+    Column("since", Float, nullable=False),
+)
+
+drift = Table(
+    "drift", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
+    Column("role", String(64), nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("changes", Text, nullable=False),
+    Column("checked_at", Float, nullable=False),
 )
 
 JOURNAL_OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
@@ -268,7 +289,8 @@ class StateStore:
         if found < SCHEMA_VERSION:
             with self._write() as conn:
                 # create_all above already added the tables new in later versions (1 -> 2:
-                # deploy_tokens; 2 -> 3: facts); steps that alter existing tables go here.
+                # deploy_tokens; 2 -> 3: facts; 3 -> 4: owed_handlers, drift); steps that
+                # alter existing tables go here.
                 conn.execute(update(meta).where(meta.c.key == "schema_version").values(
                     value=str(SCHEMA_VERSION)))
 
@@ -519,6 +541,49 @@ class StateStore:
             rows = conn.execute(select(nodes.c.name, facts.c.data, facts.c.gathered_at)
                                 .join(facts, facts.c.node_id == nodes.c.id)).all()
         return {r.name: {**json.loads(r.data), "gathered_at": r.gathered_at} for r in rows}
+
+    # -- owed handlers and drift ----------------------------------------------------------------
+
+    def owed_handlers(self, name: str) -> set[tuple[str, str]]:
+        with self._read() as conn:
+            rows = conn.execute(select(owed_handlers.c.role, owed_handlers.c.handler)
+                                .join(nodes, nodes.c.id == owed_handlers.c.node_id)
+                                .where(nodes.c.name == name)).all()
+        return {(r.role, r.handler) for r in rows}
+
+    def set_owed_handlers(self, name: str, owed: set[tuple[str, str]]) -> None:
+        """Replace the set of handlers ``name`` is owed (written before acting)."""
+        now = time.time()
+        with self._write() as conn:
+            node_id = self._node_id(conn, name, create=True)
+            conn.execute(owed_handlers.delete().where(owed_handlers.c.node_id == node_id))
+            for role, handler in sorted(owed):
+                conn.execute(insert(owed_handlers).values(node_id=node_id, role=role,
+                                                          handler=handler, since=now))
+
+    def save_drift(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """The drift found on ``name`` by its latest check (replaces the previous one)."""
+        now = time.time()
+        with self._write() as conn:
+            node_id = self._node_id(conn, name, create=True)
+            conn.execute(drift.delete().where(drift.c.node_id == node_id))
+            for r in rows:
+                conn.execute(insert(drift).values(
+                    node_id=node_id, role=r["role"], resource=r["resource"],
+                    status=r["status"], changes=json.dumps(r.get("changes", [])),
+                    checked_at=now))
+
+    def drift_report(self) -> dict[str, list[dict[str, Any]]]:
+        """host -> its drifted resources from the latest check (monitor/ exports these)."""
+        with self._read() as conn:
+            rows = conn.execute(select(nodes.c.name, drift).join(
+                drift, drift.c.node_id == nodes.c.id).order_by(drift.c.id)).all()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            out.setdefault(r.name, []).append({
+                "role": r.role, "resource": r.resource, "status": r.status,
+                "changes": json.loads(r.changes), "checked_at": r.checked_at})
+        return out
 
     # -- audit --------------------------------------------------------------------------------
 

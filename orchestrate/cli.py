@@ -93,6 +93,7 @@ def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
 
 def _register() -> None:
     from orchestrate.commands import (
+        apply_cmd,
         init_cmd,
         inventory_cmd,
         lab_cmd,
@@ -109,6 +110,8 @@ def _register() -> None:
     cli.add_command(run_cmd.exec_)
     cli.add_command(run_cmd.runs)
     cli.add_command(run_cmd.facts)
+    cli.add_command(apply_cmd.apply)
+    cli.add_command(apply_cmd.drift)
     cli.add_command(schedule_cmd.schedule_group)
     cli.add_command(lab_cmd.lab)
     cli.add_command(power_cmd.power)

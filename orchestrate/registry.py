@@ -7,10 +7,13 @@ from orchestrate.steps import StepRegistry
 
 
 def build_registry() -> StepRegistry:
+    from configure.apply import ApplyRolesStep, ApplyRoleStep
     from configure.command import CommandStep
     from configure.facts import GatherFactsStep
 
     registry = StepRegistry()
     registry.register(CommandStep())
     registry.register(GatherFactsStep())
+    registry.register(ApplyRolesStep())
+    registry.register(ApplyRoleStep())
     return registry

@@ -110,6 +110,8 @@ class _HostCtx:
     _conns: Connections
     _events: EventLog
     play: str = ""
+    state: Any = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def connection(self) -> Any:
         return self._conns.get(self.host)
@@ -121,7 +123,8 @@ class _HostCtx:
 class Runner:
     def __init__(self, inventory: Inventory, store: StateStore, registry: StepRegistry,
                  connect: Callable[[str], Any], *, parallelism: int = DEFAULT_PARALLELISM,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 options: Mapping[str, Any] | None = None) -> None:
         if parallelism < 1:
             raise InputError("parallelism must be at least 1")
         self.inventory = inventory
@@ -130,6 +133,7 @@ class Runner:
         self.connect = connect
         self.parallelism = parallelism
         self.sleep = sleep
+        self.options = dict(options or {})
 
     def run(self, playbook: Playbook, *, events: EventLog, run_uid: str,
             limit: str | None = None, extra_vars: Mapping[str, Any] | None = None,
@@ -194,9 +198,11 @@ class Runner:
         h = self.inventory.hosts[host]
         magic = {"inventory_hostname": host, "address": h.address,
                  "group_names": self.inventory.groups_of(host), "labels": h.labels,
-                 "facts": dict(getattr(self, "_facts", {}).get(host, {}))}
+                 "facts": dict(getattr(self, "_facts", {}).get(host, {})),
+                 "roles": self.inventory.roles_of(host)}
         variables = {**magic, **host_vars(self.inventory, host, extra=extra)}
-        ctx = _HostCtx(host, variables, check, conns, events, play.name)
+        ctx = _HostCtx(host, variables, check, conns, events, play.name, self.store,
+                       self.options)
         report = HostReport(host)
         for step in play.steps:
             idx = journal_index(play, step)

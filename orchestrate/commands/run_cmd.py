@@ -77,7 +77,8 @@ class RunLock:
 
 def execute(obj: Any, playbook: Playbook, *, limit: str | None, extra: dict[str, str],
             check: bool, parallel: int, resume: str | None, kind: str,
-            on_report: Callable[[RunReport], None] | None = None) -> RunReport:
+            on_report: Callable[[RunReport], None] | None = None,
+            diff: bool = False) -> RunReport:
     site = obj.site
     store = site.state
     inv = site.inventory
@@ -102,7 +103,8 @@ def execute(obj: Any, playbook: Playbook, *, limit: str | None, extra: dict[str,
     progress = make_progress()
     events.subscribe(progress)
     runner = Runner(inv, store, build_registry(),
-                    connector(inv, store, site.private_key()), parallelism=parallel)
+                    connector(inv, store, site.private_key()), parallelism=parallel,
+                    options={"playbooks_dir": site.playbooks_dir, "diff": diff})
     status = "failed"
     try:
         report = runner.run(playbook, events=events, run_uid=uid, limit=limit,
@@ -132,6 +134,23 @@ def report_doc(report: RunReport) -> dict[str, Any]:
                                  "duration": round(s.duration, 3)} for s in r.steps]}
                   for h, r in report.hosts.items()},
     }
+
+
+def print_diffs(report: RunReport) -> None:
+    """The per-resource diffs of apply steps (what check mode would change, or did)."""
+    for h, r in report.hosts.items():
+        for s in r.steps:
+            for res in s.outcome.data.get("results", []):
+                if res["status"] in ("changed", "unknown", "failed") and (
+                        res["changes"] or res["diff"] or res["message"]):
+                    output.line(f"--- {h}: {res['role']}/{res['resource']} [{res['status']}]"
+                                + (f" ({res['source']})" if res["source"] else ""))
+                    for c in res["changes"]:
+                        output.line(f"    {c}")
+                    if res["message"]:
+                        output.line(f"    {res['message']}")
+                    if res["diff"]:
+                        output.line(res["diff"].rstrip("\n"))
 
 
 def print_summary(report: RunReport) -> None:

@@ -100,11 +100,13 @@ def test_migration_from_schema_1(tmp_path):
     db = sqlite3.connect(path)
     db.execute("DROP TABLE deploy_tokens")
     db.execute("DROP TABLE facts")
+    db.execute("DROP TABLE owed_handlers")
+    db.execute("DROP TABLE drift")
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
     s = StateStore.open_file(path)
-    assert s.schema_version() == SCHEMA_VERSION == 3
+    assert s.schema_version() == SCHEMA_VERSION == 4
     assert s.node("n1").state == "active"
     assert s.check_deploy_token("n1", s.issue_deploy_token("n1", ttl=10))
     s.close()

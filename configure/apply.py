@@ -1,0 +1,120 @@
+"""Step kinds that converge roles on a host: ``apply_roles`` (the roles the inventory gives
+the host) and ``apply_role`` (named ones). Check mode and drift come from the same code."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from configure.engine import ConvergeReport, converge
+from configure.roles import Role, blocks_for_host, resolve, role_search_path
+from inventory.contracts import HostContext, StepOutcome
+from inventory.secrets import Secret
+
+
+def _secret_values(value: Any) -> list[str]:
+    if isinstance(value, Secret):
+        return [value.reveal()]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _secret_values(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _secret_values(v)]
+    return []
+
+
+class _RoleCache:
+    """Roles are loaded once per run, not once per host."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._roles: dict[tuple[tuple[str, ...], tuple[str, ...]], list[Role]] = {}
+
+    def get(self, names: list[str], search: list[Path]) -> list[Role]:
+        key = (tuple(names), tuple(str(p) for p in search))
+        with self._lock:
+            if key not in self._roles:
+                self._roles[key] = resolve(names, search)
+            return self._roles[key]
+
+
+def outcome_of(report: ConvergeReport, check: bool) -> StepOutcome:
+    changes = [f"{r.role}/{r.identity}: {c}" for r in report.results
+               if r.status in ("changed", "unknown") for c in (r.changes or [r.identity])]
+    data = {"round_trips": report.round_trips,
+            "results": [{"role": r.role, "resource": r.identity, "status": r.status,
+                         "changes": r.changes, "diff": r.diff, "message": r.message,
+                         "handler": r.handler, "source": r.source} for r in report.results],
+            "unknown": len(report.unknown)}
+    if report.failed:
+        first = report.failed[0]
+        return StepOutcome("failed", f"{first.role}/{first.identity}: {first.message}",
+                           changes=changes, data=data)
+    if report.changed or (check and report.unknown):
+        verb = "would change" if check else "changed"
+        msg = f"{verb} {report.changed}"
+        if report.unknown:
+            msg += f", {len(report.unknown)} unknown in check mode"
+        return StepOutcome("changed", msg, changes=changes, data=data)
+    return StepOutcome("ok", "converged", data=data)
+
+
+class ApplyRolesStep:
+    name = "apply_roles"
+    description = "converge the roles the inventory assigns to the host"
+
+    def __init__(self) -> None:
+        self._cache = _RoleCache()
+
+    def parse(self, raw: Any) -> list[str] | None:
+        if raw in (None, {}, True):
+            return None
+        roles = raw.get("roles") if isinstance(raw, dict) else raw
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str)
+                                                                 for r in roles):
+            raise ValueError("expected {} (the inventory's roles) or {roles: [name, ...]}")
+        return roles
+
+    def _names(self, ctx: HostContext, args: list[str] | None) -> list[str]:
+        return list(args) if args is not None else list(ctx.vars.get("roles", []))
+
+    def run(self, ctx: HostContext, args: list[str] | None) -> StepOutcome:
+        names = self._names(ctx, args)
+        if not names:
+            return StepOutcome("ok", "no roles")
+        search = role_search_path(ctx.options.get("playbooks_dir"))
+        roles = self._cache.get(names, search)
+        blocks = blocks_for_host(roles, ctx.vars)
+        host = ctx.host
+        state = ctx.state
+        report = converge(
+            ctx.connection(), blocks, check=ctx.check,
+            owed=state.owed_handlers(host) if state is not None else set(),
+            on_owed=(lambda owed: state.set_owed_handlers(host, owed)) if state else None,
+            secret_values=_secret_values(dict(ctx.vars)))
+        if state is not None:
+            if not ctx.check:
+                state.set_owed_handlers(host, report.owed_after)
+            drifted = [{"role": r.role, "resource": r.identity, "status": r.status,
+                        "changes": r.changes} for r in report.results
+                       if r.handler is None and (
+                           r.status in ("changed", "unknown") if ctx.check
+                           else r.status == "failed")]
+            if ctx.check:
+                state.save_drift(host, drifted)
+            elif not report.failed:
+                state.save_drift(host, [])
+        return outcome_of(report, ctx.check)
+
+
+class ApplyRoleStep(ApplyRolesStep):
+    name = "apply_role"
+    description = "converge the named role(s)"
+
+    def parse(self, raw: Any) -> list[str]:
+        roles = super().parse(raw)
+        if roles is None:
+            raise ValueError("name the role: apply_role: ROLE or {roles: [A, B]}")
+        return roles

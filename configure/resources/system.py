@@ -1,0 +1,337 @@
+"""package, service, user, group, sysctl and kernel_module."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from configure.resources.base import Action, Decision, Probe, Resource, ResourceSpecError, cmd, q
+from configure.resources.files import write_file_script
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.:@_-]*$")
+APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+APT_OPTS = ("-y", "-q", "-o", "Dpkg::Options::=--force-confdef", "-o",
+            "Dpkg::Options::=--force-confold")
+
+
+def _names(spec: Mapping[str, Any], kind: str, key: str = "name") -> list[str]:
+    raw = spec.get(key)
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or not all(isinstance(i, str) and _NAME.match(i) for i in items):
+        raise ResourceSpecError(f"{kind}: '{key}' must be a name or a list of names, got "
+                                f"{raw!r}")
+    return items
+
+
+def _state(spec: Mapping[str, Any], kind: str, allowed: tuple[str, ...], default: str) -> str:
+    state = spec.get("state", default)
+    if state not in allowed:
+        raise ResourceSpecError(f"{kind}: state must be one of {', '.join(allowed)}, "
+                                f"got {state!r}")
+    return state
+
+
+class Package(Resource):
+    """Debian packages (apt). ``update_cache`` refreshes the lists before installing."""
+
+    kind = "package"
+    KEYS = ("name", "state", "update_cache", "purge")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__(spec)
+        self.only(spec, self.kind, self.KEYS)
+        self.names = _names(spec, self.kind)
+        self.state = _state(spec, self.kind, ("present", "absent"), "present")
+        self.update_cache = bool(spec.get("update_cache", False))
+        self.purge = bool(spec.get("purge", False))
+
+    @property
+    def identity(self) -> str:
+        return f"package:{','.join(self.names)}"
+
+    def probes(self) -> list[Probe]:
+        # One line per package: "NAME STATUS-ABBREV VERSION" ("ii " = installed).
+        lines = [f"printf '%s ' {q(n)}; dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n'"
+                 f" {q(n)} 2>/dev/null || echo 'un|'" for n in self.names]
+        return [Probe(self.identity, "\n".join(lines))]
+
+    def installed(self, found: Mapping[str, str]) -> dict[str, bool]:
+        out = {n: False for n in self.names}
+        for line in found.get(self.identity, "").splitlines():
+            name, _, rest = line.partition(" ")
+            if name in out:
+                out[name] = rest.startswith("ii")
+        return out
+
+    def decide(self, found: Mapping[str, str]) -> Decision:
+        have = self.installed(found)
+        if self.state == "present":
+            missing = [n for n, ok in have.items() if not ok]
+            if not missing:
+                return Decision()
+            update = (f"{APT_ENV} apt-get update -q" if self.update_cache else
+                      f"ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || "
+                      f"{APT_ENV} apt-get update -q")
+            return Decision([Action(f"install {' '.join(missing)}", update + "\n" + APT_ENV + " "
+                                    + cmd("apt-get", "install", *APT_OPTS,
+                                          "--no-install-recommends", *missing))],
+                            [f"install package {n}" for n in missing])
+        present = [n for n, ok in have.items() if ok]
+        if not present:
+            return Decision()
+        verb = "purge" if self.purge else "remove"
+        return Decision([Action(f"{verb} {' '.join(present)}", APT_ENV + " " + cmd(
+            "apt-get", verb, *APT_OPTS, *present))], [f"{verb} package {n}" for n in present])
+
+
+class Service(Resource):
+    """A systemd unit: enabled or not, running or not; ``restarted``/``reloaded`` for handlers."""
+
+    kind = "service"
+    KEYS = ("name", "state", "enabled")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__(spec)
+        self.only(spec, self.kind, self.KEYS)
+        self.unit = _names(spec, self.kind)[0]
+        self.state = _state(spec, self.kind, ("started", "stopped", "restarted", "reloaded"),
+                            "started")
+        enabled = spec.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ResourceSpecError("service: enabled must be true or false")
+        self.enabled = enabled
+
+    @property
+    def identity(self) -> str:
+        return f"service:{self.unit}"
+
+    def probes(self) -> list[Probe]:
+        u = q(self.unit)
+        return [Probe(self.identity, f"echo \"enabled=$(systemctl is-enabled {u} 2>/dev/null)\""
+                                     f"\necho \"active=$(systemctl is-active {u} 2>/dev/null)\"")]
+
+    def decide(self, found: Mapping[str, str]) -> Decision:
+        facts = dict(ln.split("=", 1) for ln in found.get(self.identity, "").splitlines()
+                     if "=" in ln)
+        enabled, active = facts.get("enabled", ""), facts.get("active", "")
+        lines: list[str] = []
+        changes: list[str] = []
+        if self.enabled is True and enabled not in ("enabled", "static", "alias", "indirect",
+                                                    "generated"):
+            lines.append(cmd("systemctl", "enable", self.unit))
+            changes.append(f"enable {self.unit}")
+        elif self.enabled is False and enabled == "enabled":
+            lines.append(cmd("systemctl", "disable", self.unit))
+            changes.append(f"disable {self.unit}")
+        if self.state == "started" and active != "active":
+            lines.append(cmd("systemctl", "start", self.unit))
+            changes.append(f"start {self.unit}")
+        elif self.state == "stopped" and active in ("active", "activating", "reloading"):
+            lines.append(cmd("systemctl", "stop", self.unit))
+            changes.append(f"stop {self.unit}")
+        elif self.state in ("restarted", "reloaded"):
+            verb = "restart" if self.state == "restarted" else "reload-or-restart"
+            lines.append(cmd("systemctl", verb, self.unit))
+            changes.append(f"{verb} {self.unit}")
+        if not lines:
+            return Decision()
+        return Decision([Action(", ".join(changes), "\n".join(lines))], changes)
+
+
+class User(Resource):
+    kind = "user"
+    KEYS = ("name", "state", "uid", "groups", "shell", "home", "system", "comment")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__(spec)
+        self.only(spec, self.kind, self.KEYS)
+        self.user = _names(spec, self.kind)[0]
+        self.state = _state(spec, self.kind, ("present", "absent"), "present")
+        self.uid = spec.get("uid")
+        if self.uid is not None and (isinstance(self.uid, bool) or not isinstance(self.uid, int)):
+            raise ResourceSpecError("user: uid must be an integer")
+        self.groups = _names(spec, self.kind, "groups") if spec.get("groups") else []
+        self.shell = spec.get("shell")
+        self.home = spec.get("home")
+        self.system = bool(spec.get("system", False))
+        self.comment = spec.get("comment")
+
+    @property
+    def identity(self) -> str:
+        return f"user:{self.user}"
+
+    def probes(self) -> list[Probe]:
+        u = q(self.user)
+        return [Probe(self.identity, f"getent passwd {u} || echo absent\n"
+                                     f"id -nG {u} 2>/dev/null || echo")]
+
+    def decide(self, found: Mapping[str, str]) -> Decision:
+        lines = found.get(self.identity, "").splitlines()
+        entry = lines[0] if lines else "absent"
+        groups = set(lines[1].split()) if len(lines) > 1 else set()
+        if entry.strip() == "absent":
+            if self.state == "absent":
+                return Decision()
+            argv = ["useradd", "--create-home"]
+            if self.system:
+                argv.append("--system")
+            if self.uid is not None:
+                argv += ["--uid", str(self.uid)]
+            if self.shell:
+                argv += ["--shell", self.shell]
+            if self.home:
+                argv += ["--home-dir", self.home]
+            if self.comment:
+                argv += ["--comment", self.comment]
+            if self.groups:
+                argv += ["--groups", ",".join(self.groups)]
+            return Decision([Action(f"create user {self.user}", cmd(*argv, self.user))],
+                            [f"create user {self.user}"])
+        if self.state == "absent":
+            return Decision([Action(f"remove user {self.user}", cmd("userdel", self.user))],
+                            [f"remove user {self.user}"])
+        fields = entry.split(":")
+        argv = ["usermod"]
+        changes = []
+        if self.uid is not None and len(fields) > 2 and fields[2] != str(self.uid):
+            argv += ["--uid", str(self.uid)]
+            changes.append(f"uid {fields[2]} -> {self.uid}")
+        if self.shell and len(fields) > 6 and fields[6] != self.shell:
+            argv += ["--shell", self.shell]
+            changes.append(f"shell {fields[6]} -> {self.shell}")
+        if self.home and len(fields) > 5 and fields[5] != self.home:
+            argv += ["--home", self.home]
+            changes.append(f"home {fields[5]} -> {self.home}")
+        missing = [g for g in self.groups if g not in groups]
+        if missing:
+            argv += ["--append", "--groups", ",".join(missing)]
+            changes.append(f"add to groups {', '.join(missing)}")
+        if not changes:
+            return Decision()
+        return Decision([Action(f"modify user {self.user}", cmd(*argv, self.user))],
+                        [f"user {self.user}: {c}" for c in changes])
+
+
+class Group(Resource):
+    kind = "group"
+    KEYS = ("name", "state", "gid", "system")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__(spec)
+        self.only(spec, self.kind, self.KEYS)
+        self.group = _names(spec, self.kind)[0]
+        self.state = _state(spec, self.kind, ("present", "absent"), "present")
+        self.gid = spec.get("gid")
+        self.system = bool(spec.get("system", False))
+
+    @property
+    def identity(self) -> str:
+        return f"group:{self.group}"
+
+    def probes(self) -> list[Probe]:
+        return [Probe(self.identity, f"getent group {q(self.group)} || echo absent")]
+
+    def decide(self, found: Mapping[str, str]) -> Decision:
+        entry = found.get(self.identity, "absent").strip()
+        if entry == "absent":
+            if self.state == "absent":
+                return Decision()
+            argv = ["groupadd"] + (["--system"] if self.system else []) + (
+                ["--gid", str(self.gid)] if self.gid is not None else [])
+            return Decision([Action(f"create group {self.group}", cmd(*argv, self.group))],
+                            [f"create group {self.group}"])
+        if self.state == "absent":
+            return Decision([Action(f"remove group {self.group}", cmd("groupdel", self.group))],
+                            [f"remove group {self.group}"])
+        fields = entry.split(":")
+        if self.gid is not None and len(fields) > 2 and fields[2] != str(self.gid):
+            return Decision([Action(f"gid of {self.group}", cmd("groupmod", "--gid",
+                                                                 str(self.gid), self.group))],
+                            [f"group {self.group}: gid {fields[2]} -> {self.gid}"])
+        return Decision()
+
+
+class Sysctl(Resource):
+    """A kernel parameter, set now and persisted in /etc/sysctl.d/."""
+
+    kind = "sysctl"
+    KEYS = ("name", "value", "persist")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__(spec)
+        self.only(spec, self.kind, self.KEYS)
+        self.key = self.require(spec, "name", self.kind)
+        if not re.match(r"^[a-z0-9_./-]+$", self.key):
+            raise ResourceSpecError(f"sysctl: bad name {self.key!r}")
+        value = spec.get("value")
+        if value is None or isinstance(value, (dict, list)):
+            raise ResourceSpecError("sysctl: 'value' is required (a string or number)")
+        self.value = " ".join(str(value).split())
+        self.persist = bool(spec.get("persist", True))
+        self.conf = f"/etc/sysctl.d/90-metalchain-{self.key.replace('/', '.')}.conf"
+
+    @property
+    def identity(self) -> str:
+        return f"sysctl:{self.key}"
+
+    def probes(self) -> list[Probe]:
+        return [Probe(self.identity, f"echo \"runtime=$(sysctl -n {q(self.key)} 2>/dev/null)\"\n"
+                                     f"echo \"persisted=$(cat {q(self.conf)} 2>/dev/null)\"")]
+
+    def decide(self, found: Mapping[str, str]) -> Decision:
+        facts = dict(ln.split("=", 1) for ln in found.get(self.identity, "").splitlines()
+                     if "=" in ln)
+        runtime = " ".join(facts.get("runtime", "").split())
+        line = f"{self.key} = {self.value}"
+        actions, changes = [], []
+        if runtime != self.value:
+            actions.append(Action(f"sysctl {self.key}", cmd("sysctl", "-q", "-w",
+                                                            f"{self.key}={self.value}")))
+            changes.append(f"{self.key}: {runtime or '(unset)'} -> {self.value}")
+        if self.persist and facts.get("persisted", "").strip() != line:
+            actions.append(Action(f"persist {self.key}", write_file_script(
+                self.conf, (line + "\n").encode(), "644", "root", "root",
+                exists=False)))
+            changes.append(f"persist {self.key} in {self.conf}")
+        return Decision(actions, changes)
+
+
+class KernelModule(Resource):
+    """A kernel module loaded now (built-in counts) and at every boot."""
+
+    kind = "kernel_module"
+    KEYS = ("name", "persist")
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        super().__init__(spec)
+        self.only(spec, self.kind, self.KEYS)
+        self.module = self.require(spec, "name", self.kind)
+        if not re.match(r"^[a-z0-9_-]+$", self.module):
+            raise ResourceSpecError(f"kernel_module: bad name {self.module!r}")
+        self.persist = bool(spec.get("persist", True))
+        self.conf = f"/etc/modules-load.d/metalchain-{self.module}.conf"
+
+    @property
+    def identity(self) -> str:
+        return f"kernel_module:{self.module}"
+
+    def probes(self) -> list[Probe]:
+        sysname = self.module.replace("-", "_")
+        return [Probe(self.identity, f"[ -d /sys/module/{q(sysname)} ] && echo loaded=yes || "
+                                     f"echo loaded=no\n"
+                                     f"echo \"persisted=$(cat {q(self.conf)} 2>/dev/null)\"")]
+
+    def decide(self, found: Mapping[str, str]) -> Decision:
+        facts = dict(ln.split("=", 1) for ln in found.get(self.identity, "").splitlines()
+                     if "=" in ln)
+        actions, changes = [], []
+        if facts.get("loaded") != "yes":
+            actions.append(Action(f"load {self.module}", cmd("modprobe", self.module)))
+            changes.append(f"load module {self.module}")
+        if self.persist and facts.get("persisted", "").strip() != self.module:
+            actions.append(Action(f"persist {self.module}", write_file_script(
+                self.conf, (self.module + "\n").encode(), "644", "root", "root",
+                exists=False)))
+            changes.append(f"load {self.module} at boot ({self.conf})")
+        return Decision(actions, changes)

@@ -1,0 +1,273 @@
+"""Roles: ``playbooks/roles/<role>/`` — a recipe, handlers, defaults, templates, files.
+
+::
+
+    roles/node_exporter/
+      recipe.yml        # list of resources: - package: {name: x}  (+ name:, notify:)
+      handlers.yml      # name: resource   (run once, at the end of the role, if notified)
+      defaults.yml      # variables, the lowest precedence layer
+      meta.yml          # depends: [base]; scrape_targets: [{port: 9100, job: node}]
+      templates/*.j2    # template: {path: /etc/x, source: x.j2}
+      files/*           # file: {path: /etc/x, source: x}
+      verify/test_*.py  # testinfra checks of the outcome
+
+Recipes are validated when loaded (file:line errors); values may use ``{{ var }}`` with the
+host's variables and facts, rendered per host (values themselves are data, never templates).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from configure.engine import Item, RoleBlock
+from configure.resources import RESOURCE_KINDS, ResourceSpecError, parse_resource
+from configure.templating import render_text, render_value
+from inventory.errors import InputError, InventoryError
+from inventory.yamlsource import LocatedDict, read_yaml_file
+
+ENTRY_COMMON = ("name", "notify")
+KINDS = (*RESOURCE_KINDS, "template")
+META_KEYS = ("depends", "description", "scrape_targets")
+_ROLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SHIPPED_ROLES = Path(__file__).resolve().parents[1] / "playbooks" / "roles"
+
+
+class RoleError(InventoryError):
+    """A malformed role (file:line rendering like inventory errors)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    spec: Any
+    name: str
+    notify: tuple[str, ...]
+    file: str
+    line: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class Role:
+    name: str
+    path: Path
+    entries: list[Entry]
+    handlers: dict[str, Entry]
+    defaults: dict[str, Any]
+    depends: list[str]
+    scrape_targets: list[dict[str, Any]] = field(default_factory=list)
+    description: str = ""
+
+    @property
+    def verify_dir(self) -> Path:
+        return self.path / "verify"
+
+
+def _entry(data: Any, where: Any, pos: Any, role: str) -> Entry:
+    if not isinstance(data, dict):
+        raise RoleError("a recipe entry must be a mapping like {package: {name: x}}",
+                        file=where.file, line=where.line_of(pos))
+    kinds = [k for k in data if k not in ENTRY_COMMON]
+    if len(kinds) != 1:
+        import difflib
+
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), KINDS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise RoleError(f"unknown resource kind '{unknown[0]}'{hint}", file=data.file,
+                            line=data.line_of(unknown[0]))
+        raise RoleError("an entry has exactly one resource kind, found "
+                        f"{', '.join(map(str, kinds)) or 'none'}", file=data.file,
+                        line=data.line)
+    kind = str(kinds[0])
+    if kind not in KINDS:
+        import difflib
+
+        close = difflib.get_close_matches(kind, KINDS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise RoleError(f"unknown resource kind '{kind}'{hint}", file=data.file,
+                        line=data.line_of(kind))
+    notify = data.get("notify", ())
+    if isinstance(notify, str):
+        notify = (notify,)
+    if not isinstance(notify, (list, tuple)) or not all(isinstance(n, str) for n in notify):
+        raise RoleError("notify must be a handler name or a list of them", file=data.file,
+                        line=data.line_of("notify"))
+    name = data.get("name") or f"{kind}"
+    return Entry(kind, data[kind], str(name), tuple(notify), data.file, data.line_of(kind))
+
+
+def _check_entry(entry: Entry, role_dir: Path) -> None:
+    """Validate an entry before any host is involved (templates are checked unrendered)."""
+    spec = entry.spec
+    if entry.kind in ("template", "file") and isinstance(spec, dict) and "source" in spec:
+        sub = "templates" if entry.kind == "template" else "files"
+        src = role_dir / sub / str(spec["source"])
+        if not src.is_file():
+            raise RoleError(f"{entry.kind}: source not found: {src}", file=entry.file,
+                            line=entry.line)
+    if entry.kind == "template" and not (isinstance(spec, dict) and "source" in spec):
+        raise RoleError("template: 'source' (a file in templates/) is required",
+                        file=entry.file, line=entry.line)
+    if _templated(spec):
+        return  # validated after rendering, per host
+    try:
+        _resource(entry, role_dir, {}, validate_only=True)
+    except ResourceSpecError as exc:
+        raise RoleError(str(exc), file=entry.file, line=entry.line) from None
+
+
+def _templated(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, list):
+        return any(_templated(v) for v in value)
+    if isinstance(value, dict):
+        return any(_templated(v) for v in value.values())
+    return False
+
+
+def _resource(entry: Entry, role_dir: Path, variables: Mapping[str, Any],
+              validate_only: bool = False) -> Any:
+    spec = render_value(entry.spec, variables, entry.source) if not validate_only else entry.spec
+    if entry.kind in ("template", "file") and isinstance(spec, dict) and "source" in spec:
+        spec = dict(spec)
+        src = role_dir / ("templates" if entry.kind == "template" else "files") / str(
+            spec.pop("source"))
+        if entry.kind == "template":
+            text = src.read_text(encoding="utf-8")
+            spec["content"] = "" if validate_only else render_text(text, variables, str(src))
+        else:
+            spec["content"] = src.read_bytes()
+    kind = "file" if entry.kind == "template" else entry.kind
+    return parse_resource(kind, spec)
+
+
+def load_role(name: str, search: Sequence[Path]) -> Role:
+    if not _ROLE.match(name):
+        raise InputError(f"'{name}' is not a valid role name")
+    for base in search:
+        path = base / name
+        if path.is_dir():
+            break
+    else:
+        raise InputError(f"role '{name}' not found in {', '.join(str(s) for s in search)}")
+    recipe_file = path / "recipe.yml"
+    if not recipe_file.is_file():
+        raise RoleError("a role needs recipe.yml", file=str(recipe_file))
+    recipe = read_yaml_file(recipe_file)
+    if not isinstance(recipe, list):
+        raise RoleError("recipe.yml must be a list of resources", file=str(recipe_file), line=1)
+    entries = [_entry(d, recipe, i, name) for i, d in enumerate(recipe)]
+    handlers: dict[str, Entry] = {}
+    hfile = path / "handlers.yml"
+    if hfile.is_file():
+        hdoc = read_yaml_file(hfile) or LocatedDict()
+        if not isinstance(hdoc, dict):
+            raise RoleError("handlers.yml must map handler names to resources",
+                            file=str(hfile), line=1)
+        for hname, hdata in hdoc.items():
+            handlers[str(hname)] = _entry(hdata, hdoc, hname, name)
+    for e in entries:
+        for n in e.notify:
+            if n not in handlers:
+                raise RoleError(f"notify: no handler '{n}' in {hfile}", file=e.file,
+                                line=e.line)
+    defaults: dict[str, Any] = {}
+    dfile = path / "defaults.yml"
+    if dfile.is_file():
+        ddoc = read_yaml_file(dfile) or {}
+        if not isinstance(ddoc, dict):
+            raise RoleError("defaults.yml must be a mapping of variables", file=str(dfile),
+                            line=1)
+        defaults = dict(ddoc)
+    meta: dict[str, Any] = {}
+    mfile = path / "meta.yml"
+    if mfile.is_file():
+        mdoc = read_yaml_file(mfile) or LocatedDict()
+        if not isinstance(mdoc, dict):
+            raise RoleError("meta.yml must be a mapping", file=str(mfile), line=1)
+        for k in mdoc:
+            if k not in META_KEYS:
+                raise RoleError(f"unknown key '{k}'; allowed: {', '.join(META_KEYS)}",
+                                file=str(mfile), line=mdoc.line_of(k))
+        meta = dict(mdoc)
+    depends = meta.get("depends") or []
+    if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
+        raise RoleError("depends must be a list of role names", file=str(mfile), line=1)
+    for e in [*entries, *handlers.values()]:
+        _check_entry(e, path)
+    return Role(name=name, path=path, entries=entries, handlers=handlers, defaults=defaults,
+                depends=list(depends), scrape_targets=list(meta.get("scrape_targets") or []),
+                description=str(meta.get("description", "")))
+
+
+def role_search_path(site_playbooks: Path | None) -> list[Path]:
+    """Site roles first (an operator's role overrides a shipped one of the same name)."""
+    paths = []
+    if site_playbooks is not None:
+        paths.append(site_playbooks / "roles")
+    paths.append(SHIPPED_ROLES)
+    return paths
+
+
+def resolve(names: Sequence[str], search: Sequence[Path]) -> list[Role]:
+    """Roles with their dependencies first, each once; cycles are errors."""
+    out: list[Role] = []
+    loaded: dict[str, Role] = {}
+    visiting: list[str] = []
+
+    def visit(n: str) -> None:
+        if any(r.name == n for r in out):
+            return
+        if n in visiting:
+            raise InputError(f"role dependency cycle: {' -> '.join([*visiting, n])}")
+        visiting.append(n)
+        role = loaded.get(n) or load_role(n, search)
+        loaded[n] = role
+        for dep in role.depends:
+            visit(dep)
+        visiting.pop()
+        out.append(role)
+
+    for n in names:
+        visit(n)
+    return out
+
+
+def role_defaults(roles: Sequence[Role]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for r in roles:
+        merged.update(r.defaults)
+    return merged
+
+
+def blocks_for_host(roles: Sequence[Role], variables: Mapping[str, Any]) -> list[RoleBlock]:
+    """Render every role's entries with the host's variables (role defaults underneath)."""
+    merged = {**role_defaults(roles), **variables}
+    blocks = []
+    for role in roles:
+        items = []
+        for e in role.entries:
+            try:
+                res = _resource(e, role.path, merged)
+            except ResourceSpecError as exc:
+                raise InputError(f"{e.source}: {exc}") from None
+            items.append(Item(role.name, res, e.notify, e.source))
+        handlers = {}
+        for hname, e in role.handlers.items():
+            try:
+                res = _resource(e, role.path, merged)
+            except ResourceSpecError as exc:
+                raise InputError(f"{e.source}: {exc}") from None
+            handlers[hname] = Item(role.name, res, (), e.source, handler=hname)
+        blocks.append(RoleBlock(role.name, items, handlers))
+    return blocks

@@ -1,0 +1,109 @@
+"""`metalchain apply` and `metalchain drift`: converge roles, or report where hosts drifted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from inventory.errors import InputError
+from orchestrate import output
+from orchestrate.commands.run_cmd import (
+    RunLock,
+    _single_step_playbook,
+    execute,
+    find_playbook,
+    parse_extra,
+    print_diffs,
+    print_summary,
+    report_doc,
+)
+from orchestrate.playbook import load_playbook
+from orchestrate.registry import build_registry
+from orchestrate.runner import DEFAULT_PARALLELISM
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+@click.command()
+@click.argument("playbook_or_target")
+@click.option("--role", "roles", multiple=True, help="Apply this role (repeatable); the "
+              "argument is then a TARGET.")
+@click.option("--check", is_flag=True, help="Predict changes; change nothing.")
+@click.option("--diff", is_flag=True, help="Show what changes (or would), file by file.")
+@click.option("--limit", help="Narrow the hosts.")
+@click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE")
+@click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
+              show_default=True)
+@json_option
+@click.pass_obj
+def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool, diff: bool,
+          limit: str | None, extra: tuple[str, ...], parallel: int, as_json: bool) -> None:
+    """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`."""
+    site = obj.site
+    if roles:
+        pb = _single_step_playbook(playbook_or_target, "apply_role", list(roles),
+                                   f"apply {', '.join(roles)}")
+        lock = f".lock-apply-{'-'.join(roles)}"
+    else:
+        pb = load_playbook(find_playbook(site, playbook_or_target), build_registry())
+        lock = f".lock-{pb.path.stem}"
+    with RunLock(site.runs_dir / lock):
+        report = execute(obj, pb, limit=limit, extra=parse_extra(extra), check=check,
+                         parallel=parallel, resume=None, kind="apply", diff=diff)
+    if as_json:
+        output.emit_json("apply.result", {**report_doc(report), "check": check})
+    else:
+        if diff or check:
+            print_diffs(report)
+        print_summary(report)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+@click.command()
+@click.argument("target")
+@click.option("--fix", is_flag=True, help="Converge what drifted.")
+@click.option("--diff", is_flag=True, help="Show the differences.")
+@click.option("--limit", help="Narrow the hosts.")
+@click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
+              show_default=True)
+@json_option
+@click.pass_obj
+def drift(obj: Any, target: str, fix: bool, diff: bool, limit: str | None, parallel: int,
+          as_json: bool) -> None:
+    """Check TARGET's hosts against their roles; with --fix, converge them."""
+    site = obj.site
+    pb = _single_step_playbook(target, "apply_roles", None, "drift check" if not fix
+                               else "drift fix")
+    with RunLock(site.runs_dir / ".lock-drift"):
+        report = execute(obj, pb, limit=limit, extra={}, check=not fix, parallel=parallel,
+                         resume=None, kind="drift", diff=diff)
+    per_host: dict[str, list[dict[str, Any]]] = {}
+    for h, r in report.hosts.items():
+        rows = []
+        for s in r.steps:
+            for res in s.outcome.data.get("results", []):
+                if res["handler"] is None and res["status"] in ("changed", "unknown",
+                                                                "failed"):
+                    rows.append({"role": res["role"], "resource": res["resource"],
+                                 "status": res["status"], "changes": res["changes"],
+                                 "message": res["message"]})
+        per_host[h] = rows
+    if as_json:
+        output.emit_json("drift.result", {"run": report.uid, "fixed": fix,
+                                          "exit_code": report.exit_code,
+                                          "hosts": {h: {"status": report.hosts[h].status,
+                                                        "drift": rows}
+                                                    for h, rows in per_host.items()}})
+    else:
+        if diff:
+            print_diffs(report)
+        output.table("drift" + (" (fixed)" if fix else ""), ["host", "role", "resource",
+                                                             "status", "changes"],
+                     [[h, r["role"], r["resource"], r["status"], r["changes"]]
+                      for h, rows in per_host.items() for r in rows]
+                     or [["-", "-", "-", "no drift", "-"]])
+        print_summary(report)
+    if not report.hosts:
+        raise InputError(f"target '{target}' selected no hosts")
+    raise click.exceptions.Exit(report.exit_code)
