@@ -186,7 +186,11 @@ class User(Resource):
                 argv += ["--comment", self.comment]
             if self.groups:
                 argv += ["--groups", ",".join(self.groups)]
-            return Decision([Action(f"create user {self.user}", cmd(*argv, self.user))],
+            # A group named like the user (made earlier, e.g. by a group resource) becomes
+            # its primary group; otherwise useradd refuses to create one of that name.
+            script = (f"if getent group {q(self.user)} >/dev/null; then set -- --gid "
+                      f"{q(self.user)}; else set --; fi\n{cmd(*argv)} \"$@\" {q(self.user)}")
+            return Decision([Action(f"create user {self.user}", script)],
                             [f"create user {self.user}"])
         if self.state == "absent":
             return Decision([Action(f"remove user {self.user}", cmd("userdel", self.user))],

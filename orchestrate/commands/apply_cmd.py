@@ -62,6 +62,8 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
 
 @click.command()
 @click.argument("target")
+@click.option("--role", "roles", multiple=True,
+              help="Check this role (repeatable) instead of the inventory's roles.")
 @click.option("--fix", is_flag=True, help="Converge what drifted.")
 @click.option("--diff", is_flag=True, help="Show the differences.")
 @click.option("--limit", help="Narrow the hosts.")
@@ -69,12 +71,12 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
               show_default=True)
 @json_option
 @click.pass_obj
-def drift(obj: Any, target: str, fix: bool, diff: bool, limit: str | None, parallel: int,
-          as_json: bool) -> None:
+def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
+          limit: str | None, parallel: int, as_json: bool) -> None:
     """Check TARGET's hosts against their roles; with --fix, converge them."""
     site = obj.site
-    pb = _single_step_playbook(target, "apply_roles", None, "drift check" if not fix
-                               else "drift fix")
+    pb = _single_step_playbook(target, "apply_roles", list(roles) or None,
+                               "drift check" if not fix else "drift fix")
     with RunLock(site.runs_dir / ".lock-drift"):
         report = execute(obj, pb, limit=limit, extra={}, check=not fix, parallel=parallel,
                          resume=None, kind="drift", diff=diff)
