@@ -131,7 +131,9 @@ def report_doc(report: RunReport) -> dict[str, Any]:
                       "steps": [{"play": s.play, "step": s.step, "status": s.outcome.status,
                                  "message": s.outcome.message, "changes": s.outcome.changes,
                                  "attempts": s.attempts, "resumed": s.resumed,
-                                 "duration": round(s.duration, 3)} for s in r.steps]}
+                                 "duration": round(s.duration, 3),
+                                 "round_trips": s.outcome.data.get("round_trips")}
+                                for s in r.steps]}
                   for h, r in report.hosts.items()},
     }
 
