@@ -9,7 +9,7 @@ APT_PACKAGES=(
   python3-venv
   qemu-system-x86 qemu-utils ipxe-qemu ipxe
   dnsmasq-base busybox-static mmdebstrap extlinux syslinux-common
-  fdisk e2fsprogs iproute2 cpio apt-utils
+  fdisk e2fsprogs iproute2 cpio apt-utils curl debconf
   openssh-client openssh-server ipmitool
   prometheus prometheus-alertmanager
 )
