@@ -44,7 +44,7 @@ GROUP_KEYS = ("children", "hosts", "roles", "vars")
 BMC_KEYS = ("address", "port", "username", "password", "driver")
 BMC_DRIVERS = ("ipmi",)
 IPMI_PASSWORD_MAX = 20
-PROVISION_KEYS = ("mac", "ip", "image")
+PROVISION_KEYS = ("mac", "ip", "image", "console_log")
 SSH_KEYS = ("user", "port", "host_key", "proxy_command")
 
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -269,6 +269,8 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
             mac=normalize_mac(mac) if mac else None,
             ip=p.string("ip", check=_ip, what="an IP address"),
             image=p.string("image"),
+            console_log=p.string("console_log", check=lambda c: c.startswith("/"),
+                                 what="an absolute path"),
         )
 
     sd = c.mapping("ssh")

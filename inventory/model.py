@@ -31,6 +31,9 @@ class Provisioning:
     mac: str | None = None
     ip: str | None = None
     image: str | None = None
+    #: a file where the machine's serial console is captured (a console server's log);
+    #: its tail explains a failed install
+    console_log: str | None = None
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
 
 SETTINGS_FILE = "metalchain.yml"
-SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot")
-# Settings that are mappings, validated by the stage that owns them (boot: provision/).
-MAPPING_SETTINGS = ("boot",)
+SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror")
+# Settings that are mappings, validated by the stage that owns them (boot: provision/,
+# mirror: configure/).
+MAPPING_SETTINGS = ("boot", "mirror")
 
 
 def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:

@@ -616,6 +616,8 @@ def _mount_root(record: HostRecord) -> None:
                      str(dev)])
         for name, major, minor in DEV_NODES:
             os.mknod(dev / name, 0o666 | 0o020000, os.makedev(major, minor))
+            # mknod applies the umask; unprivileged users (apt's _apt sandbox) need 0666.
+            os.chmod(dev / name, 0o666)  # noqa: S103 - device nodes like /dev/null
         for name in ("pts", "shm"):
             (dev / name).mkdir()
         # systemd mounts its own tmpfs on /dev/shm (mode 1777) and a devpts on /dev/pts.

@@ -30,6 +30,7 @@ from lab.machine import Machine, MachineSpec, TapNetwork
 from lab.network import LabNetwork, netns_exists
 
 INVENTORY_HEADER = "# Written by `metalchain lab up`: the lab's inventory. lab up rewrites it.\n"
+SETTINGS_HEADER = "# Written by `metalchain lab up`: the lab's settings. lab up rewrites it.\n"
 BMC_USER = "admin"
 FIRST_NODE_HOST = 11
 FIRST_FLEET_HOST = 100
@@ -54,6 +55,7 @@ class LabConfig:
     ipv6: str
     memory_mib: int = 1024
     disk_gib: int = 4
+    http_port: int = 0
     nodes: list[NodeConfig] = field(default_factory=list)
     fleet: int = 0
 
@@ -87,6 +89,12 @@ def _udp_port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Lab:
@@ -139,9 +147,10 @@ class Lab:
             out.append(NodeConfig(
                 name=nname, mac=f"52:54:{tag[0]:02x}:{tag[1]:02x}:00:{i:02x}",
                 ip=str(net.ipv4[FIRST_NODE_HOST + i - 1]), tap=f"tap{i}", bmc_port=port))
+        http_port = old.http_port if old and old.http_port else _free_tcp_port()
         return LabConfig(name=netns.removeprefix("mclab-"), netns=netns, ipv4=str(net.ipv4),
                          ipv6=str(net.ipv6), memory_mib=memory_mib, disk_gib=disk_gib,
-                         nodes=out, fleet=fleet)
+                         nodes=out, fleet=fleet, http_port=http_port)
 
     def network(self, config: LabConfig) -> LabNetwork:
         return LabNetwork(config.netns, ipv4=config.ipv4, ipv6=config.ipv6)
@@ -205,7 +214,9 @@ class Lab:
                 "groups": ["nodes"],
                 "bmc": {"address": "127.0.0.1", "port": node.bmc_port, "username": BMC_USER,
                         "password": {"secret": f"bmc-{node.name}"}},
-                "provision": {"mac": node.mac, "ip": node.ip, "image": NODE_IMAGE},
+                "provision": {"mac": node.mac, "ip": node.ip, "image": NODE_IMAGE,
+                              "console_log": str(self.dir / "nodes" / node.name /
+                                                 "serial.log")},
             }
         for rec in sorted(fleet_records, key=lambda r: r.name):
             key_type, key_b64 = rec.host_key.split()[:2]
@@ -214,6 +225,21 @@ class Lab:
         doc = {"groups": {"nodes": {}, "fleet": {}}, "hosts": hosts}
         _atomic_write(self.inventory_path, INVENTORY_HEADER + yaml.safe_dump(
             doc, sort_keys=False, default_flow_style=False))
+        self.write_settings(config)
+
+    def write_settings(self, config: LabConfig) -> None:
+        """The boot server's settings for the lab's provisioning network (metalchain.yml)."""
+        settings = self.root / "metalchain.yml"
+        if settings.exists() and not settings.read_text("utf-8").startswith(SETTINGS_HEADER):
+            raise LabError(f"{settings} exists and was not written by lab up")
+        net = self.network(config)
+        boot = {"interface": net.uplink, "address": str(net.controller_ipv4.ip),
+                "subnet": config.ipv4, "http_port": config.http_port,
+                # dnsmasq drops to 'nobody', who cannot enter a site under /root or /tmp/xyz
+                # made 0700: its state lives where it can read it.
+                "state_dir": f"/run/metalchain/{config.netns}/boot"}
+        _atomic_write(settings, SETTINGS_HEADER + yaml.safe_dump({"boot": boot},
+                                                                 sort_keys=False))
 
     def record_state(self, config: LabConfig, fleet_records: list[fleetmod.HostRecord]) -> None:
         store = StateStore.open_file(self.root / "state" / "metalchain.db")

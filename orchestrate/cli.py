@@ -92,12 +92,14 @@ def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
+    from configure import mirror_cmd
     from orchestrate.commands import (
         apply_cmd,
         init_cmd,
         inventory_cmd,
         lab_cmd,
         power_cmd,
+        provision_cmd,
         run_cmd,
         schedule_cmd,
         state_cmd,
@@ -115,6 +117,9 @@ def _register() -> None:
     cli.add_command(schedule_cmd.schedule_group)
     cli.add_command(lab_cmd.lab)
     cli.add_command(power_cmd.power)
+    cli.add_command(provision_cmd.serve)
+    cli.add_command(provision_cmd.provision)
+    cli.add_command(mirror_cmd.mirror)
 
 
 _register()

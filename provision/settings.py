@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from inventory.errors import InventoryError
 SETTINGS_FILE = "metalchain.yml"
 BOOT_KEYS = ("interface", "address", "subnet", "http_port", "ipv6_ra", "state_dir",
              "images_dir", "installer_dir", "token_ttl", "kernel_args", "ipxe_dir",
-             "dnsmasq_user")
+             "dnsmasq_user", "timeouts")
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_TOKEN_TTL = 3600.0
 # Where Debian's package `ipxe` puts the binaries we hand to non-iPXE PXE ROMs over TFTP.
@@ -65,6 +65,8 @@ class BootSettings:
     kernel_args: tuple[str, ...] = tuple(DEFAULT_KERNEL_ARGS.split())
     ipxe_dir: Path = DEFAULT_IPXE_DIR
     dnsmasq_user: str = DEFAULT_DNSMASQ_USER
+    #: per-state provisioning timeouts (seconds), see provision.lifecycle
+    timeouts: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -130,7 +132,13 @@ class BootSettings:
             raise check.error("dnsmasq_user", f"{user!r} is not a user name")
 
         state_dir = check.path("state_dir", site_root, "boot")
+        raw_timeouts = data.get("timeouts")
+        if raw_timeouts is not None and not isinstance(raw_timeouts, Mapping):
+            raise check.error("timeouts", "must be a mapping of state: seconds")
+        from provision.lifecycle import parse_timeouts
+
         return cls(
+            timeouts=parse_timeouts(raw_timeouts, source),
             interface=interface, address=address, subnet=subnet, http_port=port,
             ipv6_ra=ipv6_ra, token_ttl=ttl, kernel_args=kernel_args, dnsmasq_user=user,
             state_dir=state_dir,

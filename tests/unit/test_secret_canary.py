@@ -51,7 +51,7 @@ ARGUMENT_VALUES = {"host": "node1", "target": "all", "directory": None,
                    "device": "disk", "playbook_or_target": "site.yml"}
 # Commands that start machines and networks: their canary check is in tests/lab/test_lab_cli.py,
 # which runs them against a lab whose BMC password is a canary.
-STARTS_MACHINES = {("lab", "up"), ("lab", "down")}
+STARTS_MACHINES = {("lab", "up"), ("lab", "down"), ("serve",), ("provision",)}
 PLAYBOOK = """\
 - name: touch
   hosts: all

@@ -1,0 +1,232 @@
+"""`metalchain mirror build|serve|status|stop`: the site's local package mirror.
+
+Layout under the site (``SITE/mirror/`` unless ``mirror.dir`` says otherwise)::
+
+    SITE/mirror/current -> releases/<id>   what is served (see configure.mirror)
+    SITE/mirror/server.json                address, port and pidfile of the running daemon
+    SITE/mirror/server.pid, server.log
+    SITE/keys/mirror-gnupg/                the site's mirror signing key (created once)
+
+Optional settings in ``metalchain.yml`` (a ``mirror:`` mapping; the ``boot.address`` is the
+fallback for the address, since both serve the same provisioning network)::
+
+    mirror: {address: 10.77.0.1, port: 8081, cache_dir: /var/cache/metalchain/mirror-debs}
+
+This module lives in configure/ and does not import orchestrate/: it prints its own JSON in the
+CLI's versioned shape (``{"kind": ..., "version": 1, ...}``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from configure.mirror import (
+    CURRENT_LINK,
+    DEFAULT_CACHE_DIR,
+    MirrorError,
+    build_mirror,
+    mirror_url,
+    read_mirror,
+)
+from configure.mirror_server import (
+    DEFAULT_PORT,
+    MirrorServer,
+    daemon_pid,
+    start_daemon,
+    stop_daemon,
+    wait_until_answering,
+)
+from inventory.errors import InputError
+
+JSON_SCHEMA_VERSION = 1
+SERVER_STATE = "server.json"
+ANSWER_TIMEOUT = 3.0
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def _emit_json(kind: str, doc: dict[str, Any]) -> None:
+    body = {"kind": kind, "version": JSON_SCHEMA_VERSION, **doc}
+    sys.stdout.write(json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _settings(site: Any) -> dict[str, Any]:
+    raw = site.settings.get("mirror") or {}
+    if not isinstance(raw, dict):
+        raise InputError("metalchain.yml: mirror must be a mapping")
+    return raw
+
+
+def mirror_dir(site: Any) -> Path:
+    """The site's mirror directory: ``mirror.dir`` (relative to the site) or SITE/mirror."""
+    return site.root / _settings(site).get("dir", "mirror")
+
+
+def gnupg_home(site: Any) -> Path:
+    return site.root / "keys" / "mirror-gnupg"
+
+
+def _default_address(site: Any) -> str | None:
+    boot = site.settings.get("boot") or {}
+    return _settings(site).get("address") or (boot.get("address") if isinstance(boot, dict)
+                                              else None)
+
+
+def _server_state(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / SERVER_STATE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_state(directory: Path, doc: dict[str, Any]) -> None:
+    tmp = directory / f".{SERVER_STATE}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(directory / SERVER_STATE)
+
+
+@click.group()
+def mirror() -> None:
+    """The local package mirror: an apt repository the hosts install from."""
+
+
+@mirror.command()
+@click.option("--packages", required=True, metavar="A,B,C",
+              help="Debian packages to mirror (with all their dependencies).")
+@click.option("--sign/--trusted", default=True, show_default=True,
+              help="Sign Release with the site's mirror key, or build for [trusted=yes].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help=f"Where downloaded .debs are kept across builds (default {DEFAULT_CACHE_DIR}).")
+@json_option
+@click.pass_obj
+def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, as_json: bool) -> None:
+    """Resolve, download and index PACKAGES into SITE/mirror (incremental, atomic)."""
+    site = obj.site
+    cache = cache_dir or site.root / _settings(site).get("cache_dir", DEFAULT_CACHE_DIR)
+    info = build_mirror(packages.split(","), mirror_dir(site), sign=sign, cache_dir=cache,
+                        gnupg_home=gnupg_home(site) if sign else None)
+    if as_json:
+        _emit_json("mirror.build", info.to_json())
+        return
+    verb = "built" if info.changed else "unchanged"
+    click.echo(f"mirror {verb}: {len(info.resolved)} packages, {info.size_bytes} bytes, "
+               f"{len(info.downloaded)} downloaded, {info.reused} from cache, "
+               f"{'signed ' + (info.fingerprint or '') if info.signed else 'unsigned'}, "
+               f"{info.build_seconds:.1f} s")
+
+
+@mirror.command()
+@click.option("--address", help="Address to listen on (default: mirror.address, boot.address).")
+@click.option("--port", type=click.IntRange(1, 65535), help=f"Port (default {DEFAULT_PORT}).")
+@click.option("--daemon", is_flag=True, help="Run in the background; stop with `mirror stop`.")
+@json_option
+@click.pass_obj
+def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json: bool) -> None:
+    """Serve the mirror over HTTP on the provisioning network."""
+    site = obj.site
+    directory = mirror_dir(site)
+    info = read_mirror(directory)
+    if info is None:
+        raise InputError(f"no mirror in {directory}; build one first: metalchain mirror build "
+                         "--packages ...")
+    address = address or _default_address(site)
+    if not address:
+        raise InputError("no address to serve on: pass --address, or set mirror.address "
+                         "(or boot.address) in metalchain.yml")
+    port = port or int(_settings(site).get("port", DEFAULT_PORT))
+    root = directory / CURRENT_LINK
+    source = info.source_line(address, port)
+    if daemon:
+        pidfile = directory / "server.pid"
+        pid = start_daemon(root, address, port, pidfile, log_file=directory / "server.log")
+        _write_state(directory, {"pid": pid, "address": address, "port": port,
+                                 "pidfile": str(pidfile)})
+        if as_json:
+            _emit_json("mirror.serve", {"pid": pid, "url": mirror_url(address, port),
+                                        "source": source})
+        else:
+            click.echo(f"serving {mirror_url(address, port)} (pid {pid})\n{source}")
+        return
+    server = MirrorServer(root, address, port).start()
+    click.echo(f"serving {server.url} (Ctrl-C to stop)\n{source}")
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        server.stop()
+
+
+def status_doc(site: Any) -> dict[str, Any]:
+    """The mirror's state as a JSON-able dict (also what `mirror status --json` prints)."""
+    directory = mirror_dir(site)
+    info = read_mirror(directory)
+    state = _server_state(directory) or {}
+    pid = daemon_pid(Path(state["pidfile"])) if state.get("pidfile") else None
+    answering = False
+    if pid is not None:
+        with contextlib.suppress(MirrorError):
+            wait_until_answering(mirror_url(state["address"], state["port"]), ANSWER_TIMEOUT)
+            answering = True
+    server = {"running": pid is not None, "pid": pid, "answering": answering,
+              "address": state.get("address") if pid else None,
+              "port": state.get("port") if pid else None,
+              "url": mirror_url(state["address"], state["port"]) if pid else None}
+    doc: dict[str, Any] = {"dir": str(directory), "built": info is not None, "server": server,
+                           "source": None}
+    if info is not None:
+        doc.update({"root": str(info.root), "requested": info.requested,
+                    "packages": len(info.resolved), "size_bytes": info.size_bytes,
+                    "signed": info.signed, "fingerprint": info.fingerprint,
+                    "built_at": info.built_at,
+                    "keyring": str(info.keyring) if info.keyring else None})
+        address = server["address"] or _default_address(site)
+        port = server["port"] or int(_settings(site).get("port", DEFAULT_PORT))
+        if address:
+            doc["source"] = info.source_line(address, port)
+    return doc
+
+
+@mirror.command()
+@json_option
+@click.pass_obj
+def status(obj: Any, as_json: bool) -> None:
+    """What the mirror holds, whether it is served, and the apt source line for hosts."""
+    doc = status_doc(obj.site)
+    if as_json:
+        _emit_json("mirror.status", doc)
+        return
+    if not doc["built"]:
+        click.echo(f"no mirror in {doc['dir']}")
+    else:
+        click.echo(f"mirror {doc['root']}: {doc['packages']} packages, {doc['size_bytes']} "
+                   f"bytes, {'signed ' + doc['fingerprint'] if doc['signed'] else 'unsigned'}, "
+                   f"built {doc['built_at']}")
+    srv = doc["server"]
+    if srv["running"]:
+        health = "answering" if srv["answering"] else "NOT answering"
+        click.echo(f"server: pid {srv['pid']} at {srv['url']} ({health})")
+    else:
+        click.echo("server: not running")
+    if doc["source"]:
+        click.echo(f"source: {doc['source']}")
+
+
+@mirror.command()
+@click.pass_obj
+def stop(obj: Any) -> None:
+    """Stop the mirror daemon started by `mirror serve --daemon`."""
+    directory = mirror_dir(obj.site)
+    state = _server_state(directory) or {}
+    pidfile = Path(state.get("pidfile") or directory / "server.pid")
+    stopped = stop_daemon(pidfile)
+    with contextlib.suppress(FileNotFoundError):
+        (directory / SERVER_STATE).unlink()
+    click.echo("mirror server stopped" if stopped else "mirror server was not running")

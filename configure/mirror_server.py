@@ -1,0 +1,362 @@
+"""Serve the package mirror over HTTP to the hosts of the provisioning network.
+
+Read-only (GET and HEAD only), no directory listings, no path outside the served directory
+(``..``, symlinks leading out, NUL bytes are all refused), a socket timeout on every request,
+and Content-Length taken from the opened file so a mirror switched mid-request still answers
+consistently. The served directory is resolved on every request: when ``build_mirror`` moves
+``current`` to a new release, the next request sees the new one without a restart.
+
+In-process (tests, ``metalchain serve``)::
+
+    with MirrorServer(site.root / "mirror" / "current", "10.77.0.1", 8081) as server:
+        ...
+
+As a daemon: ``python -m configure.mirror_server --dir D --address A --port P --pidfile F``,
+started and stopped with :func:`start_daemon` / :func:`stop_daemon`, which wait (with deadlines)
+until it answers or is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from configure.mirror import MirrorError, mirror_url
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8081
+REQUEST_TIMEOUT = 30.0
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0
+CHUNK = 1 << 16
+DAEMON_MODULE = "configure.mirror_server"
+CONTENT_TYPES = {".deb": "application/vnd.debian.binary-package", ".gz": "application/gzip",
+                 ".gpg": "application/pgp-keys", ".json": "application/json"}
+
+
+def resolve_request(root: Path, url_path: str) -> Path | None:
+    """The file under ``root`` that ``url_path`` names, or None if it names nothing servable.
+
+    Percent-escapes are decoded once; any ``..`` segment, NUL or backslash is refused before
+    touching the file system, and the resolved path (symlinks followed) must stay inside the
+    resolved root. Directories are not served.
+    """
+    # Not urlsplit: it would read "//name/..." as a host name.
+    path = url_path.split("?", 1)[0].split("#", 1)[0]
+    decoded = urllib.parse.unquote(path, errors="strict") if "%" in path else path
+    if "\x00" in decoded or "\\" in decoded:
+        return None
+    parts = [p for p in decoded.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        return None
+    try:
+        base = root.resolve(strict=True)
+        target = base.joinpath(*parts).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if target != base and base not in target.parents:
+        return None
+    return target if target.is_file() else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = REQUEST_TIMEOUT          # socket timeout: a stalled client cannot hold a thread
+    protocol_version = "HTTP/1.1"      # keep-alive: apt fetches many files over one connection
+    server_version = "metalchain-mirror"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def _refuse(self) -> None:
+        self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only mirror")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def _serve(self, *, body: bool) -> None:
+        try:
+            target = resolve_request(self.server.root, self.path)
+        except UnicodeDecodeError:
+            target = None
+        if target is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        try:
+            fh = target.open("rb")
+        except OSError:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        with fh:
+            stat = os.fstat(fh.fileno())
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type",
+                             CONTENT_TYPES.get(target.suffix, "application/octet-stream")
+                             if target.suffix else "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(stat.st_size))
+            self.send_header("Last-Modified", self.date_time_string(int(stat.st_mtime)))
+            self.end_headers()
+            if body:
+                try:
+                    shutil.copyfileobj(fh, self.wfile, CHUNK)
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a slow client never blocks stop()
+    allow_reuse_address = True
+
+    def __init__(self, root: Path, address: tuple[str, int]) -> None:
+        self.root = root
+        super().__init__(address, _Handler)
+
+
+def wait_until_answering(url: str, timeout: float) -> None:
+    """Wait until an HTTP server answers at ``url`` (any status), or raise MirrorError."""
+    parts = urllib.parse.urlsplit(url)
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    last = "no attempt"
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MirrorError(f"mirror server at {url} did not answer within {timeout:g} s "
+                              f"({last})")
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port,
+                                          timeout=min(remaining, 5.0))
+        try:
+            conn.request("HEAD", "/")
+            conn.getresponse().read()
+            return
+        except (OSError, http.client.HTTPException) as exc:
+            last = str(exc) or exc.__class__.__name__
+        finally:
+            conn.close()
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.5)
+
+
+class MirrorServer:
+    """The mirror's HTTP server in a background thread of this process."""
+
+    def __init__(self, root: Path, address: str, port: int = DEFAULT_PORT) -> None:
+        self.root = Path(root)
+        self.address = address
+        self.requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return mirror_url(self.address, self.port)
+
+    def start(self, timeout: float = START_TIMEOUT) -> MirrorServer:
+        """Bind, serve in a thread, and return once the server answers."""
+        if self._server is not None:
+            return self
+        try:
+            self._server = _Server(self.root, (self.address, self.requested_port))
+        except OSError as exc:
+            raise MirrorError(f"cannot listen on {self.address}:{self.requested_port}: "
+                              f"{exc.strerror or exc}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name=f"mirror-http-{self.port}", daemon=True)
+        self._thread.start()
+        try:
+            wait_until_answering(self.url, timeout)
+        except MirrorError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        if thread is not None:
+            thread.join(timeout)
+        server.server_close()
+        if thread is not None and thread.is_alive():
+            raise MirrorError(f"mirror server on {self.address}:{self.port} did not stop "
+                              f"within {timeout:g} s")
+
+    def __enter__(self) -> MirrorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- the daemon -----------------------------------------------------------------------------
+
+def _pid_state(pid: int) -> str | None:
+    """The process state letter from /proc (``Z`` for a zombie), None if there is no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text("utf-8", "replace")
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def _is_ours(pid: int, pidfile: Path) -> bool:
+    """True if ``pid`` is a running mirror daemon started with ``pidfile`` (guards against a
+    recycled pid: we never signal a process we did not start)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return DAEMON_MODULE.encode() in argv and str(pidfile).encode() in argv \
+        and _pid_state(pid) not in (None, "Z")
+
+
+def daemon_pid(pidfile: Path) -> int | None:
+    """The pid of the live daemon recorded in ``pidfile``, else None."""
+    try:
+        pid = int(Path(pidfile).read_text("utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _is_ours(pid, Path(pidfile)) else None
+
+
+def _gone(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (started in this process)
+    return _pid_state(pid) in (None, "Z")
+
+
+def start_daemon(directory: Path, address: str, port: int, pidfile: Path, *,
+                 log_file: Path | None = None, timeout: float = START_TIMEOUT) -> int:
+    """Start the daemon in its own session and return its pid once it answers on HTTP.
+
+    Raises :class:`MirrorError` with the tail of its log if it exits or stays silent.
+    """
+    pidfile = Path(pidfile).resolve()
+    running = daemon_pid(pidfile)
+    if running is not None:
+        raise MirrorError(f"a mirror server is already running (pid {running}, {pidfile})")
+    log_file = log_file or pidfile.with_suffix(".log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", DAEMON_MODULE, "--dir", str(directory), "--address", address,
+            "--port", str(port), "--pidfile", str(pidfile)]
+    with log_file.open("ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True,
+                                cwd="/", env={**os.environ, "PYTHONPATH": _import_root()})
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while daemon_pid(pidfile) != proc.pid:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(STOP_TIMEOUT)
+            tail = "\n".join(log_file.read_text("utf-8", "replace").splitlines()[-5:])
+            raise MirrorError(f"mirror server on {address}:{port} did not start within "
+                              f"{timeout:g} s: {tail or 'no output'}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+    wait_until_answering(mirror_url(address, port), max(0.5, deadline - time.monotonic()))
+    # The daemon outlives this process; the Popen object must not complain when collected.
+    proc.returncode = 0
+    return proc.pid
+
+
+def _import_root() -> str:
+    here = str(Path(__file__).resolve().parent.parent)
+    existing = os.environ.get("PYTHONPATH")
+    return f"{here}{os.pathsep}{existing}" if existing else here
+
+
+def stop_daemon(pidfile: Path, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop the daemon of ``pidfile`` (SIGTERM, then SIGKILL at the deadline). False if none
+    was running."""
+    pidfile = Path(pidfile).resolve()
+    pid = daemon_pid(pidfile)
+    if pid is None:
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        return False
+    for sig, limit in ((signal.SIGTERM, timeout), (signal.SIGKILL, STOP_TIMEOUT)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + limit
+        delay = 0.02
+        while time.monotonic() < deadline:
+            if _gone(pid):
+                with contextlib.suppress(FileNotFoundError):
+                    pidfile.unlink()
+                return True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+    raise MirrorError(f"mirror server pid {pid} did not exit after SIGKILL")
+
+
+def _write_pidfile(pidfile: Path) -> None:
+    tmp = pidfile.with_name(f".{pidfile.name}.{os.getpid()}")
+    tmp.write_text(f"{os.getpid()}\n", encoding="utf-8")
+    os.replace(tmp, pidfile)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Daemon entry point: serve until SIGTERM/SIGINT; the pidfile exists while it answers."""
+    parser = argparse.ArgumentParser(prog="python -m configure.mirror_server",
+                                     description="Serve a metalchain package mirror.")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--pidfile", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Block the stop signals before the serving thread exists, so that only sigwait sees them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    server = MirrorServer(args.dir, args.address, args.port)
+    try:
+        server.start()
+    except MirrorError as exc:
+        log.error("%s", exc)
+        return 1
+    _write_pidfile(args.pidfile)
+    log.info("serving %s at %s", args.dir, server.url)
+    try:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            args.pidfile.unlink()
+        server.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

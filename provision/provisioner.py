@@ -1,0 +1,217 @@
+"""Provisioning many nodes at once: power them on into the installer, watch them through the
+lifecycle, and make them active once SSH answers with the key pinned for them.
+
+The watching part (:func:`reconcile`) is also what a restarted controller runs: it judges
+every node in progress from the state store alone — time in state, power, SSH — so no node
+stays "in progress" because the process that started it went away.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from inventory.errors import BmcError, InputError, MetalchainError
+from inventory.model import Host, Inventory
+from inventory.state import StateStore
+from provision import lifecycle as lc
+from provision.deploy import HostKeys, console_tail
+from provision.sshcheck import ssh_answers_with
+
+log = logging.getLogger(__name__)
+
+POLL = 0.25
+SSH_PROBE_INTERVAL = 1.0
+
+
+@dataclass
+class NodeResult:
+    node: str
+    state: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == lc.ACTIVE
+
+
+def check_startable(host: Host, state: str | None, *, retry: bool, force: bool,
+                    overdue: bool) -> None:
+    """Refuse what an operator would regret; each message says how to proceed."""
+    if host.bmc is None or host.provision is None or not host.provision.mac:
+        raise InputError(f"host '{host.name}' needs bmc and provision.mac in the inventory")
+    if state == lc.ACTIVE and not force:
+        raise InputError(f"host '{host.name}' is active; reinstalling it needs --force")
+    if state == lc.FAILED and not retry:
+        raise InputError(f"host '{host.name}' is provision_failed; use --retry")
+    if state == lc.MAINTENANCE:
+        raise InputError(f"host '{host.name}' is in maintenance")
+    if state in lc.IN_PROGRESS and not overdue:
+        raise InputError(f"host '{host.name}' is already being provisioned ({state})")
+
+
+def timings(store: StateStore, node: str) -> dict[str, float]:
+    """Seconds from the last power-on to each later state, from the recorded transitions."""
+    ts = store.transitions(node)
+    start = max((i for i, t in enumerate(ts) if t.to_state == lc.POWERING_ON), default=None)
+    if start is None:
+        return {}
+    t0 = ts[start].at
+    return {t.to_state: round(t.at - t0, 2) for t in ts[start:]}
+
+
+def reconcile(inventory: Inventory, store: StateStore, timeouts: Mapping[str, float],
+              bmc_for: Callable[..., object] | None = None,
+              now: Callable[[], float] = time.time) -> list[str]:
+    """Judge every node in progress once; returns what was done (for logs)."""
+    life = lc.Lifecycle(store, timeouts)
+    done: list[str] = []
+    records = [n for n in store.list_nodes() if n.state in lc.IN_PROGRESS]
+    for o in lc.overdue([(n.name, n.state, n.state_since) for n in records], now(), timeouts):
+        host = inventory.hosts.get(o.node)
+        tail = console_tail(host) if host else ""
+        reason = (f"timed out after {o.seconds:g}s in {o.state}"
+                  + (f"; console: {tail}" if tail else ""))
+        if life.fail(o.node, reason[:4000]):
+            done.append(f"{o.node}: {reason}")
+    for rec in store.list_nodes():
+        host = inventory.hosts.get(rec.name)
+        if host is None:
+            continue
+        if rec.state == lc.INSTALLED:
+            # The process that got "done" died before moving on; the node reboots anyway.
+            try:
+                life.move(rec.name, lc.REBOOTING, "installed; rebooting (re-checked)")
+            except MetalchainError:
+                continue
+        if rec.state in (lc.REBOOTING, lc.INSTALLED) and _ssh_ok(host, store):
+            try:
+                life.move(rec.name, lc.ACTIVE, "SSH answered with the pinned host key")
+                done.append(f"{rec.name}: active")
+            except MetalchainError:
+                pass
+        elif rec.state in (lc.POWERING_ON, lc.PXE_BOOTING, lc.INSTALLING) and \
+                bmc_for is not None and host.bmc is not None:
+            try:
+                with bmc_for(host, timeout=3.0) as bmc:  # type: ignore[attr-defined]
+                    power = bmc.power_status()
+            except BmcError:
+                continue
+            if power == "off" and life.fail(rec.name, f"powered off while {rec.state}"):
+                done.append(f"{rec.name}: powered off while {rec.state}")
+    return done
+
+
+def _ssh_ok(host: Host, store: StateStore) -> bool:
+    keys = store.host_keys_of(host.name)
+    address = host.address or (host.provision.ip if host.provision else None)
+    if not keys or not address:
+        return False
+    ok, _why = ssh_answers_with(address, keys[0], port=host.ssh.port, timeout=2.0)
+    return ok
+
+
+class Provisioner:
+    def __init__(self, inventory: Inventory, store: StateStore, *, hostkeys: HostKeys,
+                 bmc_for: Callable[..., object], timeouts: Mapping[str, float],
+                 on_change: Callable[[str, str, str], None] | None = None) -> None:
+        self.inventory = inventory
+        self.store = store
+        self.hostkeys = hostkeys
+        self.bmc_for = bmc_for
+        self.timeouts = {**lc.DEFAULT_TIMEOUTS, **timeouts}
+        self.life = lc.Lifecycle(store, self.timeouts)
+        self.on_change = on_change or (lambda node, state, reason: None)
+
+    def preflight(self, hosts: list[Host], *, retry: bool, force: bool) -> None:
+        now = time.time()
+        for h in hosts:
+            rec = self.store.node(h.name)
+            state = rec.state if rec else None
+            late = bool(rec and lc.overdue([(h.name, state, rec.state_since)], now,
+                                           self.timeouts))
+            check_startable(h, state, retry=retry, force=force, overdue=late)
+
+    def run(self, hosts: list[Host], *, parallel: int, deadline: float | None = None
+            ) -> dict[str, NodeResult]:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
+            results = dict(zip([h.name for h in hosts],
+                               pool.map(lambda h: self._one(h, deadline), hosts), strict=True))
+        return results
+
+    def _one(self, host: Host, deadline: float | None) -> NodeResult:
+        start = time.monotonic()
+        node = host.name
+        try:
+            self._start(host)
+            self._watch(host, deadline)
+        except BmcError as exc:
+            self.life.fail(node, f"BMC: {exc}")
+        except MetalchainError as exc:
+            self.life.fail(node, str(exc))
+        rec = self.store.node(node)
+        state = rec.state if rec else None
+        self.on_change(node, state or "-", rec.reason if rec else "")
+        return NodeResult(node, state, rec.reason if rec else "",
+                          time.monotonic() - start, timings(self.store, node))
+
+    def _start(self, host: Host) -> None:
+        node = host.name
+        self.life.enroll(node)
+        state = self.life.state(node)
+        if state in lc.IN_PROGRESS:   # overdue leftover of an earlier run
+            self.life.fail(node, f"abandoned in {state}; starting again")
+        pub = self.hostkeys.generate(node)
+        self.store.pin_host_key(node, pub, "provision")
+        self.life.move(node, lc.POWERING_ON, "provisioning started")
+        self.on_change(node, lc.POWERING_ON, "")
+        with self.bmc_for(host, timeout=5.0) as bmc:  # type: ignore[attr-defined]
+            if not bmc.ping(timeout=2.0):
+                raise BmcError(f"{node} (BMC {host.bmc.address}:{host.bmc.port}): "  # type: ignore[union-attr]
+                               "does not answer")
+            bmc.set_bootdev("network", persistent=True)
+            if bmc.power_status() == "on":
+                bmc.power_cycle()
+            else:
+                bmc.power_on()
+
+    def _watch(self, host: Host, deadline: float | None) -> None:
+        node = host.name
+        last_state = None
+        next_ssh = 0.0
+        while True:
+            rec = self.store.node(node)
+            state = rec.state if rec else None
+            if state != last_state:
+                self.on_change(node, state or "-", rec.reason if rec else "")
+                last_state = state
+            if state in (lc.ACTIVE, lc.FAILED, lc.MAINTENANCE) or state not in lc.IN_PROGRESS:
+                return
+            if rec and rec.state_since and time.time() - rec.state_since > \
+                    self.timeouts[state]:
+                tail = console_tail(host)
+                self.life.fail(node, (f"timed out after {self.timeouts[state]:g}s in {state}"
+                                      + (f"; console: {tail}" if tail else ""))[:4000])
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                self.life.fail(node, f"provision run deadline passed while {state}")
+                continue
+            if state == lc.INSTALLED:
+                try:
+                    self.life.move(node, lc.REBOOTING, "rebooting into the installed system")
+                except MetalchainError:
+                    pass
+            if state in (lc.REBOOTING, lc.INSTALLED) and time.monotonic() >= next_ssh:
+                next_ssh = time.monotonic() + SSH_PROBE_INTERVAL
+                if _ssh_ok(host, self.store):
+                    try:
+                        self.life.move(node, lc.ACTIVE, "SSH answered with the pinned host key")
+                    except MetalchainError:
+                        pass
+                    continue
+            time.sleep(POLL)
