@@ -3,7 +3,7 @@
 ::
 
     roles/node_exporter/
-      recipe.yml        # list of resources: - package: {name: x}  (+ name:, notify:)
+      recipe.yml        # list of resources: - package: {name: x}  (+ name:, notify:, when:)
       handlers.yml      # name: resource   (run once, at the end of the role, if notified)
       defaults.yml      # variables, the lowest precedence layer
       meta.yml          # depends: [base]; scrape_targets: [{port: 9100, job: node}]
@@ -13,6 +13,8 @@
 
 Recipes are validated when loaded (file:line errors); values may use ``{{ var }}`` with the
 host's variables and facts, rendered per host (values themselves are data, never templates).
+``when: EXPRESSION`` (a Jinja expression without braces, e.g. ``facts.virtualization !=
+'container-other'``) keeps an entry only on hosts where it is true.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from typing import Any
 
 from configure.engine import Item, RoleBlock
 from configure.resources import RESOURCE_KINDS, ResourceSpecError, parse_resource
-from configure.templating import render_text, render_value
+from configure.templating import evaluate_condition, render_text, render_value
 from inventory.errors import InputError, InventoryError
 from inventory.yamlsource import LocatedDict, read_yaml_file
 
-ENTRY_COMMON = ("name", "notify")
+ENTRY_COMMON = ("name", "notify", "when")
 KINDS = (*RESOURCE_KINDS, "template")
 META_KEYS = ("depends", "description", "scrape_targets")
 _ROLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -48,6 +50,7 @@ class Entry:
     notify: tuple[str, ...]
     file: str
     line: int
+    when: str | None = None
 
     @property
     def source(self) -> str:
@@ -102,7 +105,15 @@ def _entry(data: Any, where: Any, pos: Any, role: str) -> Entry:
         raise RoleError("notify must be a handler name or a list of them", file=data.file,
                         line=data.line_of("notify"))
     name = data.get("name") or f"{kind}"
-    return Entry(kind, data[kind], str(name), tuple(notify), data.file, data.line_of(kind))
+    when = data.get("when")
+    if when is not None and not isinstance(when, str | bool):
+        raise RoleError("when must be an expression (a string)", file=data.file,
+                        line=data.line_of("when"))
+    if isinstance(when, str) and ("{{" in when or "{%" in when):
+        raise RoleError("when is an expression without {{ }}, e.g. when: facts.cpus > 1",
+                        file=data.file, line=data.line_of("when"))
+    return Entry(kind, data[kind], str(name), tuple(notify), data.file, data.line_of(kind),
+                 None if when is None else str(when))
 
 
 def _check_entry(entry: Entry, role_dir: Path) -> None:
@@ -257,6 +268,8 @@ def blocks_for_host(roles: Sequence[Role], variables: Mapping[str, Any]) -> list
     for role in roles:
         items = []
         for e in role.entries:
+            if e.when is not None and not evaluate_condition(e.when, merged, e.source):
+                continue
             try:
                 res = _resource(e, role.path, merged)
             except ResourceSpecError as exc:

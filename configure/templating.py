@@ -51,3 +51,12 @@ def render_value(value: Any, variables: Mapping[str, Any], source: str) -> Any:
     if isinstance(value, dict):
         return {k: render_value(v, variables, source) for k, v in value.items()}
     return value
+
+
+def evaluate_condition(expression: str, variables: Mapping[str, Any], source: str) -> bool:
+    """A ``when:`` condition: a Jinja expression (no braces) evaluated with the variables."""
+    try:
+        compiled = _ENV.compile_expression(expression, undefined_to_none=False)
+        return bool(compiled(**_reveal(dict(variables))))
+    except TemplateError as exc:
+        raise InputError(f"{source}: when: {exc.message or exc}") from None

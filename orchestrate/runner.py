@@ -199,7 +199,8 @@ class Runner:
         magic = {"inventory_hostname": host, "address": h.address,
                  "group_names": self.inventory.groups_of(host), "labels": h.labels,
                  "facts": dict(getattr(self, "_facts", {}).get(host, {})),
-                 "roles": self.inventory.roles_of(host)}
+                 "roles": self.inventory.roles_of(host),
+                 **self.options.get("vars", {})}
         variables = {**magic, **host_vars(self.inventory, host, extra=extra)}
         ctx = _HostCtx(host, variables, check, conns, events, play.name, self.store,
                        self.options)

@@ -103,12 +103,20 @@ class File(Resource):
     """A file with exact content (``content``; roles turn ``source``/``template`` into it)."""
 
     kind = "file"
-    KEYS = ("path", "content", "mode", "owner", "group", "state")
+    KEYS = ("path", "content", "content_base64", "mode", "owner", "group", "state")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
+        if "content_base64" in spec:
+            if "content" in spec:
+                raise ResourceSpecError("file: give content or content_base64, not both")
+            try:
+                spec = {**spec, "content": base64.b64decode(str(spec["content_base64"]),
+                                                            validate=True)}
+            except ValueError:
+                raise ResourceSpecError("file: content_base64 is not valid base64") from None
         self.state = spec.get("state", "present")
         if self.state not in ("present", "absent"):
             raise ResourceSpecError("file: state must be present or absent")

@@ -104,7 +104,8 @@ def execute(obj: Any, playbook: Playbook, *, limit: str | None, extra: dict[str,
     events.subscribe(progress)
     runner = Runner(inv, store, build_registry(),
                     connector(inv, store, site.private_key()), parallelism=parallel,
-                    options={"playbooks_dir": site.playbooks_dir, "diff": diff})
+                    options={"playbooks_dir": site.playbooks_dir, "diff": diff,
+                             "vars": {"metalchain_mirror": mirror_var(site)}})
     status = "failed"
     try:
         report = runner.run(playbook, events=events, run_uid=uid, limit=limit,
@@ -121,6 +122,23 @@ def execute(obj: Any, playbook: Playbook, *, limit: str | None, extra: dict[str,
     if on_report:
         on_report(report)
     return report
+
+
+def mirror_var(site: Any) -> dict[str, Any] | None:
+    """What roles need to point hosts at the site's package mirror (None if none is built)."""
+    import base64
+
+    from configure.mirror import KEYRING_PATH
+    from configure.mirror_cmd import status_doc
+
+    doc = status_doc(site)
+    if not doc["built"] or not doc["source"]:
+        return None
+    keyring = Path(doc["keyring"]).read_bytes() if doc.get("keyring") else b""
+    return {"source": doc["source"], "signed": bool(doc["signed"]),
+            "keyring_path": KEYRING_PATH,
+            "keyring_b64": base64.b64encode(keyring).decode() if keyring else "",
+            "url": doc["server"]["url"]}
 
 
 def report_doc(report: RunReport) -> dict[str, Any]:
