@@ -72,10 +72,26 @@ class Controller:
         self.server.start()
         return self.server.url
 
+    def start_mirror(self) -> str | None:
+        """Serve the site's package mirror too, unless a `mirror serve` already does."""
+        from configure.mirror_cmd import mirror_dir, status_doc
+        from configure.mirror_server import DEFAULT_PORT, MirrorServer
+
+        doc = status_doc(self.site)
+        if not doc["built"] or doc["server"]["running"]:
+            return None
+        port = int((self.site.settings.get("mirror") or {}).get("port", DEFAULT_PORT))
+        self.mirror = MirrorServer(mirror_dir(self.site) / "current",
+                                   str(self.settings.address), port).start()
+        return self.mirror.url
+
     def stop(self) -> None:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if getattr(self, "mirror", None) is not None:
+            self.mirror.stop()
+            self.mirror = None
 
     def reconcile(self) -> list[str]:
         from provision.drivers import driver_for
@@ -117,8 +133,10 @@ def serve(obj: Any, no_images: bool) -> None:
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGHUP, lambda *_: _reload(ctl))
     url = ctl.start()
+    mirror_url = ctl.start_mirror()
     ctl.state_file.write_text(json.dumps({"pid": os.getpid(), "url": url}))
-    output.line(f"serving {site.root} at {url} (DHCP on {ctl.settings.interface})")
+    output.line(f"serving {site.root} at {url} (DHCP on {ctl.settings.interface})"
+                + (f"; package mirror at {mirror_url}" if mirror_url else ""))
     sys.stdout.flush()
     try:
         for line in ctl.reconcile():
