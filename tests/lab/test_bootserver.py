@@ -381,7 +381,13 @@ def test_tokens_and_keys_never_reach_the_log(api: Api, caplog: pytest.LogCapture
     api.post("node1", "progress", token, stage="started", message="hello")
     api.post("node1", "done", token)
     api.post("node1", "done", token)
-    text = "\n".join(record.getMessage() for record in caplog.records)
+    # The server writes its access log line after the response is sent: wait for it.
+    deadline = time.monotonic() + 5
+    while True:
+        text = "\n".join(record.getMessage() for record in caplog.records)
+        if "/v1/nodes/node1/done -> 403" in text or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     assert "/v1/nodes/node1/done -> 403 node=node1" in text
     assert token not in text and "SECRETKEYTEXT" not in text
 
