@@ -8,12 +8,12 @@ import click
 
 from inventory.errors import InputError
 from orchestrate import output
+from orchestrate.commands.common import json_option, parse_extra
 from orchestrate.commands.run_cmd import (
     RunLock,
     _single_step_playbook,
     execute,
     find_playbook,
-    parse_extra,
     print_diffs,
     print_summary,
     report_doc,
@@ -21,8 +21,6 @@ from orchestrate.commands.run_cmd import (
 from orchestrate.playbook import load_playbook
 from orchestrate.registry import build_registry
 from orchestrate.runner import DEFAULT_PARALLELISM
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 @click.command()

@@ -6,13 +6,11 @@ from typing import Any
 
 import click
 
-from inventory.errors import InputError
 from inventory.model import ALL_GROUP, Host, Inventory
 from inventory.select import select_hosts
 from inventory.variables import LAYERS, explain_vars
 from orchestrate import output
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+from orchestrate.commands.common import json_option, parse_extra
 
 
 def host_doc(h: Host) -> dict[str, Any]:
@@ -34,14 +32,6 @@ def host_doc(h: Host) -> dict[str, Any]:
     }
 
 
-def _parse_extra(pairs: tuple[str, ...]) -> dict[str, str]:
-    extra: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"-e expects KEY=VALUE, got '{pair}'")
-        extra[key] = value
-    return extra
 
 
 @click.group()
@@ -118,7 +108,7 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> list[list[Any]]:
 def vars_(obj: Any, host: str, extra: tuple[str, ...], as_json: bool) -> None:
     """The variables of HOST and where each value came from."""
     inv: Inventory = obj.site.inventory
-    origins = explain_vars(inv, host, extra=_parse_extra(extra))
+    origins = explain_vars(inv, host, extra=parse_extra(extra))
     if as_json:
         output.emit_json("inventory.vars", {
             "host": host, "layers": list(LAYERS),

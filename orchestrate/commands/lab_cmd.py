@@ -14,8 +14,8 @@ import click
 from inventory.errors import BmcError, InputError, LabError
 from inventory.site import Site, find_site_dir
 from orchestrate import output
+from orchestrate.commands.common import json_option
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 dir_option = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
                           help="The lab's site directory (default: --site, $METALCHAIN_SITE, "
                                "or the current directory).")

@@ -11,8 +11,8 @@ import click
 from inventory.errors import BmcError, InputError
 from inventory.select import select_hosts
 from orchestrate import output
+from orchestrate.commands.common import json_option
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 limit_option = click.option("--limit", help="Narrow the target.")
 MAX_PARALLEL = 32
 

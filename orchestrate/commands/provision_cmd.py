@@ -18,8 +18,8 @@ import click
 from inventory.errors import InputError, MetalchainError
 from inventory.select import select_hosts
 from orchestrate import output
+from orchestrate.commands.common import json_option
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 RECONCILE_EVERY = 2.0
 
 
@@ -74,8 +74,8 @@ class Controller:
 
     def start_mirror(self) -> str | None:
         """Serve the site's package mirror too, unless a `mirror serve` already does."""
-        from configure.mirror_cmd import mirror_dir, status_doc
         from configure.mirror_server import DEFAULT_PORT, MirrorServer
+        from orchestrate.commands.mirror_cmd import mirror_dir, status_doc
 
         doc = status_doc(self.site)
         if not doc["built"] or doc["server"]["running"]:

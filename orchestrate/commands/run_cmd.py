@@ -14,6 +14,7 @@ from configure.connect import connector
 from inventory.errors import InputError, MetalchainError
 from inventory.select import select_hosts
 from orchestrate import output
+from orchestrate.commands.common import json_option, parse_extra
 from orchestrate.events import EventLog, read_events
 from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
 from orchestrate.progress import make_progress
@@ -25,18 +26,6 @@ from orchestrate.runner import (
     last_failed_hosts,
     resume_state,
 )
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-
-
-def parse_extra(pairs: tuple[str, ...]) -> dict[str, str]:
-    extra: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"-e expects KEY=VALUE, got '{pair}'")
-        extra[key] = value
-    return extra
 
 
 def find_playbook(site: Any, name: str) -> Path:
@@ -129,7 +118,7 @@ def mirror_var(site: Any) -> dict[str, Any] | None:
     import base64
 
     from configure.mirror import KEYRING_PATH
-    from configure.mirror_cmd import status_doc
+    from orchestrate.commands.mirror_cmd import status_doc
 
     doc = status_doc(site)
     if not doc["built"] or not doc["source"]:

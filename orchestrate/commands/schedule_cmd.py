@@ -9,9 +9,9 @@ from typing import Any
 import click
 
 from orchestrate import output, schedule
+from orchestrate.commands.common import json_option
 from orchestrate.commands.run_cmd import find_playbook
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 dir_option = click.option("--cron-dir", type=click.Path(file_okay=False, path_type=Path),
                           default=schedule.CRON_DIR, show_default=True,
                           help="Where schedule files go.")

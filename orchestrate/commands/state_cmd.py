@@ -9,8 +9,7 @@ import click
 
 from inventory.errors import InputError
 from orchestrate import output
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+from orchestrate.commands.common import json_option
 
 
 def _ts(t: float | None) -> str | None:

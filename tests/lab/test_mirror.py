@@ -19,11 +19,11 @@ from click.testing import CliRunner
 
 from configure.connect import ssh_target
 from configure.mirror import KEYRING_PATH, render_source_line
-from configure.mirror_cmd import mirror
 from configure.mirror_server import MirrorServer
 from configure.ssh import CommandResult, Shell, SshConnection
 from inventory.site import Site
 from orchestrate.cli import Context
+from orchestrate.commands.mirror_cmd import mirror
 from tests.lab.sshd import METALCHAIN
 
 pytestmark = pytest.mark.lab

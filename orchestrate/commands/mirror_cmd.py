@@ -44,12 +44,12 @@ from configure.mirror_server import (
     wait_until_answering,
 )
 from inventory.errors import InputError
+from orchestrate.commands.common import json_option
 
 JSON_SCHEMA_VERSION = 1
 SERVER_STATE = "server.json"
 ANSWER_TIMEOUT = 3.0
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
 def _emit_json(kind: str, doc: dict[str, Any]) -> None:
