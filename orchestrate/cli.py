@@ -92,12 +92,12 @@ def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from configure import mirror_cmd
     from orchestrate.commands import (
         apply_cmd,
         init_cmd,
         inventory_cmd,
         lab_cmd,
+        mirror_cmd,
         power_cmd,
         provision_cmd,
         run_cmd,
