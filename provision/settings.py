@@ -39,7 +39,9 @@ DEFAULT_TOKEN_TTL = 3600.0
 DEFAULT_IPXE_DIR = Path("/usr/lib/ipxe")
 # The installer logs to the serial console as well as the screen: BMC SOL and the lab's
 # serial log are how an operator watches an install.
-DEFAULT_KERNEL_ARGS = "console=tty0 console=ttyS0,115200n8"
+# quiet: the kernel would otherwise print its command line, deploy token included, on the
+# console (and so into console logs).
+DEFAULT_KERNEL_ARGS = "console=tty0 console=ttyS0,115200n8 quiet"
 # dnsmasq parses DHCP and TFTP packets from the network: it drops root after binding.
 DEFAULT_DNSMASQ_USER = "nobody"
 
