@@ -57,6 +57,7 @@ CONFIG_KEYS = (
 # Bodies of progress/done/failed: application/x-www-form-urlencoded (busybox wget
 # --post-data), fields:
 PROGRESS_FIELDS = ("stage", "message")   # stage: one of INSTALL_STAGES
+DONE_FIELDS = ("stage", "message")       # both optional; informational
 FAILED_FIELDS = ("stage", "message", "log")  # log: the tail of the installer's log
 INSTALL_STAGES = ("started", "partitioning", "streaming", "verifying", "resizing",
                   "configuring", "rebooting")

@@ -83,7 +83,7 @@ def reconcile(inventory: Inventory, store: StateStore, timeouts: Mapping[str, fl
         host = inventory.hosts.get(rec.name)
         if host is None:
             continue
-        if rec.state == lc.INSTALLED:
+        if rec.state == lc.INSTALLED and rec.state_since and now() - rec.state_since > 5:
             # The process that got "done" died before moving on; the node reboots anyway.
             try:
                 life.move(rec.name, lc.REBOOTING, "installed; rebooting (re-checked)")
@@ -156,7 +156,6 @@ class Provisioner:
             self.life.fail(node, str(exc))
         rec = self.store.node(node)
         state = rec.state if rec else None
-        self.on_change(node, state or "-", rec.reason if rec else "")
         return NodeResult(node, state, rec.reason if rec else "",
                           time.monotonic() - start, timings(self.store, node))
 
@@ -190,7 +189,7 @@ class Provisioner:
             if state != last_state:
                 self.on_change(node, state or "-", rec.reason if rec else "")
                 last_state = state
-            if state in (lc.ACTIVE, lc.FAILED, lc.MAINTENANCE) or state not in lc.IN_PROGRESS:
+            if state not in lc.IN_PROGRESS:
                 return
             if rec and rec.state_since and time.time() - rec.state_since > \
                     self.timeouts[state]:
@@ -201,11 +200,6 @@ class Provisioner:
             if deadline is not None and time.monotonic() > deadline:
                 self.life.fail(node, f"provision run deadline passed while {state}")
                 continue
-            if state == lc.INSTALLED:
-                try:
-                    self.life.move(node, lc.REBOOTING, "rebooting into the installed system")
-                except MetalchainError:
-                    pass
             if state in (lc.REBOOTING, lc.INSTALLED) and time.monotonic() >= next_ssh:
                 next_ssh = time.monotonic() + SSH_PROBE_INTERVAL
                 if _ssh_ok(host, self.store):

@@ -366,7 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._progress(node, form)
         token = self._token()
         if name == "done":
-            _only(form, ())
+            _only(form, contract.DONE_FIELDS)
             self._spend(node, token)
             app.callbacks.on_done(node.name)
             log.info("%s: install done", node.name)
