@@ -152,8 +152,10 @@ class Provisioner:
             self._watch(host, deadline)
         except BmcError as exc:
             self.life.fail(node, f"BMC: {exc}")
+            self.on_change(node, lc.FAILED, f"BMC: {exc}")
         except MetalchainError as exc:
             self.life.fail(node, str(exc))
+            self.on_change(node, lc.FAILED, str(exc))
         rec = self.store.node(node)
         state = rec.state if rec else None
         return NodeResult(node, state, rec.reason if rec else "",
