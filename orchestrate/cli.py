@@ -103,6 +103,7 @@ def _register() -> None:
         run_cmd,
         schedule_cmd,
         state_cmd,
+        verify_cmd,
     )
 
     cli.add_command(init_cmd.init)
@@ -120,6 +121,7 @@ def _register() -> None:
     cli.add_command(provision_cmd.serve)
     cli.add_command(provision_cmd.provision)
     cli.add_command(mirror_cmd.mirror)
+    cli.add_command(verify_cmd.verify)
 
 
 _register()

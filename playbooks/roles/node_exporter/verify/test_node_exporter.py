@@ -1,0 +1,34 @@
+"""testinfra checks of the node_exporter role."""
+
+from __future__ import annotations
+
+# bash's /dev/tcp: hosts have no curl, and the check must not depend on one.
+GET = ("exec 3<>/dev/tcp/127.0.0.1/{port}; "
+       "printf 'GET {path} HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n' >&3; cat <&3")
+
+
+def port(role_vars: dict) -> int:
+    return int(role_vars["node_exporter_listen_address"].rsplit(":", 1)[1])
+
+
+def test_installed_enabled_running(host):
+    assert host.package("prometheus-node-exporter").is_installed
+    service = host.service("prometheus-node-exporter")
+    assert service.is_enabled and service.is_running
+
+
+def test_flags_file(host, role_vars):
+    defaults = host.file("/etc/default/prometheus-node-exporter")
+    assert defaults.user == "root" and defaults.mode == 0o644
+    assert f"--web.listen-address={role_vars['node_exporter_listen_address']}" in \
+        defaults.content_string
+
+
+def test_listening(host, role_vars):
+    assert host.socket(f"tcp://{port(role_vars)}").is_listening
+
+
+def test_metrics_answer(host, role_vars):
+    out = host.check_output("bash -c %s", GET.format(port=port(role_vars), path="/metrics"))
+    assert out.startswith("HTTP/1.0 200") or out.startswith("HTTP/1.1 200")
+    assert "node_exporter_build_info" in out
