@@ -13,7 +13,7 @@ import click
 from configure.verify import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, VerifyReport, verify_hosts
 from inventory.select import select_hosts
 from orchestrate import output
-from orchestrate.commands.common import json_option
+from orchestrate.commands.common import json_option, parse_extra
 from orchestrate.commands.run_cmd import mirror_var
 from orchestrate.runner import last_failed_hosts
 
@@ -35,10 +35,10 @@ def print_report(report: VerifyReport) -> None:
 
 
 def run_verify(site: Any, hosts: list[str], roles: list[str] | None, *, parallel: int,
-               timeout: float) -> VerifyReport:
+               timeout: float, extra: dict[str, Any] | None = None) -> VerifyReport:
     """What `verify` and `apply --verify` run: the checks see the variables the roles saw."""
     return verify_hosts(site, hosts, roles, parallel=parallel, timeout=timeout,
-                        extra_vars={"metalchain_mirror": mirror_var(site)})
+                        extra_vars={"metalchain_mirror": mirror_var(site), **(extra or {})})
 
 
 @click.command("verify")
@@ -50,15 +50,18 @@ def run_verify(site: Any, hosts: list[str], roles: list[str] | None, *, parallel
               show_default=True, help="Hosts at once.")
 @click.option("--timeout", type=click.FloatRange(1, 86400), default=DEFAULT_TIMEOUT,
               show_default=True, help="Seconds per host.")
+@click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE",
+              help="A variable as given to apply (highest precedence).")
 @json_option
 @click.pass_obj
 def verify(obj: Any, target: str, roles: tuple[str, ...], limit: str | None, parallel: int,
-           timeout: float, as_json: bool) -> None:
+           timeout: float, extra: tuple[str, ...], as_json: bool) -> None:
     """Run the testinfra checks (roles' verify/test_*.py) on TARGET's hosts over SSH."""
     site = obj.site
     hosts = select_hosts(site.inventory, target, limit,
                          {"failed": last_failed_hosts(site.state)}, site.state.all_facts())
-    report = run_verify(site, hosts, list(roles) or None, parallel=parallel, timeout=timeout)
+    report = run_verify(site, hosts, list(roles) or None, parallel=parallel, timeout=timeout,
+                        extra=parse_extra(extra))
     if as_json:
         output.emit_json("verify.result", report.to_json())
     else:

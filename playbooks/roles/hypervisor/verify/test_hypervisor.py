@@ -41,12 +41,14 @@ def test_kernel_side(host, role_vars):
         return
     for module in ("kvm", "vhost_net", "tun"):
         assert host.file(f"/sys/module/{module}").is_directory
-    assert host.file("/dev/kvm").is_char_device
+    if role_vars.get("hypervisor_require_kvm", True):
+        assert host.file("/dev/kvm").is_char_device
     assert host.file("/dev/net/tun").is_char_device
 
 
 def test_ready_to_run_guests(host, role_vars):
-    kind = "container" if is_container(role_vars) else "host"
+    kind = "container" if is_container(role_vars) else (
+        "host" if role_vars.get("hypervisor_require_kvm", True) else "host-tcg")
     out = host.run(f"/usr/local/sbin/metalchain-hypervisor-ready "
                    f"{role_vars['hypervisor_bridge']} {kind}")
     assert out.rc == 0, out.stderr
