@@ -12,6 +12,7 @@ demo: bootstrap
 	@./scripts/demo.sh "$(DEMO_SITE)"
 
 demo-down: bootstrap
+	-$(MC) --site "$(DEMO_SITE)" mirror stop
 	$(MC) lab down --dir "$(DEMO_SITE)"
 
 test: bootstrap

@@ -164,12 +164,14 @@ def _reload(ctl: Controller) -> None:
 @click.option("--parallel", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--retry", is_flag=True, help="Start over nodes that are provision_failed.")
 @click.option("--force", is_flag=True, help="Reinstall nodes that are active.")
+@click.option("--skip-active", is_flag=True, help="Leave nodes that are already active alone.")
 @click.option("--timeout", "total_timeout", type=click.FloatRange(1, 86400), default=None,
               help="Give up on every node still in progress after this many seconds.")
 @json_option
 @click.pass_obj
 def provision(obj: Any, target: str | None, image: str | None, parallel: int, retry: bool,
-              force: bool, total_timeout: float | None, as_json: bool) -> None:
+              force: bool, skip_active: bool, total_timeout: float | None,
+              as_json: bool) -> None:
     """Install TARGET's bare-metal nodes (default: every host with provisioning data)."""
     from provision.drivers import driver_for
     from provision.provisioner import Provisioner
@@ -180,6 +182,14 @@ def provision(obj: Any, target: str | None, image: str | None, parallel: int, re
     hosts = [inv.hosts[n] for n in names if inv.hosts[n].managed]
     if not hosts:
         raise InputError("no host with bmc/provision data in the target")
+    if skip_active:
+        active = {n.name for n in site.state.list_nodes() if n.state == "active"}
+        hosts = [h for h in hosts if h.name not in active]
+        if not hosts:
+            _say(as_json, "every node of the target is already active")
+            if as_json:
+                output.emit_json("provision.result", {"nodes": {}, "failed": 0})
+            return
     ctl = Controller(site)
     started_here = False
     prov = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,

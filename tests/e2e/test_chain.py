@@ -74,7 +74,11 @@ def test_roles_on_node_and_fleet_twice_then_verify(site: Path):
     assert second["counts"]["changed"] == 0 and second["counts"]["ok"] == 3
     assert all(v["steps"][0]["round_trips"] == 1 for v in second["hosts"].values())
     r = mc("--site", str(site), "verify", "all", *ROLES, *TCG, "--json")
-    assert r.returncode == 0, r.stdout[-3000:]
+    report = json.loads(r.stdout)
+    bad = {h: [(t["id"], t["message"][-500:]) for t in v["tests"]
+               if t["outcome"] in ("failed", "error")] or v.get("message")
+           for h, v in report["hosts"].items() if v["status"] != "passed"}
+    assert r.returncode == 0 and not bad, bad
 
 
 def test_node_exporter_answers_on_the_provisioned_node(site: Path):
