@@ -42,8 +42,8 @@ def test_kernel_side(host, role_vars):
     for module in ("kvm", "vhost_net", "tun"):
         assert host.file(f"/sys/module/{module}").is_directory
     if role_vars.get("hypervisor_require_kvm", True):
-        assert host.file("/dev/kvm").is_char_device
-    assert host.file("/dev/net/tun").is_char_device
+        assert host.run("test -c /dev/kvm").rc == 0    # testinfra has no char-device test
+    assert host.run("test -c /dev/net/tun").rc == 0
 
 
 def test_ready_to_run_guests(host, role_vars):
