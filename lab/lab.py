@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from inventory.errors import LabError
+from inventory.errors import InputError, LabError
 from inventory.state import StateStore
 from lab import fleet as fleetmod
 from lab.bmc import BmcProcessSpec, bmc_pid, start_bmc, stop_bmc
@@ -256,7 +256,16 @@ class Lab:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def check_owned(self) -> None:
+        """Refuse before starting anything if the site's files are not the lab's to rewrite."""
+        for path, header in ((self.inventory_path, INVENTORY_HEADER),
+                             (self.root / "metalchain.yml", SETTINGS_HEADER)):
+            if path.exists() and not path.read_text("utf-8").startswith(header):
+                raise InputError(f"{path} exists and was not written by lab up; use an empty "
+                                 "directory for the lab")
+
     def up(self, config: LabConfig, *, fleet_timeout: float = 300.0) -> dict[str, Any]:
+        self.check_owned()
         self.dir.mkdir(parents=True, exist_ok=True)
         old = self.load()
         self.save(config)  # recorded before anything starts, so lab down can always clean up

@@ -178,3 +178,14 @@ def _power_cli(mc, lab_dir: Path) -> None:
               ).returncode == 0
     r = mc("--site", str(lab_dir), "power", "status", "node2", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["hosts"][0]["result"] == "off"
+
+
+def test_lab_up_refuses_a_site_it_did_not_write_before_starting_anything(tmp_path):
+    site = tmp_path / "mine"
+    site.mkdir()
+    (site / "inventory.yml").write_text("hosts:\n  web1: {}\n")
+    r = mc("lab", "up", "--dir", str(site), "--nodes", "1", "--subnet", "10.94.0.0/24")
+    assert r.returncode == 2 and "was not written by lab up" in r.stderr
+    assert not (site / "lab").exists()
+    routes = subprocess.run(["ip", "route"], capture_output=True, text=True, timeout=10).stdout
+    assert "10.94.0.0/24" not in routes
