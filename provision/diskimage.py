@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -38,11 +37,11 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from inventory.errors import MetalchainError
+from provision.filelock import file_lock
 from provision.image import GoldenImage, ImageSpec, ensure_image
 
 # Bump whenever the image layout or _build() changes: it is part of the cache key.
@@ -255,7 +254,7 @@ def ensure_disk_image(images_dir: Path, golden: GoldenImage | None = None, *,
     info = _cached(raw)
     seconds = None
     if info is None:
-        with _locked(cache / f"{key}.raw.lock", LOCK_TIMEOUT_S):
+        with file_lock(cache / f"{key}.raw.lock", LOCK_TIMEOUT_S, ImageBuildError):
             info = _cached(raw)
             if info is None:
                 for stale in cache.glob(f"{key}.raw.tmp-*"):
@@ -418,24 +417,3 @@ def _copy_sparse(src: Path, dst: Path) -> None:
             else:
                 fout.write(chunk)
         fout.truncate()
-
-
-@contextlib.contextmanager
-def _locked(path: Path, timeout: float) -> Iterator[None]:
-    """flock with a deadline; the kernel drops the lock if the holder dies."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise ImageBuildError(f"waited {timeout:.0f} s for the lock {path}") from exc
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)

@@ -21,8 +21,6 @@ a ``build_disk()`` can hang off ``GoldenImage`` without changing the cache layou
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -30,11 +28,11 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inventory.errors import LabError
+from provision.filelock import file_lock
 
 DEFAULT_CACHE_DIR = Path("/var/cache/metalchain/images")
 
@@ -161,7 +159,7 @@ def ensure_image(spec: ImageSpec | None = None, cache_dir: Path | None = None, *
     if found:
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f"{key}.lock", LOCK_TIMEOUT_S):
+    with file_lock(cache_dir / f"{key}.lock", LOCK_TIMEOUT_S, LabError):
         found = _cached(spec, final)
         if found:
             return found
@@ -245,28 +243,6 @@ def _systemctl(rootfs: Path, *args: str) -> None:
                           text=True, timeout=60, check=False)
     if proc.returncode != 0:
         raise LabError(f"systemctl {' '.join(args)} in the image failed: {proc.stderr.strip()}")
-
-
-@contextlib.contextmanager
-def _locked(path: Path, timeout: float) -> Iterator[None]:
-    """flock with a deadline; the kernel drops the lock if the holder dies."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() > deadline:
-                    raise LabError(f"waited {timeout:.0f} s for the image build lock "
-                                   f"{path}") from exc
-                time.sleep(0.5)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_builds(cache_dir: Path, key: str) -> None:

@@ -35,7 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.diskimage import ImageBuildError, _locked
+from provision.diskimage import ImageBuildError
+from provision.filelock import file_lock
 from provision.image import GoldenImage, ImageSpec, ensure_image
 
 # Bump whenever the initramfs layout or _build_tree() changes: it is part of the cache key.
@@ -161,7 +162,7 @@ def ensure_installer(out_dir: Path, golden: GoldenImage | None = None, *,
     if found:
         return found
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(out_dir / ".lock", LOCK_TIMEOUT_S):
+    with file_lock(out_dir / ".lock", LOCK_TIMEOUT_S, ImageBuildError):
         found = _cached(out_dir, key, version)
         if found:
             return found

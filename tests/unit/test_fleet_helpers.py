@@ -18,6 +18,7 @@ from lab.fleet import (
 )
 from lab.network import LabNetwork, check_ifname, link_kind, short_ifname
 from provision import image
+from provision.filelock import file_lock
 
 pytestmark = pytest.mark.unit
 
@@ -134,10 +135,10 @@ def test_mmdebstrap_runs_in_its_own_namespaces(tmp_path: Path) -> None:
 
 def test_build_lock_excludes_a_second_holder(tmp_path: Path) -> None:
     lock = tmp_path / "k.lock"
-    with image._locked(lock, 1.0), pytest.raises(LabError, match="lock"), \
-            image._locked(lock, 0.2):
+    with file_lock(lock, 1.0, LabError), pytest.raises(LabError, match="lock"), \
+            file_lock(lock, 0.2, LabError):
         pass
-    with image._locked(lock, 0.2):
+    with file_lock(lock, 0.2, LabError):
         pass  # released when the holder left
 
 
