@@ -37,7 +37,7 @@ from provision.filelock import file_lock
 DEFAULT_CACHE_DIR = Path("/var/cache/metalchain/images")
 
 # Bump whenever customize() changes what it does to the tree: it is part of the cache key.
-CUSTOMIZE_VERSION = 1
+CUSTOMIZE_VERSION = 2
 
 DEFAULT_PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
@@ -119,6 +119,16 @@ class GoldenImage:
         return self.path / "rootfs"
 
 
+DPKG_PATH_FILTERS = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+)
+
+
 def mmdebstrap_argv(spec: ImageSpec, target: Path) -> list[str]:
     """The mmdebstrap command line, wrapped so that a dead build leaves nothing behind.
 
@@ -134,6 +144,9 @@ def mmdebstrap_argv(spec: ImageSpec, target: Path) -> list[str]:
         "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
         "--", "mmdebstrap",
         "--mode=root",
+        # No documentation, manual pages or translations on the hosts (copyright files
+        # stay): ~60 MB less for every install to stream and checksum.
+        *(f"--dpkgopt={opt}" for opt in DPKG_PATH_FILTERS),
         f"--variant={spec.variant}",
         f"--architectures={spec.architecture}",
         "--include=" + ",".join(sorted(set(spec.packages))),
