@@ -29,6 +29,8 @@ from orchestrate.runner import DEFAULT_PARALLELISM
               "argument is then a TARGET.")
 @click.option("--check", is_flag=True, help="Predict changes; change nothing.")
 @click.option("--diff", is_flag=True, help="Show what changes (or would), file by file.")
+@click.option("--verify", "then_verify", is_flag=True,
+              help="Afterwards run the roles' testinfra checks on the hosts that converged.")
 @click.option("--limit", help="Narrow the hosts.")
 @click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
@@ -36,7 +38,8 @@ from orchestrate.runner import DEFAULT_PARALLELISM
 @json_option
 @click.pass_obj
 def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool, diff: bool,
-          limit: str | None, extra: tuple[str, ...], parallel: int, as_json: bool) -> None:
+          then_verify: bool, limit: str | None, extra: tuple[str, ...], parallel: int,
+          as_json: bool) -> None:
     """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`."""
     site = obj.site
     if roles:
@@ -49,13 +52,28 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
     with RunLock(site.runs_dir / lock):
         report = execute(obj, pb, limit=limit, extra=parse_extra(extra), check=check,
                          parallel=parallel, resume=None, kind="apply", diff=diff)
+    verified = None
+    if then_verify and not check:
+        from orchestrate.commands.verify_cmd import run_verify
+
+        converged = [h for h, r in report.hosts.items() if r.status in ("ok", "changed")]
+        if converged:
+            verified = run_verify(site, converged, list(roles) or None, parallel=parallel,
+                                  timeout=600, extra=parse_extra(extra))
+    code = max(report.exit_code, verified.exit_code if verified else 0)
     if as_json:
-        output.emit_json("apply.result", {**report_doc(report), "check": check})
+        output.emit_json("apply.result", {**report_doc(report), "check": check,
+                                          "exit_code": code,
+                                          "verify": verified.to_json() if verified else None})
     else:
         if diff or check:
             print_diffs(report)
         print_summary(report)
-    raise click.exceptions.Exit(report.exit_code)
+        if verified is not None:
+            from orchestrate.commands.verify_cmd import print_report
+
+            print_report(verified)
+    raise click.exceptions.Exit(code)
 
 
 @click.command()

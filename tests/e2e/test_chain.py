@@ -70,9 +70,12 @@ def test_roles_on_node_and_fleet_twice_then_verify(site: Path):
     doc = json.loads(first.stdout)
     assert {h: v["status"] for h, v in doc["hosts"].items()} == {
         "node1": "changed", "fleet01": "changed", "fleet02": "changed"}
-    second = json.loads(mc("--site", str(site), "apply", *ROLES, "all", *TCG, "--json").stdout)
+    second = json.loads(mc("--site", str(site), "apply", *ROLES, "all", *TCG, "--verify",
+                           "--json").stdout)
     assert second["counts"]["changed"] == 0 and second["counts"]["ok"] == 3
     assert all(v["steps"][0]["round_trips"] == 1 for v in second["hosts"].values())
+    assert second["verify"]["exit_code"] == 0 and second["exit_code"] == 0
+    assert set(second["verify"]["hosts"]) == {"node1", "fleet01", "fleet02"}
     r = mc("--site", str(site), "verify", "all", *ROLES, *TCG, "--json")
     report = json.loads(r.stdout)
     bad = {h: [(t["id"], t["message"][-500:]) for t in v["tests"]
