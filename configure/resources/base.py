@@ -101,6 +101,16 @@ class Resource(ABC):
                                         f"{', '.join(allowed)}")
 
 
+def state_of(spec: Mapping[str, Any], kind: str,
+             allowed: tuple[str, ...] = ("present", "absent"), default: str = "present") -> str:
+    """The resource's ``state``, one of ``allowed``."""
+    state = spec.get("state", default)
+    if state not in allowed:
+        raise ResourceSpecError(f"{kind}: state must be one of {', '.join(allowed)}, "
+                                f"got {state!r}")
+    return state
+
+
 def mode_string(value: Any, kind: str) -> str | None:
     """'0644' / '644' -> '644' (stat's %a form); None when not given.
 

@@ -18,6 +18,7 @@ from configure.resources.base import (
     cmd,
     mode_string,
     q,
+    state_of,
 )
 
 MAX_DIFF_BYTES = 256 * 1024
@@ -117,9 +118,7 @@ class File(Resource):
                                                             validate=True)}
             except ValueError:
                 raise ResourceSpecError("file: content_base64 is not valid base64") from None
-        self.state = spec.get("state", "present")
-        if self.state not in ("present", "absent"):
-            raise ResourceSpecError("file: state must be present or absent")
+        self.state = state_of(spec, self.kind)
         content = spec.get("content")
         if self.state == "present":
             if content is None:
@@ -179,9 +178,7 @@ class Directory(Resource):
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
-        self.state = spec.get("state", "present")
-        if self.state not in ("present", "absent"):
-            raise ResourceSpecError("directory: state must be present or absent")
+        self.state = state_of(spec, self.kind)
         self.mode = mode_string(spec.get("mode"), self.kind)
         self.owner = spec.get("owner")
         self.group = spec.get("group")
@@ -226,9 +223,7 @@ class Line(Resource):
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
-        self.state = spec.get("state", "present")
-        if self.state not in ("present", "absent"):
-            raise ResourceSpecError("line: state must be present or absent")
+        self.state = state_of(spec, self.kind)
         self.line = spec.get("line")
         if self.state == "present" and not isinstance(self.line, str):
             raise ResourceSpecError("line: 'line' (a string) is required")

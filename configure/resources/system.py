@@ -6,7 +6,16 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from configure.resources.base import Action, Decision, Probe, Resource, ResourceSpecError, cmd, q
+from configure.resources.base import (
+    Action,
+    Decision,
+    Probe,
+    Resource,
+    ResourceSpecError,
+    cmd,
+    q,
+    state_of,
+)
 from configure.resources.files import write_file_script
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.:@_-]*$")
@@ -24,14 +33,6 @@ def _names(spec: Mapping[str, Any], kind: str, key: str = "name") -> list[str]:
     return items
 
 
-def _state(spec: Mapping[str, Any], kind: str, allowed: tuple[str, ...], default: str) -> str:
-    state = spec.get("state", default)
-    if state not in allowed:
-        raise ResourceSpecError(f"{kind}: state must be one of {', '.join(allowed)}, "
-                                f"got {state!r}")
-    return state
-
-
 class Package(Resource):
     """Debian packages (apt). ``update_cache`` refreshes the lists before installing."""
 
@@ -42,7 +43,7 @@ class Package(Resource):
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.names = _names(spec, self.kind)
-        self.state = _state(spec, self.kind, ("present", "absent"), "present")
+        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.update_cache = bool(spec.get("update_cache", False))
         self.purge = bool(spec.get("purge", False))
 
@@ -95,7 +96,7 @@ class Service(Resource):
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.unit = _names(spec, self.kind)[0]
-        self.state = _state(spec, self.kind, ("started", "stopped", "restarted", "reloaded"),
+        self.state = state_of(spec, self.kind, ("started", "stopped", "restarted", "reloaded"),
                             "started")
         enabled = spec.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
@@ -147,7 +148,7 @@ class User(Resource):
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.user = _names(spec, self.kind)[0]
-        self.state = _state(spec, self.kind, ("present", "absent"), "present")
+        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.uid = spec.get("uid")
         if self.uid is not None and (isinstance(self.uid, bool) or not isinstance(self.uid, int)):
             raise ResourceSpecError("user: uid must be an integer")
@@ -225,7 +226,7 @@ class Group(Resource):
         super().__init__(spec)
         self.only(spec, self.kind, self.KEYS)
         self.group = _names(spec, self.kind)[0]
-        self.state = _state(spec, self.kind, ("present", "absent"), "present")
+        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.gid = spec.get("gid")
         self.system = bool(spec.get("system", False))
 
