@@ -106,6 +106,12 @@ class Site:
             self._inventory = load_inventory(self.inventory_path, self.secrets)
         return self._inventory
 
+    def reload_inventory(self) -> Inventory:
+        """Read the inventory (and secrets) again, e.g. on SIGHUP to a long-running serve."""
+        self._secrets = None
+        self._inventory = None
+        return self.inventory
+
     @property
     def state(self) -> StateStore:
         if self._state is None:

@@ -53,6 +53,7 @@ from lab.machine import (
     DEFAULT_BOOT_ORDER,
     NEEDS_RESET_RUN_STATES,
     boot_order_for,
+    pid_from_pidfile,
     power_state_of,
     process_alive,
 )
@@ -432,17 +433,7 @@ class BmcProcessSpec:
 
 def bmc_pid(pidfile: Path) -> int | None:
     """The live pid recorded in a BMC pidfile, or None."""
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not process_alive(pid):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return pid if str(pidfile).encode() in cmdline else None
+    return pid_from_pidfile(pidfile)
 
 
 def start_bmc(spec: BmcProcessSpec, *, timeout: float = 15.0) -> int:

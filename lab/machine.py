@@ -321,18 +321,7 @@ class Machine:
 
     def pid(self) -> int | None:
         """The live QEMU pid of this machine, or None (stale pidfiles are ignored)."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if not process_alive(pid):
-            return None
-        # Guard against pid reuse: the process must be QEMU with our pidfile on its command line.
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return pid if str(self.pidfile).encode() in cmdline else None
+        return pid_from_pidfile(self.pidfile)
 
     def status(self, *, timeout: float = 3.0) -> MachineStatus:
         pid = self.pid()
@@ -361,6 +350,25 @@ class Machine:
                 raise LabError(f"machine {self.name}: serial log did not show /{pattern}/ "
                                f"within {timeout}s; tail: {text[-300:]!r}")
             time.sleep(0.2)
+
+
+def pid_from_pidfile(pidfile: Path) -> int | None:
+    """The live pid recorded in ``pidfile``, or None.
+
+    Guards against pid reuse: the process must carry the pidfile's path on its command line
+    (QEMU's ``-pidfile``, the BMC's ``--pidfile``).
+    """
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not process_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return pid if str(pidfile).encode() in cmdline else None
 
 
 def process_alive(pid: int) -> bool:

@@ -134,6 +134,7 @@ class Runner:
         self.parallelism = parallelism
         self.sleep = sleep
         self.options = dict(options or {})
+        self._facts: Mapping[str, Mapping[str, Any]] = {}
 
     def run(self, playbook: Playbook, *, events: EventLog, run_uid: str,
             limit: str | None = None, extra_vars: Mapping[str, Any] | None = None,
@@ -198,7 +199,7 @@ class Runner:
         h = self.inventory.hosts[host]
         magic = {"inventory_hostname": host, "address": h.address,
                  "group_names": self.inventory.groups_of(host), "labels": h.labels,
-                 "facts": dict(getattr(self, "_facts", {}).get(host, {})),
+                 "facts": dict(self._facts.get(host, {})),
                  "roles": self.inventory.roles_of(host),
                  **self.options.get("vars", {})}
         variables = {**magic, **host_vars(self.inventory, host, extra=extra)}

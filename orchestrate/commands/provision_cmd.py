@@ -153,9 +153,9 @@ def serve(obj: Any, no_images: bool) -> None:
 
 
 def _reload(ctl: Controller) -> None:
-    ctl.site._inventory = None
-    ctl.deploy.inventory = ctl.site.inventory
-    ctl.server.reload(ctl.site.inventory)
+    inventory = ctl.site.reload_inventory()
+    ctl.deploy.inventory = inventory
+    ctl.server.reload(inventory)
 
 
 @click.command()
