@@ -36,7 +36,22 @@ class HostContext(Protocol):
     state: Any
     #: run-wide options: playbooks_dir (Path | None), diff (bool)
     options: Mapping[str, Any]
+    #: ``time.monotonic()`` by which this step must end (the step's ``timeout:``), or None
+    deadline: float | None
 
     def connection(self) -> Any: ...
 
     def emit(self, event: str, **fields: Any) -> None: ...
+
+
+def time_left(deadline: float | None, default: float) -> float:
+    """Seconds a call may take: what is left until ``deadline``, else ``default``.
+
+    Never less than a small positive value, so a call that starts just before the deadline
+    fails at once with its own timeout error instead of getting an invalid timeout.
+    """
+    if deadline is None:
+        return default
+    import time
+
+    return max(0.01, min(default, deadline - time.monotonic()))

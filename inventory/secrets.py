@@ -69,6 +69,7 @@ class SecretStore:
         self._values = dict(values)
         self.path = path
         self._environ = os.environ if environ is None else environ
+        self._env_used: dict[str, str] = {}
 
     @classmethod
     def load(cls, path: Path, environ: Mapping[str, str] | None = None) -> SecretStore:
@@ -111,12 +112,52 @@ class SecretStore:
             var = ref["env"]
             if var not in self._environ:
                 raise SecretError(f"environment variable '{var}' (secret reference) is not set")
+            self._env_used[var] = self._environ[var]
             return Secret(self._environ[var], f"env:{var}")
         raise SecretError("a secret reference must be {secret: NAME} or {env: VARIABLE}")
 
     def known_values(self) -> list[str]:
-        """All secret values of the file, for output scrubbing as a last line of defence."""
-        return [v for v in self._values.values() if v]
+        """Every secret value known: the file's and those of ``{env: VAR}`` references
+        resolved so far, for output scrubbing as a last line of defence."""
+        return [v for v in (*self._values.values(), *self._env_used.values()) if v]
+
+    def masker(self) -> Masker:
+        return Masker(self.known_values())
+
+
+class Masker:
+    """Replaces every known secret value with ``***`` in text and in nested data.
+
+    Longer values are replaced first, so a secret that contains another is masked whole.
+    """
+
+    def __init__(self, values: list[str] | tuple[str, ...] = ()) -> None:
+        self._values = sorted({v for v in values if v}, key=len, reverse=True)
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def text(self, text: str) -> str:
+        for v in self._values:
+            if v in text:
+                text = text.replace(v, MASK)
+        return text
+
+    def value(self, obj: Any) -> Any:
+        """``obj`` with every string in it masked (dicts, lists and tuples walked)."""
+        if not self._values:
+            return obj
+        if isinstance(obj, str):
+            return self.text(obj)
+        if isinstance(obj, Secret):
+            return MASK
+        if isinstance(obj, dict):
+            return {self.value(k): self.value(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self.value(v) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(self.value(v) for v in obj)
+        return obj
 
 
 def is_secret_ref(value: Any) -> bool:

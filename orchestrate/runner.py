@@ -112,6 +112,7 @@ class _HostCtx:
     play: str = ""
     state: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    deadline: float | None = None
 
     def connection(self) -> Any:
         return self._conns.get(self.host)
