@@ -1,0 +1,89 @@
+"""Nodes, their lifecycle state and its history."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from inventory.errors import InputError, StateError
+from inventory.state.base import StoreBase
+from inventory.state.schema import node_transitions, nodes
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    id: int
+    name: str
+    state: str | None
+    reason: str
+    state_since: float | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    from_state: str | None
+    to_state: str
+    reason: str
+    at: float
+
+
+
+
+class NodesMixin(StoreBase):
+    def ensure_node(self, name: str) -> int:
+        """The surrogate id of ``name``, creating its row on first use."""
+        with self._write() as conn:
+            node_id = self._node_id(conn, name, create=True)
+        return int(node_id or 0)
+
+    def node(self, name: str) -> NodeRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(nodes).where(nodes.c.name == name)).first()
+        return None if row is None else NodeRecord(row.id, row.name, row.state, row.reason,
+                                                   row.state_since)
+
+    def list_nodes(self) -> list[NodeRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(nodes).order_by(nodes.c.name)).all()
+        return [NodeRecord(r.id, r.name, r.state, r.reason, r.state_since) for r in rows]
+
+    def rename_node(self, old: str, new: str) -> None:
+        """Rename a node; its history, keys and journal follow (they point at the id)."""
+        try:
+            with self._write() as conn:
+                res = conn.execute(update(nodes).where(nodes.c.name == old).values(name=new))
+                if res.rowcount == 0:
+                    raise InputError(f"no node named '{old}' in the state store")
+        except IntegrityError:
+            raise InputError(f"cannot rename '{old}' to '{new}': that name is taken") from None
+
+    def set_node_state(self, name: str, to_state: str, reason: str = "",
+                       expect: tuple[str | None, ...] | None = None) -> Transition:
+        """Move ``name`` to ``to_state`` and record the transition, atomically.
+
+        With ``expect``, the move happens only if the current state is one of those
+        (compare-and-set); otherwise StateError names the state it found.
+        """
+        now = time.time()
+        with self._write() as conn:
+            node_id = self._node_id(conn, name, create=True)
+            current = conn.execute(select(nodes.c.state).where(nodes.c.id == node_id)
+                                   ).scalar_one()
+            if expect is not None and current not in expect:
+                raise StateError(f"node '{name}' is {current or 'unmanaged'}, expected "
+                                 f"{' or '.join(str(e) for e in expect)}")
+            conn.execute(update(nodes).where(nodes.c.id == node_id).values(
+                state=to_state, reason=reason, state_since=now))
+            conn.execute(insert(node_transitions).values(
+                node_id=node_id, from_state=current, to_state=to_state, reason=reason, at=now))
+        return Transition(current, to_state, reason, now)
+
+    def transitions(self, name: str) -> list[Transition]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(node_transitions).join(nodes, nodes.c.id == node_transitions.c.node_id)
+                .where(nodes.c.name == name).order_by(node_transitions.c.id)).all()
+        return [Transition(r.from_state, r.to_state, r.reason, r.at) for r in rows]

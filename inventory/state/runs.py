@@ -1,0 +1,104 @@
+"""Runs and their journal (intent before a step, outcome after)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from inventory.errors import InputError, StateError
+from inventory.state.base import StoreBase
+from inventory.state.schema import journal, nodes, runs
+
+JOURNAL_OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    run_uid: str
+    host: str
+    step_index: int
+    step: str
+    status: str
+    started_at: float
+    ended_at: float | None
+    detail: dict[str, Any]
+
+
+
+class RunsMixin(StoreBase):
+    def start_run(self, kind: str, name: str, args: dict[str, Any] | None = None) -> str:
+        uid = uuid.uuid4().hex[:12]
+        with self._write() as conn:
+            conn.execute(insert(runs).values(uid=uid, kind=kind, name=name,
+                                             args=json.dumps(args or {}), status="running",
+                                             started_at=time.time()))
+        return uid
+
+    def end_run(self, uid: str, status: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(runs).where(runs.c.uid == uid).values(
+                status=status, ended_at=time.time()))
+
+    def get_run(self, uid: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            r = conn.execute(select(runs).where(runs.c.uid == uid)).first()
+        if r is None:
+            return None
+        return {"uid": r.uid, "kind": r.kind, "name": r.name, "status": r.status,
+                "started_at": r.started_at, "ended_at": r.ended_at, "args": json.loads(r.args)}
+
+    def reopen_run(self, uid: str) -> None:
+        """Mark a run as running again (``--resume``)."""
+        with self._write() as conn:
+            res = conn.execute(update(runs).where(runs.c.uid == uid).values(
+                status="running", ended_at=None))
+            if res.rowcount == 0:
+                raise InputError(f"no run '{uid}' in the state store (see: metalchain runs "
+                                 "list)")
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
+        return [{"uid": r.uid, "kind": r.kind, "name": r.name, "status": r.status,
+                 "started_at": r.started_at, "ended_at": r.ended_at,
+                 "args": json.loads(r.args)} for r in rows]
+
+    def journal_intent(self, run_uid: str, host: str, step_index: int, step: str) -> int:
+        """Record that ``step`` is about to run on ``host``; returns the entry id."""
+        with self._write() as conn:
+            run_id = conn.execute(select(runs.c.id).where(runs.c.uid == run_uid)).scalar()
+            if run_id is None:
+                raise StateError(f"no run '{run_uid}' in the state store")
+            node_id = self._node_id(conn, host, create=True)
+            res = conn.execute(insert(journal).values(
+                run_id=run_id, node_id=node_id, step_index=step_index, step=step,
+                status="intent", started_at=time.time(), detail="{}"))
+            return int(res.inserted_primary_key[0])
+
+    def journal_outcome(self, entry_id: int, status: str,
+                        detail: dict[str, Any] | None = None) -> None:
+        if status not in JOURNAL_OUTCOMES:
+            raise ValueError(f"unknown journal outcome {status!r}")
+        with self._write() as conn:
+            conn.execute(update(journal).where(journal.c.id == entry_id).values(
+                status=status, ended_at=time.time(), detail=json.dumps(detail or {})))
+
+    def journal_entries(self, run_uid: str | None = None, host: str | None = None
+                        ) -> list[JournalEntry]:
+        q = (select(journal, runs.c.uid, nodes.c.name)
+             .join(runs, runs.c.id == journal.c.run_id)
+             .join(nodes, nodes.c.id == journal.c.node_id))
+        if run_uid is not None:
+            q = q.where(runs.c.uid == run_uid)
+        if host is not None:
+            q = q.where(nodes.c.name == host)
+        with self._read() as conn:
+            rows = conn.execute(q.order_by(journal.c.id)).all()
+        return [JournalEntry(r.id, r.uid, r.name, r.step_index, r.step, r.status,
+                             r.started_at, r.ended_at, json.loads(r.detail)) for r in rows]

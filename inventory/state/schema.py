@@ -1,0 +1,136 @@
+"""The state store's tables (SQLAlchemy Core metadata)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 4
+
+
+metadata = MetaData()
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+nodes = Table(
+    "nodes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(253), nullable=False, unique=True),
+    # None for hosts outside the lifecycle (unmanaged hosts with a pinned key).
+    Column("state", String(32)),
+    Column("reason", Text, nullable=False, default=""),
+    Column("state_since", Float),
+    Column("created_at", Float, nullable=False),
+)
+
+node_transitions = Table(
+    "node_transitions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
+    Column("from_state", String(32)),
+    Column("to_state", String(32), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("at", Float, nullable=False),
+)
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("uid", String(36), nullable=False, unique=True),
+    Column("kind", String(32), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("args", Text, nullable=False, default="{}"),
+    Column("status", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+)
+
+journal = Table(
+    "journal", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False, index=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
+    Column("step_index", Integer, nullable=False),
+    Column("step", Text, nullable=False),
+    # 'intent' until the outcome is written: ok, changed, failed, unreachable, skipped.
+    Column("status", String(16), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+host_keys = Table(
+    "host_keys", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False),
+    Column("key_type", String(32), nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("pinned_at", Float, nullable=False),
+    UniqueConstraint("node_id", "key_type"),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+# Schema 2: one-time deploy tokens for the install callbacks (only their hashes are stored).
+deploy_tokens = Table(
+    "deploy_tokens", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    # active -> spent (done/failed reported) or revoked (a newer token was issued)
+    Column("status", String(16), nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("ended_at", Float),
+)
+
+# Schema 3: the last facts gathered from each host.
+facts = Table(
+    "facts", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
+    Column("data", Text, nullable=False),
+    Column("gathered_at", Float, nullable=False),
+)
+
+# Schema 4: handlers owed by changes whose handler has not run yet (a killed or failed run
+# must not lose a restart), and the latest drift found per host and resource.
+owed_handlers = Table(
+    "owed_handlers", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
+    Column("role", String(64), primary_key=True),
+    Column("handler", String(200), primary_key=True),
+    Column("since", Float, nullable=False),
+)
+
+drift = Table(
+    "drift", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
+    Column("role", String(64), nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("changes", Text, nullable=False),
+    Column("checked_at", Float, nullable=False),
+)
