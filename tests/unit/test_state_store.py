@@ -102,6 +102,7 @@ def test_migration_from_schema_1(tmp_path):
     db.execute("DROP TABLE facts")
     db.execute("DROP TABLE owed_handlers")
     db.execute("DROP TABLE drift")
+    db.execute("DROP TABLE IF EXISTS alembic_version")  # stores before Alembic had none
     db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
     db.commit()
     db.close()
