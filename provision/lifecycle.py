@@ -20,17 +20,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from inventory.errors import InputError, StateError
-from inventory.state import StateStore
+from inventory.state import NodeState, StateStore
 
-ENROLLED = "enrolled"
-POWERING_ON = "powering_on"
-PXE_BOOTING = "pxe_booting"
-INSTALLING = "installing"
-INSTALLED = "installed"
-REBOOTING = "rebooting"
-ACTIVE = "active"
-FAILED = "provision_failed"
-MAINTENANCE = "maintenance"
+# The states are NodeState members (strings: ACTIVE == "active"); these names are the ones the
+# rest of metalchain uses.
+ENROLLED = NodeState.ENROLLED
+POWERING_ON = NodeState.POWERING_ON
+PXE_BOOTING = NodeState.PXE_BOOTING
+INSTALLING = NodeState.INSTALLING
+INSTALLED = NodeState.INSTALLED
+REBOOTING = NodeState.REBOOTING
+ACTIVE = NodeState.ACTIVE
+FAILED = NodeState.FAILED
+MAINTENANCE = NodeState.MAINTENANCE
 
 IN_PROGRESS = (POWERING_ON, PXE_BOOTING, INSTALLING, INSTALLED, REBOOTING)
 STATES = (ENROLLED, *IN_PROGRESS, ACTIVE, FAILED, MAINTENANCE)
@@ -44,7 +46,7 @@ DEFAULT_TIMEOUTS: dict[str, float] = {
     REBOOTING: 180.0,      # until SSH answers with the pinned host key
 }
 
-ALLOWED: dict[str | None, tuple[str, ...]] = {
+ALLOWED: dict[NodeState | None, tuple[NodeState, ...]] = {
     None: (ENROLLED, MAINTENANCE),
     ENROLLED: (POWERING_ON, MAINTENANCE),
     POWERING_ON: (PXE_BOOTING, FAILED, MAINTENANCE),
@@ -101,7 +103,7 @@ class Lifecycle:
         self.store = store
         self.timeouts = dict(timeouts or DEFAULT_TIMEOUTS)
 
-    def state(self, node: str) -> str | None:
+    def state(self, node: str) -> NodeState | None:
         rec = self.store.node(node)
         return rec.state if rec else None
 

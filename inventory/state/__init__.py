@@ -18,6 +18,7 @@ from inventory.state.base import BUSY_TIMEOUT_MS
 from inventory.state.nodes import NodeRecord, Transition
 from inventory.state.runs import JOURNAL_OUTCOMES, JournalEntry
 from inventory.state.schema import SCHEMA_VERSION, metadata
+from inventory.state.states import NodeState
 from inventory.state.store import StateStore
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "JournalEntry",
     "NodeRecord",
+    "NodeState",
     "StateStore",
     "Transition",
     "metadata",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -11,25 +12,29 @@ from sqlalchemy.exc import IntegrityError
 from inventory.errors import InputError, StateError
 from inventory.state.base import StoreBase
 from inventory.state.schema import node_transitions, nodes
+from inventory.state.states import NodeState, node_state, stored_state
 
 
 @dataclass(frozen=True)
 class NodeRecord:
     id: int
     name: str
-    state: str | None
+    state: NodeState | None
     reason: str
     state_since: float | None
 
 
 @dataclass(frozen=True)
 class Transition:
-    from_state: str | None
-    to_state: str
+    from_state: NodeState | None
+    to_state: NodeState
     reason: str
     at: float
 
 
+def _record(row: Any) -> NodeRecord:
+    return NodeRecord(row.id, row.name, stored_state(row.state, row.name), row.reason,
+                      row.state_since)
 
 
 class NodesMixin(StoreBase):
@@ -42,13 +47,12 @@ class NodesMixin(StoreBase):
     def node(self, name: str) -> NodeRecord | None:
         with self._read() as conn:
             row = conn.execute(select(nodes).where(nodes.c.name == name)).first()
-        return None if row is None else NodeRecord(row.id, row.name, row.state, row.reason,
-                                                   row.state_since)
+        return None if row is None else _record(row)
 
     def list_nodes(self) -> list[NodeRecord]:
         with self._read() as conn:
             rows = conn.execute(select(nodes).order_by(nodes.c.name)).all()
-        return [NodeRecord(r.id, r.name, r.state, r.reason, r.state_since) for r in rows]
+        return [_record(r) for r in rows]
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node; its history, keys and journal follow (they point at the id)."""
@@ -65,20 +69,25 @@ class NodesMixin(StoreBase):
         """Move ``name`` to ``to_state`` and record the transition, atomically.
 
         With ``expect``, the move happens only if the current state is one of those
-        (compare-and-set); otherwise StateError names the state it found.
+        (compare-and-set); otherwise StateError names the state it found. A state that is
+        not a :class:`NodeState` is refused with a StateError naming it.
         """
+        to_state = node_state(to_state, name)
+        if expect is not None:
+            expect = tuple(None if e is None else node_state(e, name) for e in expect)
         now = time.time()
         with self._write() as conn:
             node_id = self._node_id(conn, name, create=True)
-            current = conn.execute(select(nodes.c.state).where(nodes.c.id == node_id)
-                                   ).scalar_one()
+            current = stored_state(conn.execute(
+                select(nodes.c.state).where(nodes.c.id == node_id)).scalar_one(), name)
             if expect is not None and current not in expect:
                 raise StateError(f"node '{name}' is {current or 'unmanaged'}, expected "
                                  f"{' or '.join(str(e) for e in expect)}")
             conn.execute(update(nodes).where(nodes.c.id == node_id).values(
-                state=to_state, reason=reason, state_since=now))
+                state=to_state.value, reason=reason, state_since=now))
             conn.execute(insert(node_transitions).values(
-                node_id=node_id, from_state=current, to_state=to_state, reason=reason, at=now))
+                node_id=node_id, from_state=None if current is None else current.value,
+                to_state=to_state.value, reason=reason, at=now))
         return Transition(current, to_state, reason, now)
 
     def transitions(self, name: str) -> list[Transition]:
@@ -86,4 +95,5 @@ class NodesMixin(StoreBase):
             rows = conn.execute(
                 select(node_transitions).join(nodes, nodes.c.id == node_transitions.c.node_id)
                 .where(nodes.c.name == name).order_by(node_transitions.c.id)).all()
-        return [Transition(r.from_state, r.to_state, r.reason, r.at) for r in rows]
+        return [Transition(stored_state(r.from_state, name), node_state(r.to_state, name),
+                           r.reason, r.at) for r in rows]

@@ -14,12 +14,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from inventory.state import SCHEMA_VERSION, StateStore, metadata
+from inventory.state import SCHEMA_VERSION, NodeState, StateStore, metadata
 from inventory.state.migrate import revision_of
 
 pytestmark = pytest.mark.lab
 
 WRITES = 200
+STATES = list(NodeState)
 
 
 def _writer(path: str, who: str, start: mp.Event) -> None:
@@ -27,8 +28,8 @@ def _writer(path: str, who: str, start: mp.Event) -> None:
     run = store.start_run("run", who)
     start.wait(10)
     for i in range(WRITES):
-        store.set_node_state(f"{who}-n{i % 5}", f"s{i}", who)
-        store.set_node_state("shared", f"{who}{i}", who)
+        store.set_node_state(f"{who}-n{i % 5}", STATES[i % len(STATES)], who)
+        store.set_node_state("shared", STATES[(i + len(who)) % len(STATES)], f"{who}{i}")
         store.journal_outcome(store.journal_intent(run, "shared", i, f"step {i}"), "ok")
         store.record_audit(who, "write", "shared", {"i": i})
     store.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from inventory.errors import InputError, StateError
-from inventory.state import StateStore
+from inventory.state import NodeState, StateStore
 from provision import lifecycle as lc
 
 pytestmark = pytest.mark.unit
@@ -26,6 +26,14 @@ def test_transitions(current, to, ok):
     else:
         with pytest.raises(StateError):
             lc.check_transition(current, to)
+
+
+def test_states_are_enum_members_equal_to_their_strings():
+    assert lc.ACTIVE is NodeState.ACTIVE and lc.ACTIVE == "active"
+    assert lc.FAILED == "provision_failed" and f"{lc.POWERING_ON}" == "powering_on"
+    assert set(lc.STATES) == set(NodeState)
+    assert all(type(s) is NodeState for s in (*lc.STATES, *lc.IN_PROGRESS))
+    assert lc.DEFAULT_TIMEOUTS["installing"] == lc.DEFAULT_TIMEOUTS[lc.INSTALLING]
 
 
 def test_every_in_progress_state_has_a_timeout_and_a_way_out():
@@ -61,5 +69,6 @@ def test_lifecycle_records_and_fails_once(tmp_path):
     assert not store.check_deploy_token("n1", token)  # failing revokes the token
     assert [t.to_state for t in store.transitions("n1")] == [
         lc.ENROLLED, lc.POWERING_ON, lc.FAILED]
+    assert life.state("n1") is NodeState.FAILED
     with pytest.raises(StateError):
         life.move("n1", lc.ACTIVE, "nope")

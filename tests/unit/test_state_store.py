@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inventory.errors import InputError, StateError
-from inventory.state import SCHEMA_VERSION, StateStore
+from inventory.state import SCHEMA_VERSION, NodeState, StateStore
 
 pytestmark = pytest.mark.unit
 
@@ -111,3 +111,31 @@ def test_migration_from_schema_1(tmp_path):
     assert s.node("n1").state == "active"
     assert s.check_deploy_token("n1", s.issue_deploy_token("n1", ttl=10))
     s.close()
+
+
+def test_unknown_state_is_refused_naming_it(store):
+    with pytest.raises(StateError, match="node 'n1': unknown state 'enroled'"):
+        store.set_node_state("n1", "enroled", "typo")
+    with pytest.raises(StateError, match="node 'n1': unknown state 'bogus'"):
+        store.set_node_state("n1", "enrolled", "cas", expect=(None, "bogus"))
+    assert store.node("n1") is None
+    assert store.transitions("n1") == []
+
+
+def test_states_read_back_as_enum_members(store):
+    store.set_node_state("n1", "enrolled", "added")
+    store.set_node_state("n1", NodeState.POWERING_ON, "go", expect=(NodeState.ENROLLED,))
+    assert type(store.node("n1").state) is NodeState
+    assert store.node("n1").state is NodeState.POWERING_ON == "powering_on"
+    assert [type(n.state) for n in store.list_nodes()] == [NodeState]
+    first, second = store.transitions("n1")
+    assert (first.from_state, type(first.to_state)) == (None, NodeState)
+    assert second.from_state is NodeState.ENROLLED and second.to_state is NodeState.POWERING_ON
+
+
+def test_unknown_stored_state_is_a_clean_error(store):
+    store.set_node_state("n1", "enrolled", "added")
+    with store._engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE nodes SET state='warp_speed' WHERE name='n1'")
+    with pytest.raises(StateError, match="node 'n1': unknown state 'warp_speed'"):
+        store.node("n1")
