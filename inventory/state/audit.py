@@ -28,7 +28,7 @@ class AuditMixin(StoreBase):
 
     def record_audit(self, actor: str, action: str, target: str,
                      detail: dict[str, Any] | None = None) -> None:
-        with self._write() as conn:
+        with self._write(f"audit record {action} of '{target}'") as conn:
             self._audit(conn, actor, action, target, detail or {})
 
     def audit_log(self, target: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

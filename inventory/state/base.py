@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from inventory.errors import StateError
+from inventory.state.integrity import integrity_error
 from inventory.state.schema import nodes
 
 BUSY_TIMEOUT_MS = 30_000
@@ -61,12 +62,13 @@ class StoreBase:
             raise StateError(f"cannot open the state store {_safe_url(url)}: {exc}") from None
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
+    def _write(self, row: str | None = None) -> Iterator[Connection]:
+        """One write transaction; ``row`` ("node 'n1'") names what it writes in errors."""
         try:
             with self._engine.begin() as conn:
                 yield conn
-        except IntegrityError:
-            raise
+        except IntegrityError as exc:
+            raise integrity_error(row or f"state store {_safe_url(self.url)}", exc) from None
         except SQLAlchemyError as exc:
             raise StateError(f"state store {_safe_url(self.url)}: {exc.__class__.__name__}: "
                              f"{exc.orig if hasattr(exc, 'orig') else exc}") from None

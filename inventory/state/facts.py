@@ -7,15 +7,17 @@ import time
 from typing import Any
 
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from inventory.state.base import StoreBase
+from inventory.state.integrity import integrity_error
 from inventory.state.schema import drift, facts, nodes, owed_handlers
 
 
 class FactsMixin(StoreBase):
     def save_facts(self, name: str, data: dict[str, Any]) -> None:
         now = time.time()
-        with self._write() as conn:
+        with self._write(f"facts of '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
             conn.execute(facts.delete().where(facts.c.node_id == node_id))
             conn.execute(insert(facts).values(node_id=node_id, data=json.dumps(data),
@@ -40,24 +42,32 @@ class FactsMixin(StoreBase):
     def set_owed_handlers(self, name: str, owed: set[tuple[str, str]]) -> None:
         """Replace the set of handlers ``name`` is owed (written before acting)."""
         now = time.time()
-        with self._write() as conn:
+        with self._write(f"owed handlers of '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
             conn.execute(owed_handlers.delete().where(owed_handlers.c.node_id == node_id))
             for role, handler in sorted(owed):
-                conn.execute(insert(owed_handlers).values(node_id=node_id, role=role,
-                                                          handler=handler, since=now))
+                try:
+                    conn.execute(insert(owed_handlers).values(node_id=node_id, role=role,
+                                                              handler=handler, since=now))
+                except IntegrityError as exc:
+                    raise integrity_error(f"owed handler {role}/{handler} of '{name}'",
+                                          exc) from None
 
     def save_drift(self, name: str, rows: list[dict[str, Any]]) -> None:
         """The drift found on ``name`` by its latest check (replaces the previous one)."""
         now = time.time()
-        with self._write() as conn:
+        with self._write(f"drift of '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
             conn.execute(drift.delete().where(drift.c.node_id == node_id))
             for r in rows:
-                conn.execute(insert(drift).values(
-                    node_id=node_id, role=r["role"], resource=r["resource"],
-                    status=r["status"], changes=json.dumps(r.get("changes", [])),
-                    checked_at=now))
+                try:
+                    conn.execute(insert(drift).values(
+                        node_id=node_id, role=r.get("role"), resource=r.get("resource"),
+                        status=r.get("status"), changes=json.dumps(r.get("changes", [])),
+                        checked_at=now))
+                except IntegrityError as exc:
+                    raise integrity_error(f"drift of '{name}', resource {r.get('resource')!r}",
+                                          exc) from None
 
     def drift_report(self) -> dict[str, list[dict[str, Any]]]:
         """host -> its drifted resources from the latest check (monitor/ exports these)."""

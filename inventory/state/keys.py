@@ -20,7 +20,7 @@ class KeysMixin(StoreBase):
             raise InputError(f"host '{name}': not an SSH public key line")
         key_type, key_b64 = parts[0], parts[1]
         now = time.time()
-        with self._write() as conn:
+        with self._write(f"host key {key_type} of '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
             existing = conn.execute(select(host_keys.c.id).where(
                 host_keys.c.node_id == node_id, host_keys.c.key_type == key_type)).first()

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
 
 from inventory.errors import InputError, StateError
 from inventory.state.base import StoreBase
@@ -40,7 +39,7 @@ def _record(row: Any) -> NodeRecord:
 class NodesMixin(StoreBase):
     def ensure_node(self, name: str) -> int:
         """The surrogate id of ``name``, creating its row on first use."""
-        with self._write() as conn:
+        with self._write(f"node '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
         return int(node_id or 0)
 
@@ -56,13 +55,12 @@ class NodesMixin(StoreBase):
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node; its history, keys and journal follow (they point at the id)."""
-        try:
-            with self._write() as conn:
-                res = conn.execute(update(nodes).where(nodes.c.name == old).values(name=new))
-                if res.rowcount == 0:
-                    raise InputError(f"no node named '{old}' in the state store")
-        except IntegrityError:
-            raise InputError(f"cannot rename '{old}' to '{new}': that name is taken") from None
+        with self._write(f"node '{old}' renamed to '{new}'") as conn:
+            if conn.execute(select(nodes.c.id).where(nodes.c.name == new)).first() is not None:
+                raise InputError(f"cannot rename '{old}' to '{new}': that name is taken")
+            res = conn.execute(update(nodes).where(nodes.c.name == old).values(name=new))
+            if res.rowcount == 0:
+                raise InputError(f"no node named '{old}' in the state store")
 
     def set_node_state(self, name: str, to_state: str, reason: str = "",
                        expect: tuple[str | None, ...] | None = None) -> Transition:
@@ -76,7 +74,7 @@ class NodesMixin(StoreBase):
         if expect is not None:
             expect = tuple(None if e is None else node_state(e, name) for e in expect)
         now = time.time()
-        with self._write() as conn:
+        with self._write(f"node '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
             current = stored_state(conn.execute(
                 select(nodes.c.state).where(nodes.c.id == node_id)).scalar_one(), name)

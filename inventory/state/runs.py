@@ -34,14 +34,14 @@ class JournalEntry:
 class RunsMixin(StoreBase):
     def start_run(self, kind: str, name: str, args: dict[str, Any] | None = None) -> str:
         uid = uuid.uuid4().hex[:12]
-        with self._write() as conn:
+        with self._write(f"run '{uid}'") as conn:
             conn.execute(insert(runs).values(uid=uid, kind=kind, name=name,
                                              args=json.dumps(args or {}), status="running",
                                              started_at=time.time()))
         return uid
 
     def end_run(self, uid: str, status: str) -> None:
-        with self._write() as conn:
+        with self._write(f"run '{uid}'") as conn:
             conn.execute(update(runs).where(runs.c.uid == uid).values(
                 status=status, ended_at=time.time()))
 
@@ -55,7 +55,7 @@ class RunsMixin(StoreBase):
 
     def reopen_run(self, uid: str) -> None:
         """Mark a run as running again (``--resume``)."""
-        with self._write() as conn:
+        with self._write(f"run '{uid}'") as conn:
             res = conn.execute(update(runs).where(runs.c.uid == uid).values(
                 status="running", ended_at=None))
             if res.rowcount == 0:
@@ -71,7 +71,8 @@ class RunsMixin(StoreBase):
 
     def journal_intent(self, run_uid: str, host: str, step_index: int, step: str) -> int:
         """Record that ``step`` is about to run on ``host``; returns the entry id."""
-        with self._write() as conn:
+        row = f"journal entry of run '{run_uid}', host '{host}', step {step_index}"
+        with self._write(row) as conn:
             run_id = conn.execute(select(runs.c.id).where(runs.c.uid == run_uid)).scalar()
             if run_id is None:
                 raise StateError(f"no run '{run_uid}' in the state store")
@@ -85,7 +86,7 @@ class RunsMixin(StoreBase):
                         detail: dict[str, Any] | None = None) -> None:
         if status not in JOURNAL_OUTCOMES:
             raise ValueError(f"unknown journal outcome {status!r}")
-        with self._write() as conn:
+        with self._write(f"journal entry {entry_id}") as conn:
             conn.execute(update(journal).where(journal.c.id == entry_id).values(
                 status=status, ended_at=time.time(), detail=json.dumps(detail or {})))
 

@@ -21,7 +21,7 @@ class TokensMixin(StoreBase):
         """
         token = secrets.token_urlsafe(24)
         now = time.time()
-        with self._write() as conn:
+        with self._write(f"deploy token of '{name}'") as conn:
             node_id = self._node_id(conn, name, create=True)
             conn.execute(update(deploy_tokens).where(
                 deploy_tokens.c.node_id == node_id, deploy_tokens.c.status == "active"
@@ -44,7 +44,7 @@ class TokensMixin(StoreBase):
 
     def spend_deploy_token(self, name: str, token: str) -> bool:
         """Spend ``token`` (done or failed was reported); False if it was not active."""
-        with self._write() as conn:
+        with self._write(f"deploy token of '{name}'") as conn:
             res = conn.execute(update(deploy_tokens).where(
                 deploy_tokens.c.token_sha256 == _sha256(token),
                 deploy_tokens.c.status == "active",
@@ -55,7 +55,7 @@ class TokensMixin(StoreBase):
             return res.rowcount == 1
 
     def revoke_deploy_tokens(self, name: str) -> None:
-        with self._write() as conn:
+        with self._write(f"deploy tokens of '{name}'") as conn:
             conn.execute(update(deploy_tokens).where(
                 deploy_tokens.c.status == "active",
                 deploy_tokens.c.node_id == select(nodes.c.id).where(
