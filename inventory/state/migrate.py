@@ -8,23 +8,27 @@ migration that fails leaves the store as it was.
 A store made before Alembic has no ``alembic_version`` table; the version it recorded in
 ``meta`` tells which revision it is at (revision ``NNNN`` is schema version NN), and it is
 stamped there before upgrading.
+
+A store already at head (every open but the first after an upgrade) is recognised with two
+SELECTs, without importing Alembic: on this project's 2-core machine, importing it added
+~0.3 s to every CLI command and loading the scripts ~10 ms to every open.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import insert, inspect, select, update
 from sqlalchemy.engine import Connection
 
 from inventory.errors import StateError
 from inventory.state.base import StoreBase, _safe_url
 from inventory.state.schema import SCHEMA_VERSION, meta
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The key of the PostgreSQL advisory lock: any number, as long as every metalchain uses it.
@@ -33,6 +37,8 @@ _PG_MIGRATION_LOCK = 0x6D6574616C
 
 def alembic_config(conn: Connection | None = None) -> Config:
     """An Alembic configuration for our migrations, bound to ``conn``; no alembic.ini."""
+    from alembic.config import Config
+
     cfg = Config()
     # Config values go through ConfigParser interpolation: a '%' in the path must be doubled.
     cfg.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
@@ -50,21 +56,13 @@ class SchemaMixin(StoreBase):
         with self._write() as conn:
             if conn.dialect.name == "postgresql":
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-            cfg = alembic_config(conn)
-            current = MigrationContext.configure(conn).get_current_revision()
-            recorded = self._recorded_version(conn)
+            recorded = _recorded_version(conn)
             if recorded is not None and recorded > SCHEMA_VERSION:
                 raise self._too_new(str(recorded))
-            try:
-                known = ScriptDirectory.from_config(cfg)
-                if current is None and recorded is not None:
-                    command.stamp(cfg, revision_of(recorded))
-                elif current is not None and not _known(known, current):
-                    raise self._too_new(f"revision {current}")
-                command.upgrade(cfg, "head")
-            except CommandError as exc:
-                raise StateError(f"state store {_safe_url(self.url)}: cannot migrate the "
-                                 f"schema: {exc}") from None
+            current = _current_revisions(conn)
+            if current == [revision_of(SCHEMA_VERSION)] and recorded == SCHEMA_VERSION:
+                return
+            self._upgrade(conn, current, recorded)
             if recorded is None:
                 conn.execute(insert(meta).values(key="schema_version",
                                                  value=str(SCHEMA_VERSION)))
@@ -73,19 +71,23 @@ class SchemaMixin(StoreBase):
                 conn.execute(update(meta).where(meta.c.key == "schema_version").values(
                     value=str(SCHEMA_VERSION)))
 
-    @staticmethod
-    def _recorded_version(conn: Connection) -> int | None:
-        if not inspect(conn).has_table("meta"):
-            return None
-        value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")
-                             ).scalar()
-        if value is None:
-            return None
+    def _upgrade(self, conn: Connection, current: list[str], recorded: int | None) -> None:
+        from alembic import command
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
+        cfg = alembic_config(conn)
         try:
-            return int(value)
-        except ValueError:
-            raise StateError(f"the state store's meta table records schema version {value!r}, "
-                             "not a number") from None
+            script = ScriptDirectory.from_config(cfg)
+            for revision in current:
+                if not _known(script, revision):
+                    raise self._too_new(f"revision {revision}")
+            if not current and recorded is not None:
+                command.stamp(cfg, revision_of(recorded))
+            command.upgrade(cfg, "head")
+        except CommandError as exc:
+            raise StateError(f"state store {_safe_url(self.url)}: cannot migrate the "
+                             f"schema: {exc}") from None
 
     def _too_new(self, found: str) -> StateError:
         return StateError(f"the state store {_safe_url(self.url)} has schema version {found}, "
@@ -97,7 +99,30 @@ class SchemaMixin(StoreBase):
                 meta.c.key == "schema_version")).scalar_one())
 
 
+def _recorded_version(conn: Connection) -> int | None:
+    """The version in ``meta`` (every metalchain writes it; older ones know nothing else)."""
+    if not inspect(conn).has_table("meta"):
+        return None
+    value = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise StateError(f"the state store's meta table records schema version {value!r}, "
+                         "not a number") from None
+
+
+def _current_revisions(conn: Connection) -> list[str]:
+    """The revisions in Alembic's version table; none for a store made before Alembic."""
+    if not inspect(conn).has_table("alembic_version"):
+        return []
+    return sorted(r[0] for r in conn.exec_driver_sql("SELECT version_num FROM alembic_version"))
+
+
 def _known(script: ScriptDirectory, revision: str) -> bool:
+    from alembic.util import CommandError
+
     try:
         return script.get_revision(revision) is not None
     except CommandError:

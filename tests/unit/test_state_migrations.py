@@ -142,3 +142,17 @@ def test_unknown_revision_is_a_newer_store(tmp_path):
     db.close()
     with pytest.raises(StateError, match="revision 9999, newer than this metalchain"):
         StateStore.open_file(path)
+
+
+def test_a_store_at_head_opens_without_running_alembic(tmp_path, monkeypatch):
+    from inventory.state.migrate import SchemaMixin
+
+    StateStore.open_file(tmp_path / "m.db").close()
+
+    def _no_upgrade(*_args: object) -> None:
+        raise AssertionError("a store at head was handed to Alembic")
+
+    monkeypatch.setattr(SchemaMixin, "_upgrade", _no_upgrade)
+    StateStore.open_file(tmp_path / "m.db").close()
+    with pytest.raises(AssertionError, match="handed to Alembic"):
+        StateStore.open_file(tmp_path / "other.db")
