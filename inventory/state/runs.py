@@ -30,7 +30,6 @@ class JournalEntry:
     detail: dict[str, Any]
 
 
-
 class RunsMixin(StoreBase):
     def start_run(self, kind: str, name: str, args: dict[str, Any] | None = None) -> str:
         uid = uuid.uuid4().hex[:12]
