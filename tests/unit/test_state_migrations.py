@@ -1,11 +1,12 @@
 """The state store's Alembic migrations: from the first schema to the newest, on SQLite.
 
-``data/state_schema_vN.sql`` is the schema the metalchain that introduced version N created
+``data/state_schemas.sql`` holds the schema each release that introduced a version created
 (dumped from a store it made), so these tests upgrade stores exactly as older releases left them.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -26,10 +27,19 @@ DATA = Path(__file__).parent / "data"
 VERSIONS = range(1, SCHEMA_VERSION + 1)
 
 
+def _schema_sql(version: int) -> str:
+    """The statements of every '-- schema N' section of the fixture up to ``version``."""
+    sections = re.split(r"^-- schema (\d+)\b.*$", (DATA / "state_schemas.sql").read_text(),
+                        flags=re.M)
+    found = {int(n): body for n, body in zip(sections[1::2], sections[2::2], strict=True)}
+    assert set(found) == set(VERSIONS)
+    return "".join(found[v] for v in range(1, version + 1))
+
+
 def _legacy_store(path: Path, version: int) -> None:
     """A store as the metalchain of schema ``version`` left it, with one node in it."""
     db = sqlite3.connect(path)
-    db.executescript((DATA / f"state_schema_v{version}.sql").read_text())
+    db.executescript(_schema_sql(version))
     db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(version),))
     db.execute("INSERT INTO nodes (name, state, reason, state_since, created_at) "
                "VALUES ('n1', 'active', 'before upgrade', 1.0, 1.0)")

@@ -1,15 +1,10 @@
-"""Schema 1: meta, nodes and their transitions, runs and the journal, host keys, audit.
-
-Revision ID: 0001
-"""
+"""Schema 1: meta, nodes and their transitions, runs and the journal, host keys, audit."""
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:

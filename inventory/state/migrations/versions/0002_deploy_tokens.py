@@ -1,23 +1,16 @@
-"""Schema 2: one-time deploy tokens for the install callbacks (only their hashes are stored).
-
-Revision ID: 0002
-"""
+"""Schema 2: one-time deploy tokens for the install callbacks (only their hashes are stored)."""
 
 import sqlalchemy as sa
 from alembic import op
 
+from inventory.state.migrations import create_missing_table
+
 revision = "0002"
 down_revision = "0001"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
-    # Metalchains before Alembic created every table first and bumped the version in a second
-    # transaction: a store they left at an older version may already have this table.
-    if sa.inspect(op.get_bind()).has_table("deploy_tokens"):
-        return
-    op.create_table(
+    create_missing_table(
         "deploy_tokens",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id"), nullable=False),
@@ -26,8 +19,8 @@ def upgrade() -> None:
         sa.Column("issued_at", sa.Float, nullable=False),
         sa.Column("expires_at", sa.Float, nullable=False),
         sa.Column("ended_at", sa.Float),
+        index=("node_id",),
     )
-    op.create_index("ix_deploy_tokens_node_id", "deploy_tokens", ["node_id"])
 
 
 def downgrade() -> None:
