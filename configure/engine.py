@@ -168,16 +168,15 @@ def _scrub(text: str, secrets_: Iterable[str]) -> str:
     return text
 
 
-def _how_it_ended(result: Any, token: str, secret_values: list[str]) -> str:
-    """'exit 137: last lines' for a script that did not finish (frame markers left out)."""
+def _how_it_ended(result: Any, secret_values: list[str]) -> str:
+    """'exit 137: last lines of stderr' for a script that did not finish. Only stderr: what
+    is on stdout inside frames belongs to the resources and is reported with them, and
+    stderr is where sudo, the shell and the kernel's OOM messages end up."""
     code = result.exit_code
     how = "killed, no exit status" if code < 0 else f"exit {code}"
     if code == 0:
         how = "exit 0 but its output ended early"
-    marker = f"@@{token} "
-    text = result.stderr if result.stderr.strip() else result.stdout
-    lines = [ln for ln in text.rstrip().splitlines() if not ln.startswith(marker)]
-    tail = _scrub("\n".join(lines[-5:]), secret_values)
+    tail = _scrub("\n".join(result.stderr.rstrip().splitlines()[-5:]), secret_values)
     return f"{how}: {tail}" if tail else how
 
 
@@ -248,7 +247,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
         incomplete = [n for n, _ in probe_scripts if found_by_idx.get(n, ("", None))[1] is None]
         if not script_finished(result, token) or incomplete:
             message = (f"host '{conn.host}': the probe script did not finish "
-                       f"({_how_it_ended(result, token, secret_values)})")
+                       f"({_how_it_ended(result, secret_values)})")
             if any(n in found_by_idx for n in incomplete):
                 cut = next(n for n in incomplete if n in found_by_idx)
                 message += (f"; interrupted while probing {plan.label(cut)}"
@@ -357,7 +356,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
         return report(round_trips + 1, owed_now, f"host '{conn.host}': {message}", unreachable)
     round_trips += 1
     finished = script_finished(result, token)
-    died = "" if finished else _how_it_ended(result, token, secret_values)
+    died = "" if finished else _how_it_ended(result, secret_values)
     frames = parse_frames(result.stdout, token)
     ran_handlers: set[tuple[str, str]] = set()
     notified: set[tuple[str, str]] = set(owed)

@@ -100,6 +100,7 @@ class GatheredFacts(Mapping[str, Any]):
         self._facts = {k: v for k, v in facts.items() if k not in STORED_ONLY}
         self._host = host
         self.reads: dict[str, Any] = {}
+        self._asked: dict[str, bool] = {}    # ``key in facts`` answers
 
     def _missing(self, key: str) -> UngatheredFact:
         who = f" from host '{self._host}'" if self._host else ""
@@ -120,9 +121,10 @@ class GatheredFacts(Mapping[str, Any]):
         return self[key]
 
     def __contains__(self, key: object) -> bool:
+        found = key in self._facts
         if isinstance(key, str):
-            self.reads[key] = self._facts.get(key, _MISSING)
-        return key in self._facts
+            self._asked[key] = found
+        return found
 
     def __iter__(self) -> Iterator[str]:
         self.reads[_ALL] = dict(self._facts)
@@ -146,7 +148,7 @@ class GatheredFacts(Mapping[str, Any]):
                     return False
             elif fresh.get(key, _MISSING) != value:
                 return False
-        return True
+        return all((key in fresh) == found for key, found in self._asked.items())
 
 
 class GatherFactsStep:
