@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from configure.apply import ApplyRoleStep, outcome_of
-from configure.engine import Item, RideAlong, RoleBlock, converge
+from configure.engine import Item, RoleBlock, converge
 from configure.resources.base import Action, Decision, Probe, Resource
 from configure.ssh import CommandResult, Shell, quote_command
 from inventory.errors import TransportError
@@ -97,7 +97,7 @@ def test_a_healthy_run_changes_all_in_two_round_trips():
     conn = LocalSh()
     report = converge(conn, block(Fake("a"), Fake("b")), check=False)
     assert [r.status for r in report.results] == ["changed", "changed"]
-    assert report.round_trips == 2 and not report.error
+    assert report.round_trips == 2
     assert outcome_of(report, False).status == "changed"
 
 
@@ -251,6 +251,8 @@ def test_past_deadline_the_action_script_is_not_sent():
 
 
 def test_ride_along_output_can_revise_the_plan():
+    from configure.engine import RideAlong
+
     seen: list[str] = []
 
     def revise(text: str) -> list[RoleBlock] | None:
