@@ -123,7 +123,8 @@ class _FactsPlan:
 
     def _revise(self, output: str) -> list[RoleBlock] | None:
         found = parse_facts(output)
-        self._save(found)
+        if self.facts.changed_from(found):
+            self._save(found)   # unchanged facts are not written again: one write less a host
         if self.facts.same_reads(found):
             return None
         self.facts = GatheredFacts(found, self.ctx.host)
@@ -177,9 +178,11 @@ class ApplyRolesStep:
                        if r.handler is None and (
                            r.status in ("changed", "unknown") if ctx.check
                            else r.status == "failed")]
-            if ctx.check:
+            if report.error:
+                pass  # what is known is partial: the stored drift report stays as it was
+            elif ctx.check:
                 state.save_drift(host, drifted)
-            elif not report.failed and not report.error:
+            elif not report.failed:
                 state.save_drift(host, [])
         return outcome_of(report, ctx.check)
 

@@ -180,11 +180,13 @@ def _how_it_ended(result: Any, secret_values: list[str]) -> str:
     return f"{how}: {tail}" if tail else how
 
 
-def _connection_lost(exc: TransportError, deadline: float | None, what: str) -> tuple[str, bool]:
-    """(message, unreachable) for a round trip that raised instead of returning."""
+def _connection_lost(exc: TransportError, deadline: float | None, what: str,
+                     lost: str) -> tuple[str, bool]:
+    """(message, unreachable) for a round trip that raised instead of returning: out of the
+    step's time is a failure, anything else the host not answering."""
     if deadline is not None and time.monotonic() >= deadline:
         return f"the step's time ran out during the {what}: {exc}", False
-    return f"connection lost during the {what}: {exc}", True
+    return f"{lost}: {exc}", True
 
 
 class _Plan:
@@ -240,7 +242,8 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
                               stdin=build_probe_script(probe_scripts, token).encode(),
                               timeout=time_left(deadline, PROBE_TIMEOUT_S), become=become)
         except TransportError as exc:
-            message, unreachable = _connection_lost(exc, deadline, "probe script")
+            message, unreachable = _connection_lost(exc, deadline, "probe script",
+                                                   "no answer to the probe script")
             return _unprobed(plan, {}, message, unreachable, round_trips + 1, owed)
         round_trips += 1
         found_by_idx = parse_frames(result.stdout, token)
@@ -348,12 +351,13 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
         result = conn.run(["sh", "-s"], stdin=build_act_script(act_blocks, forced, token).encode(),
                           timeout=time_left(deadline, ACT_TIMEOUT_S), become=become)
     except TransportError as exc:
-        message, unreachable = _connection_lost(exc, deadline, "action script")
+        message, unreachable = _connection_lost(exc, deadline, "action script",
+                                               "connection lost during the action script")
         for n in sent:
             results[n].status = "failed"
             results[n].message = "in doubt: the action script was sent, its outcome is unknown"
         # Whatever the lost script notified may have changed: those handlers stay owed.
-        return report(round_trips + 1, owed_now, f"host '{conn.host}': {message}", unreachable)
+        return report(round_trips + 1, owed_now, message, unreachable)
     round_trips += 1
     finished = script_finished(result, token)
     died = "" if finished else _how_it_ended(result, secret_values)

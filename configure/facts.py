@@ -139,6 +139,10 @@ class GatheredFacts(Mapping[str, Any]):
         """Facts that were read but not gathered."""
         return [k for k, v in self.reads.items() if v is _MISSING]
 
+    def changed_from(self, fresh: Mapping[str, Any]) -> bool:
+        """Do ``fresh`` facts differ from these (store-only keys aside)?"""
+        return self._facts != {k: v for k, v in fresh.items() if k not in STORED_ONLY}
+
     def same_reads(self, fresh: Mapping[str, Any]) -> bool:
         """Would every read made so far give the same answer with ``fresh`` facts?"""
         fresh = {k: v for k, v in fresh.items() if k not in STORED_ONLY}
