@@ -72,7 +72,8 @@ class LocalSh:
         if n == 2:
             stdin = self.act_prefix + (stdin or b"")
         proc = subprocess.run(argv, input=stdin or b"", capture_output=True, timeout=timeout)
-        # A shell reports death by signal N as 128+N; so does sshd's exit status relay.
+        # Reported the way a shell reports a child killed by signal N: 128+N. (Over SSH,
+        # paramiko says -1 when sshd sends the signal instead of a status: see below.)
         code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
         result = CommandResult(self.host, quote_command(argv), code,
                                proc.stdout.decode(), proc.stderr.decode(), 0.0)
@@ -154,15 +155,16 @@ def test_action_script_killed_after_every_resource_frame_fails_in_its_handler():
     assert report.owed_after == {("r", "restart")}   # still owed: it did not complete
 
 
-def test_nonzero_exit_after_all_frames_fails_the_host_with_real_statuses():
+@pytest.mark.parametrize("code,how", [(137, "(exit 137)"), (-1, "(killed, no exit status)")])
+def test_nonzero_exit_after_all_frames_fails_the_host_with_real_statuses(code, how):
     def killed_at_the_end(n: int, r: CommandResult) -> CommandResult:
-        return CommandResult(r.host, r.command, 137, r.stdout, "", 0) if n == 2 else r
+        return CommandResult(r.host, r.command, code, r.stdout, "", 0) if n == 2 else r
 
     report = converge(LocalSh(mangle=killed_at_the_end), block(Fake("a"), Fake("b")),
                       check=False)
     assert [r.status for r in report.results] == ["changed", "changed"]
-    assert outcome_of(report, False).status == "failed"
-    assert "(exit 137)" in report.error
+    outcome = outcome_of(report, False)
+    assert outcome.status == "failed" and how in outcome.message
 
 
 def test_action_output_cut_short_with_exit_zero_is_not_success():
@@ -349,3 +351,14 @@ def test_apply_replans_when_fresh_facts_differ_from_stored(tmp_path):
     assert (tmp_path / "same").exists() and not (tmp_path / "other").exists()
     assert outcome.data["round_trips"] == 3      # probe + facts, probe again, act
     assert store.facts["local"]["virtualization"] == here
+
+
+def test_what_a_dead_script_left_on_stderr_is_scrubbed_of_secrets():
+    def leak(n: int, r: CommandResult) -> CommandResult:
+        return CommandResult(r.host, r.command, 1, "", "cannot use s3cret-value\n", 0) \
+            if n == 2 else r
+
+    report = converge(LocalSh(mangle=leak), block(Fake("a")), check=False,
+                      secret_values=["s3cret-value"])
+    text = report.error + "".join(r.message for r in report.results)
+    assert "s3cret-value" not in text and "cannot use ***" in report.error
