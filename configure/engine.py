@@ -6,21 +6,29 @@ stops at the first failure, and still runs the handlers owed by what had already
 converged host therefore costs one SSH round trip, a host with changes two.
 
 Output of both scripts is framed by markers carrying a random token, so nothing a probe or a
-command prints can be mistaken for a frame.
+command prints can be mistaken for a frame. A script also ends with an end marker: a script
+that exits non-zero or whose end marker is missing did not finish (sudo refused, killed, out
+of memory, connection cut), and what its frames say is all that is known. A missing probe
+frame is never read as "absent"; a missing action frame is never read as "skipped by choice".
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from configure.resources.base import Decision, Resource, ResourceSpecError
+from inventory.contracts import time_left
 from inventory.errors import TransportError
 
 OUTPUT_TAIL = 2000
+#: Limits of each round trip when the step has no deadline of its own.
+PROBE_TIMEOUT_S = 120.0
+ACT_TIMEOUT_S = 3600.0
 
 
 @dataclass
@@ -58,6 +66,10 @@ class ConvergeReport:
     results: list[ItemResult]
     round_trips: int
     owed_after: set[tuple[str, str]]
+    #: why the host did not finish (a script died, the connection was lost), or ""
+    error: str = ""
+    #: the error is a lost connection (the host's outcome is "unreachable", not "failed")
+    unreachable: bool = False
 
     @property
     def changed(self) -> int:
@@ -72,14 +84,29 @@ class ConvergeReport:
         return [r for r in self.results if r.status == "unknown"]
 
 
+@dataclass
+class RideAlong:
+    """A read-only script sent in the probe round trip beside the resources' probes (the
+    facts, for instance), and what its output does to the plan: ``revise(stdout)`` returns
+    new blocks when the output changes what should be converged, else None."""
+
+    script: str
+    revise: Callable[[str], list[RoleBlock] | None]
+
+
 def _frame_re(token: str) -> re.Pattern[str]:
     return re.compile(rf"^@@{token} (B|E) (\d+)(?: (-?\d+))?$")
+
+
+def _end_marker(token: str) -> str:
+    return f"@@{token} END"
 
 
 def build_probe_script(keys_scripts: list[tuple[int, str]], token: str) -> str:
     parts = ["exec 2>/dev/null"]
     for idx, script in keys_scripts:
         parts.append(f"echo '@@{token} B {idx}'\n( {script}\n)\necho '@@{token} E {idx} 0'")
+    parts.append(f"echo '{_end_marker(token)}'")
     return "\n".join(parts) + "\n"
 
 
@@ -103,6 +130,11 @@ def parse_frames(output: str, token: str) -> dict[int, tuple[str, int | None]]:
     return frames
 
 
+def script_finished(result: Any, token: str) -> bool:
+    """Did a framed script run to its end? Exit status 0 and the end marker printed."""
+    return result.exit_code == 0 and _end_marker(token) in result.stdout.splitlines()
+
+
 def build_act_script(blocks: list[tuple[str, list[tuple[int, str, tuple[int, ...]]],
                                         list[tuple[int, str]]]],
                      forced: Iterable[int], token: str) -> str:
@@ -124,6 +156,7 @@ def build_act_script(blocks: list[tuple[str, list[tuple[int, str, tuple[int, ...
                 f"if [ \"${{mc_owed_{idx}:-0}}\" = 1 ]; then echo '@@{token} B {idx}'\n"
                 f"( set -e\n{script}\n) </dev/null 2>&1\n"
                 f"echo '@@{token} E {idx} '$?\nfi")
+    lines.append(f"echo '{_end_marker(token)}'")
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
@@ -135,39 +168,107 @@ def _scrub(text: str, secrets_: Iterable[str]) -> str:
     return text
 
 
+def _how_it_ended(result: Any, secret_values: list[str]) -> str:
+    """'exit 137: last lines of stderr' for a script that did not finish. Only stderr: what
+    is on stdout inside frames belongs to the resources and is reported with them, and
+    stderr is where sudo, the shell and the kernel's OOM messages end up."""
+    code = result.exit_code
+    how = "killed, no exit status" if code < 0 else f"exit {code}"
+    if code == 0:
+        how = "exit 0 but its output ended early"
+    tail = _scrub("\n".join(result.stderr.rstrip().splitlines()[-5:]), secret_values)
+    return f"{how}: {tail}" if tail else how
+
+
+def _connection_lost(exc: TransportError, deadline: float | None, what: str,
+                     lost: str) -> tuple[str, bool]:
+    """(message, unreachable) for a round trip that raised instead of returning: out of the
+    step's time is a failure, anything else the host not answering."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return f"the step's time ran out during the {what}: {exc}", False
+    return f"{lost}: {exc}", True
+
+
+class _Plan:
+    """The items of an apply, numbered: the number is the frame index in both scripts."""
+
+    def __init__(self, blocks: list[RoleBlock]) -> None:
+        self.blocks = blocks
+        self.items: list[Item] = []
+        for b in blocks:
+            self.items.extend(b.items)
+            self.items.extend(b.handlers.values())
+        self._index = {id(it): n for n, it in enumerate(self.items)}
+
+    def n(self, item: Item) -> int:
+        return self._index[id(item)]
+
+    def label(self, n: int) -> str:
+        it = self.items[n]
+        return f"{it.role}/{it.resource.identity}"
+
+
 def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
              owed: set[tuple[str, str]] | None = None,
              on_owed: Callable[[set[tuple[str, str]]], None] | None = None,
-             secret_values: Iterable[str] = (), become: bool = True) -> ConvergeReport:
+             secret_values: Iterable[str] = (), become: bool = True,
+             deadline: float | None = None,
+             ride_along: RideAlong | None = None) -> ConvergeReport:
     """Probe, decide and (unless ``check``) act on one host. ``owed`` are handlers a
     previous, interrupted run still owes; ``on_owed`` is told which handlers are owed before
-    anything changes, so an interruption cannot lose them."""
+    anything changes, so an interruption cannot lose them. ``deadline`` (``time.monotonic()``
+    by which the step must end) bounds each round trip; without it they get
+    ``PROBE_TIMEOUT_S`` / ``ACT_TIMEOUT_S``. ``ride_along`` goes out with the probes and may
+    revise the plan (then the new plan is probed again: one more round trip).
+
+    Never raises for a script that died or a lost connection: the report says what is known
+    (``error``, ``unreachable``, and each resource's status)."""
     secret_values = list(secret_values)
     owed = set(owed or ())
-    items: list[Item] = []
-    for b in blocks:
-        items.extend(b.items)
-        items.extend(b.handlers.values())
-    index = {id(it): n for n, it in enumerate(items)}
+    plan = _Plan(blocks)
+    items = plan.items
     token = "MC" + secrets.token_hex(6)
     round_trips = 0
 
-    probe_scripts = [(index[id(it)], "\n".join(p.script for p in it.resource.probes()) or ":")
+    probe_scripts = [(plan.n(it), "\n".join(p.script for p in it.resource.probes()) or ":")
                      for it in items]
+    extra_idx = len(items)
+    if ride_along is not None:
+        probe_scripts.append((extra_idx, ride_along.script))
     found_by_idx: dict[int, tuple[str, int | None]] = {}
     if probe_scripts:
-        result = conn.run(["sh", "-s"], stdin=build_probe_script(probe_scripts, token).encode(),
-                          timeout=120, become=become)
+        try:
+            result = conn.run(["sh", "-s"],
+                              stdin=build_probe_script(probe_scripts, token).encode(),
+                              timeout=time_left(deadline, PROBE_TIMEOUT_S), become=become)
+        except TransportError as exc:
+            message, unreachable = _connection_lost(exc, deadline, "probe script",
+                                                   "no answer to the probe script")
+            return _unprobed(plan, {}, message, unreachable, round_trips + 1, owed)
         round_trips += 1
-        if result.exit_code != 0:
-            raise TransportError(f"host '{conn.host}': probe script failed (exit "
-                                 f"{result.exit_code}): {result.tail(5)}")
         found_by_idx = parse_frames(result.stdout, token)
+        incomplete = [n for n, _ in probe_scripts if found_by_idx.get(n, ("", None))[1] is None]
+        if not script_finished(result, token) or incomplete:
+            message = (f"host '{conn.host}': the probe script did not finish "
+                       f"({_how_it_ended(result, secret_values)})")
+            if any(n in found_by_idx for n in incomplete):
+                cut = next(n for n in incomplete if n in found_by_idx)
+                message += (f"; interrupted while probing {plan.label(cut)}"
+                            if cut < extra_idx else "; interrupted while reading facts")
+            return _unprobed(plan, found_by_idx, message, False, round_trips, owed)
+        if ride_along is not None:
+            revised = ride_along.revise(found_by_idx[extra_idx][0])
+            if revised is not None:
+                again = converge(conn, revised, check=check, owed=owed, on_owed=on_owed,
+                                 secret_values=secret_values, become=become,
+                                 deadline=deadline)
+                again.round_trips += round_trips
+                return again
 
     decisions: dict[int, Decision | ResourceSpecError] = {}
     for it in items:
-        n = index[id(it)]
-        text = found_by_idx.get(n, ("", None))[0]
+        n = plan.n(it)
+        text = found_by_idx[n][0] if probe_scripts else ""
         found = {p.key: text for p in it.resource.probes()}
         try:
             decisions[n] = it.resource.decide(found)
@@ -179,7 +280,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
     first_failure: int | None = None
     for b in blocks:
         for it in b.items:
-            n = index[id(it)]
+            n = plan.n(it)
             d = decisions[n]
             if isinstance(d, ResourceSpecError):
                 results[n] = ItemResult(b.role, it.resource.identity, "failed",
@@ -193,89 +294,142 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
             results[n] = ItemResult(b.role, it.resource.identity, status, d.changes,
                                     _scrub(d.diff, secret_values), d.unknown, source=it.source)
 
-    def handler_results() -> None:
-        for b in blocks:
-            for name, it in b.handlers.items():
-                n = index[id(it)]
-                if (b.role, name) in owed_now:
-                    results[n] = ItemResult(b.role, it.resource.identity, "changed",
-                                            [f"handler '{name}'"], handler=name,
-                                            source=it.source)
+    def report(trips: int, owed_after: set[tuple[str, str]], error: str = "",
+               unreachable: bool = False) -> ConvergeReport:
+        return ConvergeReport([results[k] for k in sorted(results)], trips, owed_after,
+                              error, unreachable)
 
     if check:
-        handler_results()
-        return ConvergeReport([results[k] for k in sorted(results)], round_trips, owed)
+        for b in blocks:
+            for name, it in b.handlers.items():
+                if (b.role, name) in owed_now:
+                    results[plan.n(it)] = ItemResult(b.role, it.resource.identity, "changed",
+                                                     [f"handler '{name}'"], handler=name,
+                                                     source=it.source)
+        return report(round_trips, owed)
 
     act_blocks = []
     for b in blocks:
         actions = []
         for it in b.items:
-            n = index[id(it)]
+            n = plan.n(it)
             if first_failure is not None and n >= first_failure:
                 break
             d = decisions[n]
             if isinstance(d, Decision) and d.actions:
-                notifies = tuple(index[id(b.handlers[h])] for h in it.notify if h in b.handlers)
+                notifies = tuple(plan.n(b.handlers[h]) for h in it.notify if h in b.handlers)
                 actions.append((n, "\n".join(a.script for a in d.actions), notifies))
         hs = []
         for _name, it in b.handlers.items():
-            n = index[id(it)]
+            n = plan.n(it)
             d = decisions[n]
             if isinstance(d, Decision) and d.actions:
                 hs.append((n, "\n".join(a.script for a in d.actions)))
         act_blocks.append((b.role, actions, hs))
-    forced = [index[id(b.handlers[h])] for b in blocks for (r, h) in owed
+    forced = [plan.n(b.handlers[h]) for b in blocks for (r, h) in owed
               if r == b.role and h in b.handlers]
+    # Resources after the first failure are never sent.
+    for n, r in results.items():
+        if first_failure is not None and n > first_failure and r.status == "changed":
+            r.status, r.message = "skipped", "not run: an earlier resource failed"
     anything = any(a for _, a, _ in act_blocks) or forced
     if not anything:
-        if first_failure is None:
-            return ConvergeReport([results[k] for k in sorted(results)], round_trips, set())
-        return ConvergeReport([results[k] for k in sorted(results)], round_trips, owed)
+        return report(round_trips, set() if first_failure is None else owed)
+
+    sent = [n for _, actions, _ in act_blocks for n, _s, _h in actions]
+    if deadline is not None and time.monotonic() >= deadline:
+        for n in sent:
+            results[n].status = "skipped"
+            results[n].message = "not run: the step's time ran out before acting"
+        return report(round_trips, owed, f"host '{conn.host}': the step's time ran out "
+                                         "before the action script was sent; nothing changed")
 
     # Persist what will be owed if every notifying action succeeds, before touching anything.
     if on_owed is not None:
         on_owed(owed_now)
-    result = conn.run(["sh", "-s"], stdin=build_act_script(act_blocks, forced, token).encode(),
-                      timeout=3600, become=become)
+    try:
+        result = conn.run(["sh", "-s"], stdin=build_act_script(act_blocks, forced, token).encode(),
+                          timeout=time_left(deadline, ACT_TIMEOUT_S), become=become)
+    except TransportError as exc:
+        message, unreachable = _connection_lost(exc, deadline, "action script",
+                                               "connection lost during the action script")
+        for n in sent:
+            results[n].status = "failed"
+            results[n].message = "in doubt: the action script was sent, its outcome is unknown"
+        # Whatever the lost script notified may have changed: those handlers stay owed.
+        return report(round_trips + 1, owed_now, message, unreachable)
     round_trips += 1
+    finished = script_finished(result, token)
+    died = "" if finished else _how_it_ended(result, secret_values)
     frames = parse_frames(result.stdout, token)
     ran_handlers: set[tuple[str, str]] = set()
     notified: set[tuple[str, str]] = set(owed)
-    stopped = False
+    interrupted: int | None = None
+    failed_before = False   # an action failed: the script skips the rest on purpose
     for role, actions, hs in act_blocks:
         b = next(x for x in blocks if x.role == role)
         for n, _script, _notifies in actions:
-            text, rc = frames.get(n, ("", None))
-            if rc == 0:
-                notified.update((role, h) for h in items[n].notify)
+            if n not in frames:
+                if not failed_before and finished:
+                    # A finished script prints every frame it was not told to skip.
+                    finished, died = False, "its output ended early"
+                results[n].status = "skipped"
+                results[n].message = ("not run: an earlier resource failed" if failed_before
+                                      else f"not run: the action script died ({died})")
+                continue
+            text, rc = frames[n]
             text = _scrub(text, secret_values)
             if rc is None:
-                status = "failed" if n in frames else "skipped"
-                msg = "interrupted" if n in frames else "not run: an earlier resource failed"
-                results[n].status, results[n].message = status, msg
-                stopped = True
+                results[n].status, results[n].message = "failed", "interrupted"
+                interrupted = n
             elif rc != 0:
                 results[n].status = "failed"
                 results[n].message = f"exit code {rc}: {text[-OUTPUT_TAIL:]}"
-                stopped = True
-            elif stopped:
-                results[n].status = "skipped"
+                failed_before = True
+            else:
+                notified.update((role, h) for h in items[n].notify)
         for n, _script in hs:
-            name = next(k for k, v in b.handlers.items() if index[id(v)] == n)
+            name = next(k for k, v in b.handlers.items() if plan.n(v) == n)
             if n not in frames:
+                if not finished and (role, name) in notified:
+                    results[n] = ItemResult(role, items[n].resource.identity, "skipped",
+                                            [f"handler '{name}'"],
+                                            message=f"not run: the action script died ({died})",
+                                            handler=name, source=items[n].source)
                 continue
             text, rc = frames[n]
             ok = rc == 0
+            if rc is None:
+                interrupted = n
+            message = "" if ok else ("interrupted" if rc is None else
+                                     f"exit code {rc}: "
+                                     f"{_scrub(text, secret_values)[-OUTPUT_TAIL:]}")
             results[n] = ItemResult(role, items[n].resource.identity,
                                     "changed" if ok else "failed", [f"handler '{name}'"],
-                                    message="" if ok else f"exit code {rc}: "
-                                    f"{_scrub(text, secret_values)[-OUTPUT_TAIL:]}",
-                                    handler=name, source=items[n].source)
+                                    message=message, handler=name, source=items[n].source)
             if ok:
                 ran_handlers.add((role, name))
-    # Resources after the first failure that were never sent are skipped too.
-    for n, r in results.items():
-        if first_failure is not None and n > first_failure and r.status in ("changed",):
-            r.status, r.message = "skipped", "not run: an earlier resource failed"
-    remaining = notified - ran_handlers
-    return ConvergeReport([results[k] for k in sorted(results)], round_trips, remaining)
+    error = ""
+    if not finished:
+        where = f" while running {plan.label(interrupted)}" if interrupted is not None else ""
+        error = f"host '{conn.host}': the action script did not finish{where} ({died})"
+    return report(round_trips, notified - ran_handlers, error)
+
+
+def _unprobed(plan: _Plan, frames: dict[int, tuple[str, int | None]], message: str,
+              unreachable: bool, round_trips: int,
+              owed: set[tuple[str, str]]) -> ConvergeReport:
+    """The report of a host whose probe round trip did not complete: nothing was decided
+    and nothing changed; the resource whose probe was cut is failed, the others skipped."""
+    results = []
+    for n, it in enumerate(plan.items):
+        if it.handler is not None:
+            continue
+        text_rc = frames.get(n)
+        if text_rc is not None and text_rc[1] is None:
+            status, why = "failed", "interrupted while probing"
+        else:
+            status, why = "skipped", "not run: the probe did not finish"
+        results.append(ItemResult(it.role, it.resource.identity, status, message=why,
+                                  source=it.source))
+    return ConvergeReport(results, round_trips, set(owed), message, unreachable)

@@ -7,10 +7,14 @@ facts TARGET`` refreshes them) and can select hosts (``fact.os_id=debian``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from jinja2.exceptions import UndefinedError
+
 from configure.ssh import Shell
-from inventory.contracts import HostContext, StepOutcome
+from inventory.contracts import HostContext, StepOutcome, time_left
+from inventory.errors import ResourceError
 
 # Each line: key=value. No Python needed on the host.
 PROBE = Shell(r"""
@@ -33,6 +37,9 @@ echo "virtualization=$(systemd-detect-virt 2>/dev/null || echo unknown)"
 
 INT_FACTS = ("cpus", "memory_mb")
 LIST_FACTS = ("ipv4",)
+#: what the state store adds to stored facts; not a fact of the host
+STORED_ONLY = ("gathered_at",)
+GATHER_TIMEOUT_S = 30.0
 
 
 def parse_facts(text: str) -> dict[str, Any]:
@@ -56,6 +63,98 @@ def parse_facts(text: str) -> dict[str, Any]:
     return facts
 
 
+def gather_facts(conn: Any, *, timeout: float = GATHER_TIMEOUT_S) -> dict[str, Any]:
+    """Run the fact probe on ``conn`` (one round trip) and parse it. TransportError if the
+    host cannot be reached, ResourceError if the probe fails there."""
+    result = conn.run(PROBE, timeout=timeout)
+    if not result.ok:
+        raise ResourceError(f"host '{conn.host}': fact probe failed (exit {result.exit_code}): "
+                            f"{result.tail(3)}")
+    return parse_facts(result.stdout)
+
+
+def has_facts(facts: Mapping[str, Any] | None) -> bool:
+    """Were facts ever gathered (stored facts carry more than the store's own keys)?"""
+    return bool(facts) and any(k not in STORED_ONLY for k in facts)  # type: ignore[union-attr]
+
+
+class UngatheredFact(UndefinedError):
+    """A template or ``when:`` read a fact that was not gathered from the host."""
+
+
+_MISSING = object()
+_ALL = "*"
+
+
+class GatheredFacts(Mapping[str, Any]):
+    """The facts a recipe sees: reading one that was not gathered is an error (not None), and
+    every read is recorded, so a plan made from stored facts can be checked against fresh
+    ones (:meth:`same_reads`).
+
+    >>> f = GatheredFacts({"os_id": "debian"})
+    >>> f["os_id"], f.reads
+    ('debian', {'os_id': 'debian'})
+    """
+
+    def __init__(self, facts: Mapping[str, Any], host: str = "") -> None:
+        self._facts = {k: v for k, v in facts.items() if k not in STORED_ONLY}
+        self._host = host
+        self.reads: dict[str, Any] = {}
+        self._asked: dict[str, bool] = {}    # ``key in facts`` answers
+
+    def _missing(self, key: str) -> UngatheredFact:
+        who = f" from host '{self._host}'" if self._host else ""
+        if not self._facts:
+            return UngatheredFact(f"fact '{key}' was not gathered{who} (no facts were)")
+        return UngatheredFact(f"fact '{key}' was not gathered{who} (gathered: "
+                              f"{', '.join(sorted(self._facts))})")
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._facts.get(key, _MISSING)
+        self.reads[key] = value
+        if value is _MISSING:
+            raise self._missing(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # A default does not make an ungathered fact readable: None would decide `when:`.
+        return self[key]
+
+    def __contains__(self, key: object) -> bool:
+        found = key in self._facts
+        if isinstance(key, str):
+            self._asked[key] = found
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        self.reads[_ALL] = dict(self._facts)
+        return iter(self._facts)
+
+    def __len__(self) -> int:
+        self.reads[_ALL] = dict(self._facts)
+        return len(self._facts)
+
+    @property
+    def missing(self) -> list[str]:
+        """Facts that were read but not gathered."""
+        return [k for k, v in self.reads.items() if v is _MISSING]
+
+    def changed_from(self, fresh: Mapping[str, Any]) -> bool:
+        """Do ``fresh`` facts differ from these (store-only keys aside)?"""
+        return self._facts != {k: v for k, v in fresh.items() if k not in STORED_ONLY}
+
+    def same_reads(self, fresh: Mapping[str, Any]) -> bool:
+        """Would every read made so far give the same answer with ``fresh`` facts?"""
+        fresh = {k: v for k, v in fresh.items() if k not in STORED_ONLY}
+        for key, value in self.reads.items():
+            if key == _ALL:
+                if value != fresh:
+                    return False
+            elif fresh.get(key, _MISSING) != value:
+                return False
+        return all((key in fresh) == found for key, found in self._asked.items())
+
+
 class GatherFactsStep:
     name = "gather_facts"
     description = "read the host's facts (OS, kernel, CPUs, memory, addresses)"
@@ -65,8 +164,9 @@ class GatherFactsStep:
             raise ValueError("gather_facts takes no arguments")
 
     def run(self, ctx: HostContext, args: None) -> StepOutcome:
-        result = ctx.connection().run(PROBE, timeout=30)
-        if not result.ok:
-            return StepOutcome("failed", f"fact probe failed: {result.tail(3)}")
-        facts = parse_facts(result.stdout)
+        try:
+            facts = gather_facts(ctx.connection(),
+                                 timeout=time_left(ctx.deadline, GATHER_TIMEOUT_S))
+        except ResourceError as exc:
+            return StepOutcome("failed", str(exc))
         return StepOutcome("ok", f"{facts.get('os_pretty', '')}", data={"facts": facts})

@@ -14,7 +14,9 @@
 Recipes are validated when loaded (file:line errors); values may use ``{{ var }}`` with the
 host's variables and facts, rendered per host (values themselves are data, never templates).
 ``when: EXPRESSION`` (a Jinja expression without braces, e.g. ``facts.virtualization !=
-'container-other'``) keeps an entry only on hosts where it is true.
+'container-other'``) keeps an entry only on hosts where it is true. Reading a fact that was
+not gathered from the host (a typo, or no facts at all) is an error naming the entry's
+file:line and the fact, never None or False.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from configure.engine import Item, RoleBlock
+from configure.facts import GatheredFacts
 from configure.resources import RESOURCE_KINDS, ResourceSpecError, parse_resource
 from configure.templating import evaluate_condition, render_text, render_value
 from inventory.errors import InputError, InventoryError
@@ -262,8 +265,15 @@ def role_defaults(roles: Sequence[Role]) -> dict[str, Any]:
 
 
 def blocks_for_host(roles: Sequence[Role], variables: Mapping[str, Any]) -> list[RoleBlock]:
-    """Render every role's entries with the host's variables (role defaults underneath)."""
+    """Render every role's entries with the host's variables (role defaults underneath).
+
+    ``variables["facts"]`` may be a :class:`GatheredFacts` (then it records what the recipes
+    read); a plain mapping is wrapped in one, so an ungathered fact is an error either way.
+    """
     merged = {**role_defaults(roles), **variables}
+    if not isinstance(merged.get("facts"), GatheredFacts):
+        merged["facts"] = GatheredFacts(merged.get("facts") or {},
+                                        str(merged.get("inventory_hostname", "")))
     blocks = []
     for role in roles:
         items = []
