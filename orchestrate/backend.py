@@ -62,12 +62,12 @@ class LocalBackend:
                  connect: Callable[[str], Any], *, parallelism: int = DEFAULT_PARALLELISM,
                  options: Mapping[str, Any] | None = None, mask: Masker | None = None,
                  sleep: Callable[[float], None] = time.sleep,
-                 grace: float = TIMEOUT_GRACE) -> None:
+                 grace: float | None = None) -> None:
         self.hosts = HostRunner(inventory, store, registry, options=options, mask=mask,
                                 sleep=sleep)
         self.connect = connect
         self.parallelism = parallelism
-        self.grace = grace
+        self.grace = TIMEOUT_GRACE if grace is None else grace
         self._runs: dict[str, Connections] = {}
         self._lock = threading.Lock()
 
@@ -89,6 +89,13 @@ class LocalBackend:
         watches = {h: HostWatch(h) for h in hosts}
         queue = deque(hosts)
         wake = threading.Condition()
+
+        def notify() -> None:
+            with wake:
+                wake.notify_all()
+
+        for w in watches.values():
+            w.on_change = notify
         workers = min(self.parallelism, len(hosts))
 
         def worker() -> None:
@@ -124,11 +131,12 @@ class LocalBackend:
                         wake.release()
                         try:
                             self.hosts.give_up(play, w, events, conns,
-                                               f"did not finish in {bound:.0f} s")
+                                               f"did not finish in {bound:g} s")
                         finally:
                             wake.acquire()
                     break
                 next_wake = end
+                gave_up = False
                 for w in running:
                     with w.lock:
                         until, limit, own = w.until, w.limit, w.step_timeout
@@ -136,7 +144,7 @@ class LocalBackend:
                         continue
                     if now >= until + self.grace:
                         message = (f"timed out after {limit:g} s" if own else
-                                   f"did not finish in {limit:.0f} s")
+                                   f"did not finish in {limit:g} s")
                         wake.release()
                         try:
                             self.hosts.give_up(play, w, events, conns, message + (
@@ -146,7 +154,9 @@ class LocalBackend:
                             wake.acquire()
                         if queue:
                             start_worker()
+                        gave_up = True
                         continue
                     next_wake = min(next_wake, until + self.grace)
-                wake.wait(timeout=max(0.005, min(next_wake - now, 1.0)))
+                if not gave_up:
+                    wake.wait(timeout=max(0.005, min(next_wake - now, 1.0)))
         return {h: watches[h].report for h in hosts}

@@ -102,6 +102,8 @@ class HostWatch:
         self.entry: int | None = None        # its journal entry
         self.step_start = 0.0
         self.attempts = 0
+        #: called (without the lock held) when ``until`` changes, to wake the waiter
+        self.on_change: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -237,6 +239,7 @@ class HostRunner:
                                  else DEFAULT_STEP_BOUND)
             watch.limit = step.timeout if step.timeout is not None else DEFAULT_STEP_BOUND
             watch.step_timeout = step.timeout is not None
+        watch.on_change()
         try:
             outcome = call()
         finally:
