@@ -74,9 +74,7 @@ def power_action(bmc: Any, args: PowerArgs, timeout: float | None) -> str:
 class PowerStep:
     name = "power"
     description = "a BMC action: power on/off/cycle/soft-off/status, or set the boot device"
-
-    def parse(self, raw: Any) -> PowerArgs:
-        return parse_power(raw)
+    parse = staticmethod(parse_power)
 
     def run(self, ctx: HostContext, args: PowerArgs) -> StepOutcome:
         inventory = ctx.options.get("inventory")
