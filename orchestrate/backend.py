@@ -39,6 +39,27 @@ TIMEOUT_GRACE = 2.0
 
 
 class Backend(Protocol):
+    def _overdue(self, running: list[HostWatch], now: float, end: float, bound: float
+                 ) -> tuple[list[tuple[HostWatch, str]], float]:
+        """The hosts to give up on now, with why, and when to look again."""
+        if now >= end:
+            return [(w, f"did not finish in {bound:g} s") for w in running], end
+        overdue = []
+        next_wake = end
+        for w in running:
+            with w.lock:
+                until, limit, own = w.until, w.limit, w.step_timeout
+            if until is None:
+                continue
+            if now < until + self.grace:
+                next_wake = min(next_wake, until + self.grace)
+                continue
+            why = f"timed out after {limit:g} s" if own else f"did not finish in {limit:g} s"
+            overdue.append((w, why + " (the step kind did not stop at its deadline; the "
+                                     "runner stopped waiting and closed the host's "
+                                     "connection)"))
+        return overdue, next_wake
+
     def run_batch(self, play: Play, hosts: Sequence[str], job: BatchJob,
                   events: EventSink) -> dict[str, HostReport]:
         """Run ``play`` on ``hosts``; a report for every host, whatever happened to it."""
@@ -81,6 +102,27 @@ class LocalBackend:
         if conns is not None:
             conns.close_all()
 
+    def _overdue(self, running: list[HostWatch], now: float, end: float, bound: float
+                 ) -> tuple[list[tuple[HostWatch, str]], float]:
+        """The hosts to give up on now, with why, and when to look again."""
+        if now >= end:
+            return [(w, f"did not finish in {bound:g} s") for w in running], end
+        overdue = []
+        next_wake = end
+        for w in running:
+            with w.lock:
+                until, limit, own = w.until, w.limit, w.step_timeout
+            if until is None:
+                continue
+            if now < until + self.grace:
+                next_wake = min(next_wake, until + self.grace)
+                continue
+            why = f"timed out after {limit:g} s" if own else f"did not finish in {limit:g} s"
+            overdue.append((w, why + " (the step kind did not stop at its deadline; the "
+                                     "runner stopped waiting and closed the host's "
+                                     "connection)"))
+        return overdue, next_wake
+
     def run_batch(self, play: Play, hosts: Sequence[str], job: BatchJob,
                   events: EventSink) -> dict[str, HostReport]:
         if not hosts:
@@ -119,44 +161,24 @@ class LocalBackend:
             start_worker()
         bound = batch_bound(play, len(hosts), workers, self.grace)
         end = time.monotonic() + bound
-        with wake:
-            while True:
+        while True:
+            with wake:
                 now = time.monotonic()
                 running = [w for w in watches.values() if not (w.finished or w.abandoned)]
                 if not running:
                     break
+                overdue, next_wake = self._overdue(running, now, end, bound)
+                if not overdue:
+                    # Woken by a host that finished or started an attempt; the 1 s cap is
+                    # only a backstop.
+                    wake.wait(timeout=max(0.005, min(next_wake - now, 1.0)))
+                    continue
                 if now >= end:
                     queue.clear()
-                    for w in running:
-                        wake.release()
-                        try:
-                            self.hosts.give_up(play, w, events, conns,
-                                               f"did not finish in {bound:g} s")
-                        finally:
-                            wake.acquire()
-                    break
-                next_wake = end
-                gave_up = False
-                for w in running:
-                    with w.lock:
-                        until, limit, own = w.until, w.limit, w.step_timeout
-                    if until is None:
-                        continue
-                    if now >= until + self.grace:
-                        message = (f"timed out after {limit:g} s" if own else
-                                   f"did not finish in {limit:g} s")
-                        wake.release()
-                        try:
-                            self.hosts.give_up(play, w, events, conns, message + (
-                                " (the step kind did not stop at its deadline; the runner "
-                                "stopped waiting and closed the host's connection)"))
-                        finally:
-                            wake.acquire()
-                        if queue:
-                            start_worker()
-                        gave_up = True
-                        continue
-                    next_wake = min(next_wake, until + self.grace)
-                if not gave_up:
-                    wake.wait(timeout=max(0.005, min(next_wake - now, 1.0)))
+            for w, message in overdue:
+                self.hosts.give_up(play, w, events, conns, message)
+                with wake:
+                    more = bool(queue)
+                if more:
+                    start_worker()   # in place of the abandoned thread
         return {h: watches[h].report for h in hosts}
