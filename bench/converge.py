@@ -57,16 +57,14 @@ def per_host(doc: dict) -> tuple[list[float], list[int]]:
 
 def verify(site: Path, hosts: int) -> tuple[float, int]:
     """`metalchain verify` through its Python entry point (the one `apply --verify` uses)."""
-    from configure.verify import verify_hosts
     from inventory.site import Site
-    from orchestrate.commands.run_cmd import mirror_var
+    from orchestrate.actions import verify_hosts
 
     s = Site.open(site)
     try:
         names = [h for h in s.inventory.hosts if h.startswith("fleet")]
         start = time.monotonic()
-        report = verify_hosts(s, names, list(ROLES), parallel=min(hosts, 50),
-                              extra_vars={"metalchain_mirror": mirror_var(s)})
+        report = verify_hosts(s, names, list(ROLES), parallel=min(hosts, 50))
         return round(time.monotonic() - start, 2), report.exit_code
     finally:
         s.close()

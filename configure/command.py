@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from configure.ssh import Shell
-from inventory.contracts import HostContext, StepOutcome
+from inventory.contracts import HostContext, StepOutcome, time_left
 
 KEYS = ("argv", "shell", "creates", "unless", "onlyif", "timeout", "become")
 
@@ -124,8 +124,8 @@ class CommandStep:
         def sink(stream: str, text: str) -> None:
             ctx.emit("host_output", stream=stream, text=text)
 
-        result = ctx.connection().run(command, timeout=args.timeout, become=args.become,
-                                      sink=sink)
+        result = ctx.connection().run(command, timeout=time_left(ctx.deadline, args.timeout),
+                                      become=args.become, sink=sink)
         output = result.stdout + (("\n" + result.stderr) if result.stderr else "")
         if not result.ok:
             return StepOutcome("failed", f"exit code {result.exit_code}: {args.describe()}"

@@ -3,7 +3,9 @@
 Each role may ship ``verify/test_*.py``: plain testinfra tests taking the ``host`` fixture and,
 if they need the host's variables, the ``role_vars`` fixture (role defaults under the host's
 inventory variables and the magic ones: ``inventory_hostname``, ``address``, ``facts``, ...;
-secrets are left out). Per host, in parallel, :func:`verify_hosts` runs one pytest process::
+secrets are left out). The ``verify`` step kind (:class:`VerifyStep`) runs, per host, one
+pytest process; the runner fans it out over the hosts like any step (``metalchain verify``
+is a one-step run)::
 
     pytest --hosts ssh://HOST --ssh-config WORK/ssh_config WORK/roles/
 
@@ -12,9 +14,8 @@ only the key pinned for the host (``StrictHostKeyChecking yes`` against a known_
 written from the state store or the inventory, never the operator's own) and the site's key.
 One SSH master connection per host is shared by the tests and closed at the end.
 
->>> report = verify_hosts(site, ["fleet01"], roles=["base"])   # doctest: +SKIP
->>> report.exit_code, report.hosts["fleet01"].status            # doctest: +SKIP
-(0, 'passed')
+>>> parse_verify({"roles": ["base"], "timeout": 300})
+VerifyArgs(roles=('base',), timeout=300.0)
 """
 
 from __future__ import annotations
@@ -27,17 +28,15 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from configure.connect import ssh_target
 from configure.roles import Role, resolve, role_defaults, role_search_path
 from configure.ssh import SshTarget
+from inventory.contracts import HostContext, StepOutcome, time_left
 from inventory.errors import InputError, MetalchainError
 from inventory.secrets import Secret
-from inventory.variables import host_vars
 
 DEFAULT_PARALLEL = 16
 DEFAULT_TIMEOUT = 600.0          # seconds for one host's whole test run
@@ -84,6 +83,19 @@ class HostVerify:
             out[t.outcome] = out.get(t.outcome, 0) + 1
         return out
 
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "roles": self.roles, "counts": self.counts(),
+                "duration": round(self.duration, 3), "message": self.message,
+                "tests": [{"id": t.id, "role": t.role, "outcome": t.outcome,
+                           "message": t.message, "duration": round(t.duration, 3)}
+                          for t in self.tests]}
+
+    @classmethod
+    def from_json(cls, host: str, doc: Mapping[str, Any]) -> HostVerify:
+        return cls(host, doc["status"], list(doc["roles"]),
+                   [TestResult(t["id"], t["role"], t["outcome"], t["message"], t["duration"])
+                    for t in doc["tests"]], doc["duration"], doc["message"])
+
 
 @dataclass
 class VerifyReport:
@@ -96,13 +108,7 @@ class VerifyReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"exit_code": self.exit_code, "duration": round(self.duration, 3),
-                "hosts": {h: {"status": r.status, "roles": r.roles, "counts": r.counts(),
-                              "duration": round(r.duration, 3), "message": r.message,
-                              "tests": [{"id": t.id, "role": t.role, "outcome": t.outcome,
-                                         "message": t.message,
-                                         "duration": round(t.duration, 3)}
-                                        for t in r.tests]}
-                          for h, r in self.hosts.items()}}
+                "hosts": {h: r.to_json() for h, r in self.hosts.items()}}
 
 
 def _public(value: Any) -> Any:
@@ -118,16 +124,10 @@ def _public(value: Any) -> Any:
     return str(value)
 
 
-def variables_for(site: Any, host: str, roles: Sequence[Role],
-                  extra_vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """What a role saw on ``host`` during apply: defaults < inventory < magic and extra."""
-    inv = site.inventory
-    h = inv.host(host)
-    magic = {"inventory_hostname": host, "address": h.address,
-             "group_names": inv.groups_of(host), "labels": h.labels,
-             "facts": dict(site.state.all_facts().get(host) or {}),
-             "roles": inv.roles_of(host), **(extra_vars or {})}
-    return {**role_defaults(roles), **magic, **host_vars(inv, host)}
+def variables_for(roles: Sequence[Role], variables: Mapping[str, Any]) -> dict[str, Any]:
+    """What a role saw on a host during apply: its defaults under the host's variables
+    (``variables``: what the runner computed, :func:`inventory.variables.host_variables`)."""
+    return {**role_defaults(roles), **variables}
 
 
 def ssh_config_text(target: SshTarget, known_hosts: Path, control_path: Path) -> str:
@@ -200,46 +200,88 @@ def _close_master(config: Path, host: str) -> None:
 
 @dataclass
 class _Plan:
-    """Everything one host's run needs, gathered in the calling thread (the state store and
-    the inventory are not shared across threads)."""
+    """Everything one host's pytest run needs."""
 
     host: str
     roles: list[str]
     tests: dict[str, list[Path]]
     target: SshTarget | None = None
     variables: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
 
 
-def _plan(site: Any, host: str, roles: Sequence[str] | None,
-          extra_vars: Mapping[str, Any] | None) -> _Plan:
-    names = list(roles) if roles else site.inventory.roles_of(host)
-    resolved = resolve(names, role_search_path(site.playbooks_dir)) if names else []
-    plan = _Plan(host, [r.name for r in resolved], _role_tests(resolved))
-    if not plan.tests:
-        return plan
-    try:
-        plan.target = ssh_target(site.inventory, site.state, host, site.private_key())
-    except MetalchainError as exc:
-        plan.error = str(exc)
-        return plan
-    plan.variables = variables_for(site, host, resolved, extra_vars)
-    return plan
+@dataclass(frozen=True)
+class VerifyArgs:
+    roles: tuple[str, ...] | None = None     # None: the inventory's roles of the host
+    timeout: float = DEFAULT_TIMEOUT         # seconds for the host's whole test run
 
 
-def _run(plan: _Plan, timeout: float) -> HostVerify:
-    start = time.monotonic()
-    result = HostVerify(plan.host, "no_tests", plan.roles)
-    try:
-        if not plan.tests:
-            result.message = "no verify tests in the host's roles"
-            return result
-        if plan.target is None:
-            result.status, result.message = "error", plan.error
-            return result
-        return _run_pytest(plan, plan.target, result, timeout)
-    finally:
-        result.duration = time.monotonic() - start
+def parse_verify(raw: Any) -> VerifyArgs:
+    if raw in (None, {}, True):
+        return VerifyArgs()
+    if isinstance(raw, list):
+        raw = {"roles": raw}
+    if not isinstance(raw, dict):
+        raise ValueError("expected {} (the inventory's roles) or {roles: [name, ...], "
+                         "timeout: SECONDS}")
+    unknown = [k for k in raw if k not in ("roles", "timeout")]
+    if unknown:
+        raise ValueError(f"unknown key '{unknown[0]}'; allowed: roles, timeout")
+    roles = raw.get("roles")
+    if roles is not None and (not isinstance(roles, list) or not roles or
+                              not all(isinstance(r, str) for r in roles)):
+        raise ValueError("roles must be a non-empty list of role names")
+    timeout = raw.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError("timeout must be a positive number of seconds")
+    return VerifyArgs(tuple(roles) if roles else None, float(timeout))
+
+
+class VerifyStep:
+    """Run the testinfra checks of the host's roles (``args.roles``, else the inventory's).
+
+    The host's SSH target comes from its (lazy) connection: no paramiko session is opened,
+    pytest's OpenSSH client does the talking.
+    """
+
+    name = "verify"
+    description = "run the roles' testinfra checks (verify/test_*.py) on the host"
+
+    def parse(self, raw: Any) -> VerifyArgs:
+        return parse_verify(raw)
+
+    def run(self, ctx: HostContext, args: VerifyArgs) -> StepOutcome:
+        start = time.monotonic()
+        names = list(args.roles) if args.roles else list(ctx.vars.get("roles", []))
+        resolved = resolve(names, role_search_path(ctx.options.get("playbooks_dir"))
+                           ) if names else []
+        plan = _Plan(ctx.host, [r.name for r in resolved], _role_tests(resolved))
+        result = HostVerify(plan.host, "no_tests", plan.roles)
+        try:
+            if not plan.tests:
+                result.message = "no verify tests in the host's roles"
+            else:
+                try:
+                    plan.target = ctx.connection().target
+                except MetalchainError as exc:
+                    result.status, result.message = "error", str(exc)
+                else:
+                    plan.variables = variables_for(resolved, ctx.vars)
+                    _run_pytest(plan, plan.target, result,
+                                time_left(ctx.deadline, args.timeout))
+        finally:
+            result.duration = time.monotonic() - start
+        status = {"passed": "ok", "no_tests": "skipped"}.get(result.status, "failed")
+        return StepOutcome(status, result.message, data={"verify": result.to_json()})
+
+
+def report_of(outcomes: Mapping[str, StepOutcome | None], duration: float) -> VerifyReport:
+    """A verify run's report from its hosts' step outcomes (in the order given)."""
+    hosts = {}
+    for host, outcome in outcomes.items():
+        doc = outcome.data.get("verify") if outcome is not None else None
+        hosts[host] = HostVerify.from_json(host, doc) if doc else HostVerify(
+            host, "error", message=outcome.message if outcome else "not run")
+    return VerifyReport(hosts, duration)
 
 
 def _run_pytest(plan: _Plan, target: SshTarget, result: HostVerify,
@@ -293,28 +335,3 @@ def _run_pytest(plan: _Plan, target: SshTarget, result: HostVerify,
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def verify_host(site: Any, host: str, roles: Sequence[str] | None = None, *,
-                timeout: float = DEFAULT_TIMEOUT,
-                extra_vars: Mapping[str, Any] | None = None) -> HostVerify:
-    """Run the verify tests of ``host``'s roles (``roles``, else the inventory's)."""
-    return _run(_plan(site, host, roles, extra_vars), timeout)
-
-
-def verify_hosts(site: Any, hosts: Sequence[str], roles: Sequence[str] | None = None, *,
-                 parallel: int = DEFAULT_PARALLEL, timeout: float = DEFAULT_TIMEOUT,
-                 extra_vars: Mapping[str, Any] | None = None) -> VerifyReport:
-    """Verify every host in parallel; one host's failure never stops the others.
-
-    ``extra_vars`` are the variables the runner adds for roles (``metalchain_mirror``).
-    """
-    if not hosts:
-        raise InputError("no hosts to verify")
-    start = time.monotonic()
-    plans = [_plan(site, h, roles, extra_vars) for h in hosts]
-    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts))),
-                            thread_name_prefix="verify") as pool:
-        futures = {p.host: pool.submit(_run, p, timeout) for p in plans}
-        results = {h: f.result() for h, f in futures.items()}
-    return VerifyReport(results, time.monotonic() - start)

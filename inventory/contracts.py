@@ -34,7 +34,8 @@ class HostContext(Protocol):
     check: bool
     #: the state store (inventory.state.StateStore): owed handlers, drift
     state: Any
-    #: run-wide options: playbooks_dir (Path | None), diff (bool)
+    #: run-wide options: playbooks_dir (Path | None), diff (bool), inventory (the Inventory,
+    #: for kinds that need more of the host than its vars, e.g. its BMC), vars (context vars)
     options: Mapping[str, Any]
     #: ``time.monotonic()`` by which this step must end (the step's ``timeout:``), or None
     deadline: float | None

@@ -65,3 +65,31 @@ def host_vars(inv: Inventory, host: str,
               extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The merged variables of ``host`` (values only)."""
     return {k: v.value for k, v in explain_vars(inv, host, role_defaults, extra).items()}
+
+
+def magic_vars(inv: Inventory, host: str,
+               facts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The variables metalchain sets for every host: its name, address, groups, labels,
+    roles and gathered facts."""
+    h = inv.host(host)
+    return {"inventory_hostname": host, "address": h.address,
+            "group_names": inv.groups_of(host), "labels": h.labels,
+            "facts": dict(facts or {}), "roles": inv.roles_of(host)}
+
+
+def host_variables(inv: Inventory, host: str, *,
+                   facts: Mapping[str, Any] | None = None,
+                   extra: Mapping[str, Any] | None = None,
+                   context: Mapping[str, Any] | None = None,
+                   role_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every variable ``host`` sees, the same for every command (run, apply, verify, ...).
+
+    Lowest first: ``role_defaults`` (merged, when a caller converges or checks roles), the
+    magic vars (:func:`magic_vars`), ``context`` (what the controller adds for roles, e.g.
+    ``metalchain_mirror``), then the inventory's layers and ``extra`` (``-e``, always wins).
+
+    >>> host_variables(inv, "web1", extra={"x": False})["x"]   # doctest: +SKIP
+    False
+    """
+    return {**(role_defaults or {}), **magic_vars(inv, host, facts), **(context or {}),
+            **host_vars(inv, host, extra=extra)}

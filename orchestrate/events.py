@@ -14,15 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from inventory.secrets import Masker
 from orchestrate.output import to_json
 
 Listener = Callable[[dict[str, Any]], None]
 
 
 class EventLog:
-    def __init__(self, path: Path | None, run_uid: str) -> None:
+    """A run's event log. With ``mask``, every known secret value in an event is replaced by
+    ``***`` before it is written or handed to a listener."""
+
+    def __init__(self, path: Path | None, run_uid: str, mask: Masker | None = None) -> None:
         self.path = path
         self.run_uid = run_uid
+        self._mask = mask or Masker()
         self._lock = threading.Lock()
         self._fh: TextIO | None = None
         self._listeners: list[Listener] = []
@@ -34,7 +39,8 @@ class EventLog:
         self._listeners.append(listener)
 
     def emit(self, event: str, **fields: Any) -> None:
-        record = {"ts": round(time.time(), 6), "run": self.run_uid, "event": event, **fields}
+        record = {"ts": round(time.time(), 6), "run": self.run_uid, "event": event,
+                  **self._mask.value(fields)}
         # Round-trip through to_json so Secrets and dataclasses are encoded the same way as
         # in every other JSON document metalchain prints.
         line = json.dumps(json.loads(to_json(record)), ensure_ascii=False,

@@ -4,14 +4,20 @@ tab-separated lines otherwise (so that `| grep` and `| cut` work)."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from inventory.secrets import Secret
 
+if TYPE_CHECKING:
+    from configure.verify import VerifyReport
+    from orchestrate.reports import RunReport
+
 JSON_SCHEMA_VERSION = 1
+T = TypeVar("T")
 
 
 def _default(obj: Any) -> Any:
@@ -67,3 +73,71 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 def line(text: str) -> None:
     print(text)
+
+
+def timestamp(t: float | None) -> str | None:
+    """Epoch seconds as an ISO 8601 UTC time (None stays None)."""
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+
+def print_diffs(report: RunReport) -> None:
+    """The per-resource diffs of apply steps (what check mode would change, or did)."""
+    for h, r in report.hosts.items():
+        for s in r.steps:
+            for res in s.outcome.data.get("results", []):
+                if res["status"] in ("changed", "unknown", "failed") and (
+                        res["changes"] or res["diff"] or res["message"]):
+                    line(f"--- {h}: {res['role']}/{res['resource']} [{res['status']}]"
+                         + (f" ({res['source']})" if res["source"] else ""))
+                    for c in res["changes"]:
+                        line(f"    {c}")
+                    if res["message"]:
+                        line(f"    {res['message']}")
+                    if res["diff"]:
+                        line(res["diff"].rstrip("\n"))
+
+
+def print_summary(report: RunReport) -> None:
+    rows = []
+    for h, r in report.hosts.items():
+        failed = next((s for s in r.steps if s.outcome.status in ("failed", "unreachable")),
+                      None)
+        rows.append([h, r.status, len(r.steps), r.changed,
+                     f"{failed.step}: {failed.outcome.message}" if failed else ""])
+    for h in report.not_run:
+        rows.append([h, "not run", 0, 0, ""])
+    table(f"run {report.uid}", ["host", "status", "steps", "changed", "failure"], rows)
+    c = report.counts()
+    line(f"run {report.uid}: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    if report.stopped_reason:
+        line(f"stopped: {report.stopped_reason}")
+
+
+def print_verify(report: VerifyReport) -> None:
+    """Human output of verify: one line per host, then each failed check with its message."""
+    for host, r in report.hosts.items():
+        line(f"{host}: {r.status} ({r.message}) in {r.duration:.1f} s")
+        for t in r.tests:
+            if t.outcome in ("failed", "error"):
+                line(f"  {t.outcome.upper()} {t.id}")
+                for text in t.message.splitlines()[-8:]:
+                    line(f"    {text}")
+    c = {"passed": 0, "failed": 0, "error": 0, "no_tests": 0}
+    for r in report.hosts.values():
+        c[r.status] = c.get(r.status, 0) + 1
+    line("verify: " + ", ".join(f"{k}={v}" for k, v in c.items())
+         + f" ({report.duration:.1f} s)")
+
+
+def with_progress(call: Callable[[Callable[[dict[str, Any]], None]], T]) -> T:
+    """``call(on_event)`` with the run's progress shown on stderr (a live table on a
+    terminal, one line per host-step otherwise); stdout stays for results."""
+    from orchestrate.progress import make_progress
+
+    progress = make_progress()
+    try:
+        return call(progress)
+    finally:
+        progress.close()

@@ -10,10 +10,14 @@ def build_registry() -> StepRegistry:
     from configure.apply import ApplyRolesStep, ApplyRoleStep
     from configure.command import CommandStep
     from configure.facts import GatherFactsStep
+    from configure.verify import VerifyStep
+    from provision.power_step import PowerStep
 
     registry = StepRegistry()
     registry.register(CommandStep())
     registry.register(GatherFactsStep())
     registry.register(ApplyRolesStep())
     registry.register(ApplyRoleStep())
+    registry.register(VerifyStep())
+    registry.register(PowerStep())
     return registry

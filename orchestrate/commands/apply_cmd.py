@@ -8,19 +8,10 @@ import click
 
 from inventory.errors import InputError
 from orchestrate import output
+from orchestrate.actions import drift_doc, report_doc, verify_hosts
+from orchestrate.backend import DEFAULT_PARALLELISM
 from orchestrate.commands.common import json_option, parse_extra
-from orchestrate.commands.run_cmd import (
-    RunLock,
-    _single_step_playbook,
-    execute,
-    find_playbook,
-    print_diffs,
-    print_summary,
-    report_doc,
-)
-from orchestrate.playbook import load_playbook
-from orchestrate.registry import build_registry
-from orchestrate.runner import DEFAULT_PARALLELISM
+from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 
 
 @click.command()
@@ -43,23 +34,22 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
     """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`."""
     site = obj.site
     if roles:
-        pb = _single_step_playbook(playbook_or_target, "apply_role", list(roles),
-                                   f"apply {', '.join(roles)}")
-        lock = f".lock-apply-{'-'.join(roles)}"
+        pb = single_step_playbook(playbook_or_target, "apply_role", list(roles),
+                                  f"apply {', '.join(roles)}")
+        lock = f"apply-{'-'.join(roles)}"
     else:
-        pb = load_playbook(find_playbook(site, playbook_or_target), build_registry())
-        lock = f".lock-{pb.path.stem}"
-    with RunLock(site.runs_dir / lock):
-        report = execute(obj, pb, limit=limit, extra=parse_extra(extra), check=check,
-                         parallel=parallel, resume=None, kind="apply", diff=diff)
+        pb = load(site, playbook_or_target)
+        lock = pb.path.stem
+    extra_vars = parse_extra(extra)
+    options = RunOptions(kind="apply", limit=limit, extra=extra_vars, check=check, diff=diff,
+                         parallel=parallel, lock=lock)
+    report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
     verified = None
     if then_verify and not check:
-        from orchestrate.commands.verify_cmd import run_verify
-
         converged = [h for h, r in report.hosts.items() if r.status in ("ok", "changed")]
         if converged:
-            verified = run_verify(site, converged, list(roles) or None, parallel=parallel,
-                                  timeout=600, extra=parse_extra(extra))
+            verified = verify_hosts(site, converged, list(roles) or None, parallel=parallel,
+                                    timeout=600, extra=extra_vars)
     code = max(report.exit_code, verified.exit_code if verified else 0)
     if as_json:
         output.emit_json("apply.result", {**report_doc(report), "check": check,
@@ -67,12 +57,10 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
                                           "verify": verified.to_json() if verified else None})
     else:
         if diff or check:
-            print_diffs(report)
-        print_summary(report)
+            output.print_diffs(report)
+        output.print_summary(report)
         if verified is not None:
-            from orchestrate.commands.verify_cmd import print_report
-
-            print_report(verified)
+            output.print_verify(verified)
     raise click.exceptions.Exit(code)
 
 
@@ -91,22 +79,12 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
           limit: str | None, parallel: int, as_json: bool) -> None:
     """Check TARGET's hosts against their roles; with --fix, converge them."""
     site = obj.site
-    pb = _single_step_playbook(target, "apply_roles", list(roles) or None,
-                               "drift check" if not fix else "drift fix")
-    with RunLock(site.runs_dir / ".lock-drift"):
-        report = execute(obj, pb, limit=limit, extra={}, check=not fix, parallel=parallel,
-                         resume=None, kind="drift", diff=diff)
-    per_host: dict[str, list[dict[str, Any]]] = {}
-    for h, r in report.hosts.items():
-        rows = []
-        for s in r.steps:
-            for res in s.outcome.data.get("results", []):
-                if res["handler"] is None and res["status"] in ("changed", "unknown",
-                                                                "failed"):
-                    rows.append({"role": res["role"], "resource": res["resource"],
-                                 "status": res["status"], "changes": res["changes"],
-                                 "message": res["message"]})
-        per_host[h] = rows
+    pb = single_step_playbook(target, "apply_roles", list(roles) or None,
+                              "drift check" if not fix else "drift fix")
+    options = RunOptions(kind="drift", limit=limit, check=not fix, diff=diff,
+                         parallel=parallel, lock="drift")
+    report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
+    per_host = drift_doc(report)
     if as_json:
         output.emit_json("drift.result", {"run": report.uid, "fixed": fix,
                                           "exit_code": report.exit_code,
@@ -115,13 +93,13 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
                                                     for h, rows in per_host.items()}})
     else:
         if diff:
-            print_diffs(report)
+            output.print_diffs(report)
         output.table("drift" + (" (fixed)" if fix else ""), ["host", "role", "resource",
                                                              "status", "changes"],
                      [[h, r["role"], r["resource"], r["status"], r["changes"]]
                       for h, rows in per_host.items() for r in rows]
                      or [["-", "-", "-", "no drift", "-"]])
-        print_summary(report)
+        output.print_summary(report)
     if not report.hosts:
         raise InputError(f"target '{target}' selected no hosts")
     raise click.exceptions.Exit(report.exit_code)

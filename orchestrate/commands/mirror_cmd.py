@@ -1,19 +1,13 @@
 """`metalchain mirror build|serve|status|stop`: the site's local package mirror.
 
-Layout under the site (``SITE/mirror/`` unless ``mirror.dir`` says otherwise)::
-
-    SITE/mirror/current -> releases/<id>   what is served (see configure.mirror)
-    SITE/mirror/server.json                address, port and pidfile of the running daemon
-    SITE/mirror/server.pid, server.log
-    SITE/keys/mirror-gnupg/                the site's mirror signing key (created once)
+The layout and the status logic are in :mod:`orchestrate.mirror_site`.
 
 Optional settings in ``metalchain.yml`` (a ``mirror:`` mapping; the ``boot.address`` is the
 fallback for the address, since both serve the same provisioning network)::
 
     mirror: {address: 10.77.0.1, port: 8081, cache_dir: /var/cache/metalchain/mirror-debs}
 
-This module lives in configure/ and does not import orchestrate/: it prints its own JSON in the
-CLI's versioned shape (``{"kind": ..., "version": 1, ...}``).
+It prints its JSON in the CLI's versioned shape (``{"kind": ..., "version": 1, ...}``).
 """
 
 from __future__ import annotations
@@ -30,7 +24,6 @@ import click
 from configure.mirror import (
     CURRENT_LINK,
     DEFAULT_CACHE_DIR,
-    MirrorError,
     build_mirror,
     mirror_url,
     read_mirror,
@@ -38,58 +31,32 @@ from configure.mirror import (
 from configure.mirror_server import (
     DEFAULT_PORT,
     MirrorServer,
-    daemon_pid,
     start_daemon,
     stop_daemon,
-    wait_until_answering,
 )
 from inventory.errors import InputError
 from orchestrate.commands.common import json_option
+from orchestrate.mirror_site import (
+    SERVER_STATE,
+    default_address,
+    default_port,
+    gnupg_home,
+    mirror_dir,
+    server_state,
+    settings,
+    status_doc,
+    write_server_state,
+)
 
 JSON_SCHEMA_VERSION = 1
-SERVER_STATE = "server.json"
-ANSWER_TIMEOUT = 3.0
 
+# Re-exported: the mirror's site logic lives in orchestrate.mirror_site.
+__all__ = ["gnupg_home", "mirror", "mirror_dir", "status_doc"]
 
 
 def _emit_json(kind: str, doc: dict[str, Any]) -> None:
     body = {"kind": kind, "version": JSON_SCHEMA_VERSION, **doc}
     sys.stdout.write(json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _settings(site: Any) -> dict[str, Any]:
-    raw = site.settings.get("mirror") or {}
-    if not isinstance(raw, dict):
-        raise InputError("metalchain.yml: mirror must be a mapping")
-    return raw
-
-
-def mirror_dir(site: Any) -> Path:
-    """The site's mirror directory: ``mirror.dir`` (relative to the site) or SITE/mirror."""
-    return site.root / _settings(site).get("dir", "mirror")
-
-
-def gnupg_home(site: Any) -> Path:
-    return site.root / "keys" / "mirror-gnupg"
-
-
-def _default_address(site: Any) -> str | None:
-    boot = site.settings.get("boot") or {}
-    return _settings(site).get("address") or (boot.get("address") if isinstance(boot, dict)
-                                              else None)
-
-
-def _server_state(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / SERVER_STATE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _write_state(directory: Path, doc: dict[str, Any]) -> None:
-    tmp = directory / f".{SERVER_STATE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(directory / SERVER_STATE)
 
 
 @click.group()
@@ -109,7 +76,7 @@ def mirror() -> None:
 def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, as_json: bool) -> None:
     """Resolve, download and index PACKAGES into SITE/mirror (incremental, atomic)."""
     site = obj.site
-    cache = cache_dir or site.root / _settings(site).get("cache_dir", DEFAULT_CACHE_DIR)
+    cache = cache_dir or site.root / settings(site).get("cache_dir", DEFAULT_CACHE_DIR)
     info = build_mirror(packages.split(","), mirror_dir(site), sign=sign, cache_dir=cache,
                         gnupg_home=gnupg_home(site) if sign else None)
     if as_json:
@@ -136,17 +103,17 @@ def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json
     if info is None:
         raise InputError(f"no mirror in {directory}; build one first: metalchain mirror build "
                          "--packages ...")
-    address = address or _default_address(site)
+    address = address or default_address(site)
     if not address:
         raise InputError("no address to serve on: pass --address, or set mirror.address "
                          "(or boot.address) in metalchain.yml")
-    port = port or int(_settings(site).get("port", DEFAULT_PORT))
+    port = port or default_port(site)
     root = directory / CURRENT_LINK
     source = info.source_line(address, port)
     if daemon:
         pidfile = directory / "server.pid"
         pid = start_daemon(root, address, port, pidfile, log_file=directory / "server.log")
-        _write_state(directory, {"pid": pid, "address": address, "port": port,
+        write_server_state(directory, {"pid": pid, "address": address, "port": port,
                                  "pidfile": str(pidfile)})
         if as_json:
             _emit_json("mirror.serve", {"pid": pid, "url": mirror_url(address, port),
@@ -162,36 +129,6 @@ def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         server.stop()
-
-
-def status_doc(site: Any) -> dict[str, Any]:
-    """The mirror's state as a JSON-able dict (also what `mirror status --json` prints)."""
-    directory = mirror_dir(site)
-    info = read_mirror(directory)
-    state = _server_state(directory) or {}
-    pid = daemon_pid(Path(state["pidfile"])) if state.get("pidfile") else None
-    answering = False
-    if pid is not None:
-        with contextlib.suppress(MirrorError):
-            wait_until_answering(mirror_url(state["address"], state["port"]), ANSWER_TIMEOUT)
-            answering = True
-    server = {"running": pid is not None, "pid": pid, "answering": answering,
-              "address": state.get("address") if pid else None,
-              "port": state.get("port") if pid else None,
-              "url": mirror_url(state["address"], state["port"]) if pid else None}
-    doc: dict[str, Any] = {"dir": str(directory), "built": info is not None, "server": server,
-                           "source": None}
-    if info is not None:
-        doc.update({"root": str(info.root), "requested": info.requested,
-                    "packages": len(info.resolved), "size_bytes": info.size_bytes,
-                    "signed": info.signed, "fingerprint": info.fingerprint,
-                    "built_at": info.built_at,
-                    "keyring": str(info.keyring) if info.keyring else None})
-        address = server["address"] or _default_address(site)
-        port = server["port"] or int(_settings(site).get("port", DEFAULT_PORT))
-        if address:
-            doc["source"] = info.source_line(address, port)
-    return doc
 
 
 @mirror.command()
@@ -224,7 +161,7 @@ def status(obj: Any, as_json: bool) -> None:
 def stop(obj: Any) -> None:
     """Stop the mirror daemon started by `mirror serve --daemon`."""
     directory = mirror_dir(obj.site)
-    state = _server_state(directory) or {}
+    state = server_state(directory) or {}
     pidfile = Path(state.get("pidfile") or directory / "server.pid")
     stopped = stop_daemon(pidfile)
     with contextlib.suppress(FileNotFoundError):

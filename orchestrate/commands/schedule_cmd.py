@@ -10,7 +10,7 @@ import click
 
 from orchestrate import output, schedule
 from orchestrate.commands.common import json_option
-from orchestrate.commands.run_cmd import find_playbook
+from orchestrate.runs import find_playbook
 
 dir_option = click.option("--cron-dir", type=click.Path(file_okay=False, path_type=Path),
                           default=schedule.CRON_DIR, show_default=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import click
@@ -11,11 +10,7 @@ from inventory.errors import InputError
 from orchestrate import output
 from orchestrate.commands.common import json_option
 
-
-def _ts(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+_ts = output.timestamp
 
 
 @click.group()

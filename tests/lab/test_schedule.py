@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from orchestrate.commands.run_cmd import RunLock
+from orchestrate.runs import RunLock
 from orchestrate.schedule import parse_cron
 from tests.lab.sshd import mc
 

@@ -1,0 +1,92 @@
+"""What crosses the runner's backend interface: a batch job in, host reports out.
+
+Plain data only: host names, the play (frozen dataclasses), the run uid, extra vars as given,
+the check flag and the resume state go in; per-host reports come out. Nothing here holds an
+open connection, an open file or a resolved secret, so a distributed backend can serialise
+it (see :mod:`orchestrate.backend`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from inventory.contracts import StepOutcome
+
+DONE = ("ok", "changed", "skipped")
+FAILED = ("failed", "unreachable")
+STATUS_ORDER = ("ok", "skipped", "changed", "failed", "unreachable")
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    """The run-wide inputs of one batch: everything a host needs besides the play."""
+
+    run_uid: str
+    extra_vars: Mapping[str, Any] = field(default_factory=dict)
+    check: bool = False
+    #: (host, journal index) -> outcome recorded by the run being resumed ('intent': in doubt)
+    done: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    #: host -> gathered facts (the snapshot the run started with)
+    facts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+class EventSink(Protocol):
+    """Where a run's events go (orchestrate.events.EventLog, or a relay of a remote one)."""
+
+    run_uid: str
+
+    def emit(self, event: str, **fields: Any) -> None: ...
+
+
+@dataclass
+class StepReport:
+    play: str
+    step: str
+    outcome: StepOutcome
+    attempts: int
+    duration: float
+    resumed: bool = False
+
+
+@dataclass
+class HostReport:
+    host: str
+    status: str = "ok"          # worst outcome over its steps
+    steps: list[StepReport] = field(default_factory=list)
+
+    def add(self, report: StepReport) -> None:
+        self.steps.append(report)
+        if STATUS_ORDER.index(report.outcome.status) > STATUS_ORDER.index(self.status):
+            self.status = report.outcome.status
+
+    @property
+    def changed(self) -> int:
+        return sum(1 for s in self.steps if s.outcome.status == "changed")
+
+
+@dataclass
+class RunReport:
+    uid: str
+    hosts: dict[str, HostReport] = field(default_factory=dict)
+    not_run: list[str] = field(default_factory=list)
+    stopped_reason: str = ""
+    duration: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        bad = any(h.status in FAILED for h in self.hosts.values())
+        return 1 if bad or self.stopped_reason else 0
+
+    def counts(self) -> dict[str, int]:
+        c = {k: 0 for k in ("ok", "changed", "failed", "unreachable", "skipped")}
+        for h in self.hosts.values():
+            c[h.status] += 1
+        c["not_run"] = len(self.not_run)
+        return c
+
+    def first_outcome(self, host: str) -> StepOutcome | None:
+        """The outcome of ``host``'s first step (single-step runs: exec, power, verify)."""
+        r = self.hosts.get(host)
+        return r.steps[0].outcome if r is not None and r.steps else None

@@ -1,0 +1,204 @@
+"""The application core for runs: start a run, resume one, plan one.
+
+What the CLI, ``metalchain serve`` and (next) remediation and workers call, the same way::
+
+    report = start_run(site, load(site, "site.yml"), RunOptions(limit="web*", check=True))
+    report.exit_code, report.counts()
+
+A run is: a row in the state store (its kind, playbook and arguments, so ``--resume`` can
+redo it), an event log ``SITE/runs/RUN.jsonl``, a runner over the in-process backend whose
+outcomes are masked with every secret value the site knows, and an optional per-playbook
+lock so that a scheduled run never overlaps a running one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from configure.connect import connector
+from inventory.errors import InputError, MetalchainError
+from inventory.select import select_hosts
+from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
+from orchestrate.events import EventLog
+from orchestrate.mirror_site import mirror_var
+from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
+from orchestrate.registry import build_registry
+from orchestrate.reports import RunReport
+from orchestrate.runner import Runner, last_failed_hosts, resume_state
+from orchestrate.steps import StepRegistry
+
+Listener = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a playbook. ``kind`` names the run in the state store (playbook, apply,
+    drift, exec, facts, power, verify); ``lock`` is a lock name under SITE/runs (None: no
+    lock); ``named`` adds host lists for ``@NAME`` targets besides ``@failed``."""
+
+    kind: str = "playbook"
+    limit: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    check: bool = False
+    diff: bool = False
+    parallel: int = DEFAULT_PARALLELISM
+    resume: str | None = None
+    lock: str | None = None
+    named: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+
+def find_playbook(site: Any, name: str) -> Path:
+    for candidate in (Path(name), site.playbooks_dir / name,
+                      site.playbooks_dir / f"{name}.yml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise InputError(f"playbook not found: {name} (looked in . and {site.playbooks_dir})")
+
+
+def load(site: Any, name: str, registry: StepRegistry | None = None) -> Playbook:
+    """Find and validate a playbook (a file, or a name under the site's playbooks/)."""
+    return load_playbook(find_playbook(site, name), registry or build_registry())
+
+
+def single_step_playbook(target: str, kind: str, args: Any, name: str,
+                         timeout: float | None = None) -> Playbook:
+    """A playbook of one play with one step: what exec, facts, apply --role, drift, power
+    and verify run."""
+    step = Step(index=0, name=name, kind=kind, args=args, retries=0, delay=0,
+                timeout=timeout, file=f"<{kind}>", line=0)
+    play = Play(index=0, name=kind, hosts=target, serial=(), max_fail_percentage=None,
+                steps=(step,), file=f"<{kind}>", line=0)
+    return Playbook(path=Path(f"<{kind}>"), plays=[play])
+
+
+class RunLock:
+    """An exclusive lock per playbook, so a cron run never overlaps a running one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise MetalchainError(f"another run of this playbook is in progress (pid "
+                                  f"{holder}; lock {self.path})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lock(site: Any, name: str | None) -> contextlib.AbstractContextManager[Any]:
+    return RunLock(site.runs_dir / f".lock-{name}") if name else contextlib.nullcontext()
+
+
+def _resumed(store: Any, playbook: Playbook, options: RunOptions
+             ) -> tuple[RunOptions, dict[tuple[str, int], str]]:
+    """The options of the run being resumed (limit, extra vars, check) under the new ones,
+    and what it recorded."""
+    uid = options.resume or ""
+    prior = store.get_run(uid)
+    if prior is None:
+        raise InputError(f"no run '{uid}' in the state store (see: metalchain runs list)")
+    if prior["name"] != str(playbook.path):
+        raise InputError(f"run {uid} was of {prior['name']}, not {playbook.path}")
+    args = prior["args"]
+    merged = RunOptions(kind=options.kind, limit=options.limit or args.get("limit"),
+                        extra={**args.get("extra", {}), **options.extra},
+                        check=options.check or bool(args.get("check")), diff=options.diff,
+                        parallel=options.parallel, resume=uid, lock=options.lock,
+                        named=options.named)
+    return merged, resume_state(store, uid)
+
+
+def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
+              on_event: Listener | None = None, registry: StepRegistry | None = None,
+              connect: Callable[[str], Any] | None = None) -> RunReport:
+    """Run ``playbook`` on the site (or resume ``options.resume``); returns the report.
+
+    ``on_event`` gets every event as it happens (a progress display, a websocket).
+    ``connect`` replaces the SSH connection factory (host -> connection), ``registry`` the
+    step kinds (tests, embedders).
+    """
+    with _lock(site, options.lock):
+        return _run(site, playbook, options, on_event, registry, connect)
+
+
+def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener | None,
+         registry: StepRegistry | None, connect: Callable[[str], Any] | None) -> RunReport:
+    store = site.state
+    inv = site.inventory
+    # After the inventory: the {env: VAR} references it resolved are known values too.
+    mask = site.secrets.masker()
+    named = {"failed": last_failed_hosts(store), **options.named}
+    done: dict[tuple[str, int], str] = {}
+    if options.resume:
+        options, done = _resumed(store, playbook, options)
+        store.reopen_run(options.resume)
+        uid = options.resume
+    else:
+        uid = store.start_run(options.kind, str(playbook.path),
+                              {"limit": options.limit, "extra": dict(options.extra),
+                               "check": options.check})
+    events = EventLog(site.runs_dir / f"{uid}.jsonl", uid, mask)
+    if on_event is not None:
+        events.subscribe(on_event)
+    backend = LocalBackend(
+        inv, store, registry or build_registry(),
+        connect or connector(inv, store, site.private_key()), parallelism=options.parallel,
+        options={"playbooks_dir": site.playbooks_dir, "diff": options.diff,
+                 "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)}},
+        mask=mask)
+    status = "failed"
+    try:
+        report = Runner(inv, backend).run(
+            playbook, events=events, run_uid=uid, limit=options.limit,
+            extra_vars=options.extra, check=options.check, named=named, done=done,
+            facts=store.all_facts())
+        status = "ok" if report.exit_code == 0 else "failed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        events.close()
+        store.end_run(uid, status)
+    return report
+
+
+def plan_run(site: Any, playbook: Playbook, limit: str | None = None) -> dict[str, Any]:
+    """What would run where: per play its hosts, batches and steps (nothing is contacted)."""
+    named = {"failed": last_failed_hosts(site.state)}
+    facts = site.state.all_facts()
+    plays = []
+    for play in playbook.plays:
+        hosts = select_hosts(site.inventory, play.hosts, limit, named, facts)
+        plays.append({"play": play.name, "hosts": hosts,
+                      "batches": batches(hosts, play.serial),
+                      "max_fail_percentage": play.max_fail_percentage,
+                      "steps": [{"name": s.name, "kind": s.kind, "retries": s.retries,
+                                 "source": f"{s.file}:{s.line}"} for s in play.steps]})
+    return {"playbook": str(playbook.path), "plays": plays}
+
+
+def select(site: Any, target: str, limit: str | None = None) -> list[str]:
+    """The hosts ``target`` names (``@failed`` and fact selectors included)."""
+    store = site.state
+    return select_hosts(site.inventory, target, limit, {"failed": last_failed_hosts(store)},
+                        store.all_facts())
