@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inventory.errors import MetalchainError
-from provision.filelock import file_lock
+from runtime.filelock import file_lock
 from provision.image import GoldenImage, ImageSpec, ensure_image
 
 # Bump whenever the image layout or _build() changes: it is part of the cache key.

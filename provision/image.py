@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inventory.errors import LabError
-from provision.filelock import file_lock
+from runtime.filelock import file_lock
 
 DEFAULT_CACHE_DIR = Path("/var/cache/metalchain/images")
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.diskimage import ImageBuildError
-from provision.filelock import file_lock
+from runtime.filelock import file_lock
 from provision.image import GoldenImage, ImageSpec, ensure_image
 
 # Bump whenever the initramfs layout or _build_tree() changes: it is part of the cache key.

@@ -18,7 +18,7 @@ from lab.fleet import (
 )
 from lab.network import LabNetwork, check_ifname, link_kind, short_ifname
 from provision import image
-from provision.filelock import file_lock
+from runtime.filelock import file_lock
 
 pytestmark = pytest.mark.unit
 
