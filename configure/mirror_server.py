@@ -206,7 +206,7 @@ class MirrorServer:
 def daemon_pid(pidfile: Path) -> int | None:
     """The pid of the live daemon recorded in ``pidfile``, else None (guards against a
     recycled pid: we never signal a process we did not start)."""
-    return live_pid(Path(pidfile), markers=(DAEMON_MODULE,))
+    return live_pid(pidfile, markers=(DAEMON_MODULE, str(pidfile)))
 
 
 def start_daemon(directory: Path, address: str, port: int, pidfile: Path, *,

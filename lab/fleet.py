@@ -47,6 +47,8 @@ import paramiko
 
 from inventory.errors import LabError
 from lab.network import LabNetwork, netns_exists, run_command, short_ifname
+from runtime.jsondoc import write_json
+from runtime.pidfile import process_alive
 
 HOST_IFNAME = "lab0"
 SSH_PORT = 22
@@ -229,15 +231,7 @@ def pid_alive(pid: int, start: int) -> bool:
     stat = _proc_stat(pid)
     if stat is None:
         return False
-    return stat[1] == start and not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
-            return any(line.startswith("State:\tZ") for line in handle)
-    except OSError:
-        return True  # gone
+    return stat[1] == start and process_alive(pid)
 
 
 def _children(pid: int) -> list[int]:
@@ -651,19 +645,7 @@ def _plumb_network(record: HostRecord, bridge: str) -> None:
 
 def _write_record(record: HostRecord) -> None:
     """Atomic: a reader (``lab down``) sees the old record or the new one, never half."""
-    path = Path(record.dir, "host.json")
-    fd, tmp = tempfile.mkstemp(prefix=".host.json.", dir=record.dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(asdict(record), handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json(Path(record.dir, "host.json"), asdict(record))
 
 
 def _load_record(path: Path) -> HostRecord | None:
@@ -709,7 +691,7 @@ def stop_host(record: HostRecord, *, timeout: float = 30.0) -> None:
     cgroups = [Path(c) for c in record.cgroups]
     while True:
         # Zombies (an unreaped launcher) hold nothing and cannot be killed: ignore them.
-        left = [p for c in cgroups for p in cgroup_pids(c) if not _is_zombie(p)]
+        left = [p for c in cgroups for p in cgroup_pids(c) if process_alive(p)]
         alive = pid_alive(record.init_pid, record.init_start)
         if not left and not alive:
             break

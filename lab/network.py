@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inventory.errors import LabError
+from runtime import process
 
 DEFAULT_IPV4 = ipaddress.IPv4Network("10.77.0.0/24")
 # Not fd00::/64: this machine's eth0 already uses it.
@@ -55,18 +56,7 @@ _NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 def run_command(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT_S,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command (argument list, never a shell) and turn failures into ``LabError``."""
-    args = [str(a) for a in argv]
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                              check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"`{' '.join(args)}` did not finish within {timeout:.0f} s") from exc
-    except OSError as exc:
-        raise LabError(f"cannot run {args[0]}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise LabError(f"`{' '.join(args)}` failed (exit {proc.returncode}): "
-                       f"{proc.stderr.strip()}")
-    return proc
+    return process.run(argv, timeout=timeout, check=check, error=LabError)
 
 
 def check_ifname(name: str) -> str:

@@ -4,12 +4,12 @@ tab-separated lines otherwise (so that `| grep` and `| cut` work)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from inventory.secrets import Secret
+from runtime.jsondoc import json_text
 
 JSON_SCHEMA_VERSION = 1
 
@@ -25,13 +25,13 @@ def _default(obj: Any) -> Any:
 
 
 def to_json(doc: Any) -> str:
-    return json.dumps(doc, default=_default, ensure_ascii=False, indent=2, sort_keys=False)
+    return json_text(doc, default=_default).rstrip("\n")
 
 
 def emit_json(kind: str, doc: dict[str, Any]) -> None:
     """Print one versioned JSON document: {"kind": ..., "version": 1, ...}."""
     body = {"kind": kind, "version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(to_json(body) + "\n")
+    sys.stdout.write(json_text(body, default=_default))
 
 
 def is_terminal() -> bool:

@@ -56,16 +56,19 @@ def command_line(pid: int) -> list[bytes] | None:
         return None
 
 
-def live_pid(pidfile: Path, markers: Iterable[str] = ()) -> int | None:
-    """The live pid recorded in ``pidfile`` whose command line holds the pid file's path and
-    every one of ``markers`` as whole arguments, else None (stale or recycled pid)."""
+def live_pid(pidfile: Path, markers: Iterable[str] | None = None) -> int | None:
+    """The live pid recorded in ``pidfile`` whose command line holds every one of ``markers``
+    as whole arguments (default: the pid file's own path), else None (stale or recycled pid).
+
+    Example: ``live_pid(run / "dnsmasq.pid", markers=[f"--conf-file={conf}"])``.
+    """
     pid = read_pid(pidfile)
     if pid is None or not process_alive(pid):
         return None
     argv = command_line(pid)
     if argv is None:
         return None
-    wanted = [str(pidfile), *markers]
+    wanted = [str(pidfile)] if markers is None else list(markers)
     return pid if all(w.encode() in argv for w in wanted) else None
 
 

@@ -78,7 +78,8 @@ def run(argv: Sequence[str | os.PathLike[str]], *, timeout: float,
     except subprocess.TimeoutExpired:
         raise error(f"{name} did not finish within {timeout:g} s") from None
     except OSError as exc:
-        raise error(f"cannot run {args[0]}: {exc.strerror or exc}") from exc
+        context = f" ({what})" if what else ""
+        raise error(f"cannot run {args[0]}{context}: {exc.strerror or exc}") from exc
     if check and proc.returncode != 0:
         tail = output_tail(proc.stderr, proc.stdout)
         raise error(f"{name} failed (exit {proc.returncode})" + (f": {tail}" if tail else ""))
