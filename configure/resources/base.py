@@ -57,17 +57,14 @@ class Resource(ABC):
     """One piece of desired state on one host."""
 
     kind: str = ""
+    #: Short, unique-per-host name: ``file:/etc/hosts``; each kind's ``__init__`` sets it.
+    identity: str
     #: keys every kind accepts besides its own
     COMMON = ("name", "notify")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = dict(spec)
         self.notify: tuple[str, ...] = ()
-
-    @property
-    @abstractmethod
-    def identity(self) -> str:
-        """Short, unique-per-host name: ``file:/etc/hosts``."""
 
     @abstractmethod
     def probes(self) -> list[Probe]: ...

@@ -130,10 +130,7 @@ class File(Resource):
         self.owner = spec.get("owner")
         self.group = spec.get("group")
         self.sha = hashlib.sha256(self.content or b"").hexdigest()
-
-    @property
-    def identity(self) -> str:
-        return f"file:{self.path}"
+        self.identity = f"file:{self.path}"
 
     def probes(self) -> list[Probe]:
         p = q(self.path)
@@ -182,10 +179,7 @@ class Directory(Resource):
         self.mode = mode_string(spec.get("mode"), self.kind)
         self.owner = spec.get("owner")
         self.group = spec.get("group")
-
-    @property
-    def identity(self) -> str:
-        return f"directory:{self.path}"
+        self.identity = f"directory:{self.path}"
 
     def probes(self) -> list[Probe]:
         return [Probe(self.identity, _stat_probe(self.path))]
@@ -237,10 +231,7 @@ class Line(Resource):
         if self.state == "absent" and self.line is None and self.regexp is None:
             raise ResourceSpecError("line: absent needs 'line' or 'regexp'")
         self.create = bool(spec.get("create", False))
-
-    @property
-    def identity(self) -> str:
-        return f"line:{self.path}:{self.regexp.pattern if self.regexp else self.line}"
+        self.identity = f"line:{self.path}:{self.regexp.pattern if self.regexp else self.line}"
 
     def probes(self) -> list[Probe]:
         p = q(self.path)

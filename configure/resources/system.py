@@ -46,10 +46,7 @@ class Package(Resource):
         self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.update_cache = bool(spec.get("update_cache", False))
         self.purge = bool(spec.get("purge", False))
-
-    @property
-    def identity(self) -> str:
-        return f"package:{','.join(self.names)}"
+        self.identity = f"package:{','.join(self.names)}"
 
     def probes(self) -> list[Probe]:
         # One line per package: "NAME STATUS-ABBREV VERSION" ("ii " = installed).
@@ -102,10 +99,7 @@ class Service(Resource):
         if enabled is not None and not isinstance(enabled, bool):
             raise ResourceSpecError("service: enabled must be true or false")
         self.enabled = enabled
-
-    @property
-    def identity(self) -> str:
-        return f"service:{self.unit}"
+        self.identity = f"service:{self.unit}"
 
     def probes(self) -> list[Probe]:
         u = q(self.unit)
@@ -157,10 +151,7 @@ class User(Resource):
         self.home = spec.get("home")
         self.system = bool(spec.get("system", False))
         self.comment = spec.get("comment")
-
-    @property
-    def identity(self) -> str:
-        return f"user:{self.user}"
+        self.identity = f"user:{self.user}"
 
     def probes(self) -> list[Probe]:
         u = q(self.user)
@@ -229,10 +220,7 @@ class Group(Resource):
         self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.gid = spec.get("gid")
         self.system = bool(spec.get("system", False))
-
-    @property
-    def identity(self) -> str:
-        return f"group:{self.group}"
+        self.identity = f"group:{self.group}"
 
     def probes(self) -> list[Probe]:
         return [Probe(self.identity, f"getent group {q(self.group)} || echo absent")]
@@ -275,10 +263,7 @@ class Sysctl(Resource):
         self.value = " ".join(str(value).split())
         self.persist = bool(spec.get("persist", True))
         self.conf = f"/etc/sysctl.d/90-metalchain-{self.key.replace('/', '.')}.conf"
-
-    @property
-    def identity(self) -> str:
-        return f"sysctl:{self.key}"
+        self.identity = f"sysctl:{self.key}"
 
     def probes(self) -> list[Probe]:
         return [Probe(self.identity, f"echo \"runtime=$(sysctl -n {q(self.key)} 2>/dev/null)\"\n"
@@ -316,10 +301,7 @@ class KernelModule(Resource):
             raise ResourceSpecError(f"kernel_module: bad name {self.module!r}")
         self.persist = bool(spec.get("persist", True))
         self.conf = f"/etc/modules-load.d/metalchain-{self.module}.conf"
-
-    @property
-    def identity(self) -> str:
-        return f"kernel_module:{self.module}"
+        self.identity = f"kernel_module:{self.module}"
 
     def probes(self) -> list[Probe]:
         sysname = self.module.replace("-", "_")
