@@ -1,6 +1,7 @@
 """The shared mechanisms in runtime/: atomic writes, JSON documents, locks, pid files, the
 argument checks of process.run, and the threaded server's start/stop (loopback, port 0).
-What needs a child process (a command, a zombie, SIGKILL) is in tests/lab/test_runtime_processes.py."""
+What needs a child process (a command, a zombie, SIGKILL) is in
+tests/lab/test_runtime_processes.py."""
 
 from __future__ import annotations
 
