@@ -315,10 +315,8 @@ class QemuBmc(pyghmi_bmc.Bmc):
         run_state = self._run_state(qmp)
         if power_state_of(run_state) == "on":
             return CC_OK
-        self._apply_boot_order(qmp)
         # Always reset before running: "on" must start the firmware, never resume a guest.
-        qmp.execute("system_reset")
-        qmp.execute("cont")
+        self._restart_firmware(qmp, run=True)
         log.info("power on (was %s)", run_state)
         return CC_OK
 
@@ -334,10 +332,7 @@ class QemuBmc(pyghmi_bmc.Bmc):
         run_state = self._run_state(qmp)
         if power_state_of(run_state) == "off":
             return CC_NOT_IN_PRESENT_STATE
-        self._apply_boot_order(qmp)
-        qmp.execute("system_reset")
-        if run_state in NEEDS_RESET_RUN_STATES:
-            qmp.execute("cont")
+        self._restart_firmware(qmp, run=run_state in NEEDS_RESET_RUN_STATES)
         log.info("reset")
         return CC_OK
 
@@ -345,11 +340,16 @@ class QemuBmc(pyghmi_bmc.Bmc):
         if power_state_of(self._run_state(qmp)) == "off":
             return CC_NOT_IN_PRESENT_STATE  # what the spec and real BMCs answer
         qmp.execute("stop")
-        self._apply_boot_order(qmp)
-        qmp.execute("system_reset")
-        qmp.execute("cont")
+        self._restart_firmware(qmp, run=True)
         log.info("power cycle")
         return CC_OK
+
+    def _restart_firmware(self, qmp: QmpClient, *, run: bool) -> None:
+        """Reset into the firmware with the boot order applied; ``run`` lets it go on."""
+        self._apply_boot_order(qmp)
+        qmp.execute("system_reset")
+        if run:
+            qmp.execute("cont")
 
     def _power_shutdown(self, qmp: QmpClient) -> int:
         if power_state_of(self._run_state(qmp)) == "on":
