@@ -61,10 +61,18 @@ class Resource(ABC):
     identity: str
     #: keys every kind accepts besides its own
     COMMON = ("name", "notify")
+    #: the keys this kind accepts (besides COMMON); None when the kind checks them itself
+    KEYS: tuple[str, ...] | None = None
+    #: the values of ``state`` this kind accepts, the default first; () for no ``state``
+    STATES: tuple[str, ...] = ()
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = dict(spec)
         self.notify: tuple[str, ...] = ()
+        if self.KEYS is not None:
+            self.only(spec, self.kind, self.KEYS)
+        if self.STATES:
+            self.state = state_of(spec, self.kind, self.STATES, self.STATES[0])
 
     @abstractmethod
     def probes(self) -> list[Probe]: ...

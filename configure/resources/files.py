@@ -18,7 +18,6 @@ from configure.resources.base import (
     cmd,
     mode_string,
     q,
-    state_of,
 )
 
 MAX_DIFF_BYTES = 256 * 1024
@@ -105,10 +104,10 @@ class File(Resource):
 
     kind = "file"
     KEYS = ("path", "content", "content_base64", "mode", "owner", "group", "state")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
         if "content_base64" in spec:
             if "content" in spec:
@@ -118,7 +117,6 @@ class File(Resource):
                                                             validate=True)}
             except ValueError:
                 raise ResourceSpecError("file: content_base64 is not valid base64") from None
-        self.state = state_of(spec, self.kind)
         content = spec.get("content")
         if self.state == "present":
             if content is None:
@@ -170,12 +168,11 @@ class File(Resource):
 class Directory(Resource):
     kind = "directory"
     KEYS = ("path", "mode", "owner", "group", "state")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
-        self.state = state_of(spec, self.kind)
         self.mode = mode_string(spec.get("mode"), self.kind)
         self.owner = spec.get("owner")
         self.group = spec.get("group")
@@ -212,12 +209,11 @@ class Line(Resource):
 
     kind = "line"
     KEYS = ("path", "line", "regexp", "state", "create")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
-        self.state = state_of(spec, self.kind)
         self.line = spec.get("line")
         if self.state == "present" and not isinstance(self.line, str):
             raise ResourceSpecError("line: 'line' (a string) is required")

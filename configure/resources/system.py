@@ -14,7 +14,6 @@ from configure.resources.base import (
     ResourceSpecError,
     cmd,
     q,
-    state_of,
 )
 from configure.resources.files import write_file_script
 
@@ -38,12 +37,11 @@ class Package(Resource):
 
     kind = "package"
     KEYS = ("name", "state", "update_cache", "purge")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.names = _names(spec, self.kind)
-        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.update_cache = bool(spec.get("update_cache", False))
         self.purge = bool(spec.get("purge", False))
         self.identity = f"package:{','.join(self.names)}"
@@ -88,13 +86,11 @@ class Service(Resource):
 
     kind = "service"
     KEYS = ("name", "state", "enabled")
+    STATES = ("started", "stopped", "restarted", "reloaded")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.unit = _names(spec, self.kind)[0]
-        self.state = state_of(spec, self.kind, ("started", "stopped", "restarted", "reloaded"),
-                            "started")
         enabled = spec.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise ResourceSpecError("service: enabled must be true or false")
@@ -137,12 +133,11 @@ class Service(Resource):
 class User(Resource):
     kind = "user"
     KEYS = ("name", "state", "uid", "groups", "shell", "home", "system", "comment")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.user = _names(spec, self.kind)[0]
-        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.uid = spec.get("uid")
         if self.uid is not None and (isinstance(self.uid, bool) or not isinstance(self.uid, int)):
             raise ResourceSpecError("user: uid must be an integer")
@@ -212,12 +207,11 @@ class User(Resource):
 class Group(Resource):
     kind = "group"
     KEYS = ("name", "state", "gid", "system")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.group = _names(spec, self.kind)[0]
-        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.gid = spec.get("gid")
         self.system = bool(spec.get("system", False))
         self.identity = f"group:{self.group}"
@@ -253,7 +247,6 @@ class Sysctl(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.key = self.require(spec, "name", self.kind)
         if not re.match(r"^[a-z0-9_./-]+$", self.key):
             raise ResourceSpecError(f"sysctl: bad name {self.key!r}")
@@ -295,7 +288,6 @@ class KernelModule(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.module = self.require(spec, "name", self.kind)
         if not re.match(r"^[a-z0-9_-]+$", self.module):
             raise ResourceSpecError(f"kernel_module: bad name {self.module!r}")
