@@ -153,6 +153,12 @@ class NetworkStatus:
         return doc
 
 
+def _nth_interface(network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                   n: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """Address number ``n`` of ``network``, with its prefix: ``10.77.0.1/24``."""
+    return ipaddress.ip_interface(f"{network[n]}/{network.prefixlen}")
+
+
 class LabNetwork:
     """The provisioning network of one lab.
 
@@ -175,24 +181,11 @@ class LabNetwork:
         if uplink is None:
             uplink = netns if _IFNAME_RE.match(netns) else short_ifname("mc", netns)
         self.uplink = check_ifname(uplink)
-
-    # Addresses -------------------------------------------------------------------------
-
-    @property
-    def controller_ipv4(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{self.ipv4[1]}/{self.ipv4.prefixlen}")
-
-    @property
-    def bridge_ipv4(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{self.ipv4[2]}/{self.ipv4.prefixlen}")
-
-    @property
-    def controller_ipv6(self) -> ipaddress.IPv6Interface:
-        return ipaddress.IPv6Interface(f"{self.ipv6[1]}/{self.ipv6.prefixlen}")
-
-    @property
-    def bridge_ipv6(self) -> ipaddress.IPv6Interface:
-        return ipaddress.IPv6Interface(f"{self.ipv6[2]}/{self.ipv6.prefixlen}")
+        # The controller is .1 (::1) of each network, the bridge .2 (::2).
+        self.controller_ipv4 = _nth_interface(self.ipv4, 1)
+        self.bridge_ipv4 = _nth_interface(self.ipv4, 2)
+        self.controller_ipv6 = _nth_interface(self.ipv6, 1)
+        self.bridge_ipv6 = _nth_interface(self.ipv6, 2)
 
     # Lifecycle -------------------------------------------------------------------------
 

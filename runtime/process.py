@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -84,3 +85,20 @@ def run(argv: Sequence[str | os.PathLike[str]], *, timeout: float,
         tail = output_tail(proc.stderr, proc.stdout)
         raise error(f"{name} failed (exit {proc.returncode})" + (f": {tail}" if tail else ""))
     return proc
+
+
+def stop_child(proc: subprocess.Popen[Any], *, timeout: float, kill_timeout: float = 10.0,
+               sig: int = signal.SIGTERM, error: ErrorFactory = CommandError) -> int:
+    """Stop a child we started: ``sig`` (SIGTERM), SIGKILL if it is still running after
+    ``timeout`` s; return its exit status. Raises ``error`` if it survives SIGKILL for
+    ``kill_timeout`` s. Safe on a child that has already exited."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    try:
+        return proc.wait(timeout=kill_timeout)
+    except subprocess.TimeoutExpired:
+        raise error(f"pid {proc.pid} ({describe(proc.args)}) survived SIGKILL") from None

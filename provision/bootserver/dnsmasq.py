@@ -257,16 +257,7 @@ class Dnsmasq:
             self._atexit_registered = False
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired as exc:
-                    raise BootServerError(f"dnsmasq pid {proc.pid} survived SIGKILL") from exc
+        process.stop_child(proc, timeout=timeout, kill_timeout=timeout, error=BootServerError)
         self.files.pid.unlink(missing_ok=True)
         log.info("dnsmasq stopped (exit %s)", proc.returncode)
 

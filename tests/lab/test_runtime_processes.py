@@ -82,3 +82,16 @@ def test_wait_gone_gives_up_at_the_deadline(children: list[subprocess.Popen[byte
     children.append(proc)
     assert wait_gone(proc.pid, 0.2) is False
     assert terminate(proc.pid, term_timeout=5, kill_timeout=5) is True
+
+
+def test_stop_child_terminates_then_kills(children: list[subprocess.Popen[bytes]]) -> None:
+    polite = subprocess.Popen(["sleep", "30"])
+    children.append(polite)
+    assert process.stop_child(polite, timeout=5) == -15  # SIGTERM was enough
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+           "print('ready', flush=True); time.sleep(60)"
+    stubborn = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    children.append(stubborn)
+    assert stubborn.stdout is not None and stubborn.stdout.readline() == b"ready\n"
+    assert process.stop_child(stubborn, timeout=0.3) == -9
+    assert process.stop_child(stubborn, timeout=0.3) == -9  # already gone: just the status
