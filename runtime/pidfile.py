@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.atomicfile import write_atomic
@@ -32,20 +33,49 @@ def write_pidfile(pidfile: Path, pid: int | None = None) -> None:
     write_atomic(pidfile, f"{os.getpid() if pid is None else pid}\n")
 
 
-def process_state(pid: int) -> str | None:
-    """The state letter from ``/proc/PID/stat`` (``R``, ``S``, ``Z`` ...), None if no such pid."""
+@dataclass(frozen=True)
+class ProcStat:
+    """What liveness checks read from ``/proc/PID/stat``."""
+
+    state: str   # R, S, D, Z (zombie), X (dead) ...
+    ppid: int
+    start: int   # start time in clock ticks after boot: with the pid, names one process
+
+
+def parse_stat(line: str) -> ProcStat:
+    """Parse a ``/proc/PID/stat`` line; the command name (field 2) may hold spaces and
+    parens, so fields are counted from its last ``)``. Raises ValueError if malformed."""
+    rest = line[line.rindex(")") + 2:].split()
+    if len(rest) < 20:
+        raise ValueError(f"short /proc stat line: {line[:80]!r}")
+    return ProcStat(rest[0], int(rest[1]), int(rest[19]))
+
+
+def process_stat(pid: int) -> ProcStat | None:
+    """``pid``'s stat, or None if there is no such process."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
+            return parse_stat(handle.read())
+    except (OSError, ValueError):
         return None
-    # Field 3, after the parenthesised command name, which may itself hold spaces and parens.
-    fields = stat.rpartition(")")[2].split()
-    return fields[0] if fields else None
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter (``R``, ``S``, ``Z`` ...), None if there is no such pid."""
+    stat = process_stat(pid) if pid > 0 else None
+    return stat.state if stat else None
 
 
 def process_alive(pid: int) -> bool:
     """True if ``pid`` exists and has not exited (a zombie or a dead task is gone)."""
     return pid > 0 and process_state(pid) not in (None, "Z", "X")
+
+
+def same_process(pid: int, start: int) -> bool:
+    """True if ``pid`` is alive and still the process that started at ``start`` (not a
+    recycled pid): the guard for pids recorded without a pid file on their command line."""
+    stat = process_stat(pid) if pid > 0 else None
+    return stat is not None and stat.start == start and stat.state not in ("Z", "X")
 
 
 def command_line(pid: int) -> list[bytes] | None:
