@@ -15,11 +15,15 @@ from runtime.errors import ErrorFactory, MechanismError
 
 @contextlib.contextmanager
 def file_lock(path: Path, timeout: float, error: ErrorFactory = MechanismError,
-              poll: float = 0.2, *, holder: str = "the lock") -> Iterator[None]:
-    """flock ``path``, waiting at most ``timeout`` s; the kernel drops it if the holder dies.
+              poll: float = 0.2, *, holder: str = "the lock",
+              note: str | None = None) -> Iterator[None]:
+    """flock ``path``, waiting at most ``timeout`` s (0: try once); the kernel drops it if the
+    holder dies.
 
-    On timeout raises ``error("waited N s for <holder> <path>")``. The lock file is created
-    (with its parent directory) and kept: removing it would let two processes lock two files.
+    On timeout raises ``error("waited N s for <holder> <path>")``, followed by
+    ``(held by <note>)`` when the holder left a ``note`` (e.g. its pid) in the file. The lock
+    file is created (with its parent directory) and kept: removing it would let two processes
+    lock two files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,9 +37,14 @@ def file_lock(path: Path, timeout: float, error: ErrorFactory = MechanismError,
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                if time.monotonic() > deadline:
-                    raise error(f"waited {timeout:g} s for {holder} {path}") from exc
-                time.sleep(poll)
+                if time.monotonic() >= deadline:
+                    held = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                    raise error(f"waited {timeout:g} s for {holder} {path}"
+                                + (f" (held by {held})" if held else "")) from exc
+                time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        if note is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, note.encode("utf-8"), 0)
         yield
     finally:
         os.close(fd)

@@ -101,6 +101,17 @@ def test_file_lock_times_out_with_the_callers_error(tmp_path: Path) -> None:
         pass
 
 
+def test_file_lock_try_once_names_the_holder(tmp_path: Path) -> None:
+    lock = tmp_path / "run.lock"
+    with file_lock(lock, 0, LabError, note="pid 4242"):
+        started = time.monotonic()
+        with pytest.raises(LabError, match=r"waited 0 s for another run .*run\.lock "
+                                           r"\(held by pid 4242\)"), \
+                file_lock(lock, 0, LabError, holder="another run", note="pid 1"):
+            pass
+        assert time.monotonic() - started < 0.5
+
+
 # -- pid files -------------------------------------------------------------------------------
 
 def test_pidfile_round_trip_and_bad_contents(tmp_path: Path) -> None:
