@@ -15,13 +15,14 @@ import argparse
 import ipaddress
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-METALCHAIN = str(Path(sys.executable).parent / "metalchain")
+from harness import METALCHAIN, BenchError, must, report, run
+
+LONG = 1800  # seconds: the limit of one step (a lab up, a mirror build, an apply)
 SUBNET = "10.86.0.0/24"
 CONTROLLER = str(ipaddress.ip_network(SUBNET)[1])
 MIRROR_PORT = 8088
@@ -29,25 +30,11 @@ PACKAGES = "sudo,systemd-timesyncd,prometheus-node-exporter"
 ROLES = ("base", "node_exporter")
 
 
-def run(argv: list[str], timeout: float = 1800) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.monotonic()
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    return time.monotonic() - start, r
-
-
-def must(argv: list[str], timeout: float = 1800) -> tuple[float, str]:
-    took, r = run(argv, timeout)
-    if r.returncode != 0:
-        raise SystemExit(f"failed ({r.returncode}): {' '.join(argv)}\n{r.stdout[-3000:]}\n"
-                         f"{r.stderr[-3000:]}")
-    return took, r.stdout
-
-
 def apply(site: Path) -> tuple[float, dict]:
     roles = [a for r in ROLES for a in ("--role", r)]
-    took, out = must([METALCHAIN, "--site", str(site), "apply", *roles, "fleet", "--json",
-                      "--parallel", "100"])
-    return took, json.loads(out)
+    took, r = must([METALCHAIN, "--site", str(site), "apply", *roles, "fleet", "--json",
+                    "--parallel", "100"], LONG)
+    return took, json.loads(r.stdout)
 
 
 def per_host(doc: dict) -> tuple[list[float], list[int]]:
@@ -81,16 +68,16 @@ def main() -> int:
     figures: dict[str, object] = {"hosts": args.fleet, "roles": list(ROLES)}
     try:
         took, _ = must([METALCHAIN, "lab", "up", "--dir", str(site), "--nodes", "0",
-                        "--fleet", str(args.fleet), "--subnet", SUBNET])
+                        "--fleet", str(args.fleet), "--subnet", SUBNET], LONG)
         figures["lab_up_s"] = round(took, 1)
         must([METALCHAIN, "--site", str(site), "mirror", "build", "--packages", PACKAGES,
-              "--sign"])
+              "--sign"], LONG)
         must([METALCHAIN, "--site", str(site), "mirror", "serve", "--daemon", "--address",
-              CONTROLLER, "--port", str(MIRROR_PORT)])
-        must([METALCHAIN, "--site", str(site), "facts", "fleet", "--parallel", "100"])
+              CONTROLLER, "--port", str(MIRROR_PORT)], LONG)
+        must([METALCHAIN, "--site", str(site), "facts", "fleet", "--parallel", "100"], LONG)
         took, first = apply(site)
         if first["counts"]["failed"] or first["counts"]["unreachable"]:
-            raise SystemExit(f"first apply failed: {json.dumps(first['counts'])}")
+            raise BenchError(f"first apply failed: {json.dumps(first['counts'])}")
         durations, trips = per_host(first)
         figures["first_apply_s"] = round(took, 2)
         figures["first_apply_host_median_s"] = round(statistics.median(durations), 2)
@@ -99,7 +86,7 @@ def main() -> int:
         for _ in range(args.repeat):
             took, doc = apply(site)
             if doc["counts"]["changed"] or doc["counts"]["ok"] != args.fleet:
-                raise SystemExit(f"not converged: {json.dumps(doc['counts'])}")
+                raise BenchError(f"not converged: {json.dumps(doc['counts'])}")
             durations, trips = per_host(doc)
             walls.append(took)
             host_medians.append(statistics.median(durations))
@@ -109,13 +96,19 @@ def main() -> int:
         figures["converged_host_median_s"] = round(statistics.median(host_medians), 3)
         figures["converged_round_trips_per_host"] = sorted(all_trips)
         figures["verify_s"], figures["verify_exit_code"] = verify(site, args.fleet)
+    except BenchError as exc:
+        print(f"converge: {exc}", file=sys.stderr)
+        return 1
     finally:
         if not args.keep:
-            run([METALCHAIN, "--site", str(site), "mirror", "stop"], 60)
-            run([METALCHAIN, "lab", "down", "--purge", "--dir", str(site)], 600)
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+            for argv, timeout in (([METALCHAIN, "--site", str(site), "mirror", "stop"], 60),
+                                  ([METALCHAIN, "lab", "down", "--purge", "--dir", str(site)],
+                                   600)):
+                try:
+                    run(argv, timeout)
+                except BenchError as exc:
+                    print(f"converge: {exc}", file=sys.stderr)
+    report(figures, args.json)
     return 0
 
 

@@ -13,22 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-METALCHAIN = str(Path(sys.executable).parent / "metalchain")
+from harness import METALCHAIN, must, run
 
 
 def timed(argv: list[str], timeout: float = 600) -> float:
-    start = time.monotonic()
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    took = time.monotonic() - start
-    if r.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(argv)}\n{r.stdout}\n{r.stderr}")
-    return took
+    return must(argv, timeout)[0]
 
 
 def main() -> int:
@@ -45,9 +39,8 @@ def main() -> int:
             up = timed([METALCHAIN, "lab", "up", "--dir", str(site), "--nodes", "0",
                         "--fleet", str(args.fleet), "--subnet", "10.81.0.0/24"])
             print(f"lab up with {args.fleet} fleet hosts: {up:.1f} s")
-        inv = json.loads(subprocess.run(
-            [METALCHAIN, "--site", str(site), "inventory", "list", "fleet", "--json"],
-            capture_output=True, text=True, timeout=60, check=True).stdout)["hosts"]
+        inv = json.loads(must([METALCHAIN, "--site", str(site), "inventory", "list", "fleet",
+                               "--json"], 60)[1].stdout)["hosts"]
         known = site / "bench_known_hosts"
         known.write_text("".join(f"{h['address']} {h['ssh']['host_key']}\n" for h in inv))
         key = site / "keys" / "id_ed25519"
@@ -60,10 +53,9 @@ def main() -> int:
         def sequential() -> float:
             start = time.monotonic()
             for h in inv:
-                subprocess.run(["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o",
-                                "StrictHostKeyChecking=yes", "-o",
-                                f"UserKnownHostsFile={known}", f"root@{h['address']}",
-                                "hostname"], capture_output=True, timeout=30, check=True)
+                must(["ssh", "-i", str(key), "-o", "BatchMode=yes", "-o",
+                      "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+                      f"root@{h['address']}", "hostname"], 30)
             return time.monotonic() - start
 
         seq = [sequential() for _ in range(args.repeat)]
@@ -77,8 +69,7 @@ def main() -> int:
         print(f"ratio sequential ssh / exec {len(inv)} hosts:  {ms / mn:5.2f}")
     finally:
         if own and not args.keep:
-            subprocess.run([METALCHAIN, "lab", "down", "--purge", "--dir", str(site)],
-                           capture_output=True, timeout=300)
+            run([METALCHAIN, "lab", "down", "--purge", "--dir", str(site)], 300)
     return 0
 
 

@@ -23,16 +23,14 @@ import json
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import yaml
+from harness import METALCHAIN, BenchError, must, report, run
 
-METALCHAIN = str(Path(sys.executable).parent / "metalchain")
 SUBNET = "10.93.0.0/24"
 PYINFRA_VENV = Path("/tmp/mc-bench-pyinfra")
 PYINFRA_VERSION = "3.10.0"
@@ -76,25 +74,10 @@ systemd.service(name="service " + S["unit"], service=S["unit"], running=True, en
 '''
 
 
-class BenchError(RuntimeError):
-    """A step of the benchmark failed; the message says which and shows the output's tail."""
-
-
-def run(argv: list[str], timeout: float, cwd: Path | None = None
-        ) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"timed out after {timeout:.0f} s: {' '.join(argv)}") from exc
-    return time.monotonic() - start, r
-
-
-def must(argv: list[str], timeout: float, cwd: Path | None = None) -> tuple[float, str]:
-    took, r = run(argv, timeout, cwd)
-    if r.returncode != 0:
-        raise BenchError(f"failed ({r.returncode}): {' '.join(argv)}\n{r.stdout[-3000:]}\n"
-                         f"{r.stderr[-3000:]}")
+def must_output(argv: list[str], timeout: float, cwd: Path | None = None
+                ) -> tuple[float, str]:
+    """:func:`harness.must`, returning stdout and stderr together (pyinfra logs to both)."""
+    took, r = must(argv, timeout, cwd)
     return took, r.stdout + r.stderr
 
 
@@ -107,10 +90,10 @@ def ensure_pyinfra(venv: Path, version: str) -> str:
         _, r = run([str(exe), "--version"], 60)
         if r.returncode == 0 and r.stdout.strip().endswith(f"v{version}"):
             return str(exe)
-    must(["python3", "-m", "venv", "--clear", str(venv)], 300)
-    must([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+    must_output(["python3", "-m", "venv", "--clear", str(venv)], 300)
+    must_output([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
           "--timeout", "60", f"pyinfra=={version}"], 900)
-    _, out = must([str(exe), "--version"], 60)
+    _, out = must_output([str(exe), "--version"], 60)
     if not out.strip().endswith(f"v{version}"):
         raise BenchError(f"{exe} reports {out.strip()!r}, wanted v{version}")
     return str(exe)
@@ -159,7 +142,7 @@ def pyinfra_apply(exe: str, work: Path, parallel: int, debug: bool = False
                   ) -> tuple[float, str, dict[str, Counter[str]]]:
     argv = [exe, "-y", "--parallel", str(parallel), *(["--debug"] if debug else []),
             "inventory.py", "deploy.py"]
-    took, out = must(argv, 1800, cwd=work)
+    took, out = must_output(argv, 1800, cwd=work)
     return took, out, pyinfra_outcomes(out)
 
 
@@ -226,9 +209,9 @@ def round_trips(doc: dict) -> list[int]:
 def measure(args: argparse.Namespace, site: Path, work: Path) -> dict[str, object]:
     fig: dict[str, object] = {"hosts": args.fleet, "repeat": args.repeat, "subnet": args.subnet}
     exe = ensure_pyinfra(args.pyinfra_venv, args.pyinfra_version)
-    _, version = must([exe, "--version"], 60)
+    _, version = must_output([exe, "--version"], 60)
     fig["pyinfra_version"] = version.strip()
-    took, _ = must([METALCHAIN, "lab", "up", "--dir", str(site), "--nodes", "0",
+    took, _ = must_output([METALCHAIN, "lab", "up", "--dir", str(site), "--nodes", "0",
                     "--fleet", str(args.fleet), "--subnet", args.subnet], 900)
     fig["lab_up_s"] = round(took, 1)
     resources = write_role(site)
@@ -331,9 +314,7 @@ def main() -> int:
                 except BenchError as exc:
                     print(f"peer_converge: {exc}", file=sys.stderr)
             shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+    report(figures, args.json)
     return 0
 
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-METALCHAIN = str(Path(sys.executable).parent / "metalchain")
+from harness import METALCHAIN, must, run
 
 
 def main() -> int:
@@ -27,13 +25,9 @@ def main() -> int:
     args = ap.parse_args()
     site = Path(tempfile.mkdtemp(prefix="mc-prov-")) / "lab"
     try:
-        subprocess.run([METALCHAIN, "lab", "up", "--dir", str(site), "--nodes",
-                        str(args.nodes), "--subnet", args.subnet], check=True, timeout=300,
-                       capture_output=True)
-        start = time.monotonic()
-        r = subprocess.run([METALCHAIN, "--site", str(site), "provision", "nodes", "--json"],
-                           capture_output=True, text=True, timeout=900)
-        wall = time.monotonic() - start
+        must([METALCHAIN, "lab", "up", "--dir", str(site), "--nodes", str(args.nodes),
+              "--subnet", args.subnet], 300)
+        wall, r = run([METALCHAIN, "--site", str(site), "provision", "nodes", "--json"], 900)
         nodes = json.loads(r.stdout)["nodes"]
         states = ["pxe_booting", "installing", "installed", "rebooting", "active"]
         print(f"{args.nodes} node(s) in parallel, wall clock {wall:.1f} s (images cached)")
@@ -43,8 +37,7 @@ def main() -> int:
             print(f"{name:<8}" + "".join(f"{t.get(s, float('nan')):>13.1f}" for s in states))
         return r.returncode
     finally:
-        subprocess.run([METALCHAIN, "lab", "down", "--purge", "--dir", str(site)],
-                       capture_output=True, timeout=300)
+        run([METALCHAIN, "lab", "down", "--purge", "--dir", str(site)], 300)
 
 
 if __name__ == "__main__":

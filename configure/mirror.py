@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import gzip
 import hashlib
 import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from inventory.errors import InputError, MetalchainError
+from runtime import process
+from runtime.filelock import file_lock
+from runtime.jsondoc import write_json
 
 KEYRING_NAME = "metalchain-mirror.gpg"
 KEYRING_PATH = f"/etc/apt/keyrings/{KEYRING_NAME}"
@@ -87,18 +88,7 @@ def run_command(argv: Sequence[str], timeout: float, cwd: Path | None = None,
     """Run ``argv`` (never through a shell); return stdout or raise :class:`MirrorError`
     naming the command, the limit hit or the exit code and the tail of stderr."""
     full_env = {**os.environ, "LC_ALL": "C", **(env or {})}
-    try:
-        proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                              cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, check=False)
-    except subprocess.TimeoutExpired:
-        raise MirrorError(f"{argv[0]} did not finish within {timeout:g} s: "
-                          f"{' '.join(argv)[:200]}") from None
-    except OSError as exc:
-        raise MirrorError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-        raise MirrorError(f"{' '.join(argv)[:200]} failed (exit {proc.returncode}): {tail}")
-    return proc.stdout
+    return process.run(argv, timeout=timeout, cwd=cwd, env=full_env, error=MirrorError).stdout
 
 
 # -- probing: apt-cache depends, apt-get --print-uris, Packages (pure parsers) ---------------
@@ -469,29 +459,6 @@ def _lists_present(lists_dir: Path = APT_LISTS_DIR) -> bool:
     return any(lists_dir.glob("*_Packages*"))
 
 
-@contextlib.contextmanager
-def _locked(path: Path, timeout: float):
-    """An exclusive flock on ``path``, waited for up to ``timeout`` seconds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise MirrorError(f"another mirror build holds {path} for more than "
-                                      f"{timeout:g} s") from None
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
@@ -628,7 +595,8 @@ def build_mirror(packages: Sequence[str], out_dir: Path, *, sign: bool,
     out_dir.mkdir(parents=True, exist_ok=True)
     keyring = MirrorKeyring(gnupg_home, timeout=limits["gpg"], runner=runner) \
         if sign and gnupg_home is not None else None
-    with _locked(out_dir / ".lock", limits["lock"]), \
+    with file_lock(out_dir / ".lock", limits["lock"], MirrorError, 0.05,
+                   holder="another mirror build's lock"), \
             contextlib.closing(keyring) if keyring else contextlib.nullcontext():
         items = resolve(names, timeouts=limits, runner=runner)
         fingerprint = keyring.ensure_key() if keyring else None
@@ -662,9 +630,7 @@ def build_mirror(packages: Sequence[str], out_dir: Path, *, sign: bool,
                               signed=sign, fingerprint=fingerprint,
                               built_at=stamp.isoformat(timespec="seconds"), size_bytes=size,
                               downloaded=downloaded, reused=len(items) - len(downloaded))
-            (work / MANIFEST_NAME).write_text(
-                json.dumps(info.to_manifest(), indent=2, ensure_ascii=False) + "\n",
-                encoding="utf-8")
+            write_json(work / MANIFEST_NAME, info.to_manifest())
             os.chmod(work, 0o755)  # noqa: S103 - a public repository, world-readable
             os.replace(work, info.root)
         except BaseException:

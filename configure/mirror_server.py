@@ -27,7 +27,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 from http import HTTPStatus
@@ -35,6 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from configure.mirror import MirrorError, mirror_url
+from runtime.httpserver import ServerThread
+from runtime.pidfile import live_pid, terminate, write_pidfile
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +165,11 @@ class MirrorServer:
         self.root = Path(root)
         self.address = address
         self.requested_port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread[_Server] | None = None
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            return self.requested_port
-        return int(self._server.server_address[1])
+        return self.requested_port if self._serving is None else self._serving.port
 
     @property
     def url(self) -> str:
@@ -179,17 +177,11 @@ class MirrorServer:
 
     def start(self, timeout: float = START_TIMEOUT) -> MirrorServer:
         """Bind, serve in a thread, and return once the server answers."""
-        if self._server is not None:
+        if self._serving is not None:
             return self
-        try:
-            self._server = _Server(self.root, (self.address, self.requested_port))
-        except OSError as exc:
-            raise MirrorError(f"cannot listen on {self.address}:{self.requested_port}: "
-                              f"{exc.strerror or exc}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name=f"mirror-http-{self.port}", daemon=True)
-        self._thread.start()
+        self._serving = ServerThread.start(lambda addr: _Server(self.root, addr),
+                                           (self.address, self.requested_port),
+                                           name="mirror-http", error=MirrorError)
         try:
             wait_until_answering(self.url, timeout)
         except MirrorError:
@@ -198,19 +190,9 @@ class MirrorServer:
         return self
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        stopper = threading.Thread(target=server.shutdown, daemon=True)
-        stopper.start()
-        stopper.join(timeout)
-        if thread is not None:
-            thread.join(timeout)
-        server.server_close()
-        if thread is not None and thread.is_alive():
-            raise MirrorError(f"mirror server on {self.address}:{self.port} did not stop "
-                              f"within {timeout:g} s")
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop(timeout)
 
     def __enter__(self) -> MirrorServer:
         return self.start()
@@ -221,39 +203,10 @@ class MirrorServer:
 
 # -- the daemon -----------------------------------------------------------------------------
 
-def _pid_state(pid: int) -> str | None:
-    """The process state letter from /proc (``Z`` for a zombie), None if there is no such pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text("utf-8", "replace")
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
-def _is_ours(pid: int, pidfile: Path) -> bool:
-    """True if ``pid`` is a running mirror daemon started with ``pidfile`` (guards against a
-    recycled pid: we never signal a process we did not start)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return DAEMON_MODULE.encode() in argv and str(pidfile).encode() in argv \
-        and _pid_state(pid) not in (None, "Z")
-
-
 def daemon_pid(pidfile: Path) -> int | None:
-    """The pid of the live daemon recorded in ``pidfile``, else None."""
-    try:
-        pid = int(Path(pidfile).read_text("utf-8").strip())
-    except (OSError, ValueError):
-        return None
-    return pid if _is_ours(pid, Path(pidfile)) else None
-
-
-def _gone(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child (started in this process)
-    return _pid_state(pid) in (None, "Z")
+    """The pid of the live daemon recorded in ``pidfile``, else None (guards against a
+    recycled pid: we never signal a process we did not start)."""
+    return live_pid(pidfile, markers=(DAEMON_MODULE, str(pidfile)))
 
 
 def start_daemon(directory: Path, address: str, port: int, pidfile: Path, *,
@@ -307,25 +260,11 @@ def stop_daemon(pidfile: Path, timeout: float = STOP_TIMEOUT) -> bool:
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         return False
-    for sig, limit in ((signal.SIGTERM, timeout), (signal.SIGKILL, STOP_TIMEOUT)):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        deadline = time.monotonic() + limit
-        delay = 0.02
-        while time.monotonic() < deadline:
-            if _gone(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    pidfile.unlink()
-                return True
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-    raise MirrorError(f"mirror server pid {pid} did not exit after SIGKILL")
-
-
-def _write_pidfile(pidfile: Path) -> None:
-    tmp = pidfile.with_name(f".{pidfile.name}.{os.getpid()}")
-    tmp.write_text(f"{os.getpid()}\n", encoding="utf-8")
-    os.replace(tmp, pidfile)
+    if not terminate(pid, term_timeout=timeout, kill_timeout=STOP_TIMEOUT):
+        raise MirrorError(f"mirror server pid {pid} did not exit after SIGKILL")
+    with contextlib.suppress(FileNotFoundError):
+        pidfile.unlink()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     except MirrorError as exc:
         log.error("%s", exc)
         return 1
-    _write_pidfile(args.pidfile)
+    write_pidfile(args.pidfile)
     log.info("serving %s at %s", args.dir, server.url)
     try:
         signal.sigwait({signal.SIGTERM, signal.SIGINT})

@@ -30,7 +30,7 @@ from typing import Any
 from configure.engine import Item, RoleBlock
 from configure.facts import GatheredFacts
 from configure.resources import RESOURCE_KINDS, ResourceSpecError, parse_resource
-from configure.templating import evaluate_condition, render_text, render_value
+from configure.templating import evaluate_condition, is_templated, render_text, render_value
 from inventory.errors import InputError, InventoryError
 from inventory.yamlsource import LocatedDict, read_yaml_file
 
@@ -112,7 +112,7 @@ def _entry(data: Any, where: Any, pos: Any, role: str) -> Entry:
     if when is not None and not isinstance(when, str | bool):
         raise RoleError("when must be an expression (a string)", file=data.file,
                         line=data.line_of("when"))
-    if isinstance(when, str) and ("{{" in when or "{%" in when):
+    if isinstance(when, str) and is_templated(when):
         raise RoleError("when is an expression without {{ }}, e.g. when: facts.cpus > 1",
                         file=data.file, line=data.line_of("when"))
     return Entry(kind, data[kind], str(name), tuple(notify), data.file, data.line_of(kind),
@@ -131,22 +131,12 @@ def _check_entry(entry: Entry, role_dir: Path) -> None:
     if entry.kind == "template" and not (isinstance(spec, dict) and "source" in spec):
         raise RoleError("template: 'source' (a file in templates/) is required",
                         file=entry.file, line=entry.line)
-    if _templated(spec):
+    if is_templated(spec):
         return  # validated after rendering, per host
     try:
         _resource(entry, role_dir, {}, validate_only=True)
     except ResourceSpecError as exc:
         raise RoleError(str(exc), file=entry.file, line=entry.line) from None
-
-
-def _templated(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, list):
-        return any(_templated(v) for v in value)
-    if isinstance(value, dict):
-        return any(_templated(v) for v in value.values())
-    return False
 
 
 def _resource(entry: Entry, role_dir: Path, variables: Mapping[str, Any],

@@ -212,20 +212,17 @@ class SshConnection:
                  sink: OutputSink | None) -> tuple[str, str]:
         out: list[bytes] = []
         err: list[bytes] = []
+        streams = (("stdout", chan.recv_ready, chan.recv, out),
+                   ("stderr", chan.recv_stderr_ready, chan.recv_stderr, err))
         while True:
             got = False
-            while chan.recv_ready():
-                data = chan.recv(65536)
-                out.append(data)
-                got = True
-                if sink:
-                    sink("stdout", data.decode("utf-8", "replace"))
-            while chan.recv_stderr_ready():
-                data = chan.recv_stderr(65536)
-                err.append(data)
-                got = True
-                if sink:
-                    sink("stderr", data.decode("utf-8", "replace"))
+            for name, ready, receive, chunks in streams:
+                while ready():
+                    data = receive(65536)
+                    chunks.append(data)
+                    got = True
+                    if sink:
+                        sink(name, data.decode("utf-8", "replace"))
             # Done only when the exit status AND the end of the output have arrived: sshd may
             # send the exit status before the last output it still had buffered.
             if chan.exit_status_ready() and (chan.eof_received or chan.closed) \

@@ -40,12 +40,22 @@ def render_text(text: str, variables: Mapping[str, Any], source: str) -> str:
         raise InputError(f"{where}: template error: {exc.message or exc}") from None
 
 
+def is_templated(value: Any) -> bool:
+    """True if ``value`` (a string, or a list/dict holding strings at any depth) contains
+    template syntax, i.e. must be rendered per host: ``is_templated({"a": ["{{ x }}"]})``."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, list):
+        return any(is_templated(v) for v in value)
+    if isinstance(value, dict):
+        return any(is_templated(v) for v in value.values())
+    return False
+
+
 def render_value(value: Any, variables: Mapping[str, Any], source: str) -> Any:
     """Render every string in ``value`` that contains template syntax."""
     if isinstance(value, str):
-        if "{{" in value or "{%" in value:
-            return render_text(value, variables, source)
-        return value
+        return render_text(value, variables, source) if is_templated(value) else value
     if isinstance(value, list):
         return [render_value(v, variables, source) for v in value]
     if isinstance(value, dict):

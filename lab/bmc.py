@@ -35,7 +35,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -53,9 +52,7 @@ from lab.machine import (
     DEFAULT_BOOT_ORDER,
     NEEDS_RESET_RUN_STATES,
     boot_order_for,
-    pid_from_pidfile,
     power_state_of,
-    process_alive,
 )
 from lab.qmp import QmpClient, QmpDisconnected
 from provision.bmc import (
@@ -66,6 +63,8 @@ from provision.bmc import (
     CC_OK,
     ping,
 )
+from runtime.jsondoc import write_json
+from runtime.pidfile import live_pid, terminate, write_pidfile
 
 log = logging.getLogger("lab.bmc")
 _T = TypeVar("_T")
@@ -137,18 +136,7 @@ def load_state(path: Path) -> BmcState:
 
 def save_state(path: Path, state: BmcState) -> None:
     """Write atomically (temp file in the same directory, fsync, rename), mode 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(asdict(state), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, asdict(state), 0o600, sort_keys=True)
 
 
 def read_password_file(path: Path) -> str:
@@ -327,10 +315,8 @@ class QemuBmc(pyghmi_bmc.Bmc):
         run_state = self._run_state(qmp)
         if power_state_of(run_state) == "on":
             return CC_OK
-        self._apply_boot_order(qmp)
         # Always reset before running: "on" must start the firmware, never resume a guest.
-        qmp.execute("system_reset")
-        qmp.execute("cont")
+        self._restart_firmware(qmp, run=True)
         log.info("power on (was %s)", run_state)
         return CC_OK
 
@@ -346,10 +332,7 @@ class QemuBmc(pyghmi_bmc.Bmc):
         run_state = self._run_state(qmp)
         if power_state_of(run_state) == "off":
             return CC_NOT_IN_PRESENT_STATE
-        self._apply_boot_order(qmp)
-        qmp.execute("system_reset")
-        if run_state in NEEDS_RESET_RUN_STATES:
-            qmp.execute("cont")
+        self._restart_firmware(qmp, run=run_state in NEEDS_RESET_RUN_STATES)
         log.info("reset")
         return CC_OK
 
@@ -357,11 +340,16 @@ class QemuBmc(pyghmi_bmc.Bmc):
         if power_state_of(self._run_state(qmp)) == "off":
             return CC_NOT_IN_PRESENT_STATE  # what the spec and real BMCs answer
         qmp.execute("stop")
-        self._apply_boot_order(qmp)
-        qmp.execute("system_reset")
-        qmp.execute("cont")
+        self._restart_firmware(qmp, run=True)
         log.info("power cycle")
         return CC_OK
+
+    def _restart_firmware(self, qmp: QmpClient, *, run: bool) -> None:
+        """Reset into the firmware with the boot order applied; ``run`` lets it go on."""
+        self._apply_boot_order(qmp)
+        qmp.execute("system_reset")
+        if run:
+            qmp.execute("cont")
 
     def _power_shutdown(self, qmp: QmpClient) -> int:
         if power_state_of(self._run_state(qmp)) == "on":
@@ -433,7 +421,7 @@ class BmcProcessSpec:
 
 def bmc_pid(pidfile: Path) -> int | None:
     """The live pid recorded in a BMC pidfile, or None."""
-    return pid_from_pidfile(pidfile)
+    return live_pid(pidfile)
 
 
 def start_bmc(spec: BmcProcessSpec, *, timeout: float = 15.0) -> int:
@@ -474,29 +462,9 @@ def stop_bmc(pidfile: Path, *, timeout: float = 5.0) -> None:
     if pid is None:
         pidfile.unlink(missing_ok=True)
         return
-    for sig, share in ((signal.SIGTERM, 0.7), (signal.SIGKILL, 0.3)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + timeout * share
-        while process_alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.02)
-        if not process_alive(pid):
-            break
-    _reap(pid)
-    if process_alive(pid):
+    if not terminate(pid, term_timeout=timeout * 0.7, kill_timeout=timeout * 0.3):
         raise LabError(f"BMC pid {pid} ({pidfile}) survived SIGKILL")
     pidfile.unlink(missing_ok=True)
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status if the BMC is our child, so it does not linger as a zombie."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _tail(path: Path, size: int = 600) -> str:
@@ -538,9 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if args.pidfile:
-        tmp = args.pidfile.with_name(args.pidfile.name + ".tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        os.replace(tmp, args.pidfile)
+        write_pidfile(args.pidfile)
     log.info("listening on %s:%d for %s", args.address, args.port, args.qmp)
     try:
         bmc.serve(stopping.is_set)

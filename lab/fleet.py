@@ -47,6 +47,8 @@ import paramiko
 
 from inventory.errors import LabError
 from lab.network import LabNetwork, netns_exists, run_command, short_ifname
+from runtime.jsondoc import write_json
+from runtime.pidfile import process_alive, process_stat, same_process
 
 HOST_IFNAME = "lab0"
 SSH_PORT = 22
@@ -205,47 +207,15 @@ def overlay_options(lower: Path, upper: Path, work: Path) -> str:
     return f"lowerdir={lower},upperdir={upper},workdir={work}"
 
 
-def parse_stat_start(stat: str) -> tuple[int, int]:
-    """(ppid, starttime) from a /proc/PID/stat line; comm may contain spaces and parens."""
-    rest = stat[stat.rindex(")") + 2:].split()
-    return int(rest[1]), int(rest[19])
-
-
 # Process and cgroup probes ---------------------------------------------------------------
-
-
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
-            return parse_stat_start(handle.read())
-    except (OSError, ValueError):
-        return None
-
-
-def pid_alive(pid: int, start: int) -> bool:
-    """True if ``pid`` still names the process that had start time ``start`` (no reuse)."""
-    if pid <= 0:
-        return False
-    stat = _proc_stat(pid)
-    if stat is None:
-        return False
-    return stat[1] == start and not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
-            return any(line.startswith("State:\tZ") for line in handle)
-    except OSError:
-        return True  # gone
 
 
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            stat = _proc_stat(int(entry))
-            if stat and stat[0] == pid:
+            stat = process_stat(int(entry))
+            if stat and stat.ppid == pid:
                 found.append(int(entry))
     return found
 
@@ -337,7 +307,7 @@ def wait_for_ssh(record: HostRecord, deadline: float) -> None:
     """Poll until the host answers SSH with its pinned key, its init dies, or the deadline."""
     last = "no answer"
     while True:
-        if not pid_alive(record.init_pid, record.init_start):
+        if not same_process(record.init_pid, record.init_start):
             raise LabError(f"{record.name}: systemd exited during boot; "
                            f"console: {_tail(Path(record.dir, 'console.log'))}")
         remaining = deadline - time.monotonic()
@@ -460,7 +430,7 @@ class Fleet:
     def _launch(self, spec: HostSpec) -> HostRecord:
         host_dir = self.state_dir / spec.name
         existing = _load_record(host_dir / "host.json")
-        if existing and pid_alive(existing.init_pid, existing.init_start):
+        if existing and same_process(existing.init_pid, existing.init_start):
             return existing
         if existing:
             stop_host(existing)
@@ -502,13 +472,14 @@ class Fleet:
         record.launcher_pid = proc.pid
         deadline = time.monotonic() + 15.0
         while time.monotonic() < deadline:
-            stat = _proc_stat(proc.pid)
+            stat = process_stat(proc.pid)
             if stat:
-                record.launcher_start = stat[1]
+                record.launcher_start = stat.start
             kids = _children(proc.pid) if proc.poll() is None else []
             if kids and _is_init(kids[0], record.root):
                 record.init_pid = kids[0]
-                record.init_start = (_proc_stat(kids[0]) or (0, 0))[1]
+                init = process_stat(kids[0])
+                record.init_start = init.start if init else 0
                 record.started_at = time.time()
                 return
             if proc.poll() is not None:
@@ -651,19 +622,7 @@ def _plumb_network(record: HostRecord, bridge: str) -> None:
 
 def _write_record(record: HostRecord) -> None:
     """Atomic: a reader (``lab down``) sees the old record or the new one, never half."""
-    path = Path(record.dir, "host.json")
-    fd, tmp = tempfile.mkstemp(prefix=".host.json.", dir=record.dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(asdict(record), handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json(Path(record.dir, "host.json"), asdict(record))
 
 
 def _load_record(path: Path) -> HostRecord | None:
@@ -692,25 +651,25 @@ def stop_host(record: HostRecord, *, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     # Init first, so its parent (unshare) reaps it and exits by itself; killing both at
     # once would orphan init's zombie to PID 1 of the machine.
-    if pid_alive(record.init_pid, record.init_start):
+    if same_process(record.init_pid, record.init_start):
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.init_pid, signal.SIGKILL)
         reaped_by = time.monotonic() + min(5.0, timeout)
         while Path(f"/proc/{record.init_pid}").exists() and time.monotonic() < reaped_by:
             time.sleep(0.02)
-    if pid_alive(record.launcher_pid, record.launcher_start):
+    if same_process(record.launcher_pid, record.launcher_start):
         launcher_done = time.monotonic() + min(2.0, timeout)
-        while pid_alive(record.launcher_pid, record.launcher_start) and \
+        while same_process(record.launcher_pid, record.launcher_start) and \
                 time.monotonic() < launcher_done:
             time.sleep(0.02)
-        if pid_alive(record.launcher_pid, record.launcher_start):
+        if same_process(record.launcher_pid, record.launcher_start):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.launcher_pid, signal.SIGKILL)
     cgroups = [Path(c) for c in record.cgroups]
     while True:
         # Zombies (an unreaped launcher) hold nothing and cannot be killed: ignore them.
-        left = [p for c in cgroups for p in cgroup_pids(c) if not _is_zombie(p)]
-        alive = pid_alive(record.init_pid, record.init_start)
+        left = [p for c in cgroups for p in cgroup_pids(c) if process_alive(p)]
+        alive = same_process(record.init_pid, record.init_start)
         if not left and not alive:
             break
         if time.monotonic() > deadline:
@@ -752,7 +711,7 @@ def fleet_status(lab_dir: Path, *, check_ssh: bool = True,
     records = load_records(lab_dir)
 
     def one(record: HostRecord) -> HostStatus:
-        alive = pid_alive(record.init_pid, record.init_start)
+        alive = same_process(record.init_pid, record.init_start)
         status = HostStatus(record.name, record.address, alive, None)
         if check_ssh and alive:
             try:
@@ -772,7 +731,7 @@ def fleet_status(lab_dir: Path, *, check_ssh: bool = True,
 def exec_in_host(record: HostRecord, argv: Sequence[str], *,
                  timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """Run a command inside a host's namespaces (``nsenter -t PID -a``), no SSH involved."""
-    if not pid_alive(record.init_pid, record.init_start):
+    if not same_process(record.init_pid, record.init_start):
         raise LabError(f"{record.name} is not running")
     return run_command(["nsenter", "-t", str(record.init_pid), "-a", "-r", "-w", "--", *argv],
                        timeout=timeout, check=False)

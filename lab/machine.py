@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -48,6 +47,8 @@ from typing import Literal
 
 from inventory.errors import LabError
 from lab.qmp import MAX_UNIX_PATH, QmpClient
+from runtime import process
+from runtime.pidfile import live_pid, terminate, wait_gone
 
 QEMU = "qemu-system-x86_64"
 QEMU_IMG = "qemu-img"
@@ -225,11 +226,11 @@ class Machine:
         self.ensure_disk()
         argv = self.command_line()
         try:
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                                    timeout=timeout, check=False)
-        except subprocess.TimeoutExpired as exc:
+            result = process.run(argv, timeout=timeout, check=False, text=False, error=LabError,
+                                 what=f"machine {self.name}: QEMU daemonizing")
+        except LabError:
             self._kill_from_pidfile(timeout=5.0)
-            raise LabError(f"machine {self.name}: QEMU did not daemonize in {timeout}s") from exc
+            raise
         stderr = result.stderr.decode(errors="replace")
         # QEMU's own warnings (e.g. about the fw_cfg name) are kept for whoever debugs the lab.
         self.qemu_log.write_text(stderr, encoding="utf-8")
@@ -282,13 +283,8 @@ class Machine:
             return
         argv = [QEMU_IMG, "create", "-q", "-f", self.spec.disk_format, str(self.disk),
                 str(self.spec.disk_bytes)]
-        try:
-            subprocess.run(argv, capture_output=True, timeout=timeout, check=True)
-        except subprocess.CalledProcessError as exc:
-            raise LabError(f"machine {self.name}: qemu-img failed: "
-                           f"{exc.stderr.decode(errors='replace').strip()}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise LabError(f"machine {self.name}: qemu-img took over {timeout}s") from exc
+        process.run(argv, timeout=timeout, error=LabError,
+                    what=f"machine {self.name}: qemu-img create")
 
     def stop(self, *, timeout: float = 10.0) -> None:
         """Kill QEMU (QMP ``quit``, then SIGTERM, then SIGKILL) and remove sockets and pidfile."""
@@ -299,7 +295,7 @@ class Machine:
                     qmp.execute("quit")
             except LabError:
                 pass  # a wedged monitor is what the signals below are for
-            if not _wait_gone(pid, timeout / 2):
+            if not wait_gone(pid, timeout / 2):
                 self._kill_from_pidfile(timeout=timeout / 2)
         for path in (self.qmp_socket, self.bmc_qmp_socket, self.pidfile):
             path.unlink(missing_ok=True)
@@ -308,20 +304,14 @@ class Machine:
         pid = self.pid()
         if pid is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            if _wait_gone(pid, timeout / 2):
-                return
-        raise LabError(f"machine {self.name}: QEMU pid {pid} survived SIGKILL")
+        if not terminate(pid, term_timeout=timeout / 2, kill_timeout=timeout / 2):
+            raise LabError(f"machine {self.name}: QEMU pid {pid} survived SIGKILL")
 
     # -- inspection --------------------------------------------------------------------------
 
     def pid(self) -> int | None:
         """The live QEMU pid of this machine, or None (stale pidfiles are ignored)."""
-        return pid_from_pidfile(self.pidfile)
+        return live_pid(self.pidfile)
 
     def status(self, *, timeout: float = 3.0) -> MachineStatus:
         pid = self.pid()
@@ -350,41 +340,3 @@ class Machine:
                 raise LabError(f"machine {self.name}: serial log did not show /{pattern}/ "
                                f"within {timeout}s; tail: {text[-300:]!r}")
             time.sleep(0.2)
-
-
-def pid_from_pidfile(pidfile: Path) -> int | None:
-    """The live pid recorded in ``pidfile``, or None.
-
-    Guards against pid reuse: the process must carry the pidfile's path on its command line
-    (QEMU's ``-pidfile``, the BMC's ``--pidfile``).
-    """
-    try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not process_alive(pid):
-        return None
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    return pid if str(pidfile).encode() in cmdline else None
-
-
-def process_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (daemonized QEMU may not get reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # Field 3, after the parenthesised command name which may itself contain spaces.
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while process_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inventory.errors import LabError
+from runtime import process
 
 DEFAULT_IPV4 = ipaddress.IPv4Network("10.77.0.0/24")
 # Not fd00::/64: this machine's eth0 already uses it.
@@ -55,18 +56,7 @@ _NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 def run_command(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT_S,
                 check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a command (argument list, never a shell) and turn failures into ``LabError``."""
-    args = [str(a) for a in argv]
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                              check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise LabError(f"`{' '.join(args)}` did not finish within {timeout:.0f} s") from exc
-    except OSError as exc:
-        raise LabError(f"cannot run {args[0]}: {exc}") from exc
-    if check and proc.returncode != 0:
-        raise LabError(f"`{' '.join(args)}` failed (exit {proc.returncode}): "
-                       f"{proc.stderr.strip()}")
-    return proc
+    return process.run(argv, timeout=timeout, check=check, error=LabError)
 
 
 def check_ifname(name: str) -> str:
@@ -163,6 +153,12 @@ class NetworkStatus:
         return doc
 
 
+def _nth_interface(network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                   n: int) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """Address number ``n`` of ``network``, with its prefix: ``10.77.0.1/24``."""
+    return ipaddress.ip_interface(f"{network[n]}/{network.prefixlen}")
+
+
 class LabNetwork:
     """The provisioning network of one lab.
 
@@ -185,24 +181,11 @@ class LabNetwork:
         if uplink is None:
             uplink = netns if _IFNAME_RE.match(netns) else short_ifname("mc", netns)
         self.uplink = check_ifname(uplink)
-
-    # Addresses -------------------------------------------------------------------------
-
-    @property
-    def controller_ipv4(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{self.ipv4[1]}/{self.ipv4.prefixlen}")
-
-    @property
-    def bridge_ipv4(self) -> ipaddress.IPv4Interface:
-        return ipaddress.IPv4Interface(f"{self.ipv4[2]}/{self.ipv4.prefixlen}")
-
-    @property
-    def controller_ipv6(self) -> ipaddress.IPv6Interface:
-        return ipaddress.IPv6Interface(f"{self.ipv6[1]}/{self.ipv6.prefixlen}")
-
-    @property
-    def bridge_ipv6(self) -> ipaddress.IPv6Interface:
-        return ipaddress.IPv6Interface(f"{self.ipv6[2]}/{self.ipv6.prefixlen}")
+        # The controller is .1 (::1) of each network, the bridge .2 (::2).
+        self.controller_ipv4 = _nth_interface(self.ipv4, 1)
+        self.bridge_ipv4 = _nth_interface(self.ipv4, 2)
+        self.controller_ipv6 = _nth_interface(self.ipv6, 1)
+        self.bridge_ipv6 = _nth_interface(self.ipv6, 2)
 
     # Lifecycle -------------------------------------------------------------------------
 

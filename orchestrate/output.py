@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from inventory.secrets import Secret
+from runtime.jsondoc import json_text
 
 if TYPE_CHECKING:
     from configure.verify import VerifyReport
@@ -31,13 +31,13 @@ def _default(obj: Any) -> Any:
 
 
 def to_json(doc: Any) -> str:
-    return json.dumps(doc, default=_default, ensure_ascii=False, indent=2, sort_keys=False)
+    return json_text(doc, default=_default).rstrip("\n")
 
 
 def emit_json(kind: str, doc: dict[str, Any]) -> None:
     """Print one versioned JSON document: {"kind": ..., "version": 1, ...}."""
     body = {"kind": kind, "version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(to_json(body) + "\n")
+    sys.stdout.write(json_text(body, default=_default))
 
 
 def is_terminal() -> bool:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from configure.templating import is_templated
 from inventory.errors import InputError, InventoryError
 from inventory.yamlsource import LocatedDict, LocatedList, read_yaml_file
 from orchestrate.steps import StepKind, StepRegistry
@@ -57,17 +58,7 @@ class Step:
 
     @property
     def templated(self) -> bool:
-        return _has_template(self.raw)
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, list):
-        return any(_has_template(v) for v in value)
-    if isinstance(value, dict):
-        return any(_has_template(v) for v in value.values())
-    return False
+        return is_templated(self.raw)
 
 
 @dataclass(frozen=True)

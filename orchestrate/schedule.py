@@ -8,13 +8,13 @@ message in its log instead of piling up.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from inventory.errors import InputError
+from runtime.atomicfile import write_atomic
 
 CRON_DIR = Path("/etc/cron.d")
 SYSTEMD_DIR = Path("/etc/systemd/system")
@@ -98,11 +98,7 @@ def parse_cron(text: str) -> Schedule | None:
 def install(s: Schedule, directory: Path, metalchain: str, log: Path) -> Path:
     """Write the cron file atomically (cron reads whole files; never a half-written one)."""
     path = cron_file(directory, s.name)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(render_cron(s, metalchain, log), encoding="utf-8")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomic(path, render_cron(s, metalchain, log))
     return path
 
 

@@ -33,7 +33,6 @@ import errno
 import hashlib
 import json
 import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -41,8 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inventory.errors import MetalchainError
-from provision.filelock import file_lock
 from provision.image import GoldenImage, ImageSpec, ensure_image
+from runtime import process
+from runtime.atomicfile import write_atomic
+from runtime.filelock import file_lock
+from runtime.jsondoc import write_json
 
 # Bump whenever the image layout or _build() changes: it is part of the cache key.
 BUILD_VERSION = 2
@@ -311,7 +313,7 @@ def _build(golden: GoldenImage, raw: Path, *, timeout: float) -> dict[str, objec
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         os.rename(tmp, raw)
-        _write_atomic(raw.with_name(raw.name + ".json"), json.dumps(info, indent=2) + "\n")
+        write_json(raw.with_name(raw.name + ".json"), info)
     except BaseException:
         if fd >= 0:
             os.close(fd)
@@ -338,20 +340,8 @@ def _install_bootloader(image: Path, conf: str, fstab_text: str, deadline: float
 
 
 def _run(argv: list[str], deadline: float, what: str) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise ImageBuildError(f"disk image build ran out of time before {what}")
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=remaining, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise ImageBuildError(f"{what} took longer than the build's {remaining:.0f} s "
-                             f"left") from exc
-    except OSError as exc:
-        raise ImageBuildError(f"{what}: cannot run {argv[0]}: {exc}") from exc
-    if proc.returncode != 0:
-        out = (proc.stdout + proc.stderr).decode(errors="replace").strip()[-800:]
-        raise ImageBuildError(f"{what} failed (exit {proc.returncode}): {out}")
+    process.run(argv, timeout=deadline - time.monotonic(), text=False, error=ImageBuildError,
+                what=f"disk image build: {what}")
 
 
 def _sha256(path: Path) -> str:
@@ -360,18 +350,6 @@ def _sha256(path: Path) -> str:
         while chunk := stream.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _publish(raw: Path, info: dict[str, object], images_dir: Path, name: str,
@@ -396,7 +374,7 @@ def _publish(raw: Path, info: dict[str, object], images_dir: Path, name: str,
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    _write_atomic(images_dir / f"{name}.raw.sha256", sha256_line(digest, target.name))
+    write_atomic(images_dir / f"{name}.raw.sha256", sha256_line(digest, target.name))
     return DiskImage(name=name, path=target, sha256=digest, size=size,
                      fs_uuid=str(info["fs_uuid"]), build_seconds=seconds)
 

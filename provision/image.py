@@ -25,14 +25,15 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from inventory.errors import LabError
-from provision.filelock import file_lock
+from runtime import process
+from runtime.filelock import file_lock
+from runtime.jsondoc import write_json
 
 DEFAULT_CACHE_DIR = Path("/var/cache/metalchain/images")
 
@@ -196,13 +197,9 @@ def _build(spec: ImageSpec, cache_dir: Path, final: Path, *, timeout: float,
     started = time.monotonic()
     try:
         with open(log_path, "w", encoding="utf-8") as log_file:
-            try:
-                proc = subprocess.run(mmdebstrap_argv(spec, rootfs), stdin=subprocess.DEVNULL,
-                                      stdout=log_file, stderr=subprocess.STDOUT,
-                                      timeout=timeout, check=False)
-            except subprocess.TimeoutExpired as exc:
-                raise LabError(f"golden image build exceeded {timeout:.0f} s "
-                               f"(log: {log_path})") from exc
+            proc = process.run(mmdebstrap_argv(spec, rootfs), timeout=timeout, check=False,
+                               stdout=log_file, stderr=process.STDOUT, error=LabError,
+                               what=f"golden image build (log: {log_path})")
         if proc.returncode != 0:
             tail = _tail(log_path)
             raise LabError(f"mmdebstrap failed with exit code {proc.returncode}:\n{tail}")
@@ -215,7 +212,7 @@ def _build(spec: ImageSpec, cache_dir: Path, final: Path, *, timeout: float,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "size_bytes": _tree_size(rootfs),
         }
-        (tmp / "image.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        write_json(tmp / "image.json", info)
         os.rename(tmp, final)
     except BaseException:
         _remove_tree(tmp)
@@ -252,10 +249,8 @@ def customize(rootfs: Path) -> None:
 
 def _systemctl(rootfs: Path, *args: str) -> None:
     # --root works offline on the tree: no chroot, no running systemd needed.
-    proc = subprocess.run(["systemctl", f"--root={rootfs}", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        raise LabError(f"systemctl {' '.join(args)} in the image failed: {proc.stderr.strip()}")
+    process.run(["systemctl", f"--root={rootfs}", *args], timeout=60, error=LabError,
+                what=f"systemctl {' '.join(args)} in the image")
 
 
 def _remove_stale_builds(cache_dir: Path, key: str) -> None:

@@ -29,15 +29,16 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision.diskimage import ImageBuildError
-from provision.filelock import file_lock
 from provision.image import GoldenImage, ImageSpec, ensure_image
+from runtime import process
+from runtime.filelock import file_lock
+from runtime.jsondoc import write_json
 
 # Bump whenever the initramfs layout or _build_tree() changes: it is part of the cache key.
 BUILD_VERSION = 1
@@ -184,9 +185,7 @@ def ensure_installer(out_dir: Path, golden: GoldenImage | None = None, *,
                 "initrd_bytes": (out_dir / "initrd.img").stat().st_size,
                 "build_seconds": seconds,
                 "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp_info = out_dir / ".installer.json.tmp"
-        tmp_info.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp_info, out_dir / "installer.json")
+        write_json(out_dir / "installer.json", info)
     return Installer(kernel=out_dir / "vmlinuz", initrd=out_dir / "initrd.img", key=key,
                      kernel_version=version, build_seconds=seconds)
 
@@ -215,13 +214,7 @@ def _host_files(*, timeout: float) -> list[Path]:
         if not tool.is_file():
             raise ImageBuildError(f"{tool} is missing on this host "
                                   f"(packages fdisk, e2fsprogs, openssl)")
-        try:
-            proc = subprocess.run(["ldd", str(tool)], capture_output=True, text=True,
-                                  timeout=timeout, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ImageBuildError(f"ldd {tool} failed: {exc}") from exc
-        if proc.returncode != 0:
-            raise ImageBuildError(f"ldd {tool} failed: {proc.stderr.strip()}")
+        proc = process.run(["ldd", str(tool)], timeout=timeout, error=ImageBuildError)
         for lib in parse_ldd(proc.stdout):
             if lib not in files:
                 files.append(lib)
@@ -263,18 +256,10 @@ def _cpio(tree: Path, out: Path, deadline: float) -> None:
         argv = ["cpio", "--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible"]
     else:
         argv = ["busybox", "cpio", "-o", "-H", "newc"]
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise ImageBuildError("installer build ran out of time before cpio")
-    try:
-        with open(out, "wb") as archive:
-            proc = subprocess.run(argv, input=listing, stdout=archive, stderr=subprocess.PIPE,
-                                  cwd=tree, timeout=remaining, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ImageBuildError(f"cpio failed: {exc}") from exc
-    if proc.returncode != 0:
-        raise ImageBuildError(f"cpio failed (exit {proc.returncode}): "
-                             f"{proc.stderr.decode(errors='replace').strip()[-500:]}")
+    with open(out, "wb") as archive:
+        process.run(argv, input=listing, stdout=archive, text=False, cwd=tree,
+                    timeout=deadline - time.monotonic(), error=ImageBuildError,
+                    what="installer build: cpio")
 
 
 def _digest(path: Path) -> str:

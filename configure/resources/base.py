@@ -57,17 +57,22 @@ class Resource(ABC):
     """One piece of desired state on one host."""
 
     kind: str = ""
+    #: Short, unique-per-host name: ``file:/etc/hosts``; each kind's ``__init__`` sets it.
+    identity: str
     #: keys every kind accepts besides its own
     COMMON = ("name", "notify")
+    #: the keys this kind accepts (besides COMMON); None when the kind checks them itself
+    KEYS: tuple[str, ...] | None = None
+    #: the values of ``state`` this kind accepts, the default first; () for no ``state``
+    STATES: tuple[str, ...] = ()
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = dict(spec)
         self.notify: tuple[str, ...] = ()
-
-    @property
-    @abstractmethod
-    def identity(self) -> str:
-        """Short, unique-per-host name: ``file:/etc/hosts``."""
+        if self.KEYS is not None:
+            self.only(spec, self.kind, self.KEYS)
+        if self.STATES:
+            self.state = state_of(spec, self.kind, self.STATES, self.STATES[0])
 
     @abstractmethod
     def probes(self) -> list[Probe]: ...

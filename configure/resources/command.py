@@ -22,10 +22,7 @@ class CommandResource(Resource):
         except ValueError as exc:
             raise ResourceSpecError(f"command: {exc}") from None
         self.label = spec.get("name") or self.args.describe()
-
-    @property
-    def identity(self) -> str:
-        return f"command:{self.label}"
+        self.identity = f"command:{self.label}"
 
     def _line(self) -> str:
         c = self.args.command

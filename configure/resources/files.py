@@ -18,7 +18,6 @@ from configure.resources.base import (
     cmd,
     mode_string,
     q,
-    state_of,
 )
 
 MAX_DIFF_BYTES = 256 * 1024
@@ -105,10 +104,10 @@ class File(Resource):
 
     kind = "file"
     KEYS = ("path", "content", "content_base64", "mode", "owner", "group", "state")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
         if "content_base64" in spec:
             if "content" in spec:
@@ -118,7 +117,6 @@ class File(Resource):
                                                             validate=True)}
             except ValueError:
                 raise ResourceSpecError("file: content_base64 is not valid base64") from None
-        self.state = state_of(spec, self.kind)
         content = spec.get("content")
         if self.state == "present":
             if content is None:
@@ -130,10 +128,7 @@ class File(Resource):
         self.owner = spec.get("owner")
         self.group = spec.get("group")
         self.sha = hashlib.sha256(self.content or b"").hexdigest()
-
-    @property
-    def identity(self) -> str:
-        return f"file:{self.path}"
+        self.identity = f"file:{self.path}"
 
     def probes(self) -> list[Probe]:
         p = q(self.path)
@@ -173,19 +168,15 @@ class File(Resource):
 class Directory(Resource):
     kind = "directory"
     KEYS = ("path", "mode", "owner", "group", "state")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
-        self.state = state_of(spec, self.kind)
         self.mode = mode_string(spec.get("mode"), self.kind)
         self.owner = spec.get("owner")
         self.group = spec.get("group")
-
-    @property
-    def identity(self) -> str:
-        return f"directory:{self.path}"
+        self.identity = f"directory:{self.path}"
 
     def probes(self) -> list[Probe]:
         return [Probe(self.identity, _stat_probe(self.path))]
@@ -218,12 +209,11 @@ class Line(Resource):
 
     kind = "line"
     KEYS = ("path", "line", "regexp", "state", "create")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.path = _check_path(spec, self.kind)
-        self.state = state_of(spec, self.kind)
         self.line = spec.get("line")
         if self.state == "present" and not isinstance(self.line, str):
             raise ResourceSpecError("line: 'line' (a string) is required")
@@ -237,10 +227,7 @@ class Line(Resource):
         if self.state == "absent" and self.line is None and self.regexp is None:
             raise ResourceSpecError("line: absent needs 'line' or 'regexp'")
         self.create = bool(spec.get("create", False))
-
-    @property
-    def identity(self) -> str:
-        return f"line:{self.path}:{self.regexp.pattern if self.regexp else self.line}"
+        self.identity = f"line:{self.path}:{self.regexp.pattern if self.regexp else self.line}"
 
     def probes(self) -> list[Probe]:
         p = q(self.path)

@@ -14,7 +14,6 @@ from configure.resources.base import (
     ResourceSpecError,
     cmd,
     q,
-    state_of,
 )
 from configure.resources.files import write_file_script
 
@@ -38,18 +37,14 @@ class Package(Resource):
 
     kind = "package"
     KEYS = ("name", "state", "update_cache", "purge")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.names = _names(spec, self.kind)
-        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.update_cache = bool(spec.get("update_cache", False))
         self.purge = bool(spec.get("purge", False))
-
-    @property
-    def identity(self) -> str:
-        return f"package:{','.join(self.names)}"
+        self.identity = f"package:{','.join(self.names)}"
 
     def probes(self) -> list[Probe]:
         # One line per package: "NAME STATUS-ABBREV VERSION" ("ii " = installed).
@@ -91,21 +86,16 @@ class Service(Resource):
 
     kind = "service"
     KEYS = ("name", "state", "enabled")
+    STATES = ("started", "stopped", "restarted", "reloaded")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.unit = _names(spec, self.kind)[0]
-        self.state = state_of(spec, self.kind, ("started", "stopped", "restarted", "reloaded"),
-                            "started")
         enabled = spec.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise ResourceSpecError("service: enabled must be true or false")
         self.enabled = enabled
-
-    @property
-    def identity(self) -> str:
-        return f"service:{self.unit}"
+        self.identity = f"service:{self.unit}"
 
     def probes(self) -> list[Probe]:
         u = q(self.unit)
@@ -143,12 +133,11 @@ class Service(Resource):
 class User(Resource):
     kind = "user"
     KEYS = ("name", "state", "uid", "groups", "shell", "home", "system", "comment")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.user = _names(spec, self.kind)[0]
-        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.uid = spec.get("uid")
         if self.uid is not None and (isinstance(self.uid, bool) or not isinstance(self.uid, int)):
             raise ResourceSpecError("user: uid must be an integer")
@@ -157,10 +146,7 @@ class User(Resource):
         self.home = spec.get("home")
         self.system = bool(spec.get("system", False))
         self.comment = spec.get("comment")
-
-    @property
-    def identity(self) -> str:
-        return f"user:{self.user}"
+        self.identity = f"user:{self.user}"
 
     def probes(self) -> list[Probe]:
         u = q(self.user)
@@ -221,18 +207,14 @@ class User(Resource):
 class Group(Resource):
     kind = "group"
     KEYS = ("name", "state", "gid", "system")
+    STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.group = _names(spec, self.kind)[0]
-        self.state = state_of(spec, self.kind, ("present", "absent"), "present")
         self.gid = spec.get("gid")
         self.system = bool(spec.get("system", False))
-
-    @property
-    def identity(self) -> str:
-        return f"group:{self.group}"
+        self.identity = f"group:{self.group}"
 
     def probes(self) -> list[Probe]:
         return [Probe(self.identity, f"getent group {q(self.group)} || echo absent")]
@@ -265,7 +247,6 @@ class Sysctl(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.key = self.require(spec, "name", self.kind)
         if not re.match(r"^[a-z0-9_./-]+$", self.key):
             raise ResourceSpecError(f"sysctl: bad name {self.key!r}")
@@ -275,10 +256,7 @@ class Sysctl(Resource):
         self.value = " ".join(str(value).split())
         self.persist = bool(spec.get("persist", True))
         self.conf = f"/etc/sysctl.d/90-metalchain-{self.key.replace('/', '.')}.conf"
-
-    @property
-    def identity(self) -> str:
-        return f"sysctl:{self.key}"
+        self.identity = f"sysctl:{self.key}"
 
     def probes(self) -> list[Probe]:
         return [Probe(self.identity, f"echo \"runtime=$(sysctl -n {q(self.key)} 2>/dev/null)\"\n"
@@ -310,16 +288,12 @@ class KernelModule(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.only(spec, self.kind, self.KEYS)
         self.module = self.require(spec, "name", self.kind)
         if not re.match(r"^[a-z0-9_-]+$", self.module):
             raise ResourceSpecError(f"kernel_module: bad name {self.module!r}")
         self.persist = bool(spec.get("persist", True))
         self.conf = f"/etc/modules-load.d/metalchain-{self.module}.conf"
-
-    @property
-    def identity(self) -> str:
-        return f"kernel_module:{self.module}"
+        self.identity = f"kernel_module:{self.module}"
 
     def probes(self) -> list[Probe]:
         sysname = self.module.replace("-", "_")

@@ -16,7 +16,6 @@ Example::
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 
 from inventory.model import Inventory
 from provision.bootserver.dnsmasq import Dnsmasq, ReloadKind
@@ -123,8 +122,7 @@ class BootServer:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 

@@ -27,13 +27,10 @@ import logging
 import os
 import pwd
 import re
-import shutil
 import signal
 import stat
 import subprocess
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +39,9 @@ from provision import contract
 from provision.bootserver.interfaces import BootNodes, BootServerError
 from provision.settings import BootSettings
 from provision.templates import render
+from runtime import process
+from runtime.atomicfile import write_atomic
+from runtime.pidfile import live_pid, read_pid, terminate
 
 log = logging.getLogger("metalchain.bootserver.dnsmasq")
 
@@ -60,39 +60,18 @@ _CONF_SAFE = re.compile(r"^[A-Za-z0-9_./+@:=-]+$")
 ReloadKind = Literal["unchanged", "hosts", "config"]
 
 
-@dataclass(frozen=True)
 class DnsmasqFiles:
     """Everything dnsmasq reads or writes, all under the boot state directory."""
 
-    state_dir: Path
-
-    @property
-    def conf(self) -> Path:
-        return self.state_dir / "dnsmasq.conf"
-
-    @property
-    def hostsfile(self) -> Path:
-        return self.state_dir / "dhcp-hosts"
-
-    @property
-    def leases(self) -> Path:
-        return self.state_dir / "dnsmasq.leases"
-
-    @property
-    def pid(self) -> Path:
-        return self.state_dir / "dnsmasq.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.state_dir / "dnsmasq.log"
-
-    @property
-    def stderr(self) -> Path:
-        return self.state_dir / "dnsmasq.stderr"
-
-    @property
-    def tftp_root(self) -> Path:
-        return self.state_dir / "tftp"
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.conf = state_dir / "dnsmasq.conf"
+        self.hostsfile = state_dir / "dhcp-hosts"
+        self.leases = state_dir / "dnsmasq.leases"
+        self.pid = state_dir / "dnsmasq.pid"
+        self.log = state_dir / "dnsmasq.log"
+        self.stderr = state_dir / "dnsmasq.stderr"
+        self.tftp_root = state_dir / "tftp"
 
 
 def script_url(base_url: str) -> str:
@@ -161,45 +140,18 @@ def render_hosts(settings: BootSettings, nodes: BootNodes) -> str:
     return "".join(lines)
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Write ``text`` to ``path`` via a temp file and rename; False if it was already so."""
-    data = text.encode("utf-8")
+def write_if_changed(path: Path, text: str, mode: int = 0o644) -> bool:
+    """Write ``text`` to ``path`` atomically; False if it already held exactly that."""
     try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise BootServerError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        return write_atomic(path, text, mode, unchanged_ok=True)
     except OSError as exc:
         raise BootServerError(f"cannot write {path}: {exc.strerror}") from exc
-    return True
 
 
 def check_config(conf: Path, *, binary: str = DNSMASQ, timeout: float = TEST_TIMEOUT_S) -> None:
     """``dnsmasq --test -C FILE``: refuse a config dnsmasq would refuse, before using it."""
-    try:
-        proc = subprocess.run([binary, "--test", f"--conf-file={conf}"], capture_output=True,
-                              text=True, timeout=timeout, check=False,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise BootServerError(f"`{binary} --test` did not answer within {timeout:.0f} s") \
-            from exc
-    except OSError as exc:
-        raise BootServerError(f"cannot run {binary} (Debian package dnsmasq-base): "
-                              f"{exc.strerror}") from exc
+    proc = process.run([binary, "--test", f"--conf-file={conf}"], timeout=timeout, check=False,
+                       error=BootServerError, what=f"{binary} --test")
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip().splitlines()
         raise BootServerError(f"dnsmasq rejects {conf}: {detail[-1] if detail else 'no reason'}")
@@ -289,7 +241,7 @@ class Dnsmasq:
             self._write_texts(conf_text, hosts_text)
             self._spawn(START_TIMEOUT_S)
             return "config"
-        if not write_atomic(self.files.hostsfile, hosts_text):
+        if not write_if_changed(self.files.hostsfile, hosts_text):
             return "unchanged"
         proc = self._proc
         if proc is not None:
@@ -305,16 +257,7 @@ class Dnsmasq:
             self._atexit_registered = False
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired as exc:
-                    raise BootServerError(f"dnsmasq pid {proc.pid} survived SIGKILL") from exc
+        process.stop_child(proc, timeout=timeout, kill_timeout=timeout, error=BootServerError)
         self.files.pid.unlink(missing_ok=True)
         log.info("dnsmasq stopped (exit %s)", proc.returncode)
 
@@ -357,11 +300,7 @@ class Dnsmasq:
             if not src.is_file():
                 continue
             try:
-                if not dst.is_file() or dst.read_bytes() != src.read_bytes():
-                    tmp = dst.with_name(f".{name}.tmp")
-                    shutil.copyfile(src, tmp)
-                    os.chmod(tmp, 0o644)
-                    os.replace(tmp, dst)
+                write_atomic(dst, src.read_bytes(), unchanged_ok=True)
             except OSError as exc:
                 raise BootServerError(f"cannot copy {src} to {dst}: {exc.strerror}") from exc
 
@@ -382,9 +321,9 @@ class Dnsmasq:
 
     def _write_texts(self, conf_text: str, hosts_text: str) -> None:
         # The hosts file first: the config names it, and --test reads it.
-        write_atomic(self.files.hostsfile, hosts_text)
+        write_if_changed(self.files.hostsfile, hosts_text)
         candidate = self.files.conf.with_name(".dnsmasq.conf.candidate")
-        write_atomic(candidate, conf_text)
+        write_if_changed(candidate, conf_text)
         try:
             check_config(candidate, binary=self.binary)
             os.replace(candidate, self.files.conf)
@@ -411,7 +350,7 @@ class Dnsmasq:
                 self._proc = None
                 raise BootServerError(f"dnsmasq exited at start (status {proc.returncode}): "
                                       f"{self._stderr_tail()}")
-            if self._read_pid() == proc.pid:
+            if read_pid(self.files.pid) == proc.pid:
                 break
             if time.monotonic() >= deadline:
                 self.stop()
@@ -421,36 +360,14 @@ class Dnsmasq:
         log.info("dnsmasq pid %d serving DHCP/TFTP on %s (RA %s)", proc.pid,
                  self.settings.interface, "on" if self.settings.ipv6_ra else "off")
 
-    def _read_pid(self) -> int | None:
-        try:
-            return int(self.files.pid.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
     def _reclaim_orphan(self) -> None:
         """Stop a dnsmasq a killed controller left behind on this state directory."""
-        pid = self._read_pid()
-        if pid is None:
-            return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            self.files.pid.unlink(missing_ok=True)
-            return
-        if f"--conf-file={self.files.conf}".encode() not in cmdline:
-            self.files.pid.unlink(missing_ok=True)
-            return
-        log.warning("stopping dnsmasq pid %d left over from an earlier run", pid)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not Path(f"/proc/{pid}").exists():
-                break
+        pid = live_pid(self.files.pid, markers=(f"--conf-file={self.files.conf}",))
+        if pid is not None:
+            log.warning("stopping dnsmasq pid %d left over from an earlier run", pid)
+            if not terminate(pid, term_timeout=STOP_TIMEOUT_S, kill_timeout=STOP_TIMEOUT_S):
+                raise BootServerError(f"dnsmasq pid {pid} left over from an earlier run "
+                                      "survived SIGKILL")
         self.files.pid.unlink(missing_ok=True)
 
     def _stderr_tail(self) -> str:

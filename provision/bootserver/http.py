@@ -50,6 +50,7 @@ from provision.bootserver.interfaces import (
     TokenStore,
 )
 from provision.templates import render
+from runtime.httpserver import ServerThread
 
 log = logging.getLogger("metalchain.bootserver.http")
 
@@ -571,41 +572,26 @@ class BootHttpServer:
         self.limits = limits or HttpLimits()
         self._nodes = nodes or BootNodes()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread[_Server] | None = None
         self._records: deque[RequestRecord] = deque(maxlen=history)
         self._records_changed = threading.Condition()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._server is not None:
+        if self._serving is not None:
             return
-        try:
-            server = _Server(self, (self.address, self.requested_port))
-        except OSError as exc:
-            raise BootServerError(f"cannot listen on {self.address}:{self.requested_port}: "
-                                  f"{exc.strerror}") from exc
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name=f"boot-http-{server.server_port}", daemon=True)
-        self._thread.start()
+        self._serving = ServerThread.start(lambda addr: _Server(self, addr),
+                                           (self.address, self.requested_port),
+                                           name="boot-http", error=BootServerError)
+        self._server = self._serving.server
         log.info("boot HTTP listening on %s", self.url)
 
     def stop(self, *, timeout: float = 5.0) -> None:
         """Stop accepting, cut open connections (downloads included), join the loop thread."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        stopper = threading.Thread(target=server.shutdown, daemon=True)
-        stopper.start()
-        stopper.join(timeout)
-        server.close_active()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                raise BootServerError(f"boot HTTP loop did not stop within {timeout} s")
+        serving, self._serving, self._server = self._serving, None, None
+        if serving is not None:
+            serving.stop(timeout, after_shutdown=serving.server.close_active)
 
     @property
     def port(self) -> int:

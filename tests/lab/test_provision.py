@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from inventory.site import Site
+from runtime.process import stop_child
 from tests.lab.sshd import METALCHAIN
 
 pytestmark = pytest.mark.lab
@@ -147,24 +148,15 @@ def test_controller_killed_mid_install_never_leaves_a_node_in_progress(lab):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: state_of(lab, "node1") == "installing", 180, "node1 installing")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        stop_child(proc, sig=signal.SIGKILL, timeout=10)
     serve = subprocess.Popen([METALCHAIN, "--site", str(lab), "serve", "--no-images"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         final = wait_for(lambda: state_of(lab, "node1") in ("active", "provision_failed")
                          and state_of(lab, "node1"), 400, "node1 to leave in-progress")
     finally:
-        serve.send_signal(signal.SIGTERM)
-        try:
-            serve.wait(30)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            serve.wait(10)
+        stop_child(serve, timeout=30)
     site = Site.open(lab)
     rec = site.state.node("node1")
     site.close()

@@ -13,12 +13,12 @@ from lab.fleet import (
     check_hostname,
     check_pubkey,
     overlay_options,
-    parse_stat_start,
     plan_hosts,
 )
 from lab.network import LabNetwork, check_ifname, link_kind, short_ifname
 from provision import image
-from provision.filelock import file_lock
+from runtime.filelock import file_lock
+from runtime.pidfile import ProcStat, parse_stat
 
 pytestmark = pytest.mark.unit
 
@@ -102,7 +102,7 @@ def test_overlay_options_refuse_separators() -> None:
 def test_parse_stat_with_awkward_comm() -> None:
     fields = ["S", "77"] + ["0"] * 17 + ["123456"] + ["0"] * 10
     stat = "42 (sy) (s) temd) " + " ".join(fields)
-    assert parse_stat_start(stat) == (77, 123456)
+    assert parse_stat(stat) == ProcStat("S", 77, 123456)
 
 
 def test_known_hosts_line_pins_address_and_key() -> None:
