@@ -160,6 +160,30 @@ class Masker:
         return obj
 
 
+def secret_values_in(obj: Any) -> list[str]:
+    """The revealed values of every :class:`Secret` inside ``obj`` (dicts, lists, tuples
+    walked): what a step that renders a host's variables must mask in what it reports."""
+    if isinstance(obj, Secret):
+        return [obj.reveal()]
+    if isinstance(obj, Mapping):
+        return [s for v in obj.values() for s in secret_values_in(v)]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in secret_values_in(v)]
+    return []
+
+
+def env_refs_in(obj: Any) -> set[str]:
+    """Names of the environment variables ``{env: VAR}`` references inside raw (unresolved)
+    inventory data name, so their values can be masked before the inventory is loaded."""
+    if isinstance(obj, Mapping):
+        if set(obj) == {"env"} and isinstance(obj["env"], str):
+            return {obj["env"]}
+        return {n for v in obj.values() for n in env_refs_in(v)}
+    if isinstance(obj, list):
+        return {n for v in obj for n in env_refs_in(v)}
+    return set()
+
+
 def is_secret_ref(value: Any) -> bool:
     """True for a mapping that looks like a secret reference (one key: secret or env)."""
     return isinstance(value, Mapping) and len(value) == 1 and (
