@@ -151,10 +151,21 @@ class CommandStep:
                                data={"unknown": True})
         command = args.command if isinstance(args.command, Shell) else list(args.command)
 
-        def sink(stream: str, text: str) -> None:
-            ctx.emit("host_output", stream=stream, text=mask.text(text))
+        streams = {"stdout": mask.stream(), "stderr": mask.stream()}
 
-        result = _run(ctx, mask, command, timeout=args.timeout, become=args.become, sink=sink)
+        def sink(stream: str, text: str) -> None:
+            shown = streams[stream].feed(text) if stream in streams else mask.text(text)
+            if shown:
+                ctx.emit("host_output", stream=stream, text=shown)
+
+        try:
+            result = _run(ctx, mask, command, timeout=args.timeout, become=args.become,
+                          sink=sink)
+        finally:
+            for name, masked in streams.items():
+                rest = masked.flush()
+                if rest:
+                    ctx.emit("host_output", stream=name, text=rest)
         stdout, stderr = mask.text(result.stdout), mask.text(result.stderr)
         output = stdout + (("\n" + stderr) if stderr else "")
         if not result.ok:

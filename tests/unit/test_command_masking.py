@@ -4,6 +4,7 @@ changes, output, streamed output events and transport errors (the host gets the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from configure.command import CommandStep, parse_command
 from configure.ssh import CommandResult, Shell, quote_command
 from inventory.errors import TransportError
-from inventory.secrets import Secret
+from inventory.secrets import Masker, Secret
 
 pytestmark = pytest.mark.unit
 
@@ -104,3 +105,30 @@ def test_parse_error_does_not_echo_rendered_values():
     with pytest.raises(ValueError) as info:
         parse_command(["echo", CANARY, {"x": CANARY}])
     assert CANARY not in str(info.value) and "item 2" in str(info.value)
+
+
+class SplittingConnection(FakeConnection):
+    """Streams the canary cut across chunk boundaries, as SSH reads may cut it."""
+
+    def run(self, command, *, timeout, become=False, sink=None, stdin=None):
+        text = f"a{CANARY}b{CANARY}"
+        for piece in (text[:5], text[5:9], text[9:25], text[25:]):
+            sink("stdout", piece)
+        return CommandResult("h1", "x", 0, text, "", 0.0)
+
+
+def test_streamed_output_masks_a_secret_split_across_chunks():
+    ctx = Ctx(SplittingConnection())
+    CommandStep().run(ctx, parse_command(["true"]))
+    streamed = "".join(e["text"] for e in ctx.events if e["event"] == "host_output")
+    assert streamed == "a***b***"
+    assert all(CANARY[:4] not in e["text"] for e in ctx.events)
+
+
+@pytest.mark.parametrize("cuts", [(1,), (3, 7), (10, 11, 12), (29,)])
+def test_masked_stream_any_cut(cuts):
+    text = f"x {CANARY} y {CANARY[:6]} z {CANARY}"
+    stream = Masker([CANARY]).stream()
+    bounds = [0, *cuts, len(text)]
+    out = "".join(stream.feed(text[a:b]) for a, b in pairwise(bounds)) + stream.flush()
+    assert out == f"x *** y {CANARY[:6]} z ***"
