@@ -12,6 +12,10 @@
 
 Without a guard the command runs every time and reports "changed"; in check mode an unguarded
 command cannot be predicted and is reported as such, never silently skipped.
+
+Arguments may be templates over the host's variables, secrets included (``{{ db_password }}``):
+the host gets the real value, but everything the step reports — message, changes, output,
+streamed output events and errors — has each of the host's secret values masked as ``***``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 from configure.ssh import Shell
 from inventory.contracts import HostContext, StepOutcome, time_left
+from inventory.errors import TransportError
+from inventory.secrets import Masker, secret_values_in
 
 KEYS = ("argv", "shell", "creates", "unless", "onlyif", "timeout", "become")
 
@@ -45,9 +51,14 @@ class CommandArgs:
 
 
 def _argv(value: Any, what: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in value):
-        raise ValueError(f"{what} must be a non-empty list of arguments, got {value!r}")
+    # The message names the type, never the value: after rendering it may hold a secret.
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{what} must be a non-empty list of arguments, got "
+                         f"{'an empty list' if value == [] else type(value).__name__}")
+    for i, a in enumerate(value):
+        if isinstance(a, bool) or not isinstance(a, (str, int, float)):
+            raise ValueError(f"{what} must be a non-empty list of arguments; item {i} is a "
+                             f"{type(a).__name__}")
     return tuple(str(a) for a in value)
 
 
@@ -86,18 +97,35 @@ def parse_command(raw: Any) -> CommandArgs:
         timeout=float(timeout), become=become)
 
 
-def guard_satisfied(ctx: HostContext, args: CommandArgs) -> str | None:
+def host_masker(ctx: HostContext) -> Masker:
+    """Masks the values of every secret among the host's variables (what a rendered
+    argument can contain)."""
+    return Masker(secret_values_in(ctx.vars))
+
+
+def _run(ctx: HostContext, mask: Masker, command: list[str] | Shell, **kw: Any) -> Any:
+    try:
+        return ctx.connection().run(command, **kw)
+    except TransportError as exc:
+        # The transport names the command line it failed to run; that line holds the
+        # rendered arguments.
+        raise TransportError(mask.text(str(exc))) from None
+
+
+def guard_satisfied(ctx: HostContext, args: CommandArgs,
+                    mask: Masker | None = None) -> str | None:
     """Probe the guards; return why the command need not run, or None if it must."""
-    conn = ctx.connection()
+    mask = host_masker(ctx) if mask is None else mask
     if args.creates:
-        if conn.run(["test", "-e", args.creates], timeout=30).ok:
-            return f"{args.creates} exists"
+        if _run(ctx, mask, ["test", "-e", args.creates], timeout=30).ok:
+            return mask.text(f"{args.creates} exists")
     if args.unless:
-        if conn.run(list(args.unless), timeout=args.timeout, become=args.become).ok:
-            return f"'{' '.join(args.unless)}' succeeded"
+        if _run(ctx, mask, list(args.unless), timeout=args.timeout, become=args.become).ok:
+            return mask.text(f"'{' '.join(args.unless)}' succeeded")
     if args.onlyif:
-        if not conn.run(list(args.onlyif), timeout=args.timeout, become=args.become).ok:
-            return f"'{' '.join(args.onlyif)}' failed"
+        if not _run(ctx, mask, list(args.onlyif), timeout=args.timeout,
+                    become=args.become).ok:
+            return mask.text(f"'{' '.join(args.onlyif)}' failed")
     return None
 
 
@@ -109,31 +137,45 @@ class CommandStep:
         return parse_command(raw)
 
     def run(self, ctx: HostContext, args: CommandArgs) -> StepOutcome:
+        mask = host_masker(ctx)
+        shown = mask.text(args.describe())
         if args.guarded:
-            reason = guard_satisfied(ctx, args)
+            reason = guard_satisfied(ctx, args, mask)
             if reason is not None:
                 return StepOutcome("ok", f"not run: {reason}")
         if ctx.check:
             if args.guarded:
-                return StepOutcome("changed", f"would run: {args.describe()}",
-                                   changes=[f"run {args.describe()}"])
+                return StepOutcome("changed", f"would run: {shown}", changes=[f"run {shown}"])
             return StepOutcome("skipped", f"unknown in check mode (no creates/unless/onlyif "
-                                          f"guard): {args.describe()}",
+                                          f"guard): {shown}",
                                data={"unknown": True})
         command = args.command if isinstance(args.command, Shell) else list(args.command)
-        def sink(stream: str, text: str) -> None:
-            ctx.emit("host_output", stream=stream, text=text)
 
-        result = ctx.connection().run(command, timeout=time_left(ctx.deadline, args.timeout),
-                                      become=args.become, sink=sink)
-        output = result.stdout + (("\n" + result.stderr) if result.stderr else "")
+        streams = {"stdout": mask.stream(), "stderr": mask.stream()}
+
+        def sink(stream: str, text: str) -> None:
+            shown = streams[stream].feed(text) if stream in streams else mask.text(text)
+            if shown:
+                ctx.emit("host_output", stream=stream, text=shown)
+
+        try:
+            result = _run(ctx, mask, command, timeout=time_left(ctx.deadline, args.timeout),
+                          become=args.become, sink=sink)
+        finally:
+            for name, masked in streams.items():
+                rest = masked.flush()
+                if rest:
+                    ctx.emit("host_output", stream=name, text=rest)
+        stdout, stderr = mask.text(result.stdout), mask.text(result.stderr)
+        output = stdout + (("\n" + stderr) if stderr else "")
         if not result.ok:
-            return StepOutcome("failed", f"exit code {result.exit_code}: {args.describe()}"
-                                         + (f": {result.tail(5)}" if result.tail(5) else ""),
+            tail = mask.text(result.tail(5))
+            return StepOutcome("failed", f"exit code {result.exit_code}: {shown}"
+                                         + (f": {tail}" if tail else ""),
                                output=output, data={"exit_code": result.exit_code})
-        return StepOutcome("changed", args.describe(), changes=[f"ran {args.describe()}"],
-                           output=output, data={"exit_code": 0, "stdout": result.stdout,
-                                                "stderr": result.stderr})
+        return StepOutcome("changed", shown, changes=[f"ran {shown}"],
+                           output=output, data={"exit_code": 0, "stdout": stdout,
+                                                "stderr": stderr})
 
     def recheck(self, ctx: HostContext, args: CommandArgs) -> bool:
         """A guarded command in doubt is done when its guard says so; unguarded ones rerun."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import shlex
 import socket
 import threading
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import paramiko
 
-from inventory.errors import TransportError
+from inventory.errors import InputError, TransportError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 600.0
@@ -77,6 +78,51 @@ class SshTarget:
     port: int = 22
     private_key: Path | None = None
     proxy_command: str | None = None
+
+
+_PROXY_TOKEN = re.compile(r"%(.?)")
+
+
+def proxy_argv(target: SshTarget) -> list[str] | None:
+    """The process that carries the SSH connection of ``target`` (its ``ssh.proxy_command``),
+    as an argument list, or None without a proxy. The one meaning of ``proxy_command`` for
+    both SSH clients: paramiko (this module) and OpenSSH (``verify``'s ssh_config).
+
+    ``proxy_command`` is a shell command line, run by ``/bin/sh -c`` (as OpenSSH runs its
+    ProxyCommand), after these tokens are replaced (each value shell-quoted): ``%h`` the
+    host's address, ``%p`` its SSH port, ``%r`` the SSH user, ``%n`` the inventory name, ``%%``
+    a literal ``%``. Any other ``%`` sequence is an error naming the host.
+
+    >>> proxy_argv(SshTarget("h1", "10.0.0.5", (), port=2222, proxy_command="ssh -W %h:%p j"))
+    ['/bin/sh', '-c', 'ssh -W 10.0.0.5:2222 j']
+    """
+    raw = target.proxy_command
+    if not raw:
+        return None
+    if "\n" in raw or "\r" in raw or "\0" in raw:
+        raise InputError(f"host '{target.host}': ssh.proxy_command must be one line")
+    values = {"h": target.address, "p": str(int(target.port)), "r": target.user,
+              "n": target.host}
+
+    def expand(m: re.Match[str]) -> str:
+        letter = m.group(1)
+        if letter == "%":
+            return "%"
+        if letter in values:
+            return shlex.quote(values[letter])
+        raise InputError(f"host '{target.host}': ssh.proxy_command: unknown token "
+                         f"'%{letter}' (known: %h %p %r %n %%)")
+
+    return ["/bin/sh", "-c", _PROXY_TOKEN.sub(expand, raw)]
+
+
+def openssh_proxy_command(target: SshTarget) -> str | None:
+    """The ``ProxyCommand`` value for an OpenSSH client config that starts exactly
+    :func:`proxy_argv`: OpenSSH expands its own ``%`` tokens, so every ``%`` is doubled."""
+    argv = proxy_argv(target)
+    if argv is None:
+        return None
+    return quote_command(argv).replace("%", "%%")
 
 
 class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
@@ -137,8 +183,15 @@ class SshConnection:
                                      f"{exc}") from None
         client.set_missing_host_key_policy(_RefuseUnknown(t))
         sock = None
-        if t.proxy_command:
-            sock = paramiko.ProxyCommand(t.proxy_command)
+        proxy = proxy_argv(t)
+        if proxy is not None:
+            # paramiko splits the string with shlex and starts it without a shell.
+            try:
+                sock = paramiko.ProxyCommand(quote_command(proxy))
+            except (OSError, paramiko.SSHException) as exc:
+                client.close()
+                raise TransportError(f"host '{t.host}': cannot start ssh.proxy_command: "
+                                     f"{exc}") from None
         try:
             client.connect(
                 t.address, port=t.port, username=t.user,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from configure.roles import Role, resolve, role_defaults, role_search_path
-from configure.ssh import SshTarget
+from configure.ssh import SshTarget, openssh_proxy_command
 from inventory.contracts import HostContext, StepOutcome, time_left
 from inventory.errors import InputError, MetalchainError
 from inventory.secrets import Secret
@@ -156,8 +156,9 @@ def ssh_config_text(target: SshTarget, known_hosts: Path, control_path: Path) ->
              "  ControlPersist 120"]
     if target.private_key is not None:
         lines += [f"  IdentityFile {target.private_key}", "  IdentitiesOnly yes"]
-    if target.proxy_command:
-        lines.append(f"  ProxyCommand {target.proxy_command}")
+    proxy = openssh_proxy_command(target)
+    if proxy is not None:
+        lines.append(f"  ProxyCommand {proxy}")
     return "\n".join(lines) + "\n"
 
 

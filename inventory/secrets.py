@@ -143,6 +143,20 @@ class Masker:
                 text = text.replace(v, MASK)
         return text
 
+    def stream(self) -> MaskedStream:
+        """A masker for text that arrives in chunks (streamed command output)."""
+        return MaskedStream(self)
+
+    def _pending_len(self, text: str) -> int:
+        """Length of the longest end of ``text`` that could be the start of a value."""
+        best = 0
+        for v in self._values:
+            for n in range(min(len(v) - 1, len(text)), best, -1):
+                if text.endswith(v[:n]):
+                    best = n
+                    break
+        return best
+
     def value(self, obj: Any) -> Any:
         """``obj`` with every string in it masked (dicts, lists and tuples walked)."""
         if not self._values:
@@ -158,6 +172,54 @@ class Masker:
         if isinstance(obj, tuple):
             return tuple(self.value(v) for v in obj)
         return obj
+
+
+class MaskedStream:
+    """Masks a stream of text chunks, also a value split across two chunks: the end of a chunk
+    that could begin a value is held back until the next chunk (or :meth:`flush`) decides.
+
+    >>> s = Masker(["hunter2"]).stream()
+    >>> s.feed("pass: hun"), s.feed("ter2!"), s.flush()
+    ('pass: ', '***!', '')
+    """
+
+    def __init__(self, masker: Masker) -> None:
+        self._masker = masker
+        self._pending = ""
+
+    def feed(self, chunk: str) -> str:
+        text = self._masker.text(self._pending + chunk)
+        keep = self._masker._pending_len(text)
+        self._pending = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+    def flush(self) -> str:
+        text, self._pending = self._pending, ""
+        return text
+
+
+def secret_values_in(obj: Any) -> list[str]:
+    """The revealed values of every :class:`Secret` inside ``obj`` (dicts, lists, tuples
+    walked): what a step that renders a host's variables must mask in what it reports."""
+    if isinstance(obj, Secret):
+        return [obj.reveal()]
+    if isinstance(obj, Mapping):
+        return [s for v in obj.values() for s in secret_values_in(v)]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in secret_values_in(v)]
+    return []
+
+
+def env_refs_in(obj: Any) -> set[str]:
+    """Names of the environment variables ``{env: VAR}`` references inside raw (unresolved)
+    inventory data name, so their values can be masked before the inventory is loaded."""
+    if isinstance(obj, Mapping):
+        if set(obj) == {"env"} and isinstance(obj["env"], str):
+            return {obj["env"]}
+        return {n for v in obj.values() for n in env_refs_in(v)}
+    if isinstance(obj, list):
+        return {n for v in obj for n in env_refs_in(v)}
+    return set()
 
 
 def is_secret_ref(value: Any) -> bool:

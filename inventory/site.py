@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inventory.errors import InputError, InventoryError
-from inventory.loader import load_inventory
+from inventory.errors import InputError, InventoryError, MetalchainError
+from inventory.loader import inventory_files, load_inventory
 from inventory.model import Inventory
-from inventory.secrets import SecretStore
+from inventory.secrets import Masker, SecretStore, env_refs_in
 from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
 
@@ -50,6 +50,7 @@ class Site:
     _inventory: Inventory | None = field(default=None, repr=False)
     _secrets: SecretStore | None = field(default=None, repr=False)
     _state: StateStore | None = field(default=None, repr=False)
+    _env_refs: set[str] | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, root: Path, environ: dict[str, str] | None = None) -> Site:
@@ -100,6 +101,38 @@ class Site:
             self._secrets = SecretStore.load(self.secrets_path)
         return self._secrets
 
+    def masker(self) -> Masker:
+        """A :class:`Masker` of every secret value this site can know: the secrets file's
+        values and those of the environment variables its inventory references (``{env:
+        VAR}``), whether or not the inventory loaded (an inventory with an error is scanned
+        as raw YAML). Never raises: it is what error and log output is scrubbed with."""
+        values: list[str] = []
+        store = self._secrets
+        if store is None:
+            try:
+                store = self.secrets
+            except (MetalchainError, OSError):
+                store = None
+        if store is not None:
+            values += store.known_values()
+        values += [os.environ[v] for v in self._referenced_env() if os.environ.get(v)]
+        return Masker(values)
+
+    def _referenced_env(self) -> set[str]:
+        if self._env_refs is None:
+            names: set[str] = set()
+            try:
+                files = inventory_files(self.inventory_path)
+            except (MetalchainError, OSError):
+                files = []
+            for f in files:
+                try:
+                    names |= env_refs_in(read_yaml_file(f))
+                except (MetalchainError, OSError, ValueError):
+                    continue
+            self._env_refs = names
+        return self._env_refs
+
     @property
     def inventory(self) -> Inventory:
         if self._inventory is None:
@@ -110,6 +143,7 @@ class Site:
         """Read the inventory (and secrets) again, e.g. on SIGHUP to a long-running serve."""
         self._secrets = None
         self._inventory = None
+        self._env_refs = None
         return self.inventory
 
     @property

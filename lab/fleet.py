@@ -32,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,10 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import paramiko
-
 from inventory.errors import LabError
 from lab.network import LabNetwork, netns_exists, run_command, short_ifname
+from provision.sshcheck import NO_ANSWER, ProbeResult, probe_host_key
 from runtime.jsondoc import write_json
 from runtime.pidfile import process_alive, process_stat, same_process
 
@@ -280,27 +278,11 @@ def raise_inotify_limits() -> None:
 # SSH -------------------------------------------------------------------------------------
 
 
-def probe_ssh(address: str, host_key: str, timeout: float = 5.0) -> None:
-    """Complete an SSH key exchange and check the server proves the pinned host key.
-
-    No login is needed: the key exchange alone is signed with the host key, so a match
-    means this is the host we generated the key for. Raises ``LabError`` on mismatch,
-    ``OSError``/``paramiko.SSHException``/``EOFError`` when it does not answer (yet).
-    """
-    key_type, key_b64 = host_key.split()[:2]
-    sock = socket.create_connection((address, SSH_PORT), timeout=timeout)
-    transport = paramiko.Transport(sock)
-    try:
-        transport.banner_timeout = timeout
-        transport.handshake_timeout = timeout
-        transport.get_security_options().key_types = [key_type]
-        transport.start_client(timeout=timeout)
-        remote = transport.get_remote_server_key()
-        if remote.get_name() != key_type or remote.get_base64() != key_b64:
-            raise LabError(f"{address} presented a host key that is not the pinned one")
-    finally:
-        transport.close()
-        sock.close()
+def probe_ssh(address: str, host_key: str, timeout: float = 5.0,
+              port: int = SSH_PORT) -> ProbeResult:
+    """The host's SSH key exchange checked against its pinned key: the project's one probe
+    (``provision.sshcheck``), so the lab and provisioning agree on what a match is."""
+    return probe_host_key(address, host_key, port=port, timeout=timeout)
 
 
 def wait_for_ssh(record: HostRecord, deadline: float) -> None:
@@ -314,11 +296,13 @@ def wait_for_ssh(record: HostRecord, deadline: float) -> None:
         if remaining <= 0:
             raise LabError(f"{record.name} ({record.address}) did not answer SSH before the "
                            f"deadline; last: {last}")
-        try:
-            probe_ssh(record.address, record.host_key, timeout=min(5.0, max(remaining, 0.5)))
+        result = probe_ssh(record.address, record.host_key,
+                           timeout=min(5.0, max(remaining, 0.5)))
+        if result.ok:
             return
-        except (OSError, EOFError, paramiko.SSHException) as exc:
-            last = f"{type(exc).__name__}: {exc}"
+        if result.verdict != NO_ANSWER:
+            raise LabError(f"{record.name}: {result.reason}")
+        last = result.reason
         time.sleep(min(0.5, max(deadline - time.monotonic(), 0)))
 
 
@@ -714,12 +698,9 @@ def fleet_status(lab_dir: Path, *, check_ssh: bool = True,
         alive = same_process(record.init_pid, record.init_start)
         status = HostStatus(record.name, record.address, alive, None)
         if check_ssh and alive:
-            try:
-                probe_ssh(record.address, record.host_key, timeout=timeout)
-                status.ssh_ok = True
-            except (OSError, EOFError, paramiko.SSHException, LabError) as exc:
-                status.ssh_ok = False
-                status.detail = str(exc)
+            result = probe_ssh(record.address, record.host_key, timeout=timeout)
+            status.ssh_ok = result.ok
+            status.detail = result.reason
         return status
 
     if not records:

@@ -172,7 +172,13 @@ class Lab:
         """BMC passwords in the site's secrets file (kept across runs), one per node."""
         current: dict[str, str] = {}
         if self.secrets_path.exists():
-            data = yaml.safe_load(self.secrets_path.read_text("utf-8")) or {}
+            try:
+                data = yaml.safe_load(self.secrets_path.read_text("utf-8")) or {}
+            except yaml.YAMLError as exc:
+                # Never yaml's own message: it quotes the offending line of the secrets file.
+                mark = getattr(exc, "problem_mark", None)
+                where = f":{mark.line + 1}" if mark is not None else ""
+                raise LabError(f"{self.secrets_path}{where}: not valid YAML") from None
             if not isinstance(data, dict):
                 raise LabError(f"{self.secrets_path}: not a mapping of name: value")
             current = {str(k): str(v) for k, v in data.items()}

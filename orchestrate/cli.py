@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from inventory.errors import MetalchainError
+from inventory.secrets import Masker
 from inventory.site import Site, find_site_dir
 
 log = logging.getLogger("metalchain")
@@ -50,23 +51,32 @@ class Context:
 
 
 class _Scrubber(logging.Filter):
-    """Last line of defence: replaces any known secret value in log records and errors."""
+    """Last line of defence: masks every secret value the site knows (the secrets file's and
+    the environment variables its inventory references) in log records, errors and
+    tracebacks."""
 
     site: Site | None = None
+    _formatter = logging.Formatter()
 
-    def values(self) -> list[str]:
-        if self.site is None or self.site._secrets is None:
-            return []
-        return self.site._secrets.known_values()
+    def masker(self) -> Masker:
+        return Masker() if self.site is None else self.site.masker()
 
     def scrub(self, text: str) -> str:
-        for v in self.values():
-            text = text.replace(v, "***")
-        return text
+        return self.masker().text(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.scrub(record.getMessage())
+        masker = self.masker()
+        record.msg = masker.text(record.getMessage())
         record.args = ()
+        # A traceback attached to the record is formatted here, masked, and kept as text, so
+        # the handler's formatter prints the masked copy.
+        if record.exc_info:
+            record.exc_text = masker.text(self._formatter.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = masker.text(record.exc_text)
+        if record.stack_info:
+            record.stack_info = masker.text(record.stack_info)
         return True
 
 

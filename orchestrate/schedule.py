@@ -73,12 +73,28 @@ def cron_file(directory: Path, name: str) -> Path:
     return directory / f"metalchain-{name}"
 
 
+def cron_command(argv: list[str]) -> str:
+    """``argv`` as the command part of a cron line: each argument shell-quoted, then every
+    ``%`` escaped as ``\\%`` (cron turns an unescaped ``%`` into a newline and feeds the rest
+    to stdin; it drops the backslash of ``\\%`` before handing the line to ``/bin/sh``)."""
+    for a in argv:
+        if "\n" in a or "\\" in a:
+            # a cron line ends at a newline, and a backslash before "%" is ambiguous.
+            raise InputError(f"cannot schedule {a!r}: newlines and backslashes are not "
+                             "allowed in a scheduled command's paths")
+    return " ".join(shlex.quote(a) for a in argv).replace("%", "\\%")
+
+
 def render_cron(s: Schedule, metalchain: str, log: Path) -> str:
-    command = " ".join(shlex.quote(a) for a in s.argv(metalchain))
-    meta = f"{MARK} name={s.name} site={s.site} playbook={s.playbook} mode={s.mode}"
+    command = cron_command(s.argv(metalchain))
+    logged = cron_command([str(log)])
+    # The metadata line is a comment (cron does not interpret it); values are shell-quoted so
+    # a site path with spaces reads back whole.
+    meta = " ".join([MARK, *(f"{k}={shlex.quote(v)}" for k, v in (
+        ("name", s.name), ("site", str(s.site)), ("playbook", s.playbook), ("mode", s.mode)))])
     return (f"{meta}\n"
             "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
-            f"{s.when} root {command} >> {shlex.quote(str(log))} 2>&1\n")
+            f"{s.when} root {command} >> {logged} 2>&1\n")
 
 
 def parse_cron(text: str) -> Schedule | None:
@@ -86,7 +102,11 @@ def parse_cron(text: str) -> Schedule | None:
     lines = text.splitlines()
     if not lines or not lines[0].startswith(MARK):
         return None
-    meta = dict(part.split("=", 1) for part in lines[0][len(MARK):].split() if "=" in part)
+    try:
+        parts = shlex.split(lines[0][len(MARK):])
+    except ValueError:
+        return None
+    meta = dict(part.split("=", 1) for part in parts if "=" in part)
     entry = next((ln for ln in lines[1:] if ln and not ln.startswith("#") and "=" not in
                   ln.split()[0]), None)
     if entry is None or not {"name", "site", "playbook", "mode"} <= set(meta):

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrate.runs import RunLock
 from orchestrate.schedule import parse_cron
+from tests.cronline import cron_entry_command
 from tests.lab.sshd import mc
 
 pytestmark = pytest.mark.lab
@@ -59,3 +60,28 @@ def test_schedule_bad_input(lab_site, tmp_path, args, message):
     r = mc(lab_site, "schedule", "add", "x", "--playbook", "d", "--cron-dir",
            str(tmp_path / "c"), *args)
     assert r.returncode == 2 and message in r.stderr
+
+
+def test_scheduled_line_runs_from_a_site_path_with_space_and_percent(lab_site, tmp_path):
+    # The same site, moved to a directory whose name cron and sh would both mangle unquoted.
+    site = tmp_path / "my site 100%"
+    lab_site.rename(site)
+    cron_dir = tmp_path / "cron.d"
+    marker = lab_site.work / "ran-{{ inventory_hostname }}"
+    (site / "playbooks" / "drift.yml").write_text(
+        "- hosts: h02\n  steps:\n"
+        f"    - command: {{argv: [touch, '{marker}'], creates: '{marker}'}}\n")
+    r = mc(site, "schedule", "add", "pct", "--playbook", "drift", "--mode", "fix",
+           "--every", "5m", "--cron-dir", str(cron_dir))
+    assert r.returncode == 0, r.stderr
+    text = (cron_dir / "metalchain-pct").read_text()
+    s = parse_cron(text)
+    assert s is not None and s.site == site and s.mode == "fix"
+    entry = next(ln for ln in text.splitlines() if ln.startswith("*/5"))
+    # Run it as cron would: cut at the first bare %, unescape \%, hand it to /bin/sh -c.
+    done = subprocess.run(["/bin/sh", "-c", cron_entry_command(entry)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (lab_site.work / "ran-h02").exists()
+    log = site / "runs" / "schedule-pct.log"
+    assert log.is_file() and "h02" in log.read_text()
