@@ -322,11 +322,11 @@ class WatchSet:
 
     def _watch(self, host: Host) -> None:
         node = host.name
+        bmc = None
+        if self.bmc_for is not None and host.bmc is not None:
+            bmc = self.bmc_for(host, timeout=3.0)   # connects on first use, kept till the end
         try:
             while True:
-                bmc = None
-                if self.bmc_for is not None and host.bmc is not None:
-                    bmc = self.bmc_for(host, timeout=3.0)
                 watcher = NodeWatcher(host, self.store, timeouts=self.timeouts,
                                       changes=self.changes, bmc=bmc, power_first=0.0,
                                       on_action=self.on_action)
@@ -335,9 +335,6 @@ class WatchSet:
                 except MetalchainError as exc:
                     log.warning("node %s: watcher stopped: %s", node, exc)
                     return
-                finally:
-                    if bmc is not None:
-                        bmc.close()
                 with self._lock:
                     # A callback after our last read (e.g. the node was started again while
                     # we were leaving): watch on instead of waiting for the next sync.
@@ -345,6 +342,8 @@ class WatchSet:
                         self._threads.pop(node, None)
                         return
         finally:
+            if bmc is not None:
+                bmc.close()
             with self._lock:
                 if self._threads.get(node) is threading.current_thread():
                     self._threads.pop(node, None)
