@@ -182,13 +182,15 @@ class ProvisionReport:
 
 
 def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | None = None,
-                    *, on_change: OnChange | None = None,
-                    on_note: OnNote = _quiet) -> ProvisionReport:
+                    *, on_change: OnChange | None = None, on_note: OnNote = _quiet,
+                    controller: Controller | None = None) -> ProvisionReport:
     """Install ``target``'s bare-metal nodes (None: every host with provisioning data).
 
     Raises :class:`InputError` before touching anything when the selection or a node's state
     forbids it (active without ``force``, failed without ``retry``, ...). Uses the site's
     running ``metalchain serve`` if there is one, else runs the boot server for the call.
+    Code running inside ``serve`` (remediation) passes serve's ``controller``: its boot
+    server is used and its callbacks wake the watchers in-process (:meth:`Serve.provision`).
 
     Example::
 
@@ -210,7 +212,7 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
         if not hosts:
             on_note("every node of the target is already active")
             return ProvisionReport(all_active=True)
-    ctl = Controller(site)
+    ctl = controller or Controller(site)
     preflight = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
                             timeouts=ctl.timeouts)
     preflight.preflight(hosts, retry=opts.retry, force=opts.force)
@@ -221,12 +223,13 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
     for line in ctl.reconcile():
         on_note(f"re-checked {line}")
     ctl.prepare_images(ctl.images_for(hosts))
-    serving = running_serve(site)
-    if serving is None:
+    serving = None if controller is not None else running_serve(site)
+    started_here = controller is None and serving is None
+    changes: NodeChanges | None = ctl.changes   # callbacks land in this process
+    if started_here:
         url = ctl.start()
         on_note(f"boot server started for this run at {url}")
-        changes: NodeChanges | None = ctl.changes   # callbacks land here: watchers wake
-    else:
+    elif serving is not None:
         on_note(f"using the running metalchain serve at {serving['url']}")
         changes = None   # callbacks land in the serve process: watchers re-read the store
     prov = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
@@ -236,7 +239,7 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
     try:
         results = prov.run(hosts, parallel=opts.parallel, deadline=deadline)
     finally:
-        if serving is None:
+        if started_here:
             ctl.stop()
     return ProvisionReport(nodes=results)
 
@@ -296,6 +299,14 @@ class Serve:
         mirror_url = self.ctl.start_mirror()
         self.ctl.state_file.write_text(json.dumps({"pid": os.getpid(), "url": url}))
         return ServeInfo(url, mirror_url, self.ctl.settings.interface)
+
+    def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
+                  on_change: OnChange | None = None, on_note: OnNote = _quiet
+                  ) -> ProvisionReport:
+        """:func:`provision_nodes` from inside this serve (e.g. a remediation action):
+        through this process's boot server and notifications. Blocks until done."""
+        return provision_nodes(self.site, target, options, on_change=on_change,
+                               on_note=on_note, controller=self.ctl)
 
     def request_stop(self) -> None:
         """Safe from a signal handler: sets a flag and wakes the loop."""
