@@ -10,10 +10,11 @@ a restarted controller picks up where the last one stopped.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inventory.errors import BmcError, MetalchainError
 from inventory.model import Host, Inventory
@@ -21,6 +22,9 @@ from inventory.state import StateStore
 from provision import lifecycle as lc
 from provision.bootserver.interfaces import NodeConfig
 from provision.contract import IMAGE
+
+if TYPE_CHECKING:
+    from provision.watch import NodeChanges
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +81,24 @@ class HostKeys:
             return None
 
     def discard(self, node: str) -> None:
-        """The private key leaves the controller once the node has it."""
+        """The private key (and the deploy token) leave the controller once the node has it."""
         self.path(node).unlink(missing_ok=True)
+        (self.dir / node / "token").unlink(missing_ok=True)
+
+    def set_token(self, node: str, token: str) -> None:
+        """Keep the deployment's token where every process of the site finds it (0600,
+        beside the private host key; the state store keeps only its hash)."""
+        path = self.dir / node / "token"
+        path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(token + "\n")
+
+    def token(self, node: str) -> str | None:
+        try:
+            return (self.dir / node / "token").read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
 
     def set_image(self, node: str, image: str) -> None:
         """The image chosen for this deployment (``provision --image``), for every process."""
@@ -96,7 +116,7 @@ class DeployService:
 
     def __init__(self, inventory: Inventory, store: StateStore, *, images_dir: Path,
                  hostkeys: HostKeys, authorized_keys: str, token_ttl: float,
-                 bmc_for: Any = None) -> None:
+                 bmc_for: Any = None, changes: NodeChanges | None = None) -> None:
         self.inventory = inventory
         self.store = store
         self.life = lc.Lifecycle(store)
@@ -105,21 +125,36 @@ class DeployService:
         self.authorized_keys = authorized_keys
         self.token_ttl = token_ttl
         self.bmc_for = bmc_for   # host -> BmcDriver (provision.drivers.driver_for)
+        self.changes = changes   # told after every move, so watchers wake (provision.watch)
+
+    def _changed(self, node: str) -> None:
+        if self.changes is not None:
+            self.changes.notify(node)
 
     # -- DeployProvider --------------------------------------------------------------------
 
     def install_token(self, node: str) -> str | None:
-        """A new token each time the node fetches its boot script while being deployed; the
-        node's fetch is also the evidence that it is PXE booting."""
+        """The deployment's token while ``node`` is powering on or PXE booting, else None.
+
+        Side effect, on purpose: the first fetch moves the node from ``powering_on`` to
+        ``pxe_booting`` (the fetch is the evidence that it PXE boots). No token is issued
+        here: it was issued when the deployment started (``Provisioner``), so a repeated
+        fetch (iPXE retries) gets the same token and revokes nothing.
+        """
         state = self.life.state(node)
         if state not in (lc.POWERING_ON, lc.PXE_BOOTING):
+            return None
+        token = self.hostkeys.token(node)
+        if token is None:
             return None
         if state == lc.POWERING_ON:
             try:
                 self.life.move(node, lc.PXE_BOOTING, "fetched its iPXE script")
             except MetalchainError:
-                return None
-        return self.store.issue_deploy_token(node, self.token_ttl)
+                if self.life.state(node) != lc.PXE_BOOTING:   # another fetch won the race
+                    return None
+            self._changed(node)
+        return token
 
     def image_of(self, host: Host) -> str:
         return self.hostkeys.image(host.name) or (
@@ -154,6 +189,7 @@ class DeployService:
                 self.life.move(node, lc.INSTALLING, f"installer started: {message}"[:500])
             except MetalchainError as exc:
                 log.warning("node %s: %s", node, exc)
+            self._changed(node)
         self.store.record_audit("installer", "progress", node,
                                 {"stage": stage, "message": message[:500]})
 
@@ -163,6 +199,7 @@ class DeployService:
         except MetalchainError as exc:
             log.warning("node %s: done while %s: %s", node, self.life.state(node), exc)
             return
+        self._changed(node)
         self.hostkeys.discard(node)
         host = self.inventory.hosts.get(node)
         if host is not None and host.bmc is not None and self.bmc_for is not None:
@@ -177,6 +214,7 @@ class DeployService:
             self.life.move(node, lc.REBOOTING, "rebooting into the installed system")
         except MetalchainError as exc:
             log.warning("node %s: %s", node, exc)
+        self._changed(node)
 
     def on_failed(self, node: str, stage: str, message: str, log_tail: str) -> None:
         tail = " | ".join(ln for ln in log_tail.splitlines()[-LOG_TAIL_LINES:] if ln.strip())
@@ -184,3 +222,4 @@ class DeployService:
             f"; log: {tail}" if tail else "")
         self.life.fail(node, reason[:4000])
         self.hostkeys.discard(node)
+        self._changed(node)

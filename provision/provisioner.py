@@ -1,9 +1,10 @@
 """Provisioning many nodes at once: power them on into the installer, watch them through the
 lifecycle, and make them active once SSH answers with the key pinned for them.
 
-The watching part (:func:`reconcile`) is also what a restarted controller runs: it judges
-every node in progress from the state store alone — time in state, power, SSH — so no node
-stays "in progress" because the process that started it went away.
+Watching is :mod:`provision.watch` (woken by callbacks, with timeouts on time and a slow
+backstop). :func:`reconcile` is the one-shot check ``metalchain provision`` runs first: it
+judges every node in progress from the state store alone — time in state, power, SSH — so no
+node stays "in progress" because the process that started it went away.
 """
 
 from __future__ import annotations
@@ -13,18 +14,26 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from inventory.errors import BmcError, InputError, MetalchainError
 from inventory.model import Host, Inventory
 from inventory.state import StateStore
 from provision import lifecycle as lc
 from provision.deploy import HostKeys, console_tail
-from provision.sshcheck import ssh_answers_with
+from provision.settings import DEFAULT_TOKEN_TTL
+from provision.watch import (
+    INSTALLED_GRACE,
+    POWER_STATES,
+    POWER_SYNC_INTERVAL,
+    REMOTE_STORE_POLL,
+    SSH_STATES,
+    NodeChanges,
+    NodeWatcher,
+    ssh_ok,
+)
 
 log = logging.getLogger(__name__)
-
-POLL = 0.25
-SSH_PROBE_INTERVAL = 1.0
 
 
 @dataclass
@@ -68,7 +77,12 @@ def timings(store: StateStore, node: str) -> dict[str, float]:
 def reconcile(inventory: Inventory, store: StateStore, timeouts: Mapping[str, float],
               bmc_for: Callable[..., object] | None = None,
               now: Callable[[], float] = time.time) -> list[str]:
-    """Judge every node in progress once; returns what was done (for logs)."""
+    """Judge every node in progress once; returns what was done (for logs).
+
+    A one-shot check (``metalchain provision`` runs it before starting nodes): each node in
+    progress costs one BMC session here. ``metalchain serve`` does not call it in a loop; its
+    watchers (:mod:`provision.watch`) keep one session per node and wake on callbacks.
+    """
     life = lc.Lifecycle(store, timeouts)
     done: list[str] = []
     records = [n for n in store.list_nodes() if n.state in lc.IN_PROGRESS]
@@ -83,20 +97,20 @@ def reconcile(inventory: Inventory, store: StateStore, timeouts: Mapping[str, fl
         host = inventory.hosts.get(rec.name)
         if host is None:
             continue
-        if rec.state == lc.INSTALLED and rec.state_since and now() - rec.state_since > 5:
+        if rec.state == lc.INSTALLED and rec.state_since and \
+                now() - rec.state_since > INSTALLED_GRACE:
             # The process that got "done" died before moving on; the node reboots anyway.
             try:
                 life.move(rec.name, lc.REBOOTING, "installed; rebooting (re-checked)")
             except MetalchainError:
                 continue
-        if rec.state in (lc.REBOOTING, lc.INSTALLED) and _ssh_ok(host, store):
+        if rec.state in SSH_STATES and _ssh_ok(host, store):
             try:
                 life.move(rec.name, lc.ACTIVE, "SSH answered with the pinned host key")
                 done.append(f"{rec.name}: active")
             except MetalchainError:
                 pass
-        elif rec.state in (lc.POWERING_ON, lc.PXE_BOOTING, lc.INSTALLING) and \
-                bmc_for is not None and host.bmc is not None:
+        elif rec.state in POWER_STATES and bmc_for is not None and host.bmc is not None:
             try:
                 with bmc_for(host, timeout=3.0) as bmc:  # type: ignore[attr-defined]
                     power = bmc.power_status()
@@ -109,17 +123,23 @@ def reconcile(inventory: Inventory, store: StateStore, timeouts: Mapping[str, fl
 
 def _ssh_ok(host: Host, store: StateStore) -> bool:
     keys = store.host_keys_of(host.name)
-    address = host.address or (host.provision.ip if host.provision else None)
-    if not keys or not address:
-        return False
-    ok, _why = ssh_answers_with(address, keys[0], port=host.ssh.port, timeout=2.0)
-    return ok
+    return ssh_ok(host, keys[0] if keys else None)
 
 
 class Provisioner:
+    """Starts nodes over their BMC and watches each until it leaves the in-progress states.
+
+    ``changes`` is the process's :class:`provision.watch.NodeChanges` when the boot server
+    (and so the deploy callbacks) runs in this process: watchers then wake on callbacks. With
+    None, the callbacks reach another process (a running ``metalchain serve``) and watchers
+    re-read the store every :data:`provision.watch.REMOTE_STORE_POLL` seconds instead.
+    """
+
     def __init__(self, inventory: Inventory, store: StateStore, *, hostkeys: HostKeys,
                  bmc_for: Callable[..., object], timeouts: Mapping[str, float],
-                 on_change: Callable[[str, str, str], None] | None = None) -> None:
+                 on_change: Callable[[str, str, str], None] | None = None,
+                 changes: NodeChanges | None = None,
+                 token_ttl: float = DEFAULT_TOKEN_TTL) -> None:
         self.inventory = inventory
         self.store = store
         self.hostkeys = hostkeys
@@ -127,6 +147,9 @@ class Provisioner:
         self.timeouts = {**lc.DEFAULT_TIMEOUTS, **timeouts}
         self.life = lc.Lifecycle(store, self.timeouts)
         self.on_change = on_change or (lambda node, state, reason: None)
+        self.changes = changes if changes is not None else NodeChanges()
+        self.store_poll = REMOTE_STORE_POLL if changes is None else POWER_SYNC_INTERVAL
+        self.token_ttl = token_ttl
 
     def preflight(self, hosts: list[Host], *, retry: bool, force: bool) -> None:
         now = time.time()
@@ -139,6 +162,7 @@ class Provisioner:
 
     def run(self, hosts: list[Host], *, parallel: int, deadline: float | None = None
             ) -> dict[str, NodeResult]:
+        """Provision ``hosts``, ``parallel`` at a time; ``deadline`` is wall-clock time."""
         with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
             results = dict(zip([h.name for h in hosts],
                                pool.map(lambda h: self._one(h, deadline), hosts), strict=True))
@@ -147,21 +171,30 @@ class Provisioner:
     def _one(self, host: Host, deadline: float | None) -> NodeResult:
         start = time.monotonic()
         node = host.name
+        bmc: Any = None
         try:
-            self._start(host)
-            self._watch(host, deadline)
+            # One BMC session for the whole deployment: power on, then the power sync.
+            bmc = self.bmc_for(host, timeout=5.0)
+            self._start(host, bmc)
+            self._watch(host, bmc, deadline)
         except BmcError as exc:
             self.life.fail(node, f"BMC: {exc}")
             self.on_change(node, lc.FAILED, f"BMC: {exc}")
         except MetalchainError as exc:
             self.life.fail(node, str(exc))
             self.on_change(node, lc.FAILED, str(exc))
+        finally:
+            if bmc is not None:
+                bmc.close()
         rec = self.store.node(node)
         state = rec.state if rec else None
+        if state == lc.FAILED:
+            self.hostkeys.discard(node)
         return NodeResult(node, state, rec.reason if rec else "",
                           time.monotonic() - start, timings(self.store, node))
 
-    def _start(self, host: Host) -> None:
+    def _start(self, host: Host, bmc: Any = None) -> None:
+        """Enroll, key, token, power on into the network boot (``bmc``: an open driver)."""
         node = host.name
         self.life.enroll(node)
         state = self.life.state(node)
@@ -169,45 +202,29 @@ class Provisioner:
             self.life.fail(node, f"abandoned in {state}; starting again")
         pub = self.hostkeys.generate(node)
         self.store.pin_host_key(node, pub, "provision")
+        # The deployment's one token, issued before the node can ask for it: every fetch of
+        # its iPXE script (iPXE retries) hands out this same token (docs/provision.md).
+        self.hostkeys.set_token(node, self.store.issue_deploy_token(node, self.token_ttl))
         self.life.move(node, lc.POWERING_ON, "provisioning started")
         self.on_change(node, lc.POWERING_ON, "")
-        with self.bmc_for(host, timeout=5.0) as bmc:  # type: ignore[attr-defined]
-            if not bmc.ping(timeout=2.0):
-                raise BmcError(f"{node} (BMC {host.bmc.address}:{host.bmc.port}): "  # type: ignore[union-attr]
-                               "does not answer")
-            bmc.set_bootdev("network", persistent=True)
-            if bmc.power_status() == "on":
-                bmc.power_cycle()
-            else:
-                bmc.power_on()
+        if bmc is None:
+            with self.bmc_for(host, timeout=5.0) as own:  # type: ignore[attr-defined]
+                self._power_on(host, own)
+        else:
+            self._power_on(host, bmc)
 
-    def _watch(self, host: Host, deadline: float | None) -> None:
-        node = host.name
-        last_state = None
-        next_ssh = 0.0
-        while True:
-            rec = self.store.node(node)
-            state = rec.state if rec else None
-            if state != last_state:
-                self.on_change(node, state or "-", rec.reason if rec else "")
-                last_state = state
-            if state not in lc.IN_PROGRESS:
-                return
-            if rec and rec.state_since and time.time() - rec.state_since > \
-                    self.timeouts[state]:
-                tail = console_tail(host)
-                self.life.fail(node, (f"timed out after {self.timeouts[state]:g}s in {state}"
-                                      + (f"; console: {tail}" if tail else ""))[:4000])
-                continue
-            if deadline is not None and time.monotonic() > deadline:
-                self.life.fail(node, f"provision run deadline passed while {state}")
-                continue
-            if state in (lc.REBOOTING, lc.INSTALLED) and time.monotonic() >= next_ssh:
-                next_ssh = time.monotonic() + SSH_PROBE_INTERVAL
-                if _ssh_ok(host, self.store):
-                    try:
-                        self.life.move(node, lc.ACTIVE, "SSH answered with the pinned host key")
-                    except MetalchainError:
-                        pass
-                    continue
-            time.sleep(POLL)
+    @staticmethod
+    def _power_on(host: Host, bmc: Any) -> None:
+        if not bmc.ping(timeout=2.0):
+            raise BmcError(f"{host.name} (BMC {host.bmc.address}:{host.bmc.port}): "  # type: ignore[union-attr]
+                           "does not answer")
+        bmc.set_bootdev("network", persistent=True)
+        if bmc.power_status() == "on":
+            bmc.power_cycle()
+        else:
+            bmc.power_on()
+
+    def _watch(self, host: Host, bmc: Any, deadline: float | None) -> None:
+        NodeWatcher(host, self.store, timeouts=self.timeouts, changes=self.changes, bmc=bmc,
+                    deadline=deadline, store_poll=self.store_poll,
+                    power_first=POWER_SYNC_INTERVAL, on_change=self.on_change).run()

@@ -1,0 +1,341 @@
+"""Provisioning control: the entry points the CLI, ``metalchain serve``, the remediation
+engine (reprovision a node) and workers call the same way.
+
+- :func:`provision_nodes` — select nodes, skip active ones if asked, preflight, prepare
+  images, start a boot server for the run or use the site's running ``serve``, provision,
+  report.
+- :class:`Serve` — the long-running controller: boot server, install callbacks, package
+  mirror, and watchers for nodes in progress that wake on the callbacks (no polling loop).
+- :class:`Controller` — the pieces both share (deploy service, boot server, images).
+
+Nothing here prints: progress and notes go to the callbacks the caller passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from inventory.errors import InputError, MetalchainError
+from inventory.select import select_hosts
+from provision import lifecycle as lc
+from provision.provisioner import NodeResult
+from provision.watch import POWER_SYNC_INTERVAL, NodeChanges, WatchSet
+
+OnChange = Callable[[str, str, str], None]   # (node, state, reason)
+OnNote = Callable[[str], None]               # one line for the operator
+
+
+def _quiet(_text: str) -> None:
+    pass
+
+
+class Controller:
+    """What ``serve`` runs and what ``provision`` starts for itself when no ``serve`` runs.
+
+    ``changes`` is this process's notification channel: the deploy service (called by the
+    boot server's HTTP handler) notifies it after every state change, watchers wait on it.
+    """
+
+    def __init__(self, site: Any) -> None:
+        from provision.deploy import DeployService, HostKeys
+        from provision.drivers import driver_for
+        from provision.settings import BootSettings
+
+        self.site = site
+        self.settings = BootSettings.from_site(site)
+        self.timeouts = {**lc.DEFAULT_TIMEOUTS, **self.settings.timeouts}
+        self.hostkeys = HostKeys(site.root / "boot" / "deploy")
+        self.changes = NodeChanges()
+        pub = site.ssh_key_path.with_suffix(".pub") if site.ssh_key_path else None
+        if pub is None or not pub.exists():
+            raise InputError(f"the controller's SSH key {pub} is missing; installed nodes "
+                             "authorize it for root (ssh-keygen -t ed25519 -f "
+                             f"{site.ssh_key_path})")
+        self.deploy = DeployService(site.inventory, site.state,
+                                    images_dir=self.settings.images_dir,
+                                    hostkeys=self.hostkeys,
+                                    authorized_keys=pub.read_text(),
+                                    token_ttl=self.settings.token_ttl, bmc_for=driver_for,
+                                    changes=self.changes)
+        self.server: Any = None
+        self.mirror: Any = None
+        self.state_file = site.root / "boot" / "serve.json"
+
+    def images_for(self, hosts: list[Any]) -> set[str]:
+        return {self.deploy.image_of(h) for h in hosts}
+
+    def prepare_images(self, images: set[str]) -> None:
+        """Build (or reuse from the cache) the installer and the images asked for."""
+        from provision.diskimage import ensure_disk_image
+        from provision.initramfs import ensure_installer
+
+        ensure_installer(self.settings.installer_dir)
+        for image in sorted(images):
+            if (self.settings.images_dir / f"{image}.raw").exists() and \
+                    (self.settings.images_dir / f"{image}.raw.sha256").exists():
+                continue
+            if image != "debian-12":
+                raise InputError(f"image '{image}' is not in {self.settings.images_dir} and "
+                                 "metalchain builds only debian-12")
+            ensure_disk_image(self.settings.images_dir, name=image)
+
+    def start(self) -> str:
+        from provision.bootserver import BootServer
+
+        self.server = BootServer(self.settings, provider=self.deploy, tokens=self.site.state,
+                                 callbacks=self.deploy, inventory=self.site.inventory)
+        self.server.start()
+        return str(self.server.url)
+
+    def start_mirror(self) -> str | None:
+        """Serve the site's package mirror too, unless a `mirror serve` already does."""
+        from configure.mirror_server import DEFAULT_PORT, MirrorServer
+
+        # Mirror status still lives in the click module on this base; branch `core` moves it
+        # to a plain module, and this import should follow it there.
+        from orchestrate.commands.mirror_cmd import mirror_dir, status_doc
+
+        doc = status_doc(self.site)
+        if not doc["built"] or doc["server"]["running"]:
+            return None
+        port = int((self.site.settings.get("mirror") or {}).get("port", DEFAULT_PORT))
+        self.mirror = MirrorServer(mirror_dir(self.site) / "current",
+                                   str(self.settings.address), port).start()
+        return str(self.mirror.url)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        if self.mirror is not None:
+            self.mirror.stop()
+            self.mirror = None
+
+    def reload(self) -> None:
+        """Serve the site's inventory as it is on disk now (SIGHUP)."""
+        inventory = self.site.reload_inventory()
+        self.deploy.inventory = inventory
+        if self.server is not None:
+            self.server.reload(inventory)
+
+    def reconcile(self) -> list[str]:
+        """Judge every node in progress once (one BMC session each); for logs."""
+        from provision.drivers import driver_for
+        from provision.provisioner import reconcile
+
+        return reconcile(self.site.inventory, self.site.state, self.timeouts, driver_for)
+
+
+def running_serve(site: Any) -> dict[str, Any] | None:
+    """The site's `metalchain serve`, if one runs and answers."""
+    path = site.root / "boot" / "serve.json"
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+        with urllib.request.urlopen(info["url"] + "/", timeout=2):  # noqa: S310 - our URL
+            pass
+    except urllib.error.HTTPError:
+        return info  # it answered (404 for "/" is an answer)
+    except (OSError, ValueError, KeyError, urllib.error.URLError):
+        return None
+    return info
+
+
+# -- provision ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    image: str | None = None          # install this image instead of the inventory's
+    parallel: int = 10
+    retry: bool = False               # start over nodes that are provision_failed
+    force: bool = False               # reinstall nodes that are active
+    skip_active: bool = False         # leave active nodes alone
+    total_timeout: float | None = None   # give up on every node still in progress after this
+
+
+@dataclass
+class ProvisionReport:
+    """Per-node outcomes; ``all_active`` when --skip-active left nothing to do."""
+
+    nodes: dict[str, NodeResult] = field(default_factory=dict)
+    all_active: bool = False
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.nodes.values() if not r.ok)
+
+    def node_docs(self) -> dict[str, dict[str, Any]]:
+        return {n: {"state": r.state, "reason": r.reason, "seconds": round(r.seconds, 1),
+                    "timings": r.timings} for n, r in self.nodes.items()}
+
+    def to_doc(self) -> dict[str, Any]:
+        """The body of the ``provision.result`` JSON document."""
+        return {"nodes": self.node_docs(), "failed": self.failed}
+
+
+def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | None = None,
+                    *, on_change: OnChange | None = None, on_note: OnNote = _quiet,
+                    controller: Controller | None = None) -> ProvisionReport:
+    """Install ``target``'s bare-metal nodes (None: every host with provisioning data).
+
+    Raises :class:`InputError` before touching anything when the selection or a node's state
+    forbids it (active without ``force``, failed without ``retry``, ...). Uses the site's
+    running ``metalchain serve`` if there is one, else runs the boot server for the call.
+    Code running inside ``serve`` (remediation) passes serve's ``controller``: its boot
+    server is used and its callbacks wake the watchers in-process (:meth:`Serve.provision`).
+
+    Example::
+
+        report = provision_nodes(site, "node1", ProvisionOptions(force=True))
+        report.nodes["node1"].state    # "active"
+    """
+    from provision.drivers import driver_for
+    from provision.provisioner import Provisioner
+
+    opts = options or ProvisionOptions()
+    inv = site.inventory
+    names = select_hosts(inv, target or "all")
+    hosts = [inv.hosts[n] for n in names if inv.hosts[n].managed]
+    if not hosts:
+        raise InputError("no host with bmc/provision data in the target")
+    if opts.skip_active:
+        active = {n.name for n in site.state.list_nodes() if n.state == lc.ACTIVE}
+        hosts = [h for h in hosts if h.name not in active]
+        if not hosts:
+            on_note("every node of the target is already active")
+            return ProvisionReport(all_active=True)
+    ctl = controller or Controller(site)
+    preflight = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
+                            timeouts=ctl.timeouts)
+    preflight.preflight(hosts, retry=opts.retry, force=opts.force)
+    if opts.image:
+        for h in hosts:
+            (ctl.hostkeys.dir / h.name).mkdir(parents=True, exist_ok=True)
+            ctl.hostkeys.set_image(h.name, opts.image)
+    for line in ctl.reconcile():
+        on_note(f"re-checked {line}")
+    ctl.prepare_images(ctl.images_for(hosts))
+    serving = None if controller is not None else running_serve(site)
+    started_here = controller is None and serving is None
+    changes: NodeChanges | None = ctl.changes   # callbacks land in this process
+    if started_here:
+        url = ctl.start()
+        on_note(f"boot server started for this run at {url}")
+    elif serving is not None:
+        on_note(f"using the running metalchain serve at {serving['url']}")
+        changes = None   # callbacks land in the serve process: watchers re-read the store
+    prov = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
+                       timeouts=ctl.timeouts, on_change=on_change, changes=changes,
+                       token_ttl=ctl.settings.token_ttl)
+    deadline = time.time() + opts.total_timeout if opts.total_timeout else None
+    try:
+        results = prov.run(hosts, parallel=opts.parallel, deadline=deadline)
+    finally:
+        if started_here:
+            ctl.stop()
+    return ProvisionReport(nodes=results)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ServeInfo:
+    url: str
+    mirror_url: str | None
+    interface: str
+
+
+class Serve:
+    """``metalchain serve``: boot server + callbacks + mirror + node watchers, until stopped.
+
+    Nothing here polls the state store in a loop: a node's watcher wakes on the callbacks the
+    boot server receives (:class:`provision.watch.NodeChanges`), at its next deadline, and at
+    the slow backstop (:data:`provision.watch.POWER_SYNC_INTERVAL`: power state over the
+    node's one BMC session, a store re-read, and one query listing nodes in progress to adopt
+    those another process started).
+
+    Example::
+
+        srv = Serve(site)
+        info = srv.start()            # ServeInfo(url=..., mirror_url=..., interface=...)
+        srv.run(on_note=print)        # until srv.request_stop() (e.g. from SIGTERM)
+        srv.close()
+    """
+
+    def __init__(self, site: Any, *, sync_interval: float = POWER_SYNC_INTERVAL) -> None:
+        from provision.drivers import driver_for
+
+        if running_serve(site):
+            raise MetalchainError(f"metalchain serve is already running for {site.root}")
+        self.site = site
+        self.ctl = Controller(site)
+        self.sync_interval = sync_interval
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self._on_note: OnNote = _quiet
+        self.watchers = WatchSet(lambda: self.ctl.deploy.inventory, site.state,
+                                 timeouts=self.ctl.timeouts, changes=self.ctl.changes,
+                                 bmc_for=driver_for,
+                                 on_action=lambda node, what: self._on_note(
+                                     f"re-checked {node}: {what}"))
+        self.ctl.changes.subscribe(self.watchers.adopt)
+
+    def prepare_images(self) -> None:
+        """Build the images of every host with provisioning data (cached)."""
+        self.ctl.prepare_images(self.ctl.images_for(
+            [h for h in self.site.inventory.hosts.values() if h.provision and h.provision.mac]))
+
+    def start(self) -> ServeInfo:
+        url = self.ctl.start()
+        mirror_url = self.ctl.start_mirror()
+        self.ctl.state_file.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+        return ServeInfo(url, mirror_url, self.ctl.settings.interface)
+
+    def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
+                  on_change: OnChange | None = None, on_note: OnNote = _quiet
+                  ) -> ProvisionReport:
+        """:func:`provision_nodes` from inside this serve (e.g. a remediation action):
+        through this process's boot server and notifications. Blocks until done."""
+        return provision_nodes(self.site, target, options, on_change=on_change,
+                               on_note=on_note, controller=self.ctl)
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: sets a flag and wakes the loop."""
+        self._stop = True
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: the loop reloads the inventory (SIGHUP)."""
+        self._reload = True
+        self._wake.set()
+
+    def run(self, on_note: OnNote = _quiet) -> None:
+        """Watch nodes until :meth:`request_stop`; the first sync re-checks what a previous
+        controller left in progress."""
+        self._on_note = on_note
+        while not self._stop:
+            self.watchers.sync()
+            self._wake.wait(self.sync_interval)
+            self._wake.clear()
+            if self._reload and not self._stop:
+                self._reload = False
+                try:
+                    self.ctl.reload()
+                except MetalchainError as exc:   # keep serving the inventory we had
+                    on_note(f"reload failed, still serving the previous inventory: {exc}")
+
+    def close(self) -> None:
+        self.watchers.stop()
+        try:
+            self.ctl.stop()
+        finally:
+            self.ctl.state_file.unlink(missing_ok=True)
