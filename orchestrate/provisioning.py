@@ -97,18 +97,14 @@ class Controller:
 
     def start_mirror(self) -> str | None:
         """Serve the site's package mirror too, unless a `mirror serve` already does."""
-        from configure.mirror_server import DEFAULT_PORT, MirrorServer
-
-        # Mirror status still lives in the click module on this base; branch `core` moves it
-        # to a plain module, and this import should follow it there.
-        from orchestrate.commands.mirror_cmd import mirror_dir, status_doc
+        from configure.mirror_server import MirrorServer
+        from orchestrate.mirror_site import default_port, mirror_dir, status_doc
 
         doc = status_doc(self.site)
         if not doc["built"] or doc["server"]["running"]:
             return None
-        port = int((self.site.settings.get("mirror") or {}).get("port", DEFAULT_PORT))
         self.mirror = MirrorServer(mirror_dir(self.site) / "current",
-                                   str(self.settings.address), port).start()
+                                   str(self.settings.address), default_port(self.site)).start()
         return str(self.mirror.url)
 
     def stop(self) -> None:

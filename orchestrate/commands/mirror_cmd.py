@@ -50,8 +50,7 @@ from orchestrate.mirror_site import (
 
 JSON_SCHEMA_VERSION = 1
 
-# Re-exported: the mirror's site logic lives in orchestrate.mirror_site.
-__all__ = ["gnupg_home", "mirror", "mirror_dir", "status_doc"]
+__all__ = ["mirror"]
 
 
 def _emit_json(kind: str, doc: dict[str, Any]) -> None:
