@@ -147,6 +147,9 @@ def running_serve(site: Any) -> dict[str, Any] | None:
 
 # -- provision ---------------------------------------------------------------------------------
 
+#: Seconds a provision step may take beyond ``--timeout`` to fail its node and report.
+REPORT_GRACE = 30.0
+
 @dataclass(frozen=True)
 class ProvisionOptions:
     image: str | None = None          # install this image instead of the inventory's
@@ -231,13 +234,47 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
     prov = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
                        timeouts=ctl.timeouts, on_change=on_change, changes=changes,
                        token_ttl=ctl.settings.token_ttl)
-    deadline = time.time() + opts.total_timeout if opts.total_timeout else None
     try:
-        results = prov.run(hosts, parallel=opts.parallel, deadline=deadline)
+        results = _run_provision(site, prov, [h.name for h in hosts], opts)
     finally:
         if started_here:
             ctl.stop()
     return ProvisionReport(nodes=results)
+
+
+def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOptions
+                   ) -> dict[str, NodeResult]:
+    """The nodes as a run of the ``provision`` step: fanned out ``opts.parallel`` at a time,
+    journaled (``runs list`` shows it, ``@failed`` names the nodes that failed) and bounded by
+    ``--timeout`` (plus a grace for the step to report) like any other run."""
+    from orchestrate.registry import build_registry
+    from orchestrate.runs import RunOptions, single_step_playbook, start_run
+    from provision.provision_step import ProvisionStep
+    from provision.provisioner import timings
+
+    registry = build_registry()
+    deadline = time.time() + opts.total_timeout if opts.total_timeout else None
+    registry.register(ProvisionStep(prov, deadline=deadline))
+    # The runner's bound is the backstop: the provisioner fails late nodes at the deadline.
+    timeout = opts.total_timeout + REPORT_GRACE if opts.total_timeout else None
+    pb = single_step_playbook("@provision", "provision", None, "provision", timeout=timeout)
+    report = start_run(site, pb, RunOptions(kind="provision", parallel=opts.parallel,
+                                            named={"provision": nodes}), registry=registry)
+    results: dict[str, NodeResult] = {}
+    for node in nodes:
+        outcome = report.first_outcome(node)
+        doc = outcome.data.get("node") if outcome is not None else None
+        if doc:
+            results[node] = NodeResult(node, doc["state"], doc["reason"], doc["seconds"],
+                                       doc["timings"])
+            continue
+        # The step did not report (the run gave up on it): what the store knows.
+        rec = site.state.node(node)
+        reason = outcome.message if outcome is not None else "not run"
+        results[node] = NodeResult(node, rec.state if rec else None,
+                                   (rec.reason if rec and rec.reason else reason),
+                                   0.0, timings(site.state, node))
+    return results
 
 
 # -- serve ---------------------------------------------------------------------------------------

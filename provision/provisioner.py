@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,15 +159,12 @@ class Provisioner:
                                            self.timeouts))
             check_startable(h, state, retry=retry, force=force, overdue=late)
 
-    def run(self, hosts: list[Host], *, parallel: int, deadline: float | None = None
-            ) -> dict[str, NodeResult]:
-        """Provision ``hosts``, ``parallel`` at a time; ``deadline`` is wall-clock time."""
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(hosts)))) as pool:
-            results = dict(zip([h.name for h in hosts],
-                               pool.map(lambda h: self._one(h, deadline), hosts), strict=True))
-        return results
+    def provision_one(self, host: Host, deadline: float | None = None) -> NodeResult:
+        """Provision one node to active (or failed); ``deadline`` is wall-clock time.
 
-    def _one(self, host: Host, deadline: float | None) -> NodeResult:
+        Many nodes at once run as a run of the ``provision`` step kind
+        (:mod:`provision.provision_step`): the runner fans out, bounds and journals them.
+        """
         start = time.monotonic()
         node = host.name
         bmc: Any = None
