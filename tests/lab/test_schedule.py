@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from orchestrate.runs import RunLock
+from orchestrate.runs import run_lock
 from orchestrate.schedule import parse_cron
 from tests.cronline import cron_entry_command
 from tests.lab.sshd import mc
@@ -36,7 +36,7 @@ def test_schedule_add_run_list_remove(lab_site, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert (lab_site.work / "drift-h02").exists()
     # While another run holds the playbook's lock, the scheduled run refuses to overlap.
-    with RunLock(lab_site / "runs" / ".lock-drift"):
+    with run_lock(lab_site / "runs" / ".lock-drift"):
         overlap = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert overlap.returncode == 1 and "another run of this playbook" in overlap.stderr
     r = mc(lab_site, "schedule", "list", "--json", "--cron-dir", str(cron_dir))
