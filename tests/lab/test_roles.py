@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from inventory.site import Site
-from orchestrate.cli import Context
 from orchestrate.commands.mirror_cmd import mirror
-from tests.lab.sshd import METALCHAIN
+from tests.lab.fleetsite import fleet_site, invoke, metalchain
 
 pytestmark = pytest.mark.lab
 
@@ -47,16 +45,7 @@ SNAPSHOT = ("sha256sum /etc/hosts /etc/default/prometheus-node-exporter 2>&1; "
 
 
 def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def cli(site: Path, command, *args: str) -> tuple[int, str]:
-    """A click command of configure/ or orchestrate/commands through CliRunner."""
-    result = CliRunner().invoke(command, list(args), obj=Context(site_option=str(site),
-                                                                   debug=False))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+    return metalchain(*args, timeout=timeout)
 
 
 def verify(site: Path, *args: str) -> tuple[int, dict]:
@@ -125,19 +114,8 @@ def images(tmp_path_factory) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roles") / "site"
-    try:
-        r = mc("lab", "up", "--dir", str(root), "--nodes", "0", "--fleet", str(len(HOSTS)),
-               "--subnet", SUBNET)
-        assert r.returncode == 0, r.stderr
+    with fleet_site(tmp_path_factory.mktemp("roles") / "site", len(HOSTS), SUBNET) as root:
         yield root
-    finally:
-        try:
-            if (root / "mirror").is_dir():
-                cli(root, mirror, "stop")
-        finally:
-            r = mc("lab", "down", "--purge", "--dir", str(root))
-            assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +134,13 @@ def site(lab, images, tmp_path_factory):
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     start = time.monotonic()
-    code, out = cli(lab, mirror, "build", "--packages", ",".join(PACKAGES), "--sign",
-                    "--cache-dir", CACHE, "--json")
+    code, out = invoke(lab, mirror, "build", "--packages", ",".join(PACKAGES), "--sign",
+                       "--cache-dir", CACHE, "--json")
     assert code == 0, out
     FIGURES["mirror_build_s"] = round(time.monotonic() - start, 2)
     FIGURES["mirror_packages"] = len(json.loads(out)["packages"])
-    code, out = cli(lab, mirror, "serve", "--address", CONTROLLER, "--port", str(MIRROR_PORT),
-                    "--daemon")
+    code, out = invoke(lab, mirror, "serve", "--address", CONTROLLER, "--port",
+                       str(MIRROR_PORT), "--daemon")
     assert code == 0, out
     r = mc("--site", str(lab), "facts", "fleet", "--json")
     assert r.returncode == 0, r.stderr
@@ -313,6 +291,6 @@ def test_an_sshd_config_that_sshd_rejects_is_never_loaded(site):
 
 
 def test_mirror_stops_and_figures(site):
-    code, out = cli(site, mirror, "stop")
+    code, out = invoke(site, mirror, "stop")
     assert code == 0 and "stopped" in out
     print(f"\nroles figures: {json.dumps(FIGURES)}")
