@@ -15,8 +15,8 @@ from orchestrate.cli import Context
 from tests.lab.sshd import METALCHAIN
 
 
-def metalchain(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run the metalchain console script with ``args``."""
+def metalchain(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the metalchain console script with ``args`` (``timeout``: a ceiling for a hung run)."""
     return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
 
 

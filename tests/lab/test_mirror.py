@@ -22,7 +22,7 @@ from configure.mirror_server import MirrorServer
 from configure.ssh import CommandResult, Shell, SshConnection
 from inventory.site import Site
 from orchestrate.commands.mirror_cmd import mirror
-from tests.lab.fleetsite import fleet_site, invoke, metalchain
+from tests.lab.fleetsite import fleet_site, invoke
 
 pytestmark = pytest.mark.lab
 
@@ -33,10 +33,6 @@ CACHE = "/var/cache/metalchain/mirror-debs"
 PORT = 8081
 TAMPER_PORT = 8082
 FIGURES: dict[str, float | int] = {}
-
-
-def mc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return metalchain(*args, timeout=timeout)
 
 
 def mirror_cli(site: Path, *args: str) -> tuple[int, str]:

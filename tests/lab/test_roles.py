@@ -44,19 +44,16 @@ SNAPSHOT = ("sha256sum /etc/hosts /etc/default/prometheus-node-exporter 2>&1; "
             "stat -c '%n %a %U' /etc/sudoers.d/metalchain-admins /srv/image-store/public/*; true")
 
 
-def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return metalchain(*args, timeout=timeout)
-
 
 def verify(site: Path, *args: str) -> tuple[int, dict]:
-    r = mc("--site", str(site), "verify", *args, "--json")
+    r = metalchain("--site", str(site), "verify", *args, "--json")
     assert r.stdout.strip(), r.stderr
     return r.returncode, json.loads(r.stdout)
 
 
 def apply(site: Path, *extra: str, roles: tuple[str, ...] = ROLES, target: str = "fleet") -> dict:
     role_args = [a for r in roles for a in ("--role", r)]
-    r = mc("--site", str(site), "apply", *role_args, target, "--json", *extra)
+    r = metalchain("--site", str(site), "apply", *role_args, target, "--json", *extra)
     doc = json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
     doc["rc"] = r.returncode
     return doc
@@ -64,7 +61,7 @@ def apply(site: Path, *extra: str, roles: tuple[str, ...] = ROLES, target: str =
 
 def drift(site: Path, *extra: str) -> dict:
     role_args = [a for r in ROLES for a in ("--role", r)]
-    r = mc("--site", str(site), "drift", "fleet", *role_args, "--json", *extra)
+    r = metalchain("--site", str(site), "drift", "fleet", *role_args, "--json", *extra)
     assert r.stdout.strip(), r.stderr
     doc = json.loads(r.stdout)
     doc["rc"] = r.returncode
@@ -72,7 +69,7 @@ def drift(site: Path, *extra: str) -> dict:
 
 
 def exec_(site: Path, target: str, *command: str) -> dict[str, dict]:
-    r = mc("--site", str(site), "exec", target, "--json", "--", *command)
+    r = metalchain("--site", str(site), "exec", target, "--json", "--", *command)
     return json.loads(r.stdout)["hosts"]
 
 
@@ -142,7 +139,7 @@ def site(lab, images, tmp_path_factory):
     code, out = invoke(lab, mirror, "serve", "--address", CONTROLLER, "--port",
                        str(MIRROR_PORT), "--daemon")
     assert code == 0, out
-    r = mc("--site", str(lab), "facts", "fleet", "--json")
+    r = metalchain("--site", str(lab), "facts", "fleet", "--json")
     assert r.returncode == 0, r.stderr
     ADMIN_KEY["alice"] = keys / "alice"
     return lab
