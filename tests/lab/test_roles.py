@@ -44,7 +44,6 @@ SNAPSHOT = ("sha256sum /etc/hosts /etc/default/prometheus-node-exporter 2>&1; "
             "stat -c '%n %a %U' /etc/sudoers.d/metalchain-admins /srv/image-store/public/*; true")
 
 
-
 def verify(site: Path, *args: str) -> tuple[int, dict]:
     r = metalchain("--site", str(site), "verify", *args, "--json")
     assert r.stdout.strip(), r.stderr
