@@ -3,6 +3,7 @@ run lock, resume of a run's own arguments — in-process, with a fake step kind.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,13 @@ def test_a_locked_playbook_refuses_a_second_run(site):
     report = start_run(site, pb, RunOptions(lock="site"), registry=registry(),
                        connect=lambda host: object())
     assert report.exit_code == 0
+
+
+def test_the_run_lock_names_its_holder_and_is_free_again_after(tmp_path: Path):
+    lock = tmp_path / "runs" / ".lock-site"
+    with run_lock(lock), pytest.raises(MetalchainError, match=(
+            rf"another run of this playbook is in progress \(.*{lock}.*pid {os.getpid()}")):
+        with run_lock(lock):
+            pass
+    with run_lock(lock):    # released on exit
+        pass
