@@ -27,17 +27,7 @@ from configure.facts import (
 from configure.roles import Role, blocks_for_host, resolve, role_search_path
 from inventory.contracts import HostContext, StepOutcome, time_left
 from inventory.errors import InputError
-from inventory.secrets import Secret
-
-
-def _secret_values(value: Any) -> list[str]:
-    if isinstance(value, Secret):
-        return [value.reveal()]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _secret_values(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _secret_values(v)]
-    return []
+from inventory.secrets import secret_values_in
 
 
 class _RoleCache:
@@ -167,7 +157,7 @@ class ApplyRolesStep:
             conn, blocks, check=ctx.check,
             owed=state.owed_handlers(host) if state is not None else set(),
             on_owed=(lambda owed: state.set_owed_handlers(host, owed)) if state else None,
-            secret_values=_secret_values(dict(ctx.vars)), deadline=ctx.deadline,
+            secret_values=secret_values_in(ctx.vars), deadline=ctx.deadline,
             ride_along=plan.ride_along())
         report.round_trips += plan.round_trips
         if state is not None:

@@ -20,9 +20,9 @@ VerifyArgs(roles=('base',), timeout=300.0)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +37,7 @@ from configure.ssh import SshTarget, openssh_proxy_command
 from inventory.contracts import HostContext, StepOutcome, time_left
 from inventory.errors import InputError, MetalchainError
 from inventory.secrets import Secret
+from runtime import process
 
 DEFAULT_PARALLEL = 16
 DEFAULT_TIMEOUT = 600.0          # seconds for one host's whole test run
@@ -194,9 +195,15 @@ def _parse_junit(path: Path) -> list[TestResult]:
     return out
 
 
+class _RunFailed(MetalchainError):
+    """A command verify runs could not run or did not finish in time."""
+
+
 def _close_master(config: Path, host: str) -> None:
-    subprocess.run(["ssh", "-F", str(config), "-O", "exit", host], capture_output=True,
-                   timeout=15, check=False)
+    # Best effort: no master may be left to close, and a hung one dies with its socket dir.
+    with contextlib.suppress(_RunFailed):
+        process.run(["ssh", "-F", str(config), "-O", "exit", host], timeout=15, check=False,
+                    error=_RunFailed)
 
 
 @dataclass
@@ -311,11 +318,11 @@ def _run_pytest(plan: _Plan, target: SshTarget, result: HostVerify,
                 "--hosts", f"ssh://{host}?controlpersist=0", "--ssh-config", str(config),
                 "--junitxml", str(junit), str(tests_dir)]
         try:
-            proc = subprocess.run(argv, cwd=work, capture_output=True, text=True,
-                                  timeout=timeout, check=False)
-        except subprocess.TimeoutExpired:
+            proc = process.run(argv, cwd=work, timeout=timeout, check=False,
+                               error=_RunFailed, what="verify tests")
+        except _RunFailed as exc:
             result.status = "error"
-            result.message = f"verify tests did not finish within {timeout:g} s"
+            result.message = str(exc)
             return result
         finally:
             _close_master(config, host)

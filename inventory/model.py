@@ -46,8 +46,21 @@ class SshSettings:
     proxy_command: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class Located:
+    """Where an inventory entry is written: its file and line, and the line of each key (for
+    errors that name file:line)."""
+
+    file: str = ""
+    line: int = 0
+    key_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def line_of(self, key: str) -> int:
+        return self.key_lines.get(key, self.line)
+
+
 @dataclass(frozen=True)
-class Host:
+class Host(Located):
     name: str
     address: str | None
     groups: tuple[str, ...]
@@ -57,12 +70,6 @@ class Host:
     bmc: Bmc | None = None
     provision: Provisioning | None = None
     ssh: SshSettings = field(default_factory=SshSettings)
-    file: str = ""
-    line: int = 0
-    key_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
-
-    def line_of(self, key: str) -> int:
-        return self.key_lines.get(key, self.line)
 
     @property
     def managed(self) -> bool:
@@ -71,18 +78,12 @@ class Host:
 
 
 @dataclass(frozen=True)
-class Group:
+class Group(Located):
     name: str
     children: tuple[str, ...] = ()
     hosts: tuple[str, ...] = ()
     roles: tuple[str, ...] = ()
     vars: dict[str, Any] = field(default_factory=dict)
-    file: str = ""
-    line: int = 0
-    key_lines: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
-
-    def line_of(self, key: str) -> int:
-        return self.key_lines.get(key, self.line)
 
 
 @dataclass

@@ -39,27 +39,6 @@ TIMEOUT_GRACE = 2.0
 
 
 class Backend(Protocol):
-    def _overdue(self, running: list[HostWatch], now: float, end: float, bound: float
-                 ) -> tuple[list[tuple[HostWatch, str]], float]:
-        """The hosts to give up on now, with why, and when to look again."""
-        if now >= end:
-            return [(w, f"did not finish in {bound:g} s") for w in running], end
-        overdue = []
-        next_wake = end
-        for w in running:
-            with w.lock:
-                until, limit, own = w.until, w.limit, w.step_timeout
-            if until is None:
-                continue
-            if now < until + self.grace:
-                next_wake = min(next_wake, until + self.grace)
-                continue
-            why = f"timed out after {limit:g} s" if own else f"did not finish in {limit:g} s"
-            overdue.append((w, why + " (the step kind did not stop at its deadline; the "
-                                     "runner stopped waiting and closed the host's "
-                                     "connection)"))
-        return overdue, next_wake
-
     def run_batch(self, play: Play, hosts: Sequence[str], job: BatchJob,
                   events: EventSink) -> dict[str, HostReport]:
         """Run ``play`` on ``hosts``; a report for every host, whatever happened to it."""

@@ -20,6 +20,7 @@ from typing import Any
 from configure.mirror import KEYRING_PATH, MirrorError, mirror_url, read_mirror
 from configure.mirror_server import DEFAULT_PORT, daemon_pid, wait_until_answering
 from inventory.errors import InputError
+from runtime.jsondoc import write_json
 
 SERVER_STATE = "server.json"
 ANSWER_TIMEOUT = 3.0
@@ -59,9 +60,7 @@ def server_state(directory: Path) -> dict[str, Any] | None:
 
 
 def write_server_state(directory: Path, doc: dict[str, Any]) -> None:
-    tmp = directory / f".{SERVER_STATE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(directory / SERVER_STATE)
+    write_json(directory / SERVER_STATE, doc)
 
 
 def status_doc(site: Any) -> dict[str, Any]:

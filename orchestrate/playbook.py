@@ -94,6 +94,21 @@ def _number(where: LocatedDict, key: str, default: float, minimum: float, maximu
     return value
 
 
+def _optional_number(where: LocatedDict, key: str, minimum: float,
+                     maximum: float) -> float | None:
+    """``key``'s number, or None when it is not set (no default stands in for it)."""
+    if where.get(key) is None:
+        return None
+    return _number(where, key, 0, minimum, maximum)
+
+
+def _name(where: LocatedDict, default: str) -> str:
+    name = where.get("name", default)
+    if not isinstance(name, str):
+        raise _fail(where, "name", "name must be a string")
+    return name
+
+
 def _serial(where: LocatedDict) -> tuple[int | str, ...]:
     raw = where.get("serial")
     if raw is None:
@@ -139,12 +154,8 @@ def _parse_step(data: Any, where: LocatedList, pos: int, index: int, registry: S
         args = kind.parse(data[kind_name])
     except ValueError as exc:
         raise _fail(data, kind_name, f"{kind_name}: {exc}") from None
-    name = data.get("name", f"{kind_name}")
-    if not isinstance(name, str):
-        raise _fail(data, "name", "name must be a string")
-    timeout = data.get("timeout")
-    if timeout is not None:
-        timeout = _number(data, "timeout", 0, 0.1, 86400)
+    name = _name(data, f"{kind_name}")
+    timeout = _optional_number(data, "timeout", 0.1, 86400)
     return Step(index=index, name=name, kind=str(kind_name), args=args,
                 retries=int(_number(data, "retries", defaults[0], 0, 100, integer=True)),
                 delay=_number(data, "delay", defaults[1], 0, 3600), timeout=timeout,
@@ -211,12 +222,8 @@ def load_playbook(path: Path, registry: StepRegistry) -> Playbook:
         if not isinstance(hosts, str) or not hosts.strip():
             raise _fail(play, "hosts" if "hosts" in play else None,
                         "a play needs 'hosts': a target such as a group, host, glob or label")
-        name = play.get("name", f"play {i + 1}")
-        if not isinstance(name, str):
-            raise _fail(play, "name", "name must be a string")
-        mfp = play.get("max_fail_percentage")
-        if mfp is not None:
-            mfp = _number(play, "max_fail_percentage", 0, 0, 100)
+        name = _name(play, f"play {i + 1}")
+        mfp = _optional_number(play, "max_fail_percentage", 0, 100)
         defaults = (int(_number(play, "retries", 0, 0, 100, integer=True)),
                     _number(play, "retry_delay", 1, 0, 3600))
         flat = _steps(play, registry, defaults, path.parent, 0, (path,))

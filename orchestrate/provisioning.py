@@ -28,6 +28,8 @@ from inventory.select import select_hosts
 from provision import lifecycle as lc
 from provision.provisioner import NodeResult
 from provision.watch import POWER_SYNC_INTERVAL, NodeChanges, WatchSet
+from runtime.jsondoc import write_json
+from runtime.pidfile import process_alive
 
 OnChange = Callable[[str, str, str], None]   # (node, state, reason)
 OnNote = Callable[[str], None]               # one line for the operator
@@ -135,7 +137,8 @@ def running_serve(site: Any) -> dict[str, Any] | None:
     path = site.root / "boot" / "serve.json"
     try:
         info = json.loads(path.read_text())
-        os.kill(int(info["pid"]), 0)
+        if not process_alive(int(info["pid"])):
+            return None
         with urllib.request.urlopen(info["url"] + "/", timeout=2):  # noqa: S310 - our URL
             pass
     except urllib.error.HTTPError:
@@ -330,7 +333,7 @@ class Serve:
     def start(self) -> ServeInfo:
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
-        self.ctl.state_file.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+        write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
         return ServeInfo(url, mirror_url, self.ctl.settings.interface)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,

@@ -14,7 +14,6 @@ lock so that a scheduled run never overlaps a running one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from orchestrate.registry import build_registry
 from orchestrate.reports import RunReport
 from orchestrate.runner import Runner, last_failed_hosts, resume_state
 from orchestrate.steps import StepRegistry
+from runtime.filelock import file_lock
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -77,36 +77,16 @@ def single_step_playbook(target: str, kind: str, args: Any, name: str,
     return Playbook(path=Path(f"<{kind}>"), plays=[play])
 
 
-class RunLock:
-    """An exclusive lock per playbook, so a cron run never overlaps a running one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise MetalchainError(f"another run of this playbook is in progress (pid "
-                                  f"{holder}; lock {self.path})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+def run_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock per playbook, so a cron run never overlaps a running one: tried
+    once, the holder's pid left in the lock file for the next one's error message."""
+    def busy(message: str) -> MetalchainError:
+        return MetalchainError(f"another run of this playbook is in progress ({message})")
+    return file_lock(path, 0, busy, holder="the run lock", note=f"pid {os.getpid()}")
 
 
 def _lock(site: Any, name: str | None) -> contextlib.AbstractContextManager[Any]:
-    return RunLock(site.runs_dir / f".lock-{name}") if name else contextlib.nullcontext()
+    return run_lock(site.runs_dir / f".lock-{name}") if name else contextlib.nullcontext()
 
 
 def _resumed(store: Any, playbook: Playbook, options: RunOptions

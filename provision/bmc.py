@@ -536,15 +536,16 @@ class IpmiBmc(BmcDriver):
                             [CHASSIS_CONTROL[action]], timeout)
         return code
 
-    def power_on(self, timeout: float | None = None) -> None:
-        code = self._chassis("on", timeout)
+    def _chassis_ok(self, action: str, what: str, timeout: float | None) -> None:
+        code = self._chassis(action, timeout)
         if code != CC_OK:
-            raise self._error("power on", f"completion code {completion_text(code)}")
+            raise self._error(what, f"completion code {completion_text(code)}")
+
+    def power_on(self, timeout: float | None = None) -> None:
+        self._chassis_ok("on", "power on", timeout)
 
     def power_off(self, timeout: float | None = None) -> None:
-        code = self._chassis("off", timeout)
-        if code != CC_OK:
-            raise self._error("power off", f"completion code {completion_text(code)}")
+        self._chassis_ok("off", "power off", timeout)
 
     def power_cycle(self, timeout: float | None = None) -> None:
         deadline = time.monotonic() + (timeout or self.timeout)
@@ -556,14 +557,10 @@ class IpmiBmc(BmcDriver):
 
     def power_reset(self, timeout: float | None = None) -> None:
         """Hard reset without a power transition (fails while off)."""
-        code = self._chassis("reset", timeout)
-        if code != CC_OK:
-            raise self._error("power reset", f"completion code {completion_text(code)}")
+        self._chassis_ok("reset", "power reset", timeout)
 
     def soft_off(self, timeout: float | None = None) -> None:
-        code = self._chassis("soft", timeout)
-        if code != CC_OK:
-            raise self._error("soft off", f"completion code {completion_text(code)}")
+        self._chassis_ok("soft", "soft off", timeout)
 
     def get_bootdev(self, timeout: float | None = None) -> BootSetting:
         data = self._checked("get boot device", NETFN_CHASSIS, CMD_GET_BOOT_OPTIONS,

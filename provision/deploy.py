@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ from inventory.state import StateStore
 from provision import lifecycle as lc
 from provision.bootserver.interfaces import NodeConfig
 from provision.contract import IMAGE
+from runtime import process
 
 if TYPE_CHECKING:
     from provision.watch import NodeChanges
@@ -65,12 +65,10 @@ class HostKeys:
             shutil.rmtree(d)
         d.mkdir(parents=True, mode=0o700)
         self.dir.chmod(0o700)
-        try:
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{node}",
-                            "-f", str(self.path(node))], check=True, capture_output=True,
-                           timeout=30)
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            raise MetalchainError(f"host '{node}': ssh-keygen failed: {exc}") from None
+        # An empty passphrase (-N ""): the key is the node's host key, used unattended.
+        process.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{node}",
+                     "-f", str(self.path(node))], timeout=30, what="ssh-keygen",
+                    error=lambda message: MetalchainError(f"host '{node}': {message}"))
         return " ".join(self.path(node).with_suffix(".pub").read_text().split()[:2])
 
     def read(self, node: str) -> tuple[str, str] | None:

@@ -44,7 +44,7 @@ from provision.image import GoldenImage, ImageSpec, ensure_image
 from runtime import process
 from runtime.atomicfile import write_atomic
 from runtime.filelock import file_lock
-from runtime.jsondoc import write_json
+from runtime.jsondoc import content_key, write_json
 
 # Bump whenever the image layout or _build() changes: it is part of the cache key.
 BUILD_VERSION = 2
@@ -108,8 +108,7 @@ def disk_image_key(golden_key: str, build_version: int = BUILD_VERSION) -> str:
     """
     doc = {"golden": golden_key, "build_version": build_version, "offset": PARTITION_OFFSET,
            "block_size": BLOCK_SIZE}
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return content_key(doc)
 
 
 def inode_count_for(inodes: int) -> int:

@@ -21,7 +21,6 @@ a ``build_disk()`` can hang off ``GoldenImage`` without changing the cache layou
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 from inventory.errors import LabError
 from runtime import process
 from runtime.filelock import file_lock
-from runtime.jsondoc import write_json
+from runtime.jsondoc import content_key, write_json
 
 DEFAULT_CACHE_DIR = Path("/var/cache/metalchain/images")
 
@@ -102,8 +101,7 @@ class ImageSpec:
         """
         doc = asdict(self)
         doc["packages"] = sorted(set(self.packages))
-        blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return content_key(doc)
 
 
 @dataclass(frozen=True)

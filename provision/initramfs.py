@@ -38,7 +38,7 @@ from provision.diskimage import ImageBuildError
 from provision.image import GoldenImage, ImageSpec, ensure_image
 from runtime import process
 from runtime.filelock import file_lock
-from runtime.jsondoc import write_json
+from runtime.jsondoc import content_key, write_json
 
 # Bump whenever the initramfs layout or _build_tree() changes: it is part of the cache key.
 BUILD_VERSION = 1
@@ -136,8 +136,7 @@ def installer_key(golden_key: str, digests: dict[str, str],
                   build_version: int = BUILD_VERSION) -> str:
     """The cache key: every input file's digest, by name, plus the golden key and version."""
     doc = {"golden": golden_key, "build_version": build_version, "files": digests}
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return content_key(doc)
 
 
 def ensure_installer(out_dir: Path, golden: GoldenImage | None = None, *,

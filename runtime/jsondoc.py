@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,3 +22,13 @@ def write_json(path: Path, doc: Any, mode: int = 0o644, *,
                default: Callable[[Any], Any] | None = None, sort_keys: bool = False) -> None:
     """Write ``doc`` to ``path`` atomically (see :func:`runtime.atomicfile.write_atomic`)."""
     write_atomic(path, json_text(doc, default=default, sort_keys=sort_keys), mode)
+
+
+def content_key(doc: Any) -> str:
+    """A short, stable hash of ``doc`` (key order and whitespace do not count): a cache key.
+
+    >>> content_key({"a": 1, "b": [2]}) == content_key({"b": [2], "a": 1})
+    True
+    """
+    blob = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]

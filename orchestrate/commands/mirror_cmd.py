@@ -13,9 +13,7 @@ It prints its JSON in the CLI's versioned shape (``{"kind": ..., "version": 1, .
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +45,9 @@ from orchestrate.mirror_site import (
     status_doc,
     write_server_state,
 )
-
-JSON_SCHEMA_VERSION = 1
+from orchestrate.output import emit_json
 
 __all__ = ["mirror"]
-
-
-def _emit_json(kind: str, doc: dict[str, Any]) -> None:
-    body = {"kind": kind, "version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 @click.group()
@@ -79,7 +71,7 @@ def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, as_json: 
     info = build_mirror(packages.split(","), mirror_dir(site), sign=sign, cache_dir=cache,
                         gnupg_home=gnupg_home(site) if sign else None)
     if as_json:
-        _emit_json("mirror.build", info.to_json())
+        emit_json("mirror.build", info.to_json())
         return
     verb = "built" if info.changed else "unchanged"
     click.echo(f"mirror {verb}: {len(info.resolved)} packages, {info.size_bytes} bytes, "
@@ -115,7 +107,7 @@ def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json
         write_server_state(directory, {"pid": pid, "address": address, "port": port,
                                  "pidfile": str(pidfile)})
         if as_json:
-            _emit_json("mirror.serve", {"pid": pid, "url": mirror_url(address, port),
+            emit_json("mirror.serve", {"pid": pid, "url": mirror_url(address, port),
                                         "source": source})
         else:
             click.echo(f"serving {mirror_url(address, port)} (pid {pid})\n{source}")
@@ -137,7 +129,7 @@ def status(obj: Any, as_json: bool) -> None:
     """What the mirror holds, whether it is served, and the apt source line for hosts."""
     doc = status_doc(obj.site)
     if as_json:
-        _emit_json("mirror.status", doc)
+        emit_json("mirror.status", doc)
         return
     if not doc["built"]:
         click.echo(f"no mirror in {doc['dir']}")

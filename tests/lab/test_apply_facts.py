@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from inventory.site import Site
-from tests.lab.sshd import METALCHAIN
+from tests.lab.fleetsite import fleet_site, metalchain
 
 pytestmark = pytest.mark.lab
 
@@ -28,7 +28,7 @@ HOSTS = ("fleet01", "fleet02")
 
 
 def mc(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
+    return metalchain(*args, timeout=timeout)
 
 
 def apply_base(site: Path) -> dict:
@@ -41,11 +41,8 @@ def apply_base(site: Path) -> dict:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """Fresh fleet hosts and a mirror with what base installs; no facts gathered."""
-    root = tmp_path_factory.mktemp("applyfacts") / "site"
-    try:
-        r = mc("lab", "up", "--dir", str(root), "--nodes", "0", "--fleet", str(len(HOSTS)),
-               "--subnet", SUBNET)
-        assert r.returncode == 0, r.stderr
+    with fleet_site(tmp_path_factory.mktemp("applyfacts") / "site", len(HOSTS), SUBNET,
+                    timeout=900) as root:
         r = mc("--site", str(root), "mirror", "build", "--packages", "sudo,systemd-timesyncd",
                "--sign", "--cache-dir", CACHE, "--json")
         assert r.returncode == 0, r.stderr
@@ -53,13 +50,6 @@ def site(tmp_path_factory):
                str(MIRROR_PORT), "--daemon")
         assert r.returncode == 0, r.stderr
         yield root
-    finally:
-        try:
-            if (root / "mirror").is_dir():
-                mc("--site", str(root), "mirror", "stop")
-        finally:
-            r = mc("lab", "down", "--purge", "--dir", str(root))
-            assert r.returncode == 0, r.stderr
 
 
 def test_base_twice_without_facts_first_changes_nothing_the_second_time(site):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from inventory.site import Site
-from tests.lab.sshd import METALCHAIN
+from tests.lab.fleetsite import fleet_site, metalchain
 
 pytestmark = pytest.mark.lab
 
@@ -24,7 +24,7 @@ SNAPSHOT = ("sha256sum /etc/demo/demo.conf /etc/demo/extra.conf "
 
 
 def mc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
+    return metalchain(*args, timeout=timeout)
 
 
 def snapshot(site: Path) -> dict[str, str]:
@@ -45,15 +45,10 @@ def step_data(doc: dict, host: str) -> dict:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cfg") / "site"
-    try:
-        r = mc("lab", "up", "--dir", str(root), "--nodes", "0", "--fleet", "3", "--subnet",
-               "10.84.0.0/24")
-        assert r.returncode == 0, r.stderr
+    with fleet_site(tmp_path_factory.mktemp("cfg") / "site", 3, "10.84.0.0/24",
+                    timeout=300) as root:
         shutil.copytree(ROLES, root / "playbooks" / "roles")
         yield root
-    finally:
-        mc("lab", "down", "--purge", "--dir", str(root))
 
 
 def test_check_predicts_exactly_and_changes_nothing(site):

@@ -15,16 +15,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from configure.connect import ssh_target
 from configure.mirror import KEYRING_PATH, render_source_line
 from configure.mirror_server import MirrorServer
 from configure.ssh import CommandResult, Shell, SshConnection
 from inventory.site import Site
-from orchestrate.cli import Context
 from orchestrate.commands.mirror_cmd import mirror
-from tests.lab.sshd import METALCHAIN
+from tests.lab.fleetsite import fleet_site, invoke
 
 pytestmark = pytest.mark.lab
 
@@ -37,17 +35,9 @@ TAMPER_PORT = 8082
 FIGURES: dict[str, float | int] = {}
 
 
-def mc(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
-
-
 def mirror_cli(site: Path, *args: str) -> tuple[int, str]:
-    """`metalchain mirror ARGS` through the click group (the lead registers it in the CLI)."""
-    result = CliRunner().invoke(mirror, list(args), obj=Context(site_option=str(site),
-                                                                 debug=False))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+    """`metalchain mirror ARGS` through the click group, in process."""
+    return invoke(site, mirror, *args)
 
 
 def poll(predicate, timeout: float, what: str):
@@ -65,19 +55,8 @@ def poll(predicate, timeout: float, what: str):
 
 @pytest.fixture(scope="module")
 def lab_site(tmp_path_factory):
-    site = tmp_path_factory.mktemp("mirror") / "site"
-    try:
-        r = mc("lab", "up", "--dir", str(site), "--nodes", "0", "--fleet", "1",
-               "--subnet", SUBNET)
-        assert r.returncode == 0, r.stderr
+    with fleet_site(tmp_path_factory.mktemp("mirror") / "site", 1, SUBNET) as site:
         yield site
-    finally:
-        try:
-            if (site / "mirror").is_dir():
-                mirror_cli(site, "stop")
-        finally:
-            r = mc("lab", "down", "--purge", "--dir", str(site))
-            assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from click.testing import CliRunner
 
 from inventory.site import Site
-from orchestrate.cli import Context
 from orchestrate.commands.mirror_cmd import mirror
-from tests.lab.sshd import METALCHAIN
+from tests.lab.fleetsite import fleet_site, invoke, metalchain
 
 pytestmark = pytest.mark.lab
 
@@ -46,28 +44,15 @@ SNAPSHOT = ("sha256sum /etc/hosts /etc/default/prometheus-node-exporter 2>&1; "
             "stat -c '%n %a %U' /etc/sudoers.d/metalchain-admins /srv/image-store/public/*; true")
 
 
-def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def cli(site: Path, command, *args: str) -> tuple[int, str]:
-    """A click command of configure/ or orchestrate/commands through CliRunner."""
-    result = CliRunner().invoke(command, list(args), obj=Context(site_option=str(site),
-                                                                   debug=False))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
-
-
 def verify(site: Path, *args: str) -> tuple[int, dict]:
-    r = mc("--site", str(site), "verify", *args, "--json")
+    r = metalchain("--site", str(site), "verify", *args, "--json")
     assert r.stdout.strip(), r.stderr
     return r.returncode, json.loads(r.stdout)
 
 
 def apply(site: Path, *extra: str, roles: tuple[str, ...] = ROLES, target: str = "fleet") -> dict:
     role_args = [a for r in roles for a in ("--role", r)]
-    r = mc("--site", str(site), "apply", *role_args, target, "--json", *extra)
+    r = metalchain("--site", str(site), "apply", *role_args, target, "--json", *extra)
     doc = json.loads(r.stdout) if r.stdout.strip() else {"stderr": r.stderr}
     doc["rc"] = r.returncode
     return doc
@@ -75,7 +60,7 @@ def apply(site: Path, *extra: str, roles: tuple[str, ...] = ROLES, target: str =
 
 def drift(site: Path, *extra: str) -> dict:
     role_args = [a for r in ROLES for a in ("--role", r)]
-    r = mc("--site", str(site), "drift", "fleet", *role_args, "--json", *extra)
+    r = metalchain("--site", str(site), "drift", "fleet", *role_args, "--json", *extra)
     assert r.stdout.strip(), r.stderr
     doc = json.loads(r.stdout)
     doc["rc"] = r.returncode
@@ -83,7 +68,7 @@ def drift(site: Path, *extra: str) -> dict:
 
 
 def exec_(site: Path, target: str, *command: str) -> dict[str, dict]:
-    r = mc("--site", str(site), "exec", target, "--json", "--", *command)
+    r = metalchain("--site", str(site), "exec", target, "--json", "--", *command)
     return json.loads(r.stdout)["hosts"]
 
 
@@ -125,19 +110,8 @@ def images(tmp_path_factory) -> dict[str, dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    root = tmp_path_factory.mktemp("roles") / "site"
-    try:
-        r = mc("lab", "up", "--dir", str(root), "--nodes", "0", "--fleet", str(len(HOSTS)),
-               "--subnet", SUBNET)
-        assert r.returncode == 0, r.stderr
+    with fleet_site(tmp_path_factory.mktemp("roles") / "site", len(HOSTS), SUBNET) as root:
         yield root
-    finally:
-        try:
-            if (root / "mirror").is_dir():
-                cli(root, mirror, "stop")
-        finally:
-            r = mc("lab", "down", "--purge", "--dir", str(root))
-            assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -156,15 +130,15 @@ def site(lab, images, tmp_path_factory):
     inventory.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     start = time.monotonic()
-    code, out = cli(lab, mirror, "build", "--packages", ",".join(PACKAGES), "--sign",
-                    "--cache-dir", CACHE, "--json")
+    code, out = invoke(lab, mirror, "build", "--packages", ",".join(PACKAGES), "--sign",
+                       "--cache-dir", CACHE, "--json")
     assert code == 0, out
     FIGURES["mirror_build_s"] = round(time.monotonic() - start, 2)
     FIGURES["mirror_packages"] = len(json.loads(out)["packages"])
-    code, out = cli(lab, mirror, "serve", "--address", CONTROLLER, "--port", str(MIRROR_PORT),
-                    "--daemon")
+    code, out = invoke(lab, mirror, "serve", "--address", CONTROLLER, "--port",
+                       str(MIRROR_PORT), "--daemon")
     assert code == 0, out
-    r = mc("--site", str(lab), "facts", "fleet", "--json")
+    r = metalchain("--site", str(lab), "facts", "fleet", "--json")
     assert r.returncode == 0, r.stderr
     ADMIN_KEY["alice"] = keys / "alice"
     return lab
@@ -313,6 +287,6 @@ def test_an_sshd_config_that_sshd_rejects_is_never_loaded(site):
 
 
 def test_mirror_stops_and_figures(site):
-    code, out = cli(site, mirror, "stop")
+    code, out = invoke(site, mirror, "stop")
     assert code == 0 and "stopped" in out
     print(f"\nroles figures: {json.dumps(FIGURES)}")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from orchestrate.runs import RunLock
+from orchestrate.runs import run_lock
 from orchestrate.schedule import parse_cron
 from tests.cronline import cron_entry_command
 from tests.lab.sshd import mc
@@ -17,16 +18,22 @@ from tests.lab.sshd import mc
 pytestmark = pytest.mark.lab
 
 
+def schedule_touch(site: Path, name: str, every: str, cron_dir: Path, marker: Path) -> str:
+    """Schedule playbook ``drift`` (touch MARKER-h02 on h02, in fix mode) as ``name``, every
+    ``every``; the text of the cron.d file written."""
+    target = f"{marker}-{{{{ inventory_hostname }}}}"
+    (site / "playbooks" / "drift.yml").write_text(
+        "- hosts: h02\n  steps:\n"
+        f"    - command: {{argv: [touch, '{target}'], creates: '{target}'}}\n")
+    r = mc(site, "schedule", "add", name, "--playbook", "drift", "--mode", "fix",
+           "--every", every, "--cron-dir", str(cron_dir))
+    assert r.returncode == 0, r.stderr
+    return (cron_dir / f"metalchain-{name}").read_text()
+
+
 def test_schedule_add_run_list_remove(lab_site, tmp_path):
     cron_dir = tmp_path / "cron.d"
-    marker = lab_site.work / "drift-{{ inventory_hostname }}"
-    (lab_site / "playbooks" / "drift.yml").write_text(
-        "- hosts: h02\n  steps:\n"
-        f"    - command: {{argv: [touch, '{marker}'], creates: '{marker}'}}\n")
-    r = mc(lab_site, "schedule", "add", "drift", "--playbook", "drift", "--mode", "fix",
-           "--every", "15m", "--cron-dir", str(cron_dir))
-    assert r.returncode == 0, r.stderr
-    text = (cron_dir / "metalchain-drift").read_text()
+    text = schedule_touch(lab_site, "drift", "15m", cron_dir, lab_site.work / "drift")
     s = parse_cron(text)
     assert s is not None and s.when == "*/15 * * * *" and s.mode == "fix"
     # Run exactly what cron would run (this machine has no cron daemon running).
@@ -36,7 +43,7 @@ def test_schedule_add_run_list_remove(lab_site, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert (lab_site.work / "drift-h02").exists()
     # While another run holds the playbook's lock, the scheduled run refuses to overlap.
-    with RunLock(lab_site / "runs" / ".lock-drift"):
+    with run_lock(lab_site / "runs" / ".lock-drift"):
         overlap = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert overlap.returncode == 1 and "another run of this playbook" in overlap.stderr
     r = mc(lab_site, "schedule", "list", "--json", "--cron-dir", str(cron_dir))
@@ -67,14 +74,7 @@ def test_scheduled_line_runs_from_a_site_path_with_space_and_percent(lab_site, t
     site = tmp_path / "my site 100%"
     lab_site.rename(site)
     cron_dir = tmp_path / "cron.d"
-    marker = lab_site.work / "ran-{{ inventory_hostname }}"
-    (site / "playbooks" / "drift.yml").write_text(
-        "- hosts: h02\n  steps:\n"
-        f"    - command: {{argv: [touch, '{marker}'], creates: '{marker}'}}\n")
-    r = mc(site, "schedule", "add", "pct", "--playbook", "drift", "--mode", "fix",
-           "--every", "5m", "--cron-dir", str(cron_dir))
-    assert r.returncode == 0, r.stderr
-    text = (cron_dir / "metalchain-pct").read_text()
+    text = schedule_touch(site, "pct", "5m", cron_dir, lab_site.work / "ran")
     s = parse_cron(text)
     assert s is not None and s.site == site and s.mode == "fix"
     entry = next(ln for ln in text.splitlines() if ln.startswith("*/5"))

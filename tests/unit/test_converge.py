@@ -94,6 +94,17 @@ def statuses(report) -> dict[str, tuple[str, str]]:
     return {r.identity: (r.status, r.message) for r in report.results}
 
 
+def cut_short(round_trip: int, keep: int = 3) -> Callable[[int, CommandResult], CommandResult]:
+    """A mangler for :class:`LocalSh`: round trip ``round_trip``'s output ends after ``keep``
+    lines and its exit status is 0: output cut short that does not say so."""
+    def cut(n: int, r: CommandResult) -> CommandResult:
+        if n != round_trip:
+            return r
+        lines = r.stdout.splitlines()
+        return CommandResult(r.host, r.command, 0, "\n".join(lines[:keep]) + "\n", "", 0)
+    return cut
+
+
 def test_a_healthy_run_changes_all_in_two_round_trips():
     conn = LocalSh()
     report = converge(conn, block(Fake("a"), Fake("b")), check=False)
@@ -168,14 +179,8 @@ def test_nonzero_exit_after_all_frames_fails_the_host_with_real_statuses(code, h
 
 
 def test_action_output_cut_short_with_exit_zero_is_not_success():
-    def cut(n: int, r: CommandResult) -> CommandResult:
-        if n != 2:
-            return r
-        lines = r.stdout.splitlines()
-        return CommandResult(r.host, r.command, 0, "\n".join(lines[:3]) + "\n", "", 0)
-
-    report = converge(LocalSh(mangle=cut), block(Fake("a"), Fake("b"), Fake("c")),
-                      check=False)
+    report = converge(LocalSh(mangle=cut_short(round_trip=2)),
+                      block(Fake("a"), Fake("b"), Fake("c")), check=False)
     st = statuses(report)
     assert st["fake:a"] == ("changed", "")
     assert st["fake:b"][0] == "skipped" and st["fake:c"][0] == "skipped"
@@ -221,13 +226,7 @@ def test_probe_script_killed_midway_is_an_error_not_absent():
 
 
 def test_probe_output_cut_short_is_never_read_as_needs_change():
-    def cut(n: int, r: CommandResult) -> CommandResult:
-        if n != 1:
-            return r
-        lines = r.stdout.splitlines()
-        return CommandResult(r.host, r.command, 0, "\n".join(lines[:3]) + "\n", "", 0)
-
-    conn = LocalSh(mangle=cut)
+    conn = LocalSh(mangle=cut_short(round_trip=1))
     report = converge(conn, block(Fake("a", probe="echo new"), Fake("b", probe="echo new")),
                       check=False)
     assert len(conn.calls) == 1

@@ -3,6 +3,7 @@ run lock, resume of a run's own arguments — in-process, with a fake step kind.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from inventory.contracts import StepOutcome
 from inventory.errors import InputError, MetalchainError
 from inventory.site import Site
 from orchestrate.events import read_events
-from orchestrate.runs import RunLock, RunOptions, single_step_playbook, start_run
+from orchestrate.runs import RunOptions, run_lock, single_step_playbook, start_run
 from orchestrate.steps import StepRegistry
 from tests.conftest import write_site
 
@@ -89,9 +90,19 @@ def test_resume_reuses_the_runs_arguments_and_skips_what_is_done(site):
 
 def test_a_locked_playbook_refuses_a_second_run(site):
     pb = single_step_playbook("all", "echo", None, "echo")
-    with RunLock(site.runs_dir / ".lock-site"), pytest.raises(
+    with run_lock(site.runs_dir / ".lock-site"), pytest.raises(
             MetalchainError, match="another run of this playbook is in progress"):
         start_run(site, pb, RunOptions(lock="site"), registry=registry())
     report = start_run(site, pb, RunOptions(lock="site"), registry=registry(),
                        connect=lambda host: object())
     assert report.exit_code == 0
+
+
+def test_the_run_lock_names_its_holder_and_is_free_again_after(tmp_path: Path):
+    lock = tmp_path / "runs" / ".lock-site"
+    with run_lock(lock), pytest.raises(MetalchainError, match=(
+            rf"another run of this playbook is in progress \(.*{lock}.*pid {os.getpid()}")):
+        with run_lock(lock):
+            pass
+    with run_lock(lock):    # released on exit
+        pass

@@ -20,7 +20,7 @@ from runtime import atomicfile, process
 from runtime.atomicfile import write_atomic
 from runtime.filelock import file_lock
 from runtime.httpserver import ServerThread
-from runtime.jsondoc import json_text, write_json
+from runtime.jsondoc import content_key, json_text, write_json
 from runtime.pidfile import command_line, live_pid, process_alive, read_pid, write_pidfile
 
 pytestmark = pytest.mark.unit
@@ -234,3 +234,10 @@ def test_boot_http_stop_waits_at_most_its_timeout(monkeypatch) -> None:
         assert time.monotonic() - started < 0.7
     finally:
         release.set()
+
+
+def test_content_key_ignores_key_order_and_sees_every_value():
+    assert content_key({"a": 1, "b": [2]}) == content_key({"b": [2], "a": 1})
+    assert content_key({"a": 1}) != content_key({"a": 2})
+    # The cache keys of images already built must not change: the key of a fixed document.
+    assert content_key({"golden": "g", "build_version": 1}) == "66d1023eb4fdc9f0"
