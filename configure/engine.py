@@ -24,6 +24,7 @@ from typing import Any
 from configure.resources.base import Decision, Resource, ResourceSpecError
 from inventory.contracts import time_left
 from inventory.errors import TransportError
+from inventory.secrets import Masker
 
 OUTPUT_TAIL = 2000
 #: Limits of each round trip when the step has no deadline of its own.
@@ -161,14 +162,7 @@ def build_act_script(blocks: list[tuple[str, list[tuple[int, str, tuple[int, ...
     return "\n".join(lines) + "\n"
 
 
-def _scrub(text: str, secrets_: Iterable[str]) -> str:
-    for s in secrets_:
-        if s:
-            text = text.replace(s, "***")
-    return text
-
-
-def _how_it_ended(result: Any, secret_values: list[str]) -> str:
+def _how_it_ended(result: Any, mask: Masker) -> str:
     """'exit 137: last lines of stderr' for a script that did not finish. Only stderr: what
     is on stdout inside frames belongs to the resources and is reported with them, and
     stderr is where sudo, the shell and the kernel's OOM messages end up."""
@@ -176,7 +170,7 @@ def _how_it_ended(result: Any, secret_values: list[str]) -> str:
     how = "killed, no exit status" if code < 0 else f"exit {code}"
     if code == 0:
         how = "exit 0 but its output ended early"
-    tail = _scrub("\n".join(result.stderr.rstrip().splitlines()[-5:]), secret_values)
+    tail = mask.text("\n".join(result.stderr.rstrip().splitlines()[-5:]))
     return f"{how}: {tail}" if tail else how
 
 
@@ -224,6 +218,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
     Never raises for a script that died or a lost connection: the report says what is known
     (``error``, ``unreachable``, and each resource's status)."""
     secret_values = list(secret_values)
+    mask = Masker(secret_values)
     owed = set(owed or ())
     plan = _Plan(blocks)
     items = plan.items
@@ -250,7 +245,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
         incomplete = [n for n, _ in probe_scripts if found_by_idx.get(n, ("", None))[1] is None]
         if not script_finished(result, token) or incomplete:
             message = (f"host '{conn.host}': the probe script did not finish "
-                       f"({_how_it_ended(result, secret_values)})")
+                       f"({_how_it_ended(result, mask)})")
             if any(n in found_by_idx for n in incomplete):
                 cut = next(n for n in incomplete if n in found_by_idx)
                 message += (f"; interrupted while probing {plan.label(cut)}"
@@ -292,7 +287,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
                 owed_now.update((b.role, h) for h in it.notify)
             status = "unknown" if d.unknown and check else ("changed" if d.changed else "ok")
             results[n] = ItemResult(b.role, it.resource.identity, status, d.changes,
-                                    _scrub(d.diff, secret_values), d.unknown, source=it.source)
+                                    mask.text(d.diff), d.unknown, source=it.source)
 
     def report(trips: int, owed_after: set[tuple[str, str]], error: str = "",
                unreachable: bool = False) -> ConvergeReport:
@@ -360,7 +355,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
         return report(round_trips + 1, owed_now, message, unreachable)
     round_trips += 1
     finished = script_finished(result, token)
-    died = "" if finished else _how_it_ended(result, secret_values)
+    died = "" if finished else _how_it_ended(result, mask)
     frames = parse_frames(result.stdout, token)
     ran_handlers: set[tuple[str, str]] = set()
     notified: set[tuple[str, str]] = set(owed)
@@ -378,7 +373,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
                                       else f"not run: the action script died ({died})")
                 continue
             text, rc = frames[n]
-            text = _scrub(text, secret_values)
+            text = mask.text(text)
             if rc is None:
                 results[n].status, results[n].message = "failed", "interrupted"
                 interrupted = n
@@ -403,7 +398,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
                 interrupted = n
             message = "" if ok else ("interrupted" if rc is None else
                                      f"exit code {rc}: "
-                                     f"{_scrub(text, secret_values)[-OUTPUT_TAIL:]}")
+                                     f"{mask.text(text)[-OUTPUT_TAIL:]}")
             results[n] = ItemResult(role, items[n].resource.identity,
                                     "changed" if ok else "failed", [f"handler '{name}'"],
                                     message=message, handler=name, source=items[n].source)
