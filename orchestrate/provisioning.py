@@ -200,7 +200,7 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
         report.nodes["node1"].state    # "active"
     """
     from provision.drivers import driver_for
-    from provision.provisioner import Provisioner
+    from provision.provisioner import Provisioner, preflight
 
     opts = options or ProvisionOptions()
     inv = site.inventory
@@ -215,9 +215,7 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
             on_note("every node of the target is already active")
             return ProvisionReport(all_active=True)
     ctl = controller or Controller(site)
-    preflight = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
-                            timeouts=ctl.timeouts)
-    preflight.preflight(hosts, retry=opts.retry, force=opts.force)
+    preflight(site.state, hosts, ctl.timeouts, retry=opts.retry, force=opts.force)
     if opts.image:
         for h in hosts:
             (ctl.hostkeys.dir / h.name).mkdir(parents=True, exist_ok=True)

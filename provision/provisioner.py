@@ -63,6 +63,17 @@ def check_startable(host: Host, state: str | None, *, retry: bool, force: bool,
         raise InputError(f"host '{host.name}' is already being provisioned ({state})")
 
 
+def preflight(store: StateStore, hosts: list[Host], timeouts: Mapping[str, float], *,
+              retry: bool, force: bool) -> None:
+    """Refuse, before anything changes, every host whose state forbids starting it."""
+    now = time.time()
+    for h in hosts:
+        rec = store.node(h.name)
+        state = rec.state if rec else None
+        late = bool(rec and lc.overdue([(h.name, state, rec.state_since)], now, timeouts))
+        check_startable(h, state, retry=retry, force=force, overdue=late)
+
+
 def timings(store: StateStore, node: str) -> dict[str, float]:
     """Seconds from the last power-on to each later state, from the recorded transitions."""
     ts = store.transitions(node)
@@ -149,15 +160,6 @@ class Provisioner:
         self.changes = changes if changes is not None else NodeChanges()
         self.store_poll = REMOTE_STORE_POLL if changes is None else POWER_SYNC_INTERVAL
         self.token_ttl = token_ttl
-
-    def preflight(self, hosts: list[Host], *, retry: bool, force: bool) -> None:
-        now = time.time()
-        for h in hosts:
-            rec = self.store.node(h.name)
-            state = rec.state if rec else None
-            late = bool(rec and lc.overdue([(h.name, state, rec.state_since)], now,
-                                           self.timeouts))
-            check_startable(h, state, retry=retry, force=force, overdue=late)
 
     def provision_one(self, host: Host, deadline: float | None = None) -> NodeResult:
         """Provision one node to active (or failed); ``deadline`` is wall-clock time.
