@@ -14,7 +14,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 metadata = MetaData()
@@ -56,6 +56,12 @@ runs = Table(
     Column("status", String(16), nullable=False),
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float),
+    # Schema 5: who runs it, so a run whose process is gone shows as interrupted.
+    Column("owner_host", String(253)),
+    Column("pid", Integer),
+    Column("pid_start", String(32)),
+    Column("command", Text),
+    Column("heartbeat_at", Float),
 )
 
 journal = Table(
@@ -133,4 +139,19 @@ drift = Table(
     Column("status", String(16), nullable=False),
     Column("changes", Text, nullable=False),
     Column("checked_at", Float, nullable=False),
+)
+
+# Schema 5: per-host leases. Every command that changes a host holds its lease while it does;
+# a lease whose heartbeat stops (a killed process) expires and may be taken over.
+leases = Table(
+    "leases", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
+    Column("holder", String(64), nullable=False),  # a run uid or another unique owner id
+    Column("owner_host", String(253), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("pid_start", String(32)),
+    Column("command", Text, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
 )

@@ -90,29 +90,6 @@ def test_deploy_tokens_one_time(store):
     assert t2 not in stored and len(stored) == 3
 
 
-def test_migration_from_schema_1(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    s = StateStore.open_file(path)
-    s.set_node_state("n1", "active", "before upgrade")
-    s.close()
-    db = sqlite3.connect(path)
-    db.execute("DROP TABLE deploy_tokens")
-    db.execute("DROP TABLE facts")
-    db.execute("DROP TABLE owed_handlers")
-    db.execute("DROP TABLE drift")
-    db.execute("DROP TABLE IF EXISTS alembic_version")  # stores before Alembic had none
-    db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
-    db.commit()
-    db.close()
-    s = StateStore.open_file(path)
-    assert s.schema_version() == SCHEMA_VERSION == 4
-    assert s.node("n1").state == "active"
-    assert s.check_deploy_token("n1", s.issue_deploy_token("n1", ttl=10))
-    s.close()
-
-
 def test_unknown_state_is_refused_naming_it(store):
     with pytest.raises(StateError, match="node 'n1': unknown state 'enroled'"):
         store.set_node_state("n1", "enroled", "typo")

@@ -23,3 +23,10 @@ CREATE TABLE facts (node_id INTEGER NOT NULL, data TEXT NOT NULL, gathered_at FL
 CREATE TABLE owed_handlers (node_id INTEGER NOT NULL, role VARCHAR(64) NOT NULL, handler VARCHAR(200) NOT NULL, since FLOAT NOT NULL, PRIMARY KEY (node_id, role, handler), FOREIGN KEY(node_id) REFERENCES nodes (id));
 CREATE TABLE drift (id INTEGER NOT NULL, node_id INTEGER NOT NULL, role VARCHAR(64) NOT NULL, resource TEXT NOT NULL, status VARCHAR(16) NOT NULL, changes TEXT NOT NULL, checked_at FLOAT NOT NULL, PRIMARY KEY (id), FOREIGN KEY(node_id) REFERENCES nodes (id));
 CREATE INDEX ix_drift_node_id ON drift (node_id);
+-- schema 5 (Alembic revision 0005: the first schema no release created with create_all)
+CREATE TABLE leases (node_id INTEGER NOT NULL, holder VARCHAR(64) NOT NULL, owner_host VARCHAR(253) NOT NULL, pid INTEGER NOT NULL, pid_start VARCHAR(32), command TEXT NOT NULL, acquired_at FLOAT NOT NULL, heartbeat_at FLOAT NOT NULL, expires_at FLOAT NOT NULL, PRIMARY KEY (node_id), FOREIGN KEY(node_id) REFERENCES nodes (id));
+ALTER TABLE runs ADD COLUMN owner_host VARCHAR(253);
+ALTER TABLE runs ADD COLUMN pid INTEGER;
+ALTER TABLE runs ADD COLUMN pid_start VARCHAR(32);
+ALTER TABLE runs ADD COLUMN command TEXT;
+ALTER TABLE runs ADD COLUMN heartbeat_at FLOAT;
