@@ -38,6 +38,7 @@ from inventory.contracts import HostContext, StepOutcome, time_left
 from inventory.errors import InputError, MetalchainError
 from inventory.secrets import Secret
 from runtime import process
+from runtime.text import plural
 
 DEFAULT_PARALLEL = 16
 DEFAULT_TIMEOUT = 600.0          # seconds for one host's whole test run
@@ -334,11 +335,11 @@ def _run_pytest(plan: _Plan, target: SshTarget, result: HostVerify,
             result.message = (proc.stdout + proc.stderr).strip()[-MESSAGE_TAIL:]
         elif counts["failed"] or counts["error"]:
             result.status = "failed"
-            result.message = (f"{counts['failed'] + counts['error']} of {len(result.tests)} "
-                              "checks failed")
+            result.message = (f"{counts['failed'] + counts['error']} of "
+                              f"{plural(len(result.tests), 'check')} failed")
         else:
             result.status = "passed"
-            result.message = f"{counts['passed']} checks passed" + (
+            result.message = f"{plural(counts['passed'], 'check')} passed" + (
                 f", {counts['skipped']} skipped" if counts["skipped"] else "")
         return result
     finally:

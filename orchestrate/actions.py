@@ -26,6 +26,7 @@ def report_doc(report: RunReport) -> dict[str, Any]:
     """The ``run.result`` document (also the base of ``apply.result``)."""
     return {
         "run": report.uid, "exit_code": report.exit_code, "counts": report.counts(),
+        "items": report.item_counts().to_json(),
         "stopped": report.stopped_reason or None, "not_run": report.not_run,
         "hosts": {h: {"status": r.status, "changed": r.changed,
                       "steps": [{"play": s.play, "step": s.step, "status": s.outcome.status,

@@ -32,10 +32,16 @@ def _version() -> str:
 
 @dataclass
 class Context:
-    """What every command gets: the site (opened lazily) and the global flags."""
+    """What every command gets: the site (opened lazily) and the global flags.
 
-    site_option: str | None
-    debug: bool
+    The global flags are set while the command line is parsed, by the options
+    :func:`global_options` gives the root group and every command and subgroup, so they may
+    come before or after the subcommand (``metalchain -v apply ...`` or ``metalchain apply
+    ... -v``)."""
+
+    site_option: str | None = None
+    debug: bool = False
+    no_color: bool = False
     _site: Site | None = field(default=None, repr=False)
 
     @property
@@ -83,22 +89,74 @@ class _Scrubber(logging.Filter):
 _SCRUB = _Scrubber()
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(_version(), "--version", prog_name="metalchain")
-@click.option("--site", "site", metavar="DIR", envvar=None,
-              help="Site directory (default: $METALCHAIN_SITE, else the current directory).")
-@click.option("--debug", is_flag=True, help="Verbose logging and tracebacks on errors.")
-@click.pass_context
-def cli(ctx: click.Context, site: str | None, debug: bool) -> None:
-    """metalchain: from bare metal to monitored virtual machines, with one inventory."""
+def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_SCRUB)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
-    ctx.obj = Context(site_option=site, debug=debug)
-    ctx.call_on_close(ctx.obj.close)
+
+
+def _set_site(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).site_option = value
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).debug = True
+        _configure_logging(True)
+
+
+def _set_no_color(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Context).no_color = True
+
+
+def global_options(command: click.Command) -> click.Command:
+    """Give ``command`` the global options (``--site``, ``-v/--debug``, ``--no-color``).
+
+    Applied to the root group and, by :func:`_register`, to every command and subgroup of
+    the tree, so an option means the same wherever it is written. The options write into the
+    shared :class:`Context` (never into the command's arguments); an option left out of a
+    later position does not undo one given earlier."""
+    for option in (
+        click.option("--site", metavar="DIR", expose_value=False, callback=_set_site,
+                     help="Site directory (default: $METALCHAIN_SITE, else the current "
+                          "directory)."),
+        click.option("-v", "--debug", is_flag=True, expose_value=False, callback=_set_debug,
+                     help="Verbose logging and tracebacks on errors (before or after the "
+                          "subcommand)."),
+        click.option("--no-color", is_flag=True, expose_value=False, callback=_set_no_color,
+                     help="No colours (also when $NO_COLOR is set, or stdout is not a "
+                          "terminal)."),
+    ):
+        option(command)
+    return command
+
+
+EPILOG = """\b
+Examples:
+  metalchain init mysite && cd mysite && metalchain inventory list
+  metalchain --site mysite apply --role base all --check --diff
+  metalchain apply --role base web -v      # global options go before or after
+
+\b
+Shell completion (bash; zsh and fish likewise):
+  eval "$(_METALCHAIN_COMPLETE=bash_source metalchain)"
+"""
+
+
+@global_options
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
+@click.version_option(_version(), "--version", prog_name="metalchain")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """metalchain: from bare metal to monitored virtual machines, with one inventory."""
+    obj = ctx.ensure_object(Context)
+    _configure_logging(obj.debug)
+    ctx.call_on_close(obj.close)
 
 
 def _register() -> None:
@@ -132,15 +190,23 @@ def _register() -> None:
     cli.add_command(provision_cmd.provision)
     cli.add_command(mirror_cmd.mirror)
     cli.add_command(verify_cmd.verify)
+    _give_global_options(cli)
+
+
+def _give_global_options(group: click.Group) -> None:
+    for command in group.commands.values():
+        global_options(command)
+        if isinstance(command, click.Group):
+            _give_global_options(command)
 
 
 _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    obj = Context()
     try:
-        rv = cli.main(args=argv, prog_name="metalchain", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="metalchain", standalone_mode=False, obj=obj)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.exceptions.Abort:
@@ -150,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return EXIT_INPUT if exc.exit_code in (1, 2) else exc.exit_code
     except MetalchainError as exc:
-        if debug:
+        if obj.debug:
             sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
         sys.stderr.write(f"error: {_SCRUB.scrub(str(exc))}\n")
         return exc.exit_code
@@ -160,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean line
-        if debug:
+        if obj.debug:
             sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
         sys.stderr.write(f"internal error: {exc.__class__.__name__}: {_SCRUB.scrub(str(exc))}"
                          " (run with --debug for the traceback; please report it)\n")

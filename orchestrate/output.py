@@ -1,16 +1,25 @@
 """Output for the CLI: one JSON document with --json, rich tables on a terminal, plain
-tab-separated lines otherwise (so that `| grep` and `| cut` work)."""
+tab-separated lines otherwise (so that `| grep` and `| cut` work).
+
+Colour only on a terminal, and never with ``$NO_COLOR`` set or ``--no-color`` given
+(:func:`use_color`). Counts go through :func:`plural`, sizes through :func:`human_size`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import click
+
 from inventory.secrets import Secret
 from runtime.jsondoc import json_text
+from runtime.text import human_size as human_size  # re-exported for the commands
+from runtime.text import plural
 
 if TYPE_CHECKING:
     from configure.verify import VerifyReport
@@ -44,6 +53,20 @@ def is_terminal() -> bool:
     return sys.stdout.isatty()
 
 
+def color_wanted(*, is_tty: bool, environ: Any, no_color_flag: bool) -> bool:
+    """Colour only on a terminal, unless ``--no-color`` or a non-empty ``$NO_COLOR``
+    (https://no-color.org) says otherwise."""
+    return is_tty and not no_color_flag and not environ.get("NO_COLOR")
+
+
+def use_color(stream: Any = None) -> bool:
+    """Whether to colour what goes to ``stream`` (default stdout) in this invocation."""
+    ctx = click.get_current_context(silent=True)
+    flag = bool(getattr(ctx.obj, "no_color", False)) if ctx is not None else False
+    stream = stream or sys.stdout
+    return color_wanted(is_tty=stream.isatty(), environ=os.environ, no_color_flag=flag)
+
+
 def cell(value: Any) -> str:
     if value is None:
         return "-"
@@ -64,7 +87,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
             t.add_column(c)
         for r in rows:
             t.add_row(*(cell(v) for v in r))
-        Console().print(t)
+        Console(no_color=not use_color()).print(t)
         return
     print("\t".join(columns))
     for r in rows:
@@ -82,21 +105,79 @@ def timestamp(t: float | None) -> str | None:
     return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
 
 
+def diff_header(host: str, res: dict[str, Any]) -> str:
+    """The line above a resource's diff. It starts with ``==``, which no unified diff line
+    does (they start with ``---``, ``+++``, ``@@``, `` ``, ``+``, ``-`` or ``\\``), so a header
+    is never taken for a diff's own file lines."""
+    source = f" ({res['source']})" if res.get("source") else ""
+    return f"== {host} {res['role']}/{res['resource']}: {res['status']}{source} =="
+
+
+def diff_lines(host: str, res: dict[str, Any]) -> list[str]:
+    """A resource's header, its changes and message (indented), then its diff as is."""
+    out = [diff_header(host, res)]
+    out.extend(f"    {c}" for c in res["changes"])
+    if res["message"]:
+        out.append(f"    {res['message']}")
+    if res["diff"]:
+        out.extend(res["diff"].rstrip("\n").split("\n"))
+    return out
+
+
+_DIFF_STYLES = (("==", {"fg": "cyan", "bold": True}), ("+++", {"bold": True}),
+                ("---", {"bold": True}), ("@@", {"fg": "cyan"}), ("+", {"fg": "green"}),
+                ("-", {"fg": "red"}))
+
+
+def style_diff_line(text: str, color: bool) -> str:
+    """``text`` coloured by what it is (header, file line, hunk, added, removed) when
+    ``color``; unchanged otherwise."""
+    if not color:
+        return text
+    for prefix, style in _DIFF_STYLES:
+        if text.startswith(prefix):
+            return click.style(text, **style)
+    return text
+
+
 def print_diffs(report: RunReport) -> None:
     """The per-resource diffs of apply steps (what check mode would change, or did)."""
+    color = use_color()
     for h, r in report.hosts.items():
         for s in r.steps:
             for res in s.outcome.data.get("results", []):
                 if res["status"] in ("changed", "unknown", "failed") and (
                         res["changes"] or res["diff"] or res["message"]):
-                    line(f"--- {h}: {res['role']}/{res['resource']} [{res['status']}]"
-                         + (f" ({res['source']})" if res["source"] else ""))
-                    for c in res["changes"]:
-                        line(f"    {c}")
-                    if res["message"]:
-                        line(f"    {res['message']}")
-                    if res["diff"]:
-                        line(res["diff"].rstrip("\n"))
+                    for text in diff_lines(h, res):
+                        line(style_diff_line(text, color))
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    """The closing lines of a run, from its per-host and per-item outcomes:
+
+        run UID: 5 hosts: 2 changed, 3 ok
+        changed 3 of 41 resources on 5 hosts
+
+    (``would change`` in check mode; failed, unknown and skipped items are added when
+    there are any; a run without apply steps counts its steps)."""
+    c = report.counts()
+    total = len(report.hosts) + len(report.not_run)
+    states = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in
+                       sorted(c.items(), key=lambda kv: _HOST_ORDER.index(kv[0])) if v)
+    out = [f"run {report.uid}: {plural(total, 'host')}" + (f": {states}" if states else "")]
+    items = report.item_counts()
+    if items.total:
+        verb = "would change" if report.check else "changed"
+        text = (f"{verb} {items.by_status.get('changed', 0)} of "
+                f"{plural(items.total, items.kind)} on {plural(items.hosts, 'host')}")
+        extra = [f"{items.by_status[k]} {k}" for k in ("failed", "unreachable", "unknown",
+                                                        "skipped")
+                 if items.by_status.get(k)]
+        out.append(text + (f" ({', '.join(extra)})" if extra else ""))
+    return out
+
+
+_HOST_ORDER = ("changed", "ok", "failed", "unreachable", "skipped", "not_run")
 
 
 def print_summary(report: RunReport) -> None:
@@ -109,8 +190,8 @@ def print_summary(report: RunReport) -> None:
     for h in report.not_run:
         rows.append([h, "not run", 0, 0, ""])
     table(f"run {report.uid}", ["host", "status", "steps", "changed", "failure"], rows)
-    c = report.counts()
-    line(f"run {report.uid}: " + ", ".join(f"{k}={v}" for k, v in c.items()))
+    for text in summary_lines(report):
+        line(text)
     if report.stopped_reason:
         line(f"stopped: {report.stopped_reason}")
 
@@ -127,7 +208,8 @@ def print_verify(report: VerifyReport) -> None:
     c = {"passed": 0, "failed": 0, "error": 0, "no_tests": 0}
     for r in report.hosts.values():
         c[r.status] = c.get(r.status, 0) + 1
-    line("verify: " + ", ".join(f"{k}={v}" for k, v in c.items())
+    line(f"verify: {plural(len(report.hosts), 'host')}: "
+         + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items() if v)
          + f" ({report.duration:.1f} s)")
 
 

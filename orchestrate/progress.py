@@ -5,11 +5,14 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from orchestrate.output import use_color
 
 
 class PlainProgress:
@@ -32,34 +35,67 @@ class PlainProgress:
         pass
 
 
-class LiveProgress:
-    """A live table: host, current step, state, elapsed."""
+class HostClocks:
+    """Per host: its current step, status and elapsed time. A host's clock runs from its
+    first step's start while a step is running and stops at each step's end, so a host that
+    has finished (or waits for the next play) shows the time it took, not the time since."""
 
-    def __init__(self) -> None:
-        self._rows: dict[str, list[Any]] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()  # the live display's refresh thread reads rows()
+        #: host -> [step, status, first start, elapsed up to the last step end, running since]
+        self._hosts: dict[str, list[Any]] = {}
+
+    def update(self, ev: dict[str, Any]) -> bool:
+        """Take one run event; True if it changed a row."""
+        if ev["event"] not in ("host_step_start", "host_step_end"):
+            return False
+        with self._lock:
+            now = self.clock()
+            row = self._hosts.setdefault(ev["host"], [ev["step"], "", now, 0.0, None])
+            row[0] = ev["step"]
+            if ev["event"] == "host_step_start":
+                row[1] = "running"
+                row[4] = now
+            else:
+                row[1] = ev["status"]
+                if row[4] is not None:
+                    row[3] = now - row[2]
+                row[4] = None
+            return True
+
+    def rows(self) -> list[tuple[str, str, str, float]]:
+        """(host, step, status, elapsed seconds) in the order hosts first appeared."""
+        with self._lock:
+            now = self.clock()
+            return [(h, step, status, (now - first) if running is not None else done)
+                    for h, (step, status, first, done, running) in self._hosts.items()]
+
+
+class LiveProgress:
+    """A live table: host, current step, state, elapsed (stopped once the host is done)."""
+
+    def __init__(self, console: Console | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clocks = HostClocks(clock)
         self._lock = threading.Lock()
-        self._live = Live(self._render(), console=Console(stderr=True), refresh_per_second=4,
-                          transient=False)
+        self._live = Live(self._render(), console=console or Console(
+            stderr=True, no_color=not use_color(sys.stderr)), refresh_per_second=4,
+            transient=False, get_renderable=self._render)
         self._live.start()
 
     def _render(self) -> Table:
         t = Table(title="run")
         for c in ("host", "step", "status", "elapsed"):
             t.add_column(c)
-        now = time.monotonic()
-        shown = list(self._rows.items())[-40:]
-        for host, (step, status, started) in shown:
-            t.add_row(host, step, status, f"{now - started:.1f}s")
+        for host, step, status, elapsed in self._clocks.rows()[-40:]:
+            t.add_row(host, step, status, f"{elapsed:.1f}s")
         return t
 
     def __call__(self, ev: dict[str, Any]) -> None:
-        if ev["event"] not in ("host_step_start", "host_step_end"):
-            return
         with self._lock:
-            started = self._rows.get(ev["host"], [None, None, time.monotonic()])[2]
-            status = "running" if ev["event"] == "host_step_start" else ev["status"]
-            self._rows[ev["host"]] = [ev["step"], status, started]
-            self._live.update(self._render())
+            if self._clocks.update(ev):
+                self._live.update(self._render())
 
     def close(self) -> None:
         self._live.stop()

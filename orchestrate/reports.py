@@ -66,6 +66,26 @@ class HostReport:
         return sum(1 for s in self.steps if s.outcome.status == "changed")
 
 
+#: A resource's status in an apply step's results (configure.engine.ItemResult.status).
+RESOURCE_STATUSES = ("ok", "changed", "unknown", "failed", "skipped")
+
+
+@dataclass(frozen=True)
+class ItemCounts:
+    """What a run did, counted per item: the resources of its apply steps when it has any
+    (``kind="resource"``), else its host-steps (``kind="step"``). ``hosts`` is how many
+    hosts reported items; ``by_status`` counts each item's own outcome."""
+
+    kind: str
+    total: int
+    hosts: int
+    by_status: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "total": self.total, "hosts": self.hosts,
+                **self.by_status}
+
+
 @dataclass
 class RunReport:
     uid: str
@@ -73,6 +93,7 @@ class RunReport:
     not_run: list[str] = field(default_factory=list)
     stopped_reason: str = ""
     duration: float = 0.0
+    check: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -85,6 +106,26 @@ class RunReport:
             c[h.status] += 1
         c["not_run"] = len(self.not_run)
         return c
+
+    def item_counts(self) -> ItemCounts:
+        """Resources (of apply steps; handlers are not resources) counted by their own
+        status over every host; a run without apply steps counts its host-steps instead."""
+        resources = {k: 0 for k in RESOURCE_STATUSES}
+        resource_hosts = 0
+        steps = {k: 0 for k in STATUS_ORDER}
+        for r in self.hosts.values():
+            seen = False
+            for s in r.steps:
+                steps[s.outcome.status] = steps.get(s.outcome.status, 0) + 1
+                for res in s.outcome.data.get("results", []):
+                    if res.get("handler") is None:
+                        resources[res["status"]] = resources.get(res["status"], 0) + 1
+                        seen = True
+            resource_hosts += seen
+        if resource_hosts:
+            return ItemCounts("resource", sum(resources.values()), resource_hosts, resources)
+        return ItemCounts("step", sum(steps.values()),
+                          sum(1 for r in self.hosts.values() if r.steps), steps)
 
     def first_outcome(self, host: str) -> StepOutcome | None:
         """The outcome of ``host``'s first step (single-step runs: exec, power, verify)."""

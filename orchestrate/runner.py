@@ -30,6 +30,7 @@ from orchestrate.reports import (
     RunReport,
     StepReport,
 )
+from runtime.text import plural
 
 __all__ = ["DEFAULT_PARALLELISM", "DONE", "FAILED", "STEP_STRIDE", "HostReport", "RunReport",
            "Runner", "StepReport", "journal_index", "last_failed_hosts", "resume_state"]
@@ -50,7 +51,7 @@ class Runner:
             facts: Mapping[str, Mapping[str, Any]] | None = None) -> RunReport:
         """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run."""
         start = time.monotonic()
-        report = RunReport(uid=run_uid)
+        report = RunReport(uid=run_uid, check=check)
         job = BatchJob(run_uid=run_uid, extra_vars=dict(extra_vars or {}), check=check,
                        done=dict(done or {}), facts=dict(facts or {}))
         events.emit("run_start", playbook=str(playbook.path), limit=limit, check=check,
@@ -79,7 +80,7 @@ class Runner:
                     if play.max_fail_percentage is not None and pct > play.max_fail_percentage:
                         report.stopped_reason = (
                             f"play '{play.name}': batch {n + 1} failed on {len(failed)} of "
-                            f"{len(batch)} hosts ({pct:.0f}% > max_fail_percentage "
+                            f"{plural(len(batch), 'host')} ({pct:.0f}% > max_fail_percentage "
                             f"{play.max_fail_percentage:g}%); later batches not run")
                 events.emit("play_end", play=play.name)
                 if report.stopped_reason:

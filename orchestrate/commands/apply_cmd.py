@@ -31,7 +31,14 @@ from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool, diff: bool,
           then_verify: bool, limit: str | None, extra: tuple[str, ...], parallel: int,
           as_json: bool) -> None:
-    """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`."""
+    """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`.
+
+    \b
+    Examples:
+      metalchain apply site                        # the playbook playbooks/site.yml
+      metalchain apply --role base all --check --diff
+      metalchain apply --role base web -v --verify
+    """
     site = obj.site
     if roles:
         pb = single_step_playbook(playbook_or_target, "apply_role", list(roles),
@@ -77,7 +84,13 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
 @click.pass_obj
 def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
           limit: str | None, parallel: int, as_json: bool) -> None:
-    """Check TARGET's hosts against their roles; with --fix, converge them."""
+    """Check TARGET's hosts against their roles; with --fix, converge them.
+
+    \b
+    Examples:
+      metalchain drift all --diff
+      metalchain drift nodes --role base --fix
+    """
     site = obj.site
     pb = single_step_playbook(target, "apply_roles", list(roles) or None,
                               "drift check" if not fix else "drift fix")

@@ -33,7 +33,12 @@ def write_secrets_file(path: Path, text: str) -> None:
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 def init(directory: Path) -> None:
-    """Create an example site in DIRECTORY (inventory, secrets, playbooks)."""
+    """Create an example site in DIRECTORY (inventory, secrets, playbooks).
+
+    \b
+    Examples:
+      metalchain init mysite
+    """
     if directory.exists() and any(directory.iterdir()):
         raise InputError(f"{directory} exists and is not empty; choose a new directory")
     directory.mkdir(parents=True, exist_ok=True)

@@ -36,21 +36,33 @@ def host_doc(h: Host) -> dict[str, Any]:
 
 @click.group()
 def inventory() -> None:
-    """Inspect and validate the site's inventory."""
+    """Inspect and validate the site's inventory.
+
+    \b
+    Examples:
+      metalchain inventory validate
+      metalchain --site mysite inventory list 'rack=r1'
+    """
 
 
 @inventory.command()
 @json_option
 @click.pass_obj
 def validate(obj: Any, as_json: bool) -> None:
-    """Load and check the inventory; exit 2 with file:line on the first problem."""
+    """Load and check the inventory; exit 2 with file:line on the first problem.
+
+    \b
+    Examples:
+      metalchain inventory validate --json
+    """
     inv: Inventory = obj.site.inventory
     if as_json:
         output.emit_json("inventory.validate", {"valid": True, "hosts": len(inv.hosts),
                                                 "groups": len(inv.groups),
                                                 "files": inv.sources})
         return
-    output.line(f"ok: {len(inv.hosts)} hosts, {len(inv.groups)} groups "
+    output.line(f"ok: {output.plural(len(inv.hosts), 'host')}, "
+                f"{output.plural(len(inv.groups), 'group')} "
                 f"({', '.join(inv.sources)})")
 
 
@@ -60,7 +72,13 @@ def validate(obj: Any, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def list_(obj: Any, target: str, limit: str | None, as_json: bool) -> None:
-    """List the hosts of TARGET (default: all)."""
+    """List the hosts of TARGET (default: all).
+
+    \b
+    Examples:
+      metalchain inventory list
+      metalchain inventory list 'node*' --limit 'rack=r1'
+    """
     inv: Inventory = obj.site.inventory
     names = select_hosts(inv, target, limit)
     hosts = [inv.hosts[n] for n in names]
@@ -78,7 +96,12 @@ def list_(obj: Any, target: str, limit: str | None, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def show(obj: Any, host: str, as_json: bool) -> None:
-    """Everything the inventory says about HOST (secrets masked)."""
+    """Everything the inventory says about HOST (secrets masked).
+
+    \b
+    Examples:
+      metalchain inventory show node1
+    """
     inv: Inventory = obj.site.inventory
     doc = host_doc(inv.host(host))
     doc["all_groups"] = inv.groups_of(host)
@@ -106,7 +129,12 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> list[list[Any]]:
 @json_option
 @click.pass_obj
 def vars_(obj: Any, host: str, extra: tuple[str, ...], as_json: bool) -> None:
-    """The variables of HOST and where each value came from."""
+    """The variables of HOST and where each value came from.
+
+    \b
+    Examples:
+      metalchain inventory vars node1 -e timezone=UTC
+    """
     inv: Inventory = obj.site.inventory
     origins = explain_vars(inv, host, extra=parse_extra(extra))
     if as_json:
@@ -126,7 +154,12 @@ def vars_(obj: Any, host: str, extra: tuple[str, ...], as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def graph(obj: Any, as_json: bool) -> None:
-    """The group tree with its hosts."""
+    """The group tree with its hosts.
+
+    \b
+    Examples:
+      metalchain inventory graph
+    """
     inv: Inventory = obj.site.inventory
     children_of_something = {c for g in inv.groups.values() for c in g.children}
     tops = [g for g in inv.groups if g not in children_of_something]

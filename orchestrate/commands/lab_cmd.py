@@ -33,7 +33,13 @@ def _lab(obj: Any, directory: Path | None):
 
 @click.group()
 def lab() -> None:
-    """The built-in virtual datacenter (QEMU nodes with IPMI BMCs, an SSH fleet)."""
+    """The built-in virtual datacenter (QEMU nodes with IPMI BMCs, an SSH fleet).
+
+    \b
+    Examples:
+      metalchain lab up --dir lab1 --nodes 2 --fleet 3
+      metalchain lab down --dir lab1 --purge
+    """
 
 
 @lab.command()
@@ -52,7 +58,12 @@ def lab() -> None:
 @click.pass_obj
 def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
        memory_mib: int, disk_gib: int, directory: Path | None, as_json: bool) -> None:
-    """Bring the lab up (idempotent; re-run to resize)."""
+    """Bring the lab up (idempotent; re-run to resize).
+
+    \b
+    Examples:
+      metalchain lab up --dir lab1 --nodes 2 --fleet 3 --subnet 10.77.0.0/24
+    """
     lb = _lab(obj, directory)
     started = time.monotonic()
     config = lb.plan(nodes, fleet, ipv4=subnet, name=name, memory_mib=memory_mib,
@@ -64,9 +75,9 @@ def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
                                     "subnet": config.ipv4, "seconds": round(took, 1),
                                     **result})
         return
-    output.line(f"lab up in {took:.1f}s: {len(result['nodes'])} nodes, "
-                f"{len(result['fleet'])} fleet hosts; site {lb.root} (network {config.ipv4}, "
-                f"namespace {config.netns})")
+    output.line(f"lab up in {took:.1f}s: {output.plural(len(result['nodes']), 'node')}, "
+                f"{output.plural(len(result['fleet']), 'fleet host')}; site {lb.root} "
+                f"(network {config.ipv4}, namespace {config.netns})")
 
 
 def _power(host: Any) -> tuple[str, str]:
@@ -84,7 +95,12 @@ def _power(host: Any) -> tuple[str, str]:
 @json_option
 @click.pass_obj
 def status(obj: Any, directory: Path | None, as_json: bool) -> None:
-    """Every node with its BMC power state, every fleet host with SSH reachability."""
+    """Every node with its BMC power state, every fleet host with SSH reachability.
+
+    \b
+    Examples:
+      metalchain lab status --dir lab1
+    """
     from lab.fleet import fleet_status
 
     lb = _lab(obj, directory)
@@ -130,7 +146,12 @@ def status(obj: Any, directory: Path | None, as_json: bool) -> None:
 @dir_option
 @click.pass_obj
 def console(obj: Any, node: str, follow: bool, lines: int, directory: Path | None) -> None:
-    """Show NODE's serial console log."""
+    """Show NODE's serial console log.
+
+    \b
+    Examples:
+      metalchain lab console node1 -f
+    """
     lb = _lab(obj, directory)
     config = lb.load()
     if config is None or node not in {n.name for n in config.nodes}:
@@ -159,7 +180,12 @@ def console(obj: Any, node: str, follow: bool, lines: int, directory: Path | Non
 @dir_option
 @click.pass_obj
 def down(obj: Any, purge: bool, directory: Path | None) -> None:
-    """Stop every lab process and remove its network (idempotent)."""
+    """Stop every lab process and remove its network (idempotent).
+
+    \b
+    Examples:
+      metalchain lab down --dir lab1 --purge
+    """
     lb = _lab(obj, directory)
     lb.down(purge=purge)
     output.line(f"lab down: {lb.root}" + (" (purged)" if purge else ""))

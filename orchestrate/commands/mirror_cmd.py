@@ -45,14 +45,20 @@ from orchestrate.mirror_site import (
     status_doc,
     write_server_state,
 )
-from orchestrate.output import emit_json
+from orchestrate.output import emit_json, human_size, plural
 
 __all__ = ["mirror"]
 
 
 @click.group()
 def mirror() -> None:
-    """The local package mirror: an apt repository the hosts install from."""
+    """The local package mirror: an apt repository the hosts install from.
+
+    \b
+    Examples:
+      metalchain mirror build --packages prometheus-node-exporter
+      metalchain mirror serve --daemon
+    """
 
 
 @mirror.command()
@@ -65,7 +71,12 @@ def mirror() -> None:
 @json_option
 @click.pass_obj
 def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, as_json: bool) -> None:
-    """Resolve, download and index PACKAGES into SITE/mirror (incremental, atomic)."""
+    """Resolve, download and index PACKAGES into SITE/mirror (incremental, atomic).
+
+    \b
+    Examples:
+      metalchain mirror build --packages prometheus-node-exporter,chrony --sign
+    """
     site = obj.site
     cache = cache_dir or site.root / settings(site).get("cache_dir", DEFAULT_CACHE_DIR)
     info = build_mirror(packages.split(","), mirror_dir(site), sign=sign, cache_dir=cache,
@@ -74,8 +85,9 @@ def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, as_json: 
         emit_json("mirror.build", info.to_json())
         return
     verb = "built" if info.changed else "unchanged"
-    click.echo(f"mirror {verb}: {len(info.resolved)} packages, {info.size_bytes} bytes, "
-               f"{len(info.downloaded)} downloaded, {info.reused} from cache, "
+    click.echo(f"mirror {verb}: {plural(len(info.resolved), 'package')}, "
+               f"{human_size(info.size_bytes)}, {len(info.downloaded)} downloaded, "
+               f"{info.reused} from cache, "
                f"{'signed ' + (info.fingerprint or '') if info.signed else 'unsigned'}, "
                f"{info.build_seconds:.1f} s")
 
@@ -87,7 +99,12 @@ def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, as_json: 
 @json_option
 @click.pass_obj
 def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json: bool) -> None:
-    """Serve the mirror over HTTP on the provisioning network."""
+    """Serve the mirror over HTTP on the provisioning network.
+
+    \b
+    Examples:
+      metalchain mirror serve --daemon --port 8081
+    """
     site = obj.site
     directory = mirror_dir(site)
     info = read_mirror(directory)
@@ -126,7 +143,12 @@ def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json
 @json_option
 @click.pass_obj
 def status(obj: Any, as_json: bool) -> None:
-    """What the mirror holds, whether it is served, and the apt source line for hosts."""
+    """What the mirror holds, whether it is served, and the apt source line for hosts.
+
+    \b
+    Examples:
+      metalchain mirror status --json
+    """
     doc = status_doc(obj.site)
     if as_json:
         emit_json("mirror.status", doc)
@@ -134,8 +156,9 @@ def status(obj: Any, as_json: bool) -> None:
     if not doc["built"]:
         click.echo(f"no mirror in {doc['dir']}")
     else:
-        click.echo(f"mirror {doc['root']}: {doc['packages']} packages, {doc['size_bytes']} "
-                   f"bytes, {'signed ' + doc['fingerprint'] if doc['signed'] else 'unsigned'}, "
+        click.echo(f"mirror {doc['root']}: {plural(doc['packages'], 'package')}, "
+                   f"{human_size(doc['size_bytes'])}, "
+                   f"{'signed ' + doc['fingerprint'] if doc['signed'] else 'unsigned'}, "
                    f"built {doc['built_at']}")
     srv = doc["server"]
     if srv["running"]:
@@ -150,7 +173,12 @@ def status(obj: Any, as_json: bool) -> None:
 @mirror.command()
 @click.pass_obj
 def stop(obj: Any) -> None:
-    """Stop the mirror daemon started by `mirror serve --daemon`."""
+    """Stop the mirror daemon started by `mirror serve --daemon`.
+
+    \b
+    Examples:
+      metalchain mirror stop
+    """
     directory = mirror_dir(obj.site)
     state = server_state(directory) or {}
     pidfile = Path(state.get("pidfile") or directory / "server.pid")

@@ -29,11 +29,18 @@ def _each(obj: Any, target: str, limit: str | None, action: str, as_json: bool,
 
 @click.group()
 def power() -> None:
-    """Power and boot device through each host's BMC."""
+    """Power and boot device through each host's BMC.
+
+    \b
+    Examples:
+      metalchain power status all
+      metalchain power cycle node1
+    """
 
 
 def _simple(action: str, help_text: str) -> click.Command:
-    @click.command(action, help=help_text)
+    @click.command(action, help=help_text,
+                   epilog=f"\b\nExamples:\n  metalchain power {action} node1 --json")
     @click.argument("target")
     @limit_option
     @json_option
@@ -60,5 +67,10 @@ power.add_command(_simple("soft-off", "ACPI shutdown request."))
 @click.pass_obj
 def bootdev(obj: Any, target: str, device: str, once: bool, limit: str | None,
             as_json: bool) -> None:
-    """Set the boot device; the BMC's answer is read back and checked."""
+    """Set the boot device; the BMC's answer is read back and checked.
+
+    \b
+    Examples:
+      metalchain power bootdev node1 network --once
+    """
     _each(obj, target, limit, "bootdev", as_json, device=device, persistent=not once)

@@ -22,7 +22,12 @@ from orchestrate.provisioning import ProvisionOptions, Serve, provision_nodes
 @click.pass_obj
 def serve(obj: Any, no_images: bool) -> None:
     """Run the controller: boot server (DHCP/TFTP/HTTP), install callbacks, and the watcher
-    that fails overdue nodes and activates installed ones. Stops on SIGTERM/Ctrl-C."""
+    that fails overdue nodes and activates installed ones. Stops on SIGTERM/Ctrl-C.
+
+    \b
+    Examples:
+      metalchain --site mysite serve
+    """
     srv = Serve(obj.site)
     if not no_images:
         srv.prepare_images()
@@ -60,7 +65,13 @@ def _line(text: str) -> None:
 def provision(obj: Any, target: str | None, image: str | None, parallel: int, retry: bool,
               force: bool, skip_active: bool, total_timeout: float | None,
               as_json: bool) -> None:
-    """Install TARGET's bare-metal nodes (default: every host with provisioning data)."""
+    """Install TARGET's bare-metal nodes (default: every host with provisioning data).
+
+    \b
+    Examples:
+      metalchain provision
+      metalchain provision node1 --force --timeout 900
+    """
     options = ProvisionOptions(image=image, parallel=parallel, retry=retry, force=force,
                                skip_active=skip_active, total_timeout=total_timeout)
     report = provision_nodes(obj.site, target, options, on_change=_progress_printer(as_json),

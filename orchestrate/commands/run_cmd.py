@@ -32,7 +32,14 @@ from orchestrate.runs import RunOptions, load, plan_run, start_run
 @click.pass_obj
 def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], check: bool,
         plan: bool, resume: str | None, parallel: int, as_json: bool) -> None:
-    """Run PLAYBOOK (a file, or a name under the site's playbooks/)."""
+    """Run PLAYBOOK (a file, or a name under the site's playbooks/).
+
+    \b
+    Examples:
+      metalchain run site --plan
+      metalchain run site --limit @failed -e release=2.1
+      metalchain run site --resume RUN_ID
+    """
     site = obj.site
     pb = load(site, playbook)
     if plan:
@@ -73,7 +80,13 @@ def _print_plan(doc: dict[str, Any], as_json: bool) -> None:
 @click.pass_obj
 def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, parallel: int,
           timeout: float, become: bool, as_json: bool) -> None:
-    """Run COMMAND on every host of TARGET in parallel: metalchain exec fleet -- hostname"""
+    """Run COMMAND on every host of TARGET in parallel: metalchain exec fleet -- hostname
+
+    \b
+    Examples:
+      metalchain exec fleet -- hostname
+      metalchain exec 'node*' --timeout 30 -- systemctl is-active ssh
+    """
     report = output.with_progress(lambda on_event: exec_command(
         obj.site, target, command, limit=limit, parallel=parallel, timeout=timeout,
         become=become, on_event=on_event))
@@ -91,8 +104,8 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
             for ln in text.rstrip("\n").splitlines():
                 output.line(f"  {ln}")
         c = report.counts()
-        output.line(f"exec {report.uid}: {len(results)} hosts, "
-                    + ", ".join(f"{k}={v}" for k, v in c.items() if v))
+        output.line(f"exec {report.uid}: {output.plural(len(results), 'host')}: "
+                    + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items() if v))
     raise click.exceptions.Exit(report.exit_code)
 
 
@@ -106,7 +119,13 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
 @click.pass_obj
 def facts(obj: Any, target: str, limit: str | None, parallel: int, cached: bool,
           as_json: bool) -> None:
-    """Gather (or with --cached, show) the facts of TARGET's hosts."""
+    """Gather (or with --cached, show) the facts of TARGET's hosts.
+
+    \b
+    Examples:
+      metalchain facts all
+      metalchain facts node1 --cached --json
+    """
     if cached:
         doc, code = gather_facts(obj.site, target, limit=limit, cached=True)
     else:
@@ -124,7 +143,13 @@ def facts(obj: Any, target: str, limit: str | None, parallel: int, cached: bool,
 
 @click.group()
 def runs() -> None:
-    """Past runs and their journals."""
+    """Past runs and their journals.
+
+    \b
+    Examples:
+      metalchain runs list
+      metalchain runs show RUN_ID
+    """
 
 
 @runs.command("list")
@@ -132,7 +157,12 @@ def runs() -> None:
 @json_option
 @click.pass_obj
 def runs_list(obj: Any, count: int, as_json: bool) -> None:
-    """The most recent runs."""
+    """The most recent runs.
+
+    \b
+    Examples:
+      metalchain runs list --limit 5
+    """
     items = obj.site.state.list_runs(limit=count)
     if as_json:
         output.emit_json("runs.list", {"runs": items})
@@ -148,7 +178,12 @@ def runs_list(obj: Any, count: int, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def runs_show(obj: Any, run_id: str, as_json: bool) -> None:
-    """A run's journal: every host-step with intent and outcome."""
+    """A run's journal: every host-step with intent and outcome.
+
+    \b
+    Examples:
+      metalchain runs show RUN_ID --json
+    """
     store = obj.site.state
     r = store.get_run(run_id)
     if r is None:

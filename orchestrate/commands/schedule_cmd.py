@@ -19,7 +19,13 @@ dir_option = click.option("--cron-dir", type=click.Path(file_okay=False, path_ty
 
 @click.group("schedule")
 def schedule_group() -> None:
-    """Run a playbook on a schedule (e.g. drift correction every 15 minutes)."""
+    """Run a playbook on a schedule (e.g. drift correction every 15 minutes).
+
+    \b
+    Examples:
+      metalchain schedule add drift --playbook drift --every 15m
+      metalchain schedule list
+    """
 
 
 @schedule_group.command("add")
@@ -33,7 +39,13 @@ def schedule_group() -> None:
 @click.pass_obj
 def add(obj: Any, name: str, playbook: str, mode: str, every: str | None,
         cron_expr: str | None, cron_dir: Path) -> None:
-    """Install schedule NAME."""
+    """Install schedule NAME.
+
+    \b
+    Examples:
+      metalchain schedule add drift --playbook drift --mode fix --every 15m
+      metalchain schedule add nightly --playbook site --cron '0 3 * * *'
+    """
     site = obj.site
     pb = find_playbook(site, playbook)
     s = schedule.Schedule(name=schedule.check_name(name), site=site.root, playbook=str(pb),
@@ -50,7 +62,12 @@ def add(obj: Any, name: str, playbook: str, mode: str, every: str | None,
 @json_option
 @click.pass_obj
 def list_(obj: Any, cron_dir: Path, as_json: bool) -> None:
-    """Schedules installed for any site."""
+    """Schedules installed for any site.
+
+    \b
+    Examples:
+      metalchain schedule list --json
+    """
     items = schedule.installed(cron_dir)
     if as_json:
         output.emit_json("schedule.list", {"schedules": [
@@ -65,6 +82,11 @@ def list_(obj: Any, cron_dir: Path, as_json: bool) -> None:
 @click.argument("name")
 @dir_option
 def remove(name: str, cron_dir: Path) -> None:
-    """Remove schedule NAME."""
+    """Remove schedule NAME.
+
+    \b
+    Examples:
+      metalchain schedule remove drift
+    """
     schedule.remove(cron_dir, name)
     output.line(f"removed schedule {name}")

@@ -15,7 +15,13 @@ _ts = output.timestamp
 
 @click.group()
 def state() -> None:
-    """Inspect the state store (node lifecycle, host keys, journal)."""
+    """Inspect the state store (node lifecycle, host keys, journal).
+
+    \b
+    Examples:
+      metalchain state show
+      metalchain state show node1
+    """
 
 
 @state.command()
@@ -23,7 +29,13 @@ def state() -> None:
 @json_option
 @click.pass_obj
 def show(obj: Any, host: str | None, as_json: bool) -> None:
-    """Lifecycle state of every node, or the full record of HOST."""
+    """Lifecycle state of every node, or the full record of HOST.
+
+    \b
+    Examples:
+      metalchain state show
+      metalchain state show node1 --json
+    """
     site = obj.site
     store = site.state
     if host is None:

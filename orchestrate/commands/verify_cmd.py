@@ -32,7 +32,13 @@ from orchestrate.runs import select
 @click.pass_obj
 def verify(obj: Any, target: str, roles: tuple[str, ...], limit: str | None, parallel: int,
            timeout: float, extra: tuple[str, ...], as_json: bool) -> None:
-    """Run the testinfra checks (roles' verify/test_*.py) on TARGET's hosts over SSH."""
+    """Run the testinfra checks (roles' verify/test_*.py) on TARGET's hosts over SSH.
+
+    \b
+    Examples:
+      metalchain verify all
+      metalchain verify node1 --role node_exporter
+    """
     site = obj.site
     report = verify_hosts(site, select(site, target, limit), list(roles) or None,
                           parallel=parallel, timeout=timeout, extra=parse_extra(extra))
