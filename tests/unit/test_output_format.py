@@ -11,7 +11,6 @@ import pytest
 from inventory.contracts import StepOutcome
 from orchestrate import output
 from orchestrate.reports import HostReport, RunReport, StepReport
-from runtime.text import human_size, plural
 
 pytestmark = pytest.mark.unit
 
@@ -21,6 +20,8 @@ pytestmark = pytest.mark.unit
     (1, "batch", "batches", "1 batch"), (3, "batch", "batches", "3 batches"),
     (1, "fleet host", None, "1 fleet host")])
 def test_plural(n, word, many, expected):
+    from runtime.text import plural
+
     assert plural(n, word, many) == expected
 
 
@@ -29,6 +30,8 @@ def test_plural(n, word, many, expected):
     (1048575, "1.0 MiB"), (1258291, "1.2 MiB"), (5 * 2**30, "5.0 GiB"),
     (3 * 2**40, "3.0 TiB"), (2**60, "1024.0 PiB")])
 def test_human_size(n, expected):
+    from runtime.text import human_size
+
     assert human_size(n) == expected
 
 
@@ -72,6 +75,16 @@ def test_summary_counts_resources_from_their_outcomes():
         "changed 3 of 41 resources on 5 hosts"]
     report.check = True
     assert output.summary_lines(report)[1] == "would change 3 of 41 resources on 5 hosts"
+
+
+def test_print_summary_ends_with_host_and_resource_counts(capsys):
+    results = [resource("file:/etc/hosts", "changed"), resource("file:/etc/motd", "ok"),
+               resource("restart x", "changed", handler="restart x")]
+    report = report_of({"node1": [apply_step("changed", results)],
+                        "node2": [apply_step("ok", [resource("file:/etc/hosts", "ok")])]})
+    output.print_summary(report)
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "run r1: 2 hosts: 1 changed, 1 ok", "changed 1 of 3 resources on 2 hosts"]
 
 
 def test_summary_names_failed_and_not_run_and_counts_steps_without_resources():
