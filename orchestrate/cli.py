@@ -194,8 +194,18 @@ def _register() -> None:
 
 
 def _give_global_options(group: click.Group) -> None:
+    """The global options, and completion of the site's names (hosts, targets, roles,
+    playbooks) for every parameter named as in :data:`orchestrate.completion.BY_PARAMETER`,
+    on every command of the tree below ``group``."""
+    from orchestrate.completion import BY_PARAMETER
+
     for command in group.commands.values():
         global_options(command)
+        for param in command.params:
+            complete = BY_PARAMETER.get(param.name or "")
+            # click keeps a parameter's shell_complete= here; one given by the command wins.
+            if complete is not None and param._custom_shell_complete is None:
+                param._custom_shell_complete = complete
         if isinstance(command, click.Group):
             _give_global_options(command)
 

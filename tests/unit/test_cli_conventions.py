@@ -177,3 +177,45 @@ def test_completion_and_global_options_are_documented(run_cli):
     assert "NO_COLOR" in readme and "--no-color" in readme
     assert "metalchain apply --role base web -v" in readme
     assert "changed 3 of 41 resources on 5 hosts" in readme
+
+
+def complete(monkeypatch, capsys, words: str) -> list[str]:
+    """What bash completion offers for the last word of ``words`` (``metalchain ...``)."""
+    from orchestrate.cli import main
+
+    monkeypatch.setenv("_METALCHAIN_COMPLETE", "bash_complete")
+    monkeypatch.setenv("COMP_WORDS", words)
+    monkeypatch.setenv("COMP_CWORD", str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+    with pytest.raises(SystemExit):
+        main([])
+    return [item.partition(",")[2] for item in capsys.readouterr().out.split()]
+
+
+def test_completion_of_the_sites_names(monkeypatch, capsys, run_cli, tmp_path):
+    site = tmp_path / "s"
+    assert run_cli("init", str(site)).code == 0
+    (site / "playbooks" / "roles" / "mine").mkdir(parents=True)
+    (site / "playbooks" / "roles" / "mine" / "recipe.yml").write_text("[]\n")
+    s = f"metalchain --site {site}"
+    assert complete(monkeypatch, capsys, f"{s} inventory show no") == ["node1", "node2"]
+    assert complete(monkeypatch, capsys, f"{s} exec hyp") == ["hypervisors"]
+    assert complete(monkeypatch, capsys, f"{s} apply --role base node1,!no") == [
+        "node1,!node1", "node1,!node2", "node1,!nodes"]
+    assert complete(monkeypatch, capsys, f"{s} apply --role mi") == ["mine"]
+    assert "base" in complete(monkeypatch, capsys, f"{s} apply --role ")
+    assert complete(monkeypatch, capsys, f"{s} apply si") == ["site"]
+    assert complete(monkeypatch, capsys, f"{s} power on all --limit @") == ["@failed"]
+    # --site after the subcommand is seen too
+    assert complete(monkeypatch, capsys,
+                    f"metalchain state show --site {site} node") == ["node1", "node2"]
+    # a directory that is no site completes nothing (and prints no error into the shell)
+    assert complete(monkeypatch, capsys, f"metalchain --site {tmp_path / 'none'} exec n") == []
+
+
+def test_every_name_parameter_completes():
+    from orchestrate.completion import BY_PARAMETER
+
+    for path, command in COMMANDS:
+        for param in command.params:
+            if param.name in BY_PARAMETER:
+                assert param._custom_shell_complete is BY_PARAMETER[param.name], path
