@@ -174,3 +174,30 @@ def test_live_progress_elapsed_stops_when_the_host_finishes():
         assert rows["a"] == ("changed", 33.0)
     finally:
         progress.close()
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("no_color_env,flag,coloured", [
+    (None, False, True), ("1", False, False), (None, True, False)])
+def test_print_diffs_colours_a_terminal_unless_told_not_to(monkeypatch, no_color_env, flag,
+                                                           coloured):
+    from orchestrate.cli import Context, cli
+
+    if no_color_env is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color_env)
+    tty = Tty()
+    monkeypatch.setattr("sys.stdout", tty)
+    report = report_of({"node1": [apply_step("changed", [
+        resource("file:/etc/hosts", "changed", diff=DIFF)])]})
+    with click.Context(cli, obj=Context(no_color=flag)):
+        output.print_diffs(report)
+    out = tty.getvalue()
+    assert ("\x1b[" in out) is coloured
+    assert click.unstyle(out).splitlines()[0].startswith("== node1 base/file:/etc/hosts")
+    assert ("\x1b[32m+10.0.0.1 node1" in out) is coloured
