@@ -138,7 +138,8 @@ def global_options(command: click.Command) -> click.Command:
 
 EPILOG = """\b
 Examples:
-  metalchain init mysite && cd mysite && metalchain inventory list
+  metalchain init mysite
+  metalchain --site mysite inventory list
   metalchain --site mysite apply --role base all --check --diff
   metalchain apply --role base web -v      # global options go before or after
 

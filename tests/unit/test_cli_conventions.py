@@ -72,16 +72,17 @@ def path_of(ctx: click.Context) -> tuple[str, ...]:
     return tuple(reversed(names))
 
 
-COMMANDS = list(walk())
+COMMANDS = [((), cli), *walk()]
+IDS = [" ".join(("metalchain", *p)) for p, _ in COMMANDS]
 
 
 def test_the_tree_is_all_there():
-    names = {" ".join(p) for p, _ in COMMANDS}
+    names = {" ".join(p) for p, _ in COMMANDS[1:]}
     assert {"apply", "drift", "exec", "inventory list", "power bootdev", "runs show",
             "schedule add", "lab up", "mirror build", "state show"} <= names
 
 
-@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+@pytest.mark.parametrize("path,command", COMMANDS, ids=IDS)
 def test_every_command_has_an_example_that_parses(path, command):
     found = examples(command)
     assert found, f"`metalchain {' '.join(path)} --help` has no Examples: block"
@@ -91,7 +92,7 @@ def test_every_command_has_an_example_that_parses(path, command):
         assert path_of(ctx)[:len(path)] == path, (path, args)
 
 
-@pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) for p, _ in COMMANDS])
+@pytest.mark.parametrize("path,command", COMMANDS, ids=IDS)
 def test_global_options_after_the_subcommand(path, command, tmp_path):
     opts = {o for p in command.params for o in p.opts}
     assert set(GLOBAL) <= opts, f"{' '.join(path)} lacks {set(GLOBAL) - opts}"
