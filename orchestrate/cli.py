@@ -1,6 +1,6 @@
 """The `metalchain` command line: global options, error handling and exit codes.
 
-Exit codes: 0 ok, 1 a host or step failed, 2 bad input or usage. Only ``--debug`` prints a
+Exit codes: 0 ok, 1 a host or step failed, 2 bad input or usage. Only ``-v``/``--debug`` prints a
 traceback; every other failure is one line on stderr.
 """
 
