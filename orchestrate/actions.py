@@ -27,6 +27,7 @@ def report_doc(report: RunReport) -> dict[str, Any]:
     return {
         "run": report.uid, "exit_code": report.exit_code, "counts": report.counts(),
         "stopped": report.stopped_reason or None, "not_run": report.not_run,
+        "interrupted": report.interrupted or None, "incomplete": report.incomplete,
         "hosts": {h: {"status": r.status, "changed": r.changed,
                       "steps": [{"play": s.play, "step": s.step, "status": s.outcome.status,
                                  "message": s.outcome.message, "changes": s.outcome.changes,

@@ -14,14 +14,15 @@ from inventory.errors import InputError
 from orchestrate import output
 from orchestrate.actions import exec_command, exec_results, gather_facts, report_doc
 from orchestrate.backend import DEFAULT_PARALLELISM
-from orchestrate.commands.common import json_option, parse_extra
+from orchestrate.commands.common import json_option, parse_extra, stop_on_signals
 from orchestrate.events import read_events
 from orchestrate.runs import RunOptions, load, plan_run, start_run
 
 
 @click.command()
 @click.argument("playbook")
-@click.option("--limit", help="Narrow every play's hosts (same syntax as targets; @failed).")
+@click.option("--limit", help="Narrow every play's hosts (same syntax as targets; @failed = "
+              "the hosts that failed or were not reached in the last run).")
 @click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE")
 @click.option("--check", is_flag=True, help="Predict changes; change nothing.")
 @click.option("--plan", is_flag=True, help="Print what would run where, and stop.")
@@ -32,7 +33,12 @@ from orchestrate.runs import RunOptions, load, plan_run, start_run
 @click.pass_obj
 def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], check: bool,
         plan: bool, resume: str | None, parallel: int, as_json: bool) -> None:
-    """Run PLAYBOOK (a file, or a name under the site's playbooks/)."""
+    """Run PLAYBOOK (a file, or a name under the site's playbooks/).
+
+    Ctrl-C (or SIGTERM) stops after the steps in progress and prints the summary (exit
+    130); a second Ctrl-C aborts them. Then `--limit @failed` runs the hosts that failed
+    or were not reached, `--resume RUN_ID` the rest of the run.
+    """
     site = obj.site
     pb = load(site, playbook)
     if plan:
@@ -40,7 +46,9 @@ def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], chec
         return
     options = RunOptions(kind="playbook", limit=limit, extra=parse_extra(extra), check=check,
                          parallel=parallel, resume=resume, lock=pb.path.stem)
-    report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
+    with stop_on_signals() as stop:
+        report = output.with_progress(lambda on_event: start_run(
+            site, pb, options, on_event=on_event, stop=stop))
     if as_json:
         output.emit_json("run.result", report_doc(report))
     else:
