@@ -158,14 +158,20 @@ def last_failed_hosts(store: Any) -> list[str]:
 
 def failed_set(last: Mapping[str, str], outcome: Mapping[str, Any] | None) -> list[str]:
     """The ``@failed`` hosts of one run from each host's last journal status and the run's
-    recorded outcome (``not_run``, ``incomplete``), in that order, each once.
+    recorded outcome (``not_run``, ``incomplete``), in that order, each once. A run killed
+    before it recorded its end has only ``planned``: its hosts without a journal entry were
+    not reached.
 
     >>> failed_set({"a": "ok", "b": "failed", "c": "intent"}, {"not_run": ["d"]})
     ['b', 'c', 'd']
     """
+    outcome = outcome or {}
     hosts = [h for h, s in last.items() if s in (*FAILED, "intent")]
-    for key in ("not_run", "incomplete"):
-        hosts.extend(h for h in (outcome or {}).get(key, ()) if h not in hosts)
+    if "not_run" in outcome:
+        unreached = [*outcome["not_run"], *outcome.get("incomplete", ())]
+    else:
+        unreached = [h for h in outcome.get("planned", ()) if h not in last]
+    hosts.extend(h for h in unreached if h not in hosts)
     return hosts
 
 

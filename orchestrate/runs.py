@@ -151,6 +151,16 @@ def _heartbeat(store: Any, uid: str, every: float = HEARTBEAT_EVERY) -> Iterator
         done.set()
 
 
+def _planned(inv: Any, playbook: Playbook, limit: str | None,
+             named: Mapping[str, Sequence[str]], facts: Any) -> list[str]:
+    """Every host some play of the run selects, in order: what a killed run did not reach
+    is what it planned and never journaled (see :func:`orchestrate.runner.failed_set`)."""
+    hosts: dict[str, None] = {}
+    for play in playbook.plays:
+        hosts.update(dict.fromkeys(select_hosts(inv, play.hosts, limit, named, facts)))
+    return list(hosts)
+
+
 def _status(report: RunReport) -> str:
     if report.interrupted:
         return report.interrupted
@@ -165,6 +175,7 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
     # After the inventory: the {env: VAR} references it resolved are known values too.
     mask = site.secrets.masker()
     named = {"failed": last_failed_hosts(store), **options.named}
+    facts = store.all_facts()
     done: dict[tuple[str, int], str] = {}
     if options.resume:
         options, done = _resumed(store, playbook, options)
@@ -174,7 +185,9 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         uid = store.start_run(options.kind, str(playbook.path),
                               {"limit": options.limit, "extra": dict(options.extra),
                                "check": options.check},
-                              owner=this_process(_command(options, playbook)))
+                              owner=this_process(_command(options, playbook)),
+                              outcome={"planned": _planned(inv, playbook, options.limit,
+                                                           named, facts)})
     events = EventLog(site.runs_dir / f"{uid}.jsonl", uid, mask)
     if on_event is not None:
         events.subscribe(on_event)
@@ -190,7 +203,7 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
             report = Runner(inv, backend).run(
                 playbook, events=events, run_uid=uid, limit=options.limit,
                 extra_vars=options.extra, check=options.check, named=named, done=done,
-                facts=store.all_facts(), stop=stop)
+                facts=facts, stop=stop)
         status, outcome = _status(report), run_outcome(report)
     except KeyboardInterrupt:
         status = "aborted"

@@ -34,14 +34,17 @@ class JournalEntry:
 
 class RunsMixin(StoreBase):
     def start_run(self, kind: str, name: str, args: dict[str, Any] | None = None,
-                  owner: RunOwner | None = None) -> str:
+                  owner: RunOwner | None = None, outcome: dict[str, Any] | None = None
+                  ) -> str:
         """A new run, ``running``; ``owner`` (the calling process) lets readers tell a run
-        whose process is gone (see :mod:`inventory.state.runowner`)."""
+        whose process is gone (see :mod:`inventory.state.runowner`); ``outcome`` is what is
+        known of it so far (e.g. the hosts it plans to run), completed by :meth:`end_run`."""
         uid = uuid.uuid4().hex[:12]
         now = time.time()
+        doc = {**(args or {}), **({_OUTCOME: outcome} if outcome is not None else {})}
         with self._write(f"run '{uid}'") as conn:
             conn.execute(insert(runs).values(uid=uid, kind=kind, name=name,
-                                             args=json.dumps(args or {}), status="running",
+                                             args=json.dumps(doc), status="running",
                                              started_at=now, **_owner_values(owner, now)))
         return uid
 
@@ -52,14 +55,15 @@ class RunsMixin(StoreBase):
                 heartbeat_at=time.time()))
 
     def end_run(self, uid: str, status: str, outcome: dict[str, Any] | None = None) -> None:
-        """Record the run's final ``status``; ``outcome`` (e.g. the hosts not run) is kept
-        with it and returned by :meth:`get_run` as ``outcome``."""
+        """Record the run's final ``status``; ``outcome`` (e.g. the hosts not run) is merged
+        into what :meth:`start_run` recorded and returned by :meth:`get_run` as ``outcome``."""
         with self._write(f"run '{uid}'") as conn:
             values: dict[str, Any] = {"status": status, "ended_at": time.time()}
             if outcome is not None:
                 raw = conn.execute(select(runs.c.args).where(runs.c.uid == uid)).scalar()
                 args = json.loads(raw) if raw else {}
-                values["args"] = json.dumps({**args, _OUTCOME: outcome})
+                values["args"] = json.dumps({**args, _OUTCOME: {**args.get(_OUTCOME, {}),
+                                                               **outcome}})
             conn.execute(update(runs).where(runs.c.uid == uid).values(**values))
 
     def get_run(self, uid: str) -> dict[str, Any] | None:

@@ -181,6 +181,9 @@ def test_a_killed_run_shows_interrupted(site):
     assert row["uid"] == uid and row["status"] == "interrupted", row
     assert "interrupted" in mc(site, "runs", "list").stdout
     assert runs_show(site, uid)["run"]["status"] == "interrupted"
+    # In doubt (h01, h02: killed mid-step) and never reached (h03, h04): all @failed.
+    r = mc(site, "run", "slowkill", "--limit", "@failed", "--plan", "--json")
+    assert json.loads(r.stdout)["plays"][0]["hosts"] == FOUR
 
 
 def test_limit_failed_runs_the_hosts_max_fail_percentage_left_out(site):

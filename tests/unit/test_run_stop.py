@@ -39,6 +39,10 @@ def test_stop_goes_forward_and_announces_each_state_once():
     ({"a": "changed"}, {"not_run": ["c"], "incomplete": ["a"]}, ["c", "a"]),
     ({"a": "failed"}, {"not_run": ["a"], "incomplete": []}, ["a"]),
     ({}, {}, []),
+    # killed: only the plan is known; hosts never journaled were not reached
+    ({"a": "intent", "b": "ok"}, {"planned": ["a", "b", "c"]}, ["a", "c"]),
+    # ended: its not_run stands, the plan is history
+    ({"a": "ok"}, {"planned": ["a", "b", "c"], "not_run": ["c"]}, ["c"]),
 ])
 def test_failed_set_is_failed_in_doubt_and_not_reached(last, outcome, expected):
     assert failed_set(last, outcome) == expected
@@ -87,13 +91,16 @@ def test_the_store_records_the_owner_and_reads_liveness(store):
 
 
 def test_failed_hosts_include_the_hosts_a_run_did_not_reach(store):
-    uid = store.start_run("playbook", "p.yml", {"limit": None})
+    uid = store.start_run("playbook", "p.yml", {"limit": None},
+                          outcome={"planned": ["h01", "h02", "h03", "h04", "h05"]})
     for host, status in (("h01", "failed"), ("h02", "ok")):
         store.journal_outcome(store.journal_intent(uid, host, 0, "s"), status)
+    assert store.get_run(uid)["outcome"] == {"planned": ["h01", "h02", "h03", "h04", "h05"]}
     store.end_run(uid, "failed", {"not_run": ["h03", "h04"], "incomplete": []})
     assert last_failed_hosts(store) == ["h01", "h03", "h04"]
     run = store.get_run(uid)
     assert run["args"] == {"limit": None} and run["outcome"]["not_run"] == ["h03", "h04"]
+    assert run["outcome"]["planned"][-1] == "h05"
 
 
 def _blocking(started: dict[str, threading.Event], release: threading.Event):
