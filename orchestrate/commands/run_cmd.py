@@ -171,5 +171,9 @@ def runs_show(obj: Any, run_id: str, as_json: bool) -> None:
             "event_log": str(log), "events": len(events)})
         return
     output.line(f"run {r['uid']} ({r['kind']} {r['name']}): {r['status']}")
+    outcome = r.get("outcome") or {}
+    for key, label in (("not_run", "not run"), ("incomplete", "stopped between steps")):
+        if outcome.get(key):
+            output.line(f"{label}: {', '.join(outcome[key])}")
     output.table("journal", ["host", "step", "status", "message"],
                  [[e.host, e.step, e.status, e.detail.get("message", "")] for e in entries])
