@@ -82,9 +82,10 @@ def _print_plan(doc: dict[str, Any], as_json: bool) -> None:
 def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, parallel: int,
           timeout: float, become: bool, as_json: bool) -> None:
     """Run COMMAND on every host of TARGET in parallel: metalchain exec fleet -- hostname"""
-    report = output.with_progress(lambda on_event: exec_command(
-        obj.site, target, command, limit=limit, parallel=parallel, timeout=timeout,
-        become=become, on_event=on_event))
+    with stop_on_signals() as stop:
+        report = output.with_progress(lambda on_event: exec_command(
+            obj.site, target, command, limit=limit, parallel=parallel, timeout=timeout,
+            become=become, on_event=on_event, stop=stop))
     results = exec_results(report)
     if as_json:
         output.emit_json("exec.result", {"run": report.uid, "command": list(command),
@@ -101,6 +102,8 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
         c = report.counts()
         output.line(f"exec {report.uid}: {len(results)} hosts, "
                     + ", ".join(f"{k}={v}" for k, v in c.items() if v))
+        if report.interrupted:
+            output.line(output.interrupted_line(report))
     raise click.exceptions.Exit(report.exit_code)
 
 
