@@ -149,6 +149,7 @@ def _heartbeat(store: Any, uid: str, every: float = HEARTBEAT_EVERY) -> Iterator
         yield
     finally:
         done.set()
+        thread.join(5)   # a beat in flight ends before the run's end is recorded
 
 
 def _planned(inv: Any, playbook: Playbook, limit: str | None,

@@ -192,3 +192,42 @@ def test_a_stop_before_the_run_runs_nothing(inv, store, tmp_path):
     assert report.hosts == {} and report.not_run == ["h01", "h02", "h03"]
     assert report.interrupted == "interrupted" and store.journal_entries(report.uid) == []
     assert "batch_start" not in [e["event"] for e in events]
+
+
+def test_signals_only_request_the_stop_and_are_restored():
+    import os
+    import signal
+
+    from orchestrate.commands.common import stop_on_signals
+
+    before = signal.getsignal(signal.SIGINT)
+    with stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.state == STOPPING and stop.source == "SIGINT"
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.state == ABORTING
+        with pytest.raises(KeyboardInterrupt):   # a third: the abort itself hangs
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_the_heartbeat_beats_while_the_run_runs(store):
+    from sqlalchemy import select
+
+    from inventory.state.schema import runs
+    from orchestrate.runs import _heartbeat
+
+    uid = store.start_run("playbook", "p.yml", {}, owner=this_process("x"))
+
+    def beat_at() -> float:
+        with store._read() as conn:
+            return conn.execute(select(runs.c.heartbeat_at).where(runs.c.uid == uid)).scalar()
+
+    first = beat_at()
+    with _heartbeat(store, uid, every=0.01):
+        deadline = time.monotonic() + 5
+        while beat_at() == first:
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.01)
+    # stopped (and joined) with the run
+    assert not any(t.name == f"heartbeat-{uid}" for t in threading.enumerate())
