@@ -143,6 +143,14 @@ def test_first_stop_finishes_the_current_step_then_summary_and_130(site, sig):
     # What was not finished is what @failed names now.
     r = mc(site, "run", name, "--limit", "@failed", "--plan", "--json")
     assert json.loads(r.stdout)["plays"][0]["hosts"] == FOUR
+    if sig == signal.SIGINT:
+        # --resume finishes it: the naps done are not run again, the rest is.
+        r = mc(site, "run", name, "--resume", doc["run"], "--json", timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        resumed = json.loads(r.stdout)["hosts"]
+        assert [s["resumed"] for s in resumed["h01"]["steps"]] == [True, False]
+        assert sorted(p.name for p in work.glob("marked-*")) == [f"marked-{h}" for h in FOUR]
+        assert runs_show(site, doc["run"])["run"]["status"] == "ok"
 
 
 def test_summary_then_second_ctrl_c_aborts_at_once(site):
