@@ -17,6 +17,7 @@ from configure.verify import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, VerifyReport, re
 from inventory.errors import InputError
 from orchestrate.reports import FAILED, RunReport
 from orchestrate.runs import Listener, RunOptions, select, single_step_playbook, start_run
+from orchestrate.stop import Stop
 
 #: BMCs answer one session at a time and slowly: fewer at once than SSH hosts.
 POWER_PARALLEL = 32
@@ -28,6 +29,7 @@ def report_doc(report: RunReport) -> dict[str, Any]:
         "run": report.uid, "exit_code": report.exit_code, "counts": report.counts(),
         "items": report.item_counts().to_json(),
         "stopped": report.stopped_reason or None, "not_run": report.not_run,
+        "interrupted": report.interrupted or None, "incomplete": report.incomplete,
         "hosts": {h: {"status": r.status, "changed": r.changed,
                       "steps": [{"play": s.play, "step": s.step, "status": s.outcome.status,
                                  "message": s.outcome.message, "changes": s.outcome.changes,
@@ -41,14 +43,15 @@ def report_doc(report: RunReport) -> dict[str, Any]:
 
 def exec_command(site: Any, target: str, command: Sequence[str], *, limit: str | None = None,
                  parallel: int = 100, timeout: float = 600.0, become: bool = False,
-                 on_event: Listener | None = None) -> RunReport:
-    """Run ``command`` (an argument list) on every host of ``target``."""
+                 on_event: Listener | None = None, stop: Stop | None = None) -> RunReport:
+    """Run ``command`` (an argument list) on every host of ``target`` (``stop``: see
+    :func:`orchestrate.runs.start_run`)."""
     from configure.command import CommandArgs
 
     args = CommandArgs(command=tuple(command), timeout=timeout, become=become)
     pb = single_step_playbook(target, "command", args, " ".join(command)[:60])
     return start_run(site, pb, RunOptions(kind="exec", limit=limit, parallel=parallel),
-                     on_event=on_event)
+                     on_event=on_event, stop=stop)
 
 
 def exec_results(report: RunReport) -> dict[str, dict[str, Any]]:

@@ -32,16 +32,22 @@ from orchestrate.hostrun import DEFAULT_STEP_BOUND, Connections, HostRunner, Hos
 from orchestrate.playbook import Play
 from orchestrate.reports import BatchJob, EventSink, HostReport
 from orchestrate.steps import StepRegistry
+from orchestrate.stop import POLL, Stop, announce
 
 DEFAULT_PARALLELISM = 100
 #: Seconds a step past its ``timeout:`` gets to return its own timeout error.
 TIMEOUT_GRACE = 2.0
+#: What a host cut by an abort records (journal and report).
+ABORTED = ("aborted while this step ran (a second stop request); it may have partly run, "
+           "the host's connection was closed")
 
 
 class Backend(Protocol):
     def run_batch(self, play: Play, hosts: Sequence[str], job: BatchJob,
-                  events: EventSink) -> dict[str, HostReport]:
-        """Run ``play`` on ``hosts``; a report for every host, whatever happened to it."""
+                  events: EventSink, stop: Stop | None = None) -> dict[str, HostReport]:
+        """Run ``play`` on ``hosts``; a report for every host, whatever happened to it.
+        Once ``stop`` is requested no host or step is started (those hosts come back with
+        ``stopped`` set); once it aborts, the steps in progress are given up on."""
 
     def end_run(self, run_uid: str) -> None:
         """The run is over: close what the backend keeps for it (connections)."""
@@ -103,9 +109,11 @@ class LocalBackend:
         return overdue, next_wake
 
     def run_batch(self, play: Play, hosts: Sequence[str], job: BatchJob,
-                  events: EventSink) -> dict[str, HostReport]:
+                  events: EventSink, stop: Stop | None = None) -> dict[str, HostReport]:
         if not hosts:
             return {}
+        stop = stop or Stop()
+        dropped: set[str] = set()   # never started because of a stop request
         conns = self._connections(job.run_uid)
         watches = {h: HostWatch(h) for h in hosts}
         queue = deque(hosts)
@@ -122,11 +130,11 @@ class LocalBackend:
         def worker() -> None:
             while True:
                 with wake:
-                    if not queue:
+                    if not queue or stop.stopping:
                         return
                     watch = watches[queue.popleft()]
                     watch.started = True
-                self.hosts.run(play, watch.host, job, events, conns, watch)
+                self.hosts.run(play, watch.host, job, events, conns, watch, stop)
                 with wake:
                     wake.notify_all()
                 with watch.lock:
@@ -143,14 +151,23 @@ class LocalBackend:
         while True:
             with wake:
                 now = time.monotonic()
-                running = [w for w in watches.values() if not (w.finished or w.abandoned)]
+                if stop.stopping and queue:
+                    dropped.update(queue)
+                    queue.clear()
+                running = [w for w in watches.values()
+                           if not (w.finished or w.abandoned or w.host in dropped)]
+                if stop.stopping:
+                    announce(stop, events, _in_progress(running))
                 if not running:
                     break
-                overdue, next_wake = self._overdue(running, now, end, bound)
+                if stop.aborting:
+                    overdue = [(w, ABORTED) for w in running]
+                else:
+                    overdue, next_wake = self._overdue(running, now, end, bound)
                 if not overdue:
-                    # Woken by a host that finished or started an attempt; the 1 s cap is
-                    # only a backstop.
-                    wake.wait(timeout=max(0.005, min(next_wake - now, 1.0)))
+                    # Woken by a host that finished or started an attempt; the POLL cap is
+                    # for a stop request (set from a signal handler, it cannot notify).
+                    wake.wait(timeout=max(0.005, min(next_wake - now, POLL)))
                     continue
                 if now >= end:
                     queue.clear()
@@ -160,4 +177,16 @@ class LocalBackend:
                     more = bool(queue)
                 if more:
                     start_worker()   # in place of the abandoned thread
+        for h in dropped:
+            watches[h].report.stopped = True
         return {h: watches[h].report for h in hosts}
+
+
+def _in_progress(running: Sequence[HostWatch]) -> dict[str, str]:
+    """host -> the step it is in, for the hosts running one."""
+    now: dict[str, str] = {}
+    for w in running:
+        with w.lock:
+            if w.started and not w.finished:
+                now[w.host] = w.step[1] if w.step else "(connecting)"
+    return now

@@ -1,7 +1,7 @@
 """The `metalchain` command line: global options, error handling and exit codes.
 
-Exit codes: 0 ok, 1 a host or step failed, 2 bad input or usage. Only ``-v``/``--debug`` prints a
-traceback; every other failure is one line on stderr.
+Exit codes: 0 ok, 1 a host or step failed, 2 bad input or usage, 130 interrupted (Ctrl-C).
+Only ``-v``/``--debug`` prints a traceback; every other failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from inventory.site import Site, find_site_dir
 
 log = logging.getLogger("metalchain")
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _version() -> str:
@@ -220,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         rv = cli.main(args=argv, prog_name="metalchain", standalone_mode=False, obj=obj)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):   # click's Ctrl-C
+            sys.stderr.write("interrupted\n")
+            return EXIT_INTERRUPTED
         sys.stderr.write("aborted\n")
         return EXIT_FAILED
     except click.ClickException as exc:
@@ -233,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean line

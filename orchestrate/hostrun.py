@@ -23,6 +23,7 @@ from inventory.variables import host_variables
 from orchestrate.playbook import Play, Step
 from orchestrate.reports import DONE, FAILED, BatchJob, EventSink, HostReport, StepReport
 from orchestrate.steps import StepOutcome, StepRegistry
+from orchestrate.stop import Stop
 
 STEP_STRIDE = 1000  # journal step_index = play index * STEP_STRIDE + step index
 #: How long the runner waits for a step without a ``timeout:`` before it gives up on the host.
@@ -149,10 +150,11 @@ class HostRunner:
                               extra=job.extra_vars, context=self.options.get("vars"))
 
     def run(self, play: Play, host: str, job: BatchJob, events: EventSink,
-            conns: Connections, watch: HostWatch) -> HostReport:
-        """Run ``play``'s steps on ``host``; returns ``watch.report`` (never raises)."""
+            conns: Connections, watch: HostWatch, stop: Stop | None = None) -> HostReport:
+        """Run ``play``'s steps on ``host``; returns ``watch.report`` (never raises). Once
+        ``stop`` is requested, no further step is started (``report.stopped``)."""
         try:
-            self._run(play, host, job, events, conns, watch)
+            self._run(play, host, job, events, conns, watch, stop or Stop())
         except Exception as exc:  # noqa: BLE001 - one host's bug must not end the others
             name = watch.step[1] if watch.step else "(before its first step)"
             self._record(watch, events, StepReport(play.name, name, StepOutcome(
@@ -164,7 +166,7 @@ class HostRunner:
         return watch.report
 
     def _run(self, play: Play, host: str, job: BatchJob, events: EventSink,
-             conns: Connections, watch: HostWatch) -> None:
+             conns: Connections, watch: HostWatch, stop: Stop) -> None:
         ctx = _HostCtx(host, self.variables(host, job), job.check, conns, events, self.mask,
                        watch, play.name, self.store, self.options)
         for step in play.steps:
@@ -179,6 +181,10 @@ class HostRunner:
                 events.emit("host_step_end", host=host, play=play.name, step=step.name,
                             status=prior, resumed=True, duration=0.0)
                 continue
+            if stop.stopping:
+                with watch.lock:
+                    watch.report.stopped = True
+                return
             status = self._step(ctx, play, step, events, watch, in_doubt=prior == "intent")
             if status is None or status in FAILED:
                 return

@@ -194,6 +194,18 @@ def print_summary(report: RunReport) -> None:
         line(text)
     if report.stopped_reason:
         line(f"stopped: {report.stopped_reason}")
+    if report.interrupted:
+        line(interrupted_line(report))
+
+
+def interrupted_line(report: RunReport) -> str:
+    """What an interrupted run left undone, and how to finish it."""
+    parts = [f"not run: {', '.join(report.not_run)}"] if report.not_run else []
+    if report.incomplete:
+        parts.append(f"stopped between steps: {', '.join(report.incomplete)}")
+    left = "; ".join(parts) or "every host had finished"
+    return (f"{report.interrupted} by a stop request ({left}); --limit @failed runs the "
+            f"hosts that failed or were not reached")
 
 
 def print_verify(report: VerifyReport) -> None:

@@ -15,6 +15,17 @@ from rich.table import Table
 from orchestrate.output import use_color
 
 
+def stopping_line(ev: dict[str, Any]) -> str:
+    """The acknowledgement of a stop request (a ``run_stopping`` event)."""
+    hosts = ", ".join(ev.get("hosts") or ())
+    if ev.get("state") == "aborting":
+        return (f"aborting: giving up on the step in progress on {hosts}" if hosts
+                else "aborting")
+    if hosts:
+        return f"stopping after the current step on {hosts}; Ctrl-C again to abort"
+    return "stopping: no step is running, none will start; Ctrl-C again to abort"
+
+
 class PlainProgress:
     """One line per finished host-step, to stderr (stdout stays for results/--json)."""
 
@@ -23,6 +34,10 @@ class PlainProgress:
         self._lock = threading.Lock()
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["event"] == "run_stopping":
+            with self._lock:
+                self.stream.write(stopping_line(ev) + "\n")
+                self.stream.flush()
         if ev["event"] == "host_step_end":
             extra = f" ({ev['message']})" if ev.get("status") in ("failed", "unreachable") \
                 and ev.get("message") else ""
@@ -93,6 +108,9 @@ class LiveProgress:
         return t
 
     def __call__(self, ev: dict[str, Any]) -> None:
+        if ev["event"] == "run_stopping":
+            self._live.console.print(stopping_line(ev), markup=False, highlight=False)
+            return
         with self._lock:
             if self._clocks.update(ev):
                 self._live.update(self._render())

@@ -17,6 +17,8 @@ from inventory.contracts import StepOutcome
 DONE = ("ok", "changed", "skipped")
 FAILED = ("failed", "unreachable")
 STATUS_ORDER = ("ok", "skipped", "changed", "failed", "unreachable")
+#: The exit code of a run stopped by a request (Ctrl-C: 128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class HostReport:
     host: str
     status: str = "ok"          # worst outcome over its steps
     steps: list[StepReport] = field(default_factory=list)
+    #: a stop request ended this host before its remaining steps (none run: never started)
+    stopped: bool = False
 
     def add(self, report: StepReport) -> None:
         self.steps.append(report)
@@ -94,9 +98,15 @@ class RunReport:
     stopped_reason: str = ""
     duration: float = 0.0
     check: bool = False
+    #: "" (ran to its end), "interrupted" (stopped after the steps in progress), "aborted"
+    interrupted: str = ""
+    #: hosts a stop request ended between two of their steps (some run, the rest not)
+    incomplete: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         bad = any(h.status in FAILED for h in self.hosts.values())
         return 1 if bad or self.stopped_reason else 0
 

@@ -30,10 +30,12 @@ from orchestrate.reports import (
     RunReport,
     StepReport,
 )
+from orchestrate.stop import Stop, announce
 from runtime.text import plural
 
 __all__ = ["DEFAULT_PARALLELISM", "DONE", "FAILED", "STEP_STRIDE", "HostReport", "RunReport",
-           "Runner", "StepReport", "journal_index", "last_failed_hosts", "resume_state"]
+           "Runner", "StepReport", "failed_set", "journal_index", "last_failed_hosts",
+           "resume_state", "run_outcome"]
 
 #: Run kinds that do not count for ``@failed`` (they change no configuration).
 NOT_FOR_FAILED = ("power", "verify")
@@ -48,8 +50,12 @@ class Runner:
             limit: str | None = None, extra_vars: Mapping[str, Any] | None = None,
             check: bool = False, named: Mapping[str, Sequence[str]] | None = None,
             done: Mapping[tuple[str, int], str] | None = None,
-            facts: Mapping[str, Mapping[str, Any]] | None = None) -> RunReport:
-        """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run."""
+            facts: Mapping[str, Mapping[str, Any]] | None = None,
+            stop: Stop | None = None) -> RunReport:
+        """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run.
+        Once ``stop`` is requested, nothing new starts: the hosts never reached are listed
+        in ``not_run``, those stopped between steps in ``incomplete``."""
+        stop = stop or Stop()
         start = time.monotonic()
         report = RunReport(uid=run_uid, check=check)
         job = BatchJob(run_uid=run_uid, extra_vars=dict(extra_vars or {}), check=check,
@@ -61,18 +67,31 @@ class Runner:
             for play in playbook.plays:
                 hosts = [h for h in select_hosts(self.inventory, play.hosts, limit, named,
                                                  job.facts) if h not in excluded]
+                if stop.stopping:
+                    announce(stop, events, {})
+                    _not_reached(report, hosts)
+                    continue
                 events.emit("play_start", play=play.name, hosts=hosts)
                 for n, batch in enumerate(batches(hosts, play.serial)):
                     if report.stopped_reason:
                         report.not_run.extend(h for h in batch if h not in report.not_run)
                         continue
+                    if stop.stopping:
+                        announce(stop, events, {})
+                        _not_reached(report, batch)
+                        continue
                     events.emit("batch_start", play=play.name, batch=n + 1, hosts=batch)
-                    results = self.backend.run_batch(play, batch, job, events)
+                    results = self.backend.run_batch(play, batch, job, events, stop)
                     failed = [h for h, r in results.items() if r.status in FAILED]
                     for h, r in results.items():
+                        if r.stopped and not r.steps:
+                            _not_reached(report, [h])
+                            continue
                         merged = report.hosts.setdefault(h, HostReport(h))
                         for s in r.steps:
                             merged.add(s)
+                        if r.stopped:
+                            _not_reached(report, [h])
                     excluded.update(failed)
                     pct = 100.0 * len(failed) / len(batch) if batch else 0.0
                     events.emit("batch_end", play=play.name, batch=n + 1, failed=failed,
@@ -88,9 +107,27 @@ class Runner:
         finally:
             self.backend.end_run(run_uid)
             report.duration = time.monotonic() - start
+            if stop.stopping:
+                report.interrupted = "aborted" if stop.aborting else "interrupted"
+                # a host stopped in play 1 that a later play would have run is incomplete
+                report.incomplete.extend(h for h in report.not_run if h in report.hosts
+                                         and h not in report.incomplete)
+                report.not_run[:] = [h for h in report.not_run if h not in report.hosts]
             events.emit("run_end", counts=report.counts(), exit_code=report.exit_code,
-                        stopped=report.stopped_reason or None)
+                        stopped=report.stopped_reason or None,
+                        interrupted=report.interrupted or None, not_run=report.not_run,
+                        incomplete=report.incomplete)
         return report
+
+
+def _not_reached(report: RunReport, hosts: Sequence[str]) -> None:
+    """Record ``hosts`` as not (fully) run because of a stop request."""
+    for h in hosts:
+        if h in report.hosts:
+            if h not in report.incomplete:
+                report.incomplete.append(h)
+        elif h not in report.not_run:
+            report.not_run.append(h)
 
 
 def resume_state(store: Any, run_uid: str) -> dict[tuple[str, int], str]:
@@ -105,13 +142,43 @@ def resume_state(store: Any, run_uid: str) -> dict[tuple[str, int], str]:
 
 
 def last_failed_hosts(store: Any) -> list[str]:
-    """Hosts whose last outcome in the most recent finished run was failed or unreachable
-    (power and verify runs do not count: ``@failed`` is about configuration runs)."""
+    """``@failed``: the hosts that failed or were not reached in the most recent finished
+    run — last outcome failed, unreachable or in doubt, plus the hosts it never ran (a batch
+    stopped by ``max_fail_percentage``, a stop request) or stopped between two steps. Power
+    and verify runs do not count: ``@failed`` is about configuration runs. A run still
+    running is skipped; one whose process is gone counts (as ``interrupted``)."""
     for run in store.list_runs(limit=50):
         if run["status"] == "running" or run["kind"] in NOT_FOR_FAILED:
             continue
         last: dict[str, str] = {}
         for e in store.journal_entries(run["uid"]):
             last[e.host] = e.status
-        return [h for h, s in last.items() if s in (*FAILED, "intent")]
+        return failed_set(last, run.get("outcome"))
     return []
+
+
+def failed_set(last: Mapping[str, str], outcome: Mapping[str, Any] | None) -> list[str]:
+    """The ``@failed`` hosts of one run from each host's last journal status and the run's
+    recorded outcome (``not_run``, ``incomplete``), in that order, each once. A run killed
+    before it recorded its end has only ``planned``: its hosts without a journal entry were
+    not reached.
+
+    >>> failed_set({"a": "ok", "b": "failed", "c": "intent"}, {"not_run": ["d"]})
+    ['b', 'c', 'd']
+    """
+    outcome = outcome or {}
+    hosts = [h for h, s in last.items() if s in (*FAILED, "intent")]
+    if "not_run" in outcome:
+        unreached = [*outcome["not_run"], *outcome.get("incomplete", ())]
+    else:
+        unreached = [h for h in outcome.get("planned", ()) if h not in last]
+    hosts.extend(h for h in unreached if h not in hosts)
+    return hosts
+
+
+def run_outcome(report: RunReport) -> dict[str, Any]:
+    """What the state store keeps of a finished run besides its journal (see
+    :func:`failed_set`)."""
+    return {"counts": report.counts(), "not_run": list(report.not_run),
+            "incomplete": list(report.incomplete), "stopped": report.stopped_reason or None,
+            "interrupted": report.interrupted or None}

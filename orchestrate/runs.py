@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,16 @@ from typing import Any
 from configure.connect import connector
 from inventory.errors import InputError, MetalchainError
 from inventory.select import select_hosts
+from inventory.state.runowner import HEARTBEAT_EVERY, this_process
 from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
 from orchestrate.events import EventLog
 from orchestrate.mirror_site import mirror_var
 from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
 from orchestrate.registry import build_registry
 from orchestrate.reports import RunReport
-from orchestrate.runner import Runner, last_failed_hosts, resume_state
+from orchestrate.runner import Runner, last_failed_hosts, resume_state, run_outcome
 from orchestrate.steps import StepRegistry
+from orchestrate.stop import Stop
 from runtime.filelock import file_lock
 
 Listener = Callable[[dict[str, Any]], None]
@@ -110,33 +113,82 @@ def _resumed(store: Any, playbook: Playbook, options: RunOptions
 
 def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
               on_event: Listener | None = None, registry: StepRegistry | None = None,
-              connect: Callable[[str], Any] | None = None) -> RunReport:
+              connect: Callable[[str], Any] | None = None,
+              stop: Stop | None = None) -> RunReport:
     """Run ``playbook`` on the site (or resume ``options.resume``); returns the report.
 
     ``on_event`` gets every event as it happens (a progress display, a websocket).
     ``connect`` replaces the SSH connection factory (host -> connection), ``registry`` the
-    step kinds (tests, embedders).
+    step kinds (tests, embedders). ``stop.request()`` (from any thread, or a signal handler)
+    ends the run early: first after the steps in progress, the second time at once; the
+    report then says ``interrupted`` and the run's status is ``interrupted``/``aborted``.
     """
     with _lock(site, options.lock):
-        return _run(site, playbook, options, on_event, registry, connect)
+        return _run(site, playbook, options, on_event, registry, connect, stop or Stop())
+
+
+def _command(options: RunOptions, playbook: Playbook) -> str:
+    """The owner's command as the state store shows it: the kind and playbook, never the
+    arguments' values (extra vars may hold secrets)."""
+    return f"metalchain {options.kind} {playbook.path}"
+
+
+@contextlib.contextmanager
+def _heartbeat(store: Any, uid: str, every: float = HEARTBEAT_EVERY) -> Iterator[None]:
+    """Refresh the run's heartbeat while it runs (controllers on other hosts go by it)."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every):
+            with contextlib.suppress(MetalchainError):   # the next beat tries again
+                store.heartbeat_run(uid)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{uid}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)   # a beat in flight ends before the run's end is recorded
+
+
+def _planned(inv: Any, playbook: Playbook, limit: str | None,
+             named: Mapping[str, Sequence[str]], facts: Any) -> list[str]:
+    """Every host some play of the run selects, in order: what a killed run did not reach
+    is what it planned and never journaled (see :func:`orchestrate.runner.failed_set`)."""
+    hosts: dict[str, None] = {}
+    for play in playbook.plays:
+        hosts.update(dict.fromkeys(select_hosts(inv, play.hosts, limit, named, facts)))
+    return list(hosts)
+
+
+def _status(report: RunReport) -> str:
+    if report.interrupted:
+        return report.interrupted
+    return "ok" if report.exit_code == 0 else "failed"
 
 
 def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener | None,
-         registry: StepRegistry | None, connect: Callable[[str], Any] | None) -> RunReport:
+         registry: StepRegistry | None, connect: Callable[[str], Any] | None,
+         stop: Stop) -> RunReport:
     store = site.state
     inv = site.inventory
     # After the inventory: the {env: VAR} references it resolved are known values too.
     mask = site.secrets.masker()
     named = {"failed": last_failed_hosts(store), **options.named}
+    facts = store.all_facts()
     done: dict[tuple[str, int], str] = {}
     if options.resume:
         options, done = _resumed(store, playbook, options)
-        store.reopen_run(options.resume)
+        store.reopen_run(options.resume, this_process(_command(options, playbook)))
         uid = options.resume
     else:
         uid = store.start_run(options.kind, str(playbook.path),
                               {"limit": options.limit, "extra": dict(options.extra),
-                               "check": options.check})
+                               "check": options.check},
+                              owner=this_process(_command(options, playbook)),
+                              outcome={"planned": _planned(inv, playbook, options.limit,
+                                                           named, facts)})
     events = EventLog(site.runs_dir / f"{uid}.jsonl", uid, mask)
     if on_event is not None:
         events.subscribe(on_event)
@@ -146,19 +198,20 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         options={"playbooks_dir": site.playbooks_dir, "diff": options.diff,
                  "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)}},
         mask=mask)
-    status = "failed"
+    status, outcome = "failed", None
     try:
-        report = Runner(inv, backend).run(
-            playbook, events=events, run_uid=uid, limit=options.limit,
-            extra_vars=options.extra, check=options.check, named=named, done=done,
-            facts=store.all_facts())
-        status = "ok" if report.exit_code == 0 else "failed"
+        with _heartbeat(store, uid):
+            report = Runner(inv, backend).run(
+                playbook, events=events, run_uid=uid, limit=options.limit,
+                extra_vars=options.extra, check=options.check, named=named, done=done,
+                facts=facts, stop=stop)
+        status, outcome = _status(report), run_outcome(report)
     except KeyboardInterrupt:
-        status = "interrupted"
+        status = "aborted"
         raise
     finally:
         events.close()
-        store.end_run(uid, status)
+        store.end_run(uid, status, outcome)
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from sqlalchemy import insert, select, update
 
 from inventory.errors import InputError, StateError
 from inventory.state.base import StoreBase
+from inventory.state.runowner import RunOwner, seen_status
 from inventory.state.schema import journal, nodes, runs
 
 JOURNAL_OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
@@ -31,42 +33,60 @@ class JournalEntry:
 
 
 class RunsMixin(StoreBase):
-    def start_run(self, kind: str, name: str, args: dict[str, Any] | None = None) -> str:
+    def start_run(self, kind: str, name: str, args: dict[str, Any] | None = None,
+                  owner: RunOwner | None = None, outcome: dict[str, Any] | None = None
+                  ) -> str:
+        """A new run, ``running``; ``owner`` (the calling process) lets readers tell a run
+        whose process is gone (see :mod:`inventory.state.runowner`); ``outcome`` is what is
+        known of it so far (e.g. the hosts it plans to run), completed by :meth:`end_run`."""
         uid = uuid.uuid4().hex[:12]
+        now = time.time()
+        doc = {**(args or {}), **({_OUTCOME: outcome} if outcome is not None else {})}
         with self._write(f"run '{uid}'") as conn:
             conn.execute(insert(runs).values(uid=uid, kind=kind, name=name,
-                                             args=json.dumps(args or {}), status="running",
-                                             started_at=time.time()))
+                                             args=json.dumps(doc), status="running",
+                                             started_at=now, **_owner_values(owner, now)))
         return uid
 
-    def end_run(self, uid: str, status: str) -> None:
+    def heartbeat_run(self, uid: str) -> None:
+        """The owner is still at it (readers on other hosts go by this)."""
         with self._write(f"run '{uid}'") as conn:
             conn.execute(update(runs).where(runs.c.uid == uid).values(
-                status=status, ended_at=time.time()))
+                heartbeat_at=time.time()))
+
+    def end_run(self, uid: str, status: str, outcome: dict[str, Any] | None = None) -> None:
+        """Record the run's final ``status``; ``outcome`` (e.g. the hosts not run) is merged
+        into what :meth:`start_run` recorded and returned by :meth:`get_run` as ``outcome``."""
+        with self._write(f"run '{uid}'") as conn:
+            values: dict[str, Any] = {"status": status, "ended_at": time.time()}
+            if outcome is not None:
+                raw = conn.execute(select(runs.c.args).where(runs.c.uid == uid)).scalar()
+                args = json.loads(raw) if raw else {}
+                values["args"] = json.dumps({**args, _OUTCOME: {**args.get(_OUTCOME, {}),
+                                                               **outcome}})
+            conn.execute(update(runs).where(runs.c.uid == uid).values(**values))
 
     def get_run(self, uid: str) -> dict[str, Any] | None:
         with self._read() as conn:
             r = conn.execute(select(runs).where(runs.c.uid == uid)).first()
-        if r is None:
-            return None
-        return {"uid": r.uid, "kind": r.kind, "name": r.name, "status": r.status,
-                "started_at": r.started_at, "ended_at": r.ended_at, "args": json.loads(r.args)}
+        return None if r is None else _run_doc(r)
 
-    def reopen_run(self, uid: str) -> None:
-        """Mark a run as running again (``--resume``)."""
+    def reopen_run(self, uid: str, owner: RunOwner | None = None) -> None:
+        """Mark a run as running again (``--resume``), now owned by ``owner``."""
+        now = time.time()
         with self._write(f"run '{uid}'") as conn:
             res = conn.execute(update(runs).where(runs.c.uid == uid).values(
-                status="running", ended_at=None))
+                status="running", ended_at=None, **_owner_values(owner, now)))
             if res.rowcount == 0:
                 raise InputError(f"no run '{uid}' in the state store (see: metalchain runs "
                                  "list)")
 
     def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recent runs, newest first; a ``running`` run whose process is gone is
+        shown ``interrupted``."""
         with self._read() as conn:
             rows = conn.execute(select(runs).order_by(runs.c.id.desc()).limit(limit)).all()
-        return [{"uid": r.uid, "kind": r.kind, "name": r.name, "status": r.status,
-                 "started_at": r.started_at, "ended_at": r.ended_at,
-                 "args": json.loads(r.args)} for r in rows]
+        return [_run_doc(r) for r in rows]
 
     def journal_intent(self, run_uid: str, host: str, step_index: int, step: str) -> int:
         """Record that ``step`` is about to run on ``host``; returns the entry id."""
@@ -102,3 +122,28 @@ class RunsMixin(StoreBase):
             rows = conn.execute(q.order_by(journal.c.id)).all()
         return [JournalEntry(r.id, r.uid, r.name, r.step_index, r.step, r.status,
                              r.started_at, r.ended_at, json.loads(r.detail)) for r in rows]
+
+
+#: The key under a run's args where :meth:`RunsMixin.end_run` keeps its outcome.
+_OUTCOME = "outcome"
+
+
+def _owner_values(owner: RunOwner | None, now: float) -> dict[str, Any]:
+    if owner is None:
+        return {}
+    return {"owner_host": owner.host, "pid": owner.pid, "pid_start": owner.pid_start,
+            "command": owner.command, "heartbeat_at": now}
+
+
+def _run_doc(r: Any) -> dict[str, Any]:
+    args = json.loads(r.args)
+    outcome = args.pop(_OUTCOME, None)
+    status = seen_status(r.status, owner_host=r.owner_host, pid=r.pid, pid_start=r.pid_start,
+                         heartbeat_at=r.heartbeat_at, started_at=r.started_at,
+                         here=socket.gethostname(), now=time.time())
+    owner = None if r.owner_host is None else {
+        "host": r.owner_host, "pid": r.pid, "command": r.command,
+        "heartbeat_at": r.heartbeat_at}
+    return {"uid": r.uid, "kind": r.kind, "name": r.name, "status": status,
+            "recorded_status": r.status, "started_at": r.started_at,
+            "ended_at": r.ended_at, "args": args, "outcome": outcome, "owner": owner}

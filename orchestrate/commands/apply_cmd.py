@@ -10,7 +10,7 @@ from inventory.errors import InputError
 from orchestrate import output
 from orchestrate.actions import drift_doc, report_doc, verify_hosts
 from orchestrate.backend import DEFAULT_PARALLELISM
-from orchestrate.commands.common import json_option, parse_extra
+from orchestrate.commands.common import json_option, parse_extra, stop_on_signals
 from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 
 
@@ -50,9 +50,11 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
     extra_vars = parse_extra(extra)
     options = RunOptions(kind="apply", limit=limit, extra=extra_vars, check=check, diff=diff,
                          parallel=parallel, lock=lock)
-    report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
+    with stop_on_signals() as stop:
+        report = output.with_progress(lambda on_event: start_run(
+            site, pb, options, on_event=on_event, stop=stop))
     verified = None
-    if then_verify and not check:
+    if then_verify and not check and not report.interrupted:
         converged = [h for h, r in report.hosts.items() if r.status in ("ok", "changed")]
         if converged:
             verified = verify_hosts(site, converged, list(roles) or None, parallel=parallel,
@@ -96,7 +98,9 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
                               "drift check" if not fix else "drift fix")
     options = RunOptions(kind="drift", limit=limit, check=not fix, diff=diff,
                          parallel=parallel, lock="drift")
-    report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
+    with stop_on_signals() as stop:
+        report = output.with_progress(lambda on_event: start_run(
+            site, pb, options, on_event=on_event, stop=stop))
     per_host = drift_doc(report)
     if as_json:
         output.emit_json("drift.result", {"run": report.uid, "fixed": fix,

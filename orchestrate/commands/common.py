@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
+from types import FrameType
+
 import click
 
 from inventory.errors import InputError
+from orchestrate.stop import Stop
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
@@ -22,3 +28,29 @@ def parse_extra(pairs: tuple[str, ...]) -> dict[str, str | bool]:
             raise InputError(f"-e expects KEY=VALUE, got '{pair}'")
         extra[key] = {"true": True, "false": False}.get(value.lower(), value)
     return extra
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[Stop]:
+    """A :class:`Stop` that SIGINT (Ctrl-C) and SIGTERM request: the first time the run
+    stops after the steps in progress, the second time it aborts them; a third one (should
+    the abort itself hang) raises KeyboardInterrupt. The handlers only set the stop — the
+    run's core announces it and winds down — and are restored on exit."""
+    stop = Stop()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.aborting:
+            raise KeyboardInterrupt
+        stop.request(signal.Signals(signum).name)
+
+    previous = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:   # not the main thread (an embedder): the caller's signals stand
+        pass
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

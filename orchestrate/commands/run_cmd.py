@@ -14,14 +14,15 @@ from inventory.errors import InputError
 from orchestrate import output
 from orchestrate.actions import exec_command, exec_results, gather_facts, report_doc
 from orchestrate.backend import DEFAULT_PARALLELISM
-from orchestrate.commands.common import json_option, parse_extra
+from orchestrate.commands.common import json_option, parse_extra, stop_on_signals
 from orchestrate.events import read_events
 from orchestrate.runs import RunOptions, load, plan_run, start_run
 
 
 @click.command()
 @click.argument("playbook")
-@click.option("--limit", help="Narrow every play's hosts (same syntax as targets; @failed).")
+@click.option("--limit", help="Narrow every play's hosts (same syntax as targets; @failed = "
+              "the hosts that failed or were not reached in the last run).")
 @click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE")
 @click.option("--check", is_flag=True, help="Predict changes; change nothing.")
 @click.option("--plan", is_flag=True, help="Print what would run where, and stop.")
@@ -33,6 +34,10 @@ from orchestrate.runs import RunOptions, load, plan_run, start_run
 def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], check: bool,
         plan: bool, resume: str | None, parallel: int, as_json: bool) -> None:
     """Run PLAYBOOK (a file, or a name under the site's playbooks/).
+
+    Ctrl-C (or SIGTERM) stops after the steps in progress and prints the summary (exit
+    130); a second Ctrl-C aborts them. Then `--limit @failed` runs the hosts that failed
+    or were not reached, `--resume RUN_ID` the rest of the run.
 
     \b
     Examples:
@@ -47,7 +52,9 @@ def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], chec
         return
     options = RunOptions(kind="playbook", limit=limit, extra=parse_extra(extra), check=check,
                          parallel=parallel, resume=resume, lock=pb.path.stem)
-    report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
+    with stop_on_signals() as stop:
+        report = output.with_progress(lambda on_event: start_run(
+            site, pb, options, on_event=on_event, stop=stop))
     if as_json:
         output.emit_json("run.result", report_doc(report))
     else:
@@ -87,9 +94,10 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
       metalchain exec fleet -- hostname
       metalchain exec 'node*' --timeout 30 -- systemctl is-active ssh
     """
-    report = output.with_progress(lambda on_event: exec_command(
-        obj.site, target, command, limit=limit, parallel=parallel, timeout=timeout,
-        become=become, on_event=on_event))
+    with stop_on_signals() as stop:
+        report = output.with_progress(lambda on_event: exec_command(
+            obj.site, target, command, limit=limit, parallel=parallel, timeout=timeout,
+            become=become, on_event=on_event, stop=stop))
     results = exec_results(report)
     if as_json:
         output.emit_json("exec.result", {"run": report.uid, "command": list(command),
@@ -106,6 +114,8 @@ def exec_(obj: Any, target: str, command: tuple[str, ...], limit: str | None, pa
         c = report.counts()
         output.line(f"exec {report.uid}: {output.plural(len(results), 'host')}: "
                     + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in c.items() if v))
+        if report.interrupted:
+            output.line(output.interrupted_line(report))
     raise click.exceptions.Exit(report.exit_code)
 
 
@@ -198,5 +208,9 @@ def runs_show(obj: Any, run_id: str, as_json: bool) -> None:
             "event_log": str(log), "events": len(events)})
         return
     output.line(f"run {r['uid']} ({r['kind']} {r['name']}): {r['status']}")
+    outcome = r.get("outcome") or {}
+    for key, label in (("not_run", "not run"), ("incomplete", "stopped between steps")):
+        if outcome.get(key):
+            output.line(f"{label}: {', '.join(outcome[key])}")
     output.table("journal", ["host", "step", "status", "message"],
                  [[e.host, e.step, e.status, e.detail.get("message", "")] for e in entries])

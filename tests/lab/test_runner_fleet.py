@@ -111,7 +111,9 @@ def test_kill_9_then_resume_runs_each_host_step_once(fleet_site):
             proc.kill()
             proc.wait(10)
     uid = next(r["uid"] for r in site.state.list_runs() if r["name"].endswith("three.yml"))
-    assert site.state.get_run(uid)["status"] == "running"
+    # Its process is gone: shown interrupted (the row still says running until resumed).
+    killed = site.state.get_run(uid)
+    assert killed["status"] == "interrupted" and killed["recorded_status"] == "running"
     r = mc("--site", str(fleet_site), "run", "three", "--resume", uid, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     r = mc("--site", str(fleet_site), "exec", "fleet", "--json", "--", "cat",
