@@ -15,7 +15,7 @@ _ts = output.timestamp
 
 @click.group()
 def state() -> None:
-    """Inspect the state store (node lifecycle, host keys, journal)."""
+    """Inspect the state store (node lifecycle, host keys, journal); forget departed hosts."""
 
 
 @state.command()
