@@ -328,9 +328,29 @@ class Lab:
                 shutil.rmtree(self.dir)
 
     def node_processes(self) -> dict[str, dict[str, int | None]]:
+        """Each node's live QEMU and BMC pids (None for a process that is not running)."""
         config = self.load()
         out: dict[str, dict[str, int | None]] = {}
         for node in (config.nodes if config else []):
             out[node.name] = {"qemu": self.machine(config, node).pid(),  # type: ignore[arg-type]
                               "bmc": bmc_pid(self.bmc_spec(node).pidfile)}
         return out
+
+
+def node_problem(power: str, bmc_error: str | None, qemu_pid: int | None,
+                 bmc_pid: int | None) -> str | None:
+    """Why a lab node is unhealthy, in one line for ``lab status``, or None when its BMC
+    answered with a power state. The dead process comes first (the cause), then what the
+    BMC client saw (the symptom).
+
+    >>> node_problem("unknown", "node2 (BMC 127.0.0.1:6232): no answer within 3 s", 41, None)
+    'BMC process not running (lab up restarts it); node2 (BMC 127.0.0.1:6232): no answer within 3 s'
+    """
+    parts = []
+    if bmc_pid is None:
+        parts.append("BMC process not running (lab up restarts it)")
+    if qemu_pid is None:
+        parts.append("QEMU not running (lab up restarts it)")
+    if power not in ("on", "off"):
+        parts.append(bmc_error or f"BMC reported power state {power!r}")
+    return "; ".join(parts) or None

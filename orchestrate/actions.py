@@ -110,6 +110,8 @@ class PowerResult:
     action: str
     run: str
     hosts: list[dict[str, Any]] = field(default_factory=list)
+    #: Hosts left out because they have no BMC (``status`` only; other actions refuse).
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -119,12 +121,23 @@ class PowerResult:
 def power(site: Any, target: str, action: str, *, limit: str | None = None,
           device: str | None = None, persistent: bool = True,
           on_event: Listener | None = None) -> PowerResult:
-    """A BMC action (status, on, off, cycle, soft-off, bootdev) on ``target``'s hosts."""
+    """A BMC action (status, on, off, cycle, soft-off, bootdev) on ``target``'s hosts.
+
+    ``status`` is read-only and skips the selected hosts that have no BMC (they are listed
+    in ``PowerResult.skipped``), so ``power status all`` works on a site with SSH-only
+    hosts; every other action refuses the whole target if a host in it has no BMC, naming
+    it, so nothing is powered on a target the operator did not mean.
+    """
     inv = site.inventory
-    hosts = select(site, target, limit)
-    missing = [h for h in hosts if inv.hosts[h].bmc is None]
-    if missing:
-        raise InputError(f"no bmc in the inventory for: {', '.join(missing)}")
+    selected = select(site, target, limit)
+    missing = [h for h in selected if inv.hosts[h].bmc is None]
+    hosts = [h for h in selected if inv.hosts[h].bmc is not None]
+    if missing and action != "status":
+        raise InputError(f"power {action}: no BMC in the inventory for {', '.join(missing)}"
+                         " (narrow the target, e.g. with --limit)")
+    if not hosts:
+        raise InputError(f"power {action}: no host in '{target}' has a BMC "
+                         f"({', '.join(missing)})")
     args: dict[str, Any] = {"action": action}
     if action == "bootdev":
         args.update(device=device, persistent=persistent)
@@ -133,7 +146,7 @@ def power(site: Any, target: str, action: str, *, limit: str | None = None,
     pb = single_step_playbook("@power", "power", parse_power(args), f"power {action}")
     report = start_run(site, pb, RunOptions(kind="power", parallel=POWER_PARALLEL,
                                             named={"power": hosts}), on_event=on_event)
-    result = PowerResult(action, report.uid)
+    result = PowerResult(action, report.uid, skipped=missing)
     for h in hosts:
         outcome = report.first_outcome(h)
         ok = outcome is not None and outcome.status not in FAILED

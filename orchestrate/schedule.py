@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inventory.errors import InputError
+from orchestrate.cronspec import check_cron, every_to_cron
 from runtime.atomicfile import write_atomic
 
 CRON_DIR = Path("/etc/cron.d")
 SYSTEMD_DIR = Path("/etc/systemd/system")
 MARK = "# metalchain schedule"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
-_CRON_FIELD = re.compile(r"^[0-9*/,\-]+$")
-_EVERY = re.compile(r"^(\d+)(m|h|d)$")
 
 
 @dataclass(frozen=True)
@@ -30,37 +29,47 @@ class Schedule:
     site: Path
     playbook: str
     mode: str            # "check" or "fix"
-    when: str            # a 5-field cron expression
+    when: str            # a 5-field cron expression, or a nickname such as @hourly
+    extra: tuple[str, ...] = ()  # -e KEY=VALUE, passed through to `metalchain run`
 
     def argv(self, metalchain: str) -> list[str]:
         args = [metalchain, "--site", str(self.site), "run", self.playbook]
         if self.mode == "check":
             args.append("--check")
+        for pair in self.extra:
+            args += ["-e", pair]
         return args
 
 
-def cron_expression(every: str | None, cron: str | None) -> str:
-    """``--every 15m|2h|1d`` or ``--cron 'M H DoM Mon DoW'`` -> a cron expression."""
+def cron_expression(every: str | None, cron: str | None, *, uneven: bool = False) -> str:
+    """``--every 15m|2h|1d`` or ``--cron 'M H DoM Mon DoW'`` -> a checked cron expression.
+
+    An ``--every`` that cron can only approximate (``7m``: see :mod:`orchestrate.cronspec`)
+    is refused with the explanation, unless ``uneven`` (then :func:`every_warning` says it).
+    """
     if (every is None) == (cron is None):
         raise InputError("give exactly one of --every (e.g. 15m, 2h, 1d) or --cron")
     if cron is not None:
-        fields = cron.split()
-        if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
-            raise InputError(f"--cron must have 5 fields of digits, *, /, - and commas, "
-                             f"got '{cron}'")
-        return " ".join(fields)
-    m = _EVERY.match(every or "")
-    if not m:
-        raise InputError(f"--every must look like 15m, 2h or 1d, got '{every}'")
-    n, unit = int(m.group(1)), m.group(2)
-    limits = {"m": 59, "h": 23, "d": 31}
-    if not 1 <= n <= limits[unit]:
-        raise InputError(f"--every {every}: use 1-{limits[unit]}{unit}")
-    if unit == "m":
-        return f"*/{n} * * * *"
-    if unit == "h":
-        return f"0 */{n} * * *"
-    return f"0 3 */{n} * *"
+        return check_cron(cron)
+    expression, why = every_to_cron(every or "")
+    if why is not None and not uneven:
+        raise InputError(f"--every {every}: {why}")
+    return expression
+
+
+def every_warning(every: str | None) -> str | None:
+    """Why ``--every`` is approximate, or None (also None for ``--cron``)."""
+    return None if every is None else every_to_cron(every)[1]
+
+
+def check_extra(pairs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``-e KEY=VALUE`` options of a schedule, kept as given (they are passed through to the
+    scheduled ``metalchain run``, which reads them as ``run -e`` does)."""
+    for pair in pairs:
+        key, sep, _ = pair.partition("=")
+        if not sep or not key:
+            raise InputError(f"-e expects KEY=VALUE, got '{pair}'")
+    return tuple(pairs)
 
 
 def check_name(name: str) -> str:
@@ -81,7 +90,7 @@ def cron_command(argv: list[str]) -> str:
         if "\n" in a or "\\" in a:
             # a cron line ends at a newline, and a backslash before "%" is ambiguous.
             raise InputError(f"cannot schedule {a!r}: newlines and backslashes are not "
-                             "allowed in a scheduled command's paths")
+                             "allowed in a scheduled command's paths and -e values")
     return " ".join(shlex.quote(a) for a in argv).replace("%", "\\%")
 
 
@@ -91,7 +100,8 @@ def render_cron(s: Schedule, metalchain: str, log: Path) -> str:
     # The metadata line is a comment (cron does not interpret it); values are shell-quoted so
     # a site path with spaces reads back whole.
     meta = " ".join([MARK, *(f"{k}={shlex.quote(v)}" for k, v in (
-        ("name", s.name), ("site", str(s.site)), ("playbook", s.playbook), ("mode", s.mode)))])
+        ("name", s.name), ("site", str(s.site)), ("playbook", s.playbook), ("mode", s.mode),
+        *(("e", pair) for pair in s.extra)))])
     return (f"{meta}\n"
             "SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"
             f"{s.when} root {command} >> {logged} 2>&1\n")
@@ -106,13 +116,17 @@ def parse_cron(text: str) -> Schedule | None:
         parts = shlex.split(lines[0][len(MARK):])
     except ValueError:
         return None
-    meta = dict(part.split("=", 1) for part in parts if "=" in part)
+    pairs = [part.split("=", 1) for part in parts if "=" in part]
+    meta = {k: v for k, v in pairs if k != "e"}
+    extra = tuple(v for k, v in pairs if k == "e")
     entry = next((ln for ln in lines[1:] if ln and not ln.startswith("#") and "=" not in
                   ln.split()[0]), None)
     if entry is None or not {"name", "site", "playbook", "mode"} <= set(meta):
         return None
+    fields = entry.split()
+    when = fields[0] if fields[0].startswith("@") else " ".join(fields[:5])
     return Schedule(name=meta["name"], site=Path(meta["site"]), playbook=meta["playbook"],
-                    mode=meta["mode"], when=" ".join(entry.split()[:5]))
+                    mode=meta["mode"], when=when, extra=extra)
 
 
 def install(s: Schedule, directory: Path, metalchain: str, log: Path) -> Path:

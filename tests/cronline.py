@@ -1,8 +1,9 @@
 """How cron and /bin/sh read a cron.d line, for the schedule tests (no cron daemon runs here).
 
-cron (Debian's vixie cron): the first five fields are the time, the sixth the user (cron.d
-format), the rest the command; an unescaped ``%`` ends the command (what follows is its stdin)
-and ``\\%`` stands for a literal ``%``. The command is then run by ``/bin/sh -c``.
+cron (Debian's vixie cron): the first five fields are the time (or one nickname such as
+``@hourly``), the next the user (cron.d format), the rest the command; an unescaped ``%``
+ends the command (what follows is its stdin) and ``\\%`` stands for a literal ``%``.
+The command is then run by ``/bin/sh -c``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 def cron_entry_command(line: str) -> str:
     """The shell command cron would hand to ``/bin/sh -c`` for a cron.d ``line``."""
     rest = line
-    for _ in range(6):  # minute hour day-of-month month day-of-week user
+    # minute hour day-of-month month day-of-week user, or a nickname (@hourly) and the user
+    for _ in range(2 if line.lstrip(" \t").startswith("@") else 6):
         rest = rest.lstrip(" \t")
         cut = min((i for i in (rest.find(" "), rest.find("\t")) if i >= 0), default=-1)
         if cut < 0:

@@ -6,12 +6,30 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from inventory.errors import InputError, StateError
+from inventory.state.audit import write_audit
 from inventory.state.base import StoreBase
-from inventory.state.schema import node_transitions, nodes
+from inventory.state.schema import (
+    deploy_tokens,
+    drift,
+    facts,
+    host_keys,
+    journal,
+    leases,
+    node_transitions,
+    nodes,
+    owed_handlers,
+)
 from inventory.state.states import NodeState, node_state, stored_state
+
+#: What a forgotten node is renamed to: ``NAME~forgotten-ID``. "~" is not allowed in an
+#: RFC 1123 host name, so no inventory host can ever take the name (or find the old history).
+FORGOTTEN = "~forgotten-"
+#: What forgetting a node deletes; its journal rows and transitions stay (history).
+_FORGET = {"host keys": host_keys, "fact sets": facts, "owed handlers": owed_handlers,
+           "drift rows": drift, "deploy tokens": deploy_tokens}
 
 
 @dataclass(frozen=True)
@@ -21,6 +39,26 @@ class NodeRecord:
     state: NodeState | None
     reason: str
     state_since: float | None
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What :meth:`NodesMixin.forget_node` did: the rows it deleted per kind, and the name the
+    node's history (journal rows, transitions) is kept under."""
+
+    name: str
+    kept_as: str
+    deleted: dict[str, int]
+    journal_rows: int
+    transitions: int
+
+
+class LeaseHeld(StateError):
+    """A node cannot be forgotten while a lease on it exists."""
+
+
+def is_forgotten(name: str) -> bool:
+    return FORGOTTEN in name
 
 
 @dataclass(frozen=True)
@@ -48,10 +86,48 @@ class NodesMixin(StoreBase):
             row = conn.execute(select(nodes).where(nodes.c.name == name)).first()
         return None if row is None else _record(row)
 
-    def list_nodes(self) -> list[NodeRecord]:
+    def list_nodes(self, *, forgotten: bool = False) -> list[NodeRecord]:
+        """Every node (forgotten ones only with ``forgotten=True``)."""
         with self._read() as conn:
             rows = conn.execute(select(nodes).order_by(nodes.c.name)).all()
-        return [_record(r) for r in rows]
+        return [_record(r) for r in rows if forgotten or not is_forgotten(r.name)]
+
+    def forget_node(self, name: str, *, actor: str, detail: dict[str, Any] | None = None
+                    ) -> Forgotten:
+        """Remove what the store knows about host ``name``, in one transaction: its pinned
+        keys, facts, owed handlers, drift and deploy tokens. Its journal rows and lifecycle
+        transitions stay readable under ``NAME~forgotten-ID`` (the row keeps its id; the
+        name is free again for a new host), and an audit row records who did it.
+
+        InputError if there is no such node; :class:`LeaseHeld` if a lease on it exists.
+        """
+        if is_forgotten(name):
+            raise InputError(f"'{name}' is already forgotten")
+        with self._write(f"node '{name}' forgotten") as conn:
+            node_id = self._node_id(conn, name, create=False)
+            if node_id is None:
+                raise InputError(f"no node named '{name}' in the state store")
+            lease = conn.execute(select(leases).where(leases.c.node_id == node_id)).first()
+            if lease is not None:
+                raise LeaseHeld(
+                    f"cannot forget '{name}': held by {lease.holder} (pid {lease.pid} on "
+                    f"{lease.owner_host}: {lease.command}; lease expires at "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lease.expires_at))})")
+            deleted = {kind: int(conn.execute(delete(table).where(
+                table.c.node_id == node_id)).rowcount or 0) for kind, table in _FORGET.items()}
+            kept_as = f"{name}{FORGOTTEN}{node_id}"
+            now = time.time()
+            conn.execute(update(nodes).where(nodes.c.id == node_id).values(
+                name=kept_as, state=None, reason=f"forgotten by {actor}", state_since=now))
+            journal_rows = int(conn.execute(select(func.count()).select_from(journal).where(
+                journal.c.node_id == node_id)).scalar_one())
+            transitions = int(conn.execute(select(func.count()).select_from(node_transitions)
+                                           .where(node_transitions.c.node_id == node_id))
+                              .scalar_one())
+            write_audit(conn, actor, "forget_node", name, {
+                "node_id": node_id, "kept_as": kept_as, "deleted": deleted,
+                "journal_rows": journal_rows, **(detail or {})})
+        return Forgotten(name, kept_as, deleted, journal_rows, transitions)
 
     def rename_node(self, old: str, new: str) -> None:
         """Rename a node; its history, keys and journal follow (they point at the id)."""

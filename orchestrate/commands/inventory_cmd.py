@@ -8,9 +8,10 @@ import click
 
 from inventory.model import ALL_GROUP, Host, Inventory
 from inventory.select import select_hosts
-from inventory.variables import LAYERS, explain_vars
+from inventory.variables import LAYERS
 from orchestrate import output
 from orchestrate.commands.common import json_option, parse_extra
+from orchestrate.hostvars import explain_host_vars
 
 
 def host_doc(h: Host) -> dict[str, Any]:
@@ -129,14 +130,14 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> list[list[Any]]:
 @json_option
 @click.pass_obj
 def vars_(obj: Any, host: str, extra: tuple[str, ...], as_json: bool) -> None:
-    """The variables of HOST and where each value came from.
+    """The variables of HOST and where each value came from, lowest layer first: the
+    defaults of HOST's roles, then all, groups, the host itself and -e.
 
     \b
     Examples:
       metalchain inventory vars node1 -e timezone=UTC
     """
-    inv: Inventory = obj.site.inventory
-    origins = explain_vars(inv, host, extra=parse_extra(extra))
+    origins = explain_host_vars(obj.site, host, extra=parse_extra(extra))
     if as_json:
         output.emit_json("inventory.vars", {
             "host": host, "layers": list(LAYERS),

@@ -95,13 +95,16 @@ def _power(host: Any) -> tuple[str, str]:
 @json_option
 @click.pass_obj
 def status(obj: Any, directory: Path | None, as_json: bool) -> None:
-    """Every node with its BMC power state, every fleet host with SSH reachability.
+    """Every node with its BMC power state, every fleet host with SSH reachability; an
+    unhealthy node says why (a dead BMC or QEMU process, what the BMC client saw). Exit 1
+    when anything is unhealthy.
 
     \b
     Examples:
       metalchain lab status --dir lab1
     """
     from lab.fleet import fleet_status
+    from lab.lab import node_problem
 
     lb = _lab(obj, directory)
     config = lb.load()
@@ -113,25 +116,28 @@ def status(obj: Any, directory: Path | None, as_json: bool) -> None:
     node_hosts = [inv.hosts[n.name] for n in config.nodes if n.name in inv.hosts]
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(node_hosts)))) as pool:
         powers = list(pool.map(_power, node_hosts))
-    nodes = [{"name": h.name, "power": p, "error": err or None,
-              "bmc": h.bmc.describe() if h.bmc else None,
-              "mac": h.provision.mac if h.provision else None,
-              "ip": h.provision.ip if h.provision else None,
-              "qemu_pid": procs.get(h.name, {}).get("qemu"),
-              "bmc_pid": procs.get(h.name, {}).get("bmc")}
-             for h, (p, err) in zip(node_hosts, powers, strict=True)]
+    nodes = []
+    for h, (p, err) in zip(node_hosts, powers, strict=True):
+        qemu_pid, bmc_pid = (procs.get(h.name, {}).get(k) for k in ("qemu", "bmc"))
+        nodes.append({"name": h.name, "power": p,
+                      "error": node_problem(p, err or None, qemu_pid, bmc_pid),
+                      "bmc": h.bmc.describe() if h.bmc else None,
+                      "mac": h.provision.mac if h.provision else None,
+                      "ip": h.provision.ip if h.provision else None,
+                      "qemu_pid": qemu_pid, "bmc_pid": bmc_pid})
     fleet = [{"name": s.name, "address": s.address, "running": s.init_alive,
               "ssh": s.ssh_ok, "error": s.detail or None}
              for s in sorted(fleet_status(lb.dir), key=lambda s: s.name)]
-    healthy = all(n["power"] in ("on", "off") for n in nodes) and all(
+    healthy = all(n["error"] is None for n in nodes) and all(
         f["running"] and f["ssh"] for f in fleet)
     if as_json:
         output.emit_json("lab.status", {"site": str(lb.root), "netns": config.netns,
                                         "subnet": config.ipv4, "healthy": healthy,
                                         "nodes": nodes, "fleet": fleet})
     else:
-        output.table("nodes", ["node", "power", "bmc", "mac", "ip"],
-                     [[n["name"], n["power"], n["bmc"], n["mac"], n["ip"]] for n in nodes])
+        output.table("nodes", ["node", "power", "bmc", "mac", "ip", "problem"],
+                     [[n["name"], n["power"], n["bmc"], n["mac"], n["ip"], n["error"]]
+                      for n in nodes])
         output.table("fleet", ["host", "address", "running", "ssh"],
                      [[f["name"], f["address"], f["running"],
                        "ok" if f["ssh"] else (f["error"] or "no")] for f in fleet])

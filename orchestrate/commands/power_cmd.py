@@ -20,10 +20,15 @@ def _each(obj: Any, target: str, limit: str | None, action: str, as_json: bool,
           **kwargs: Any) -> None:
     result = power_action(obj.site, target, action, limit=limit, **kwargs)
     if as_json:
-        output.emit_json(f"power.{action}", {"hosts": result.hosts})
+        output.emit_json(f"power.{action}", {"hosts": result.hosts,
+                                             "skipped": result.skipped})
     else:
         output.table(f"power {action}", ["host", "result", "error"],
                      [[r["host"], r["result"], r["error"]] for r in result.hosts])
+        if result.skipped:
+            n = len(result.skipped)
+            output.line(f"skipped {n} {'host' if n == 1 else 'hosts'} without a BMC: "
+                        f"{', '.join(result.skipped)}")
     raise click.exceptions.Exit(result.exit_code)
 
 
@@ -51,7 +56,9 @@ def _simple(action: str, help_text: str) -> click.Command:
     return command
 
 
-power.add_command(_simple("status", "Show the power state of TARGET's hosts."))
+power.add_command(_simple("status", "Show the power state of TARGET's hosts. Hosts without "
+                                   "a BMC are skipped and named (the other actions refuse "
+                                   "a target with such a host)."))
 power.add_command(_simple("on", "Power on."))
 power.add_command(_simple("off", "Hard power off."))
 power.add_command(_simple("cycle", "Power cycle (just on when off)."))

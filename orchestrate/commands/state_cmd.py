@@ -1,4 +1,4 @@
-"""`metalchain state show [HOST]`."""
+"""`metalchain state show [HOST]`, `metalchain state forget HOST`."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ _ts = output.timestamp
 
 @click.group()
 def state() -> None:
-    """Inspect the state store (node lifecycle, host keys, journal).
+    """Inspect the state store (node lifecycle, host keys, journal); forget departed hosts.
 
     \b
     Examples:
       metalchain state show
       metalchain state show node1
+      metalchain state forget web7
     """
 
 
@@ -40,7 +41,7 @@ def show(obj: Any, host: str | None, as_json: bool) -> None:
     store = site.state
     if host is None:
         inv = site.inventory
-        records = {n.name: n for n in store.list_nodes()}
+        records = {n.name: n for n in store.list_nodes()}  # forgotten ones left out
         rows = []
         for name in [*inv.hosts, *sorted(set(records) - set(inv.hosts))]:
             rec = records.get(name)
@@ -88,3 +89,34 @@ def show(obj: Any, host: str | None, as_json: bool) -> None:
     output.table("journal (last 20)", ["run", "step", "status", "started", "ended"],
                  [[j["run"], j["step"], j["status"], j["started_at"], j["ended_at"]]
                   for j in doc["journal"]])
+
+
+@state.command(epilog="""\b
+Examples:
+  metalchain state forget web7            # web7 was removed from the inventory
+  metalchain state forget node1 --force   # still listed, but reinstalled: drop old keys""")
+@click.argument("host")
+@click.option("--force", is_flag=True,
+              help="Forget HOST even though it is still in the inventory.")
+@json_option
+@click.pass_obj
+def forget(obj: Any, host: str, force: bool, as_json: bool) -> None:
+    """Remove HOST from the state store: its pinned host keys, facts, drift, owed handlers
+    and deploy tokens. Its journal and lifecycle history stay readable under
+    HOST~forgotten-ID, and an audit row records it. Refused (exit 2) while HOST is in the
+    inventory, unless --force; refused (exit 1) while a lease on HOST is held."""
+    from orchestrate.forget import forget_host
+
+    done = forget_host(obj.site, host, force=force)
+    if as_json:
+        output.emit_json("state.forget", {"host": done.name, "kept_as": done.kept_as,
+                                          "deleted": done.deleted,
+                                          "journal_rows": done.journal_rows,
+                                          "transitions": done.transitions})
+        return
+    removed = ", ".join(f"{n} {kind if n != 1 else kind.rstrip('s')}"
+                        for kind, n in done.deleted.items() if n) or "nothing else"
+    output.line(f"forgot {done.name}: removed {removed}; {done.journal_rows} journal "
+                f"{'row' if done.journal_rows == 1 else 'rows'} and {done.transitions} "
+                f"{'transition' if done.transitions == 1 else 'transitions'} kept as "
+                f"{done.kept_as}")

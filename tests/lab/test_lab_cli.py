@@ -157,6 +157,18 @@ def _power_cli(mc, lab_dir: Path) -> None:
     r = mc("--site", str(lab_dir), "power", "status", "nodes", "--json")
     states = {h["host"]: h["result"] for h in json.loads(r.stdout)["hosts"]}
     assert states == {"node1": "on", "node2": "off"}
+    # `all` includes the fleet (no BMC): status skips those hosts and names them ...
+    r = mc("--site", str(lab_dir), "power", "status", "all", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert {h["host"]: h["result"] for h in doc["hosts"]} == {"node1": "on", "node2": "off"}
+    assert doc["skipped"] == [f"fleet{i:02d}" for i in range(1, 11)]
+    r = mc("--site", str(lab_dir), "power", "status", "all")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "skipped 10 hosts without a BMC: fleet01, fleet02" in r.stdout
+    # ... while an action that changes power refuses a host without a BMC, naming it.
+    r = mc("--site", str(lab_dir), "power", "off", "fleet03")
+    assert r.returncode == 2 and "power off: no BMC in the inventory for fleet03" in r.stderr
     assert mc("--site", str(lab_dir), "power", "off", "node1").returncode == 0
     assert "Chassis Power is off" in _ipmitool(lab_dir, "node1", port["node1"], "chassis",
                                                "power", "status")
@@ -173,6 +185,16 @@ def _power_cli(mc, lab_dir: Path) -> None:
     assert hosts["node1"]["result"] == "off"
     assert not hosts["node2"]["ok"] and "node2 (BMC 127.0.0.1:" in hosts["node2"]["error"]
     assert took < 10, took
+    # lab status says why node2 is unhealthy, in text as in JSON: its BMC process is gone.
+    r = mc("--site", str(lab_dir), "lab", "status")
+    assert r.returncode == 1, r.stdout + r.stderr
+    row = {ln.split("\t")[0]: ln for ln in r.stdout.splitlines()}
+    assert "BMC process not running" in row["node2"] and "node2 (BMC 127.0.0.1:" in row["node2"]
+    assert row["node1"].endswith("\t-"), row["node1"]
+    r = mc("--site", str(lab_dir), "lab", "status", "--json")
+    st = json.loads(r.stdout[r.stdout.index("{"):])
+    problems = {n["name"]: n["error"] for n in st["nodes"]}
+    assert problems["node1"] is None and problems["node2"].startswith("BMC process not running")
     # lab up brings the dead BMC back (idempotent repair).
     assert mc("lab", "up", "--dir", str(lab_dir), "--nodes", "2", "--fleet", "10"
               ).returncode == 0

@@ -18,15 +18,17 @@ from tests.lab.sshd import mc
 pytestmark = pytest.mark.lab
 
 
-def schedule_touch(site: Path, name: str, every: str, cron_dir: Path, marker: Path) -> str:
-    """Schedule playbook ``drift`` (touch MARKER-h02 on h02, in fix mode) as ``name``, every
-    ``every``; the text of the cron.d file written."""
-    target = f"{marker}-{{{{ inventory_hostname }}}}"
+def schedule_touch(site: Path, name: str, every: str, cron_dir: Path, marker: Path,
+                   tag: str = "") -> str:
+    """Schedule playbook ``drift`` (touch MARKER-h02TAG on h02, in fix mode, TAG given to the
+    scheduled run as ``-e tag=TAG``) as ``name``, every ``every``; the text of the cron.d
+    file written."""
+    target = f"{marker}-{{{{ inventory_hostname }}}}{{{{ tag }}}}"
     (site / "playbooks" / "drift.yml").write_text(
         "- hosts: h02\n  steps:\n"
         f"    - command: {{argv: [touch, '{target}'], creates: '{target}'}}\n")
     r = mc(site, "schedule", "add", name, "--playbook", "drift", "--mode", "fix",
-           "--every", every, "--cron-dir", str(cron_dir))
+           "--every", every, "--cron-dir", str(cron_dir), "-e", f"tag={tag}")
     assert r.returncode == 0, r.stderr
     return (cron_dir / f"metalchain-{name}").read_text()
 
@@ -60,6 +62,9 @@ def test_schedule_add_run_list_remove(lab_site, tmp_path):
     (["--every", "90m"], "use 1-59m"),
     (["--cron", "* * *"], "--cron must have 5 fields"),
     (["--every", "1h", "--cron", "* * * * *"], "exactly one of"),
+    (["--cron", "61 * * * *"], "minute '61' is out of range 0-59"),
+    (["--cron", "0 3 * * 8"], "day of week '8' is out of range 0-7"),
+    (["--every", "7m"], "cron cannot run every 7 minutes exactly: */7 restarts at each hour"),
 ])
 def test_schedule_bad_input(lab_site, tmp_path, args, message):
     (lab_site / "playbooks" / "d.yml").write_text("- hosts: all\n  steps:\n"
@@ -74,14 +79,16 @@ def test_scheduled_line_runs_from_a_site_path_with_space_and_percent(lab_site, t
     site = tmp_path / "my site 100%"
     lab_site.rename(site)
     cron_dir = tmp_path / "cron.d"
-    text = schedule_touch(site, "pct", "5m", cron_dir, lab_site.work / "ran")
+    tag = "-it's 50% $HOME"  # -e passed through: quoted for cron and sh alike
+    text = schedule_touch(site, "pct", "5m", cron_dir, lab_site.work / "ran", tag)
     s = parse_cron(text)
     assert s is not None and s.site == site and s.mode == "fix"
+    assert s.extra == (f"tag={tag}",)
     entry = next(ln for ln in text.splitlines() if ln.startswith("*/5"))
     # Run it as cron would: cut at the first bare %, unescape \%, hand it to /bin/sh -c.
     done = subprocess.run(["/bin/sh", "-c", cron_entry_command(entry)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert (lab_site.work / "ran-h02").exists()
+    assert (lab_site.work / f"ran-h02{tag}").exists()
     log = site / "runs" / "schedule-pct.log"
     assert log.is_file() and "h02" in log.read_text()

@@ -118,9 +118,43 @@ def test_power_is_a_journaled_run_with_todays_result_shape(site):
 def test_power_refuses_hosts_without_a_bmc(site):
     from inventory.errors import InputError
 
-    with pytest.raises(InputError, match="no bmc in the inventory for: web1"):
+    with pytest.raises(InputError, match="power on: no BMC in the inventory for web1"):
         actions.power(site, "all", "on")
+    with pytest.raises(InputError, match="power cycle: no BMC in the inventory for web1"):
+        actions.power(site, "web1", "cycle")
     assert site.state.list_runs() == []
+
+
+def test_power_status_skips_hosts_without_a_bmc_and_names_them(site):
+    result = actions.power(site, "all", "status")
+    assert [h["host"] for h in result.hosts] == ["node1", "node2"]
+    assert result.skipped == ["web1"]
+    assert ("web1", "status", None) not in site.calls
+    journal = site.state.journal_entries(result.run)
+    assert {e.host for e in journal} == {"node1", "node2"}
+
+
+def test_power_status_of_only_hosts_without_a_bmc_is_an_input_error(site):
+    from inventory.errors import InputError
+
+    with pytest.raises(InputError, match="power status: no host in 'web1' has a BMC"):
+        actions.power(site, "web1", "status")
+
+
+def test_power_status_cli_says_what_it_skipped(site):
+    from click.testing import CliRunner
+
+    from orchestrate.cli import cli
+
+    r = CliRunner().invoke(cli, ["--site", str(site.root), "power", "status", "all"])
+    assert r.exit_code == 1, r.output  # node2's fake BMC does not answer
+    assert "skipped 1 host without a BMC: web1" in r.output
+    r = CliRunner().invoke(cli, ["--site", str(site.root), "power", "status", "node1",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    assert json.loads(r.output)["skipped"] == []
 
 
 def test_verify_arguments():

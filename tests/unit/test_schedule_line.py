@@ -51,3 +51,46 @@ def test_cron_reader_model():
     # The test's model of cron itself: fields and user split off, \% kept, bare % cuts.
     assert cron_entry_command("0 3 * * * root echo a\\%b%stdin") == "echo a%b"
     assert cron_entry_command("*/5\t* * * *  root   ls -l") == "ls -l"
+
+
+def test_cron_reader_model_reads_nicknames():
+    assert cron_entry_command("@hourly root echo hi") == "echo hi"
+
+
+EXTRAS = ["who=ops team", "pct=100%", "q=it's \"$HOME\" `x`", "eq=a=b", "flag=false"]
+
+
+def test_extra_vars_reach_the_scheduled_run_quoted():
+    s = Schedule(name="drift", site=Path("/srv/my site"), playbook="/srv/my site/p.yml",
+                 mode="fix", when="*/15 * * * *", extra=tuple(EXTRAS))
+    text = render_cron(s, "/usr/bin/metalchain", Path("/tmp/x.log"))
+    argv = shlex.split(cron_entry_command(_entry(text)))
+    assert argv[:argv.index(">>")] == ["/usr/bin/metalchain", "--site", "/srv/my site", "run",
+                                       "/srv/my site/p.yml",
+                                       *[a for pair in EXTRAS for a in ("-e", pair)]]
+    assert parse_cron(text) == s
+
+
+def test_nickname_schedule_reads_back():
+    s = Schedule(name="hourly", site=Path("/srv/site"), playbook="p.yml", mode="check",
+                 when="@hourly")
+    text = render_cron(s, "/usr/bin/metalchain", Path("/tmp/x.log"))
+    assert parse_cron(text) == s
+    entry = next(ln for ln in text.splitlines() if ln.startswith("@hourly "))
+    assert shlex.split(cron_entry_command(entry))[:4] == ["/usr/bin/metalchain", "--site",
+                                                          "/srv/site", "run"]
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=x", ""])
+def test_malformed_extra_vars_are_refused(pair):
+    from orchestrate.schedule import check_extra
+
+    with pytest.raises(InputError, match="-e expects KEY=VALUE"):
+        check_extra((pair,))
+
+
+def test_extra_var_with_a_newline_is_refused():
+    s = Schedule(name="drift", site=Path("/srv/site"), playbook="p.yml", mode="fix",
+                 when="*/15 * * * *", extra=("x=a\nb",))
+    with pytest.raises(InputError, match="cannot schedule"):
+        render_cron(s, "/usr/bin/metalchain", Path("/tmp/x.log"))
