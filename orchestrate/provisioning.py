@@ -65,7 +65,8 @@ class Controller:
                                     images_dir=self.settings.images_dir,
                                     hostkeys=self.hostkeys,
                                     authorized_keys=pub.read_text(),
-                                    token_ttl=self.settings.token_ttl, bmc_for=driver_for,
+                                    token_ttl=self.settings.token_ttl,
+                                    network=self.settings.node_network, bmc_for=driver_for,
                                     changes=self.changes)
         self.server: Any = None
         self.mirror: Any = None
