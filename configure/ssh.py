@@ -9,6 +9,7 @@ and the command, so nothing above this module sees a paramiko type.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import re
 import shlex
@@ -143,6 +144,45 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
             f"{key.get_name()} {offered}. Refusing to connect: pin the key first")
 
 
+# What a failed TCP connect means, by errno: the operator's next step differs (a refused
+# connection reached the host; an unreachable one never did, e.g. a node without an address).
+_CONNECT_ERRNO = {
+    errno.ECONNREFUSED: "connection refused (the host answered; nothing listens on the port)",
+    errno.EHOSTUNREACH: "no route to host (the host is down or has no address on this "
+                        "network)",
+    errno.ENETUNREACH: "network unreachable (no route to the host's network)",
+    errno.EHOSTDOWN: "host is down",
+    errno.ETIMEDOUT: "connection timed out (no answer from the host)",
+}
+
+
+def connect_failure(exc: BaseException, timeout: float) -> str:
+    """The real cause of a failed SSH connect, in words, never a guess.
+
+    paramiko wraps both "refused" and "unreachable" in ``NoValidConnectionsError`` (one
+    error per address family): look at the errors inside it.
+
+    >>> connect_failure(OSError(errno.EHOSTUNREACH, "No route to host"), 10)
+    'no route to host (the host is down or has no address on this network)'
+    """
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return f"no answer within {timeout:g} s (the host is down or unreachable)"
+    inner: list[BaseException] = [exc]
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        inner = list(exc.errors.values()) or inner
+    reasons: list[str] = []
+    for err in inner:
+        if isinstance(err, (TimeoutError, socket.timeout)):
+            text = f"no answer within {timeout:g} s (the host is down or unreachable)"
+        else:
+            code = getattr(err, "errno", None)
+            text = _CONNECT_ERRNO.get(code, "") if isinstance(code, int) else ""
+            text = text or str(err) or err.__class__.__name__
+        if text not in reasons:
+            reasons.append(text)
+    return "; ".join(reasons)
+
+
 class SshConnection:
     """One SSH connection to one host, reused for every command of a run. Thread-safe."""
 
@@ -216,11 +256,7 @@ class SshConnection:
                                  f"'{t.user}' failed") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:
             client.close()
-            reason = str(exc) or exc.__class__.__name__
-            if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-                reason = "connection refused"
-            if isinstance(exc, (TimeoutError, socket.timeout)):
-                reason = f"no answer within {self.connect_timeout:g} s"
+            reason = connect_failure(exc, self.connect_timeout)
             raise TransportError(f"host '{t.host}' ({t.address}:{t.port}): cannot connect: "
                                  f"{reason}") from None
         return client

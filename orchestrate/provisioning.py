@@ -65,7 +65,8 @@ class Controller:
                                     images_dir=self.settings.images_dir,
                                     hostkeys=self.hostkeys,
                                     authorized_keys=pub.read_text(),
-                                    token_ttl=self.settings.token_ttl, bmc_for=driver_for,
+                                    token_ttl=self.settings.token_ttl,
+                                    network=self.settings.node_network, bmc_for=driver_for,
                                     changes=self.changes)
         self.server: Any = None
         self.mirror: Any = None
@@ -176,7 +177,7 @@ class ProvisionReport:
 
     def node_docs(self) -> dict[str, dict[str, Any]]:
         return {n: {"state": r.state, "reason": r.reason, "seconds": round(r.seconds, 1),
-                    "timings": r.timings} for n, r in self.nodes.items()}
+                    "timings": r.timings, "error": r.error} for n, r in self.nodes.items()}
 
     def to_doc(self) -> dict[str, Any]:
         """The body of the ``provision.result`` JSON document."""
@@ -267,7 +268,7 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
         doc = outcome.data.get("node") if outcome is not None else None
         if doc:
             results[node] = NodeResult(node, doc["state"], doc["reason"], doc["seconds"],
-                                       doc["timings"])
+                                       doc["timings"], error=doc.get("error", ""))
             continue
         # The step did not report (the run gave up on it): what the store knows.
         rec = site.state.node(node)

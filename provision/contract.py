@@ -52,6 +52,9 @@ CONFIG_KEYS = (
     "MC_HOST_KEY",          # base64 of the OpenSSH private ed25519 host key
     "MC_HOST_KEY_PUB",      # base64 of its public key line
     "MC_MAC",               # the MAC the node booted with (for the network config)
+    "MC_IPV4",              # the installed system's static address/prefix, e.g. 10.77.0.11/24
+    "MC_GATEWAY",           # its default route ("" for none)
+    "MC_NAMESERVERS",       # its name servers, space-separated ("" for none)
 )
 
 # Bodies of progress/done/failed: application/x-www-form-urlencoded (busybox wget

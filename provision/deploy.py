@@ -21,6 +21,7 @@ from inventory.state import StateStore
 from provision import lifecycle as lc
 from provision.bootserver.interfaces import NodeConfig
 from provision.contract import IMAGE
+from provision.settings import NodeNetwork
 from runtime import process
 
 if TYPE_CHECKING:
@@ -114,7 +115,8 @@ class DeployService:
 
     def __init__(self, inventory: Inventory, store: StateStore, *, images_dir: Path,
                  hostkeys: HostKeys, authorized_keys: str, token_ttl: float,
-                 bmc_for: Any = None, changes: NodeChanges | None = None) -> None:
+                 network: NodeNetwork, bmc_for: Any = None,
+                 changes: NodeChanges | None = None) -> None:
         self.inventory = inventory
         self.store = store
         self.life = lc.Lifecycle(store)
@@ -122,6 +124,7 @@ class DeployService:
         self.hostkeys = hostkeys
         self.authorized_keys = authorized_keys
         self.token_ttl = token_ttl
+        self.network = network   # the installed systems' static IPv4 (boot settings)
         self.bmc_for = bmc_for   # host -> BmcDriver (provision.drivers.driver_for)
         self.changes = changes   # told after every move, so watchers wake (provision.watch)
 
@@ -165,6 +168,13 @@ class DeployService:
         keys = self.hostkeys.read(node)
         if host is None or host.provision is None or keys is None:
             return None
+        ip = host.provision.ip or host.address
+        try:
+            ipv4 = self.network.interface(ip or "")
+        except ValueError as exc:
+            log.warning("node %s: no static address for the installed system "
+                        "(provision.ip or address): %s", node, exc)
+            return None
         image = self.image_of(host)
         raw = self.images_dir / f"{image}.raw"
         sha_file = self.images_dir / f"{image}.raw.sha256"
@@ -177,7 +187,9 @@ class DeployService:
         return NodeConfig(hostname=node, image_url=IMAGE.format(name=image),
                           image_sha256=sha, image_size=size,
                           authorized_keys=self.authorized_keys, host_key=keys[0],
-                          host_key_pub=keys[1], mac=host.provision.mac or "")
+                          host_key_pub=keys[1], mac=host.provision.mac or "", ipv4=ipv4,
+                          gateway=str(self.network.gateway or ""),
+                          nameservers=tuple(str(a) for a in self.network.nameservers))
 
     # -- InstallCallbacks ------------------------------------------------------------------
 

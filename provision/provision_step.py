@@ -22,7 +22,7 @@ def node_doc(result: NodeResult) -> dict[str, Any]:
     """What the step reports (JSON-safe): the node's state, reason, duration and timings."""
     return {"node": result.node, "state": None if result.state is None else str(result.state),
             "reason": result.reason, "seconds": result.seconds,
-            "timings": dict(result.timings)}
+            "timings": dict(result.timings), "error": result.error}
 
 
 class ProvisionStep:
@@ -56,5 +56,5 @@ class ProvisionStep:
         if result.ok:
             return StepOutcome("changed", f"active after {result.seconds:.1f} s",
                                changes=["provisioned"], data={"node": doc})
-        return StepOutcome("failed", f"{result.state}: {result.reason}"[:2000],
-                           data={"node": doc})
+        message = result.error or f"{result.state}: {result.reason}"
+        return StepOutcome("failed", message[:2000], data={"node": doc})

@@ -42,10 +42,16 @@ class NodeResult:
     reason: str = ""
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    #: why the node was not started (its state is unchanged: a BMC preflight failed)
+    error: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.state == lc.ACTIVE
+        return not self.error and self.state == lc.ACTIVE
+
+
+class BmcPreflightError(BmcError):
+    """The BMC did not answer before anything changed: the node keeps its state."""
 
 
 def check_startable(host: Host, state: str | None, *, retry: bool, force: bool,
@@ -173,8 +179,18 @@ class Provisioner:
         try:
             # One BMC session for the whole deployment: power on, then the power sync.
             bmc = self.bmc_for(host, timeout=5.0)
+            self.bmc_preflight(host, bmc)
             self._start(host, bmc)
             self._watch(host, bmc, deadline)
+        except BmcPreflightError as exc:
+            # Nothing changed yet (state, pinned key, token): an active node stays active.
+            if bmc is not None:
+                bmc.close()
+                bmc = None
+            rec = self.store.node(node)
+            state = rec.state if rec else None
+            error = f"not started, {node} stays {state or 'not enrolled'}: {exc}"
+            return NodeResult(node, state, error, time.monotonic() - start, {}, error=error)
         except BmcError as exc:
             self.life.fail(node, f"BMC: {exc}")
             self.on_change(node, lc.FAILED, f"BMC: {exc}")
@@ -190,6 +206,21 @@ class Provisioner:
             self.hostkeys.discard(node)
         return NodeResult(node, state, rec.reason if rec else "",
                           time.monotonic() - start, timings(self.store, node))
+
+    @staticmethod
+    def bmc_preflight(host: Host, bmc: Any) -> None:
+        """The BMC answers a ping and an authenticated power-status query, before anything
+        changes; raises :class:`BmcPreflightError` saying which failed (the driver's error
+        names the host and the BMC address)."""
+        where = f"{host.name} (BMC {host.bmc.address}:{host.bmc.port})" if host.bmc else \
+            host.name
+        if not bmc.ping(timeout=2.0):
+            raise BmcPreflightError(f"BMC preflight failed: {where}: does not answer a "
+                                    "ping (RMCP, 2 s)")
+        try:
+            bmc.power_status()
+        except BmcError as exc:
+            raise BmcPreflightError(f"BMC preflight failed: power status: {exc}") from None
 
     def _start(self, host: Host, bmc: Any = None) -> None:
         """Enroll, key, token, power on into the network boot (``bmc``: an open driver)."""

@@ -7,6 +7,8 @@ whether the network behind them is a lab bridge or a datacenter VLAN. Example::
       interface: mclab-demo        # where dnsmasq answers DHCP/TFTP (and sends IPv6 RAs)
       address: 10.77.0.1           # the controller's IPv4 on that interface; HTTP listens here
       subnet: 10.77.0.0/24         # node IPs (provision.ip) must be inside it
+      gateway: 10.77.0.254         # optional: installed nodes' default route (inside subnet)
+      nameservers: [10.77.0.53]    # optional: installed nodes' /etc/resolv.conf
       http_port: 8080
       ipv6_ra: true                # RAs with router lifetime 0: iPXE skips its IPv6 wait
       state_dir: boot              # generated dnsmasq config, leases, pid, log (relative: SITE/)
@@ -30,9 +32,9 @@ from typing import Any
 from inventory.errors import InventoryError
 
 SETTINGS_FILE = "metalchain.yml"
-BOOT_KEYS = ("interface", "address", "subnet", "http_port", "ipv6_ra", "state_dir",
-             "images_dir", "installer_dir", "token_ttl", "kernel_args", "ipxe_dir",
-             "dnsmasq_user", "timeouts")
+BOOT_KEYS = ("interface", "address", "subnet", "gateway", "nameservers", "http_port",
+             "ipv6_ra", "state_dir", "images_dir", "installer_dir", "token_ttl", "kernel_args",
+             "ipxe_dir", "dnsmasq_user", "timeouts")
 DEFAULT_HTTP_PORT = 8080
 DEFAULT_TOKEN_TTL = 3600.0
 # Where Debian's package `ipxe` puts the binaries we hand to non-iPXE PXE ROMs over TFTP.
@@ -49,6 +51,32 @@ _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Kernel command line words we pass through iPXE: no iPXE expansion ($), no quoting games.
 _KARG_RE = re.compile(r"^[A-Za-z0-9_.,:=/+@-]+$")
+
+
+@dataclass(frozen=True)
+class NodeNetwork:
+    """The IPv4 configuration an installed node writes for itself: static, never DHCP.
+
+    The address is the inventory's (``provision.ip``, else ``address``), the prefix is
+    ``boot.subnet``'s, gateway and name servers are ``boot.gateway``/``boot.nameservers``
+    (none by default: the provisioning network has no router). The node keeps this address
+    through every reboot, whether or not a controller (and its DHCP server) runs — the way
+    MAAS and Ironic hand nodes their network data.
+
+    >>> NodeNetwork(ipaddress.IPv4Network("10.77.0.0/24")).interface("10.77.0.11")
+    '10.77.0.11/24'
+    """
+
+    subnet: ipaddress.IPv4Network
+    gateway: ipaddress.IPv4Address | None = None
+    nameservers: tuple[ipaddress.IPv4Address, ...] = ()
+
+    def interface(self, ip: str) -> str:
+        """``ip`` with the subnet's prefix length; ValueError if it is not inside the subnet."""
+        address = ipaddress.IPv4Address(ip)
+        if address not in self.subnet:
+            raise ValueError(f"{address} is not inside boot.subnet {self.subnet}")
+        return f"{address}/{self.subnet.prefixlen}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +97,14 @@ class BootSettings:
     dnsmasq_user: str = DEFAULT_DNSMASQ_USER
     #: per-state provisioning timeouts (seconds), see provision.lifecycle
     timeouts: Mapping[str, float] = field(default_factory=dict)
+    #: installed nodes' default route and name servers (NodeNetwork)
+    gateway: ipaddress.IPv4Address | None = None
+    nameservers: tuple[ipaddress.IPv4Address, ...] = ()
+
+    @property
+    def node_network(self) -> NodeNetwork:
+        """What installed nodes write as their static network configuration."""
+        return NodeNetwork(self.subnet, self.gateway, self.nameservers)
 
     @property
     def base_url(self) -> str:
@@ -115,6 +151,15 @@ class BootSettings:
         if address not in subnet:
             raise check.error("address", f"{address} is not inside boot.subnet {subnet}")
 
+        gateway = None
+        if "gateway" in data:
+            gateway = check.ipv4("gateway")
+            if gateway not in subnet or gateway in (subnet.network_address,
+                                                    subnet.broadcast_address):
+                raise check.error("gateway", f"{gateway} is not a usable address of "
+                                  f"boot.subnet {subnet}")
+        nameservers = check.ipv4_list("nameservers")
+
         port = check.integer("http_port", DEFAULT_HTTP_PORT)
         if not 0 <= port <= 65535:
             raise check.error("http_port", f"{port} is not a TCP port (0 = any free port)")
@@ -142,6 +187,7 @@ class BootSettings:
         return cls(
             timeouts=parse_timeouts(raw_timeouts, source),
             interface=interface, address=address, subnet=subnet, http_port=port,
+            gateway=gateway, nameservers=nameservers,
             ipv6_ra=ipv6_ra, token_ttl=ttl, kernel_args=kernel_args, dnsmasq_user=user,
             state_dir=state_dir,
             images_dir=check.path("images_dir", site_root, "boot/images"),
@@ -173,6 +219,25 @@ class _Checker:
         if not isinstance(value, str) or not value.strip():
             raise self.error(key, "must be a non-empty string")
         return value.strip()
+
+    def ipv4(self, key: str) -> ipaddress.IPv4Address:
+        text = self.string(key, required=True)
+        try:
+            return ipaddress.IPv4Address(text)
+        except ValueError:
+            raise self.error(key, f"{text!r} is not an IPv4 address") from None
+
+    def ipv4_list(self, key: str) -> tuple[ipaddress.IPv4Address, ...]:
+        value = self.data.get(key, [])
+        if not isinstance(value, list):
+            raise self.error(key, "must be a list of IPv4 addresses")
+        out = []
+        for item in value:
+            try:
+                out.append(ipaddress.IPv4Address(str(item).strip()))
+            except ValueError:
+                raise self.error(key, f"{item!r} is not an IPv4 address") from None
+        return tuple(out)
 
     def integer(self, key: str, default: int) -> int:
         value = self.data.get(key, default)

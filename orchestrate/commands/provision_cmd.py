@@ -85,7 +85,7 @@ def provision(obj: Any, target: str | None, image: str | None, parallel: int, re
     else:
         output.table("provision", ["node", "state", "seconds", "active after", "reason"],
                      [[n, d["state"], d["seconds"], d["timings"].get("active"),
-                       d["reason"] if d["state"] != "active" else ""]
+                       d["reason"] if d["state"] != "active" or d["error"] else ""]
                       for n, d in report.node_docs().items()])
     raise click.exceptions.Exit(1 if report.failed else 0)
 

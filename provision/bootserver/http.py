@@ -24,6 +24,7 @@ here:
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import re
 import socket
@@ -150,6 +151,15 @@ def render_config_env(config: NodeConfig, base_url: str) -> str:
         raise ValueError("image_size is negative")
     if not _MAC_RE.match(config.mac):
         raise ValueError("mac is not a lower-case aa:bb:cc:dd:ee:ff MAC")
+    try:
+        ipaddress.IPv4Interface(config.ipv4)
+        if "/" not in config.ipv4:
+            raise ValueError(config.ipv4)
+        for addr in ((config.gateway,) if config.gateway else ()) + config.nameservers:
+            ipaddress.IPv4Address(addr)
+    except ValueError:
+        raise ValueError("ipv4, gateway or nameservers is not an IPv4 address "
+                         "(ipv4 as ADDRESS/PREFIX)") from None
     url = config.image_url
     if url.startswith("/"):
         url = base_url + url
@@ -169,6 +179,9 @@ def render_config_env(config: NodeConfig, base_url: str) -> str:
         "MC_HOST_KEY": b64(config.host_key),
         "MC_HOST_KEY_PUB": b64(config.host_key_pub),
         "MC_MAC": config.mac,
+        "MC_IPV4": config.ipv4,
+        "MC_GATEWAY": config.gateway,
+        "MC_NAMESERVERS": " ".join(config.nameservers),
     }
     if tuple(values) != contract.CONFIG_KEYS:
         raise ValueError("config.env keys differ from provision.contract.CONFIG_KEYS")

@@ -37,6 +37,10 @@ class NodeConfig:
     host_key: str = field(repr=False)
     host_key_pub: str
     mac: str
+    #: the installed system's static IPv4 address with prefix ("10.77.0.11/24")
+    ipv4: str
+    gateway: str = ""
+    nameservers: tuple[str, ...] = ()
     root_device: str = "auto"
 
 

@@ -69,7 +69,8 @@ class Provider:
                           host_key="-----BEGIN OPENSSH PRIVATE KEY-----\nSECRETKEYTEXT\n"
                                    "-----END OPENSSH PRIVATE KEY-----\n",
                           host_key_pub="ssh-ed25519 AAAAPUB root@" + node,
-                          mac=NODE1_MAC if node == "node1" else NODE2_MAC)
+                          mac=NODE1_MAC if node == "node1" else NODE2_MAC,
+                          ipv4="10.77.0.11/24" if node == "node1" else "10.77.0.12/24")
 
 
 @dataclass

@@ -265,6 +265,10 @@ def make_node(tmp_path: Path, boot_server: StandInBootServer, artifacts: Artifac
             "MC_HOST_KEY": _b64((work / "host_key").read_text()),
             "MC_HOST_KEY_PUB": _b64(host_pub + "\n"),
             "MC_MAC": mac,
+            # QEMU user networking's guest address: the installed system sets it statically.
+            "MC_IPV4": "10.0.2.15/24",
+            "MC_GATEWAY": "",
+            "MC_NAMESERVERS": "",
         }
         token = base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
         record = NodeRecord(name=name, mac=mac, token=token, config=config)

@@ -6,6 +6,7 @@ runs, hence the lab tier), with a fake BMC."""
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from provision import lifecycle as lc
 from provision.bootserver import BootHttpServer, BootNodes
 from provision.deploy import DeployService, HostKeys
 from provision.provisioner import Provisioner
+from provision.settings import NodeNetwork
 from provision.watch import NodeChanges
 
 pytestmark = pytest.mark.lab
@@ -105,6 +107,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     changes = NodeChanges()
     deploy = DeployService(inventory, store, images_dir=images, hostkeys=hostkeys,
                            authorized_keys="ssh-ed25519 AAAA operator\n", token_ttl=600,
+                           network=NodeNetwork(ipaddress.IPv4Network("127.0.0.0/8")),
                            changes=changes)
     server = BootHttpServer("127.0.0.1", 0, installer_dir=installer, images_dir=images,
                             provider=deploy, tokens=store, callbacks=deploy,

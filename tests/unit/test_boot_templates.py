@@ -65,6 +65,17 @@ def test_settings_defaults_live_under_the_site(tmp_path: Path) -> None:
     assert s.images_dir == tmp_path / "boot" / "images"
     assert s.installer_dir == tmp_path / "boot" / "installer"
     assert s.base_url == "http://10.77.0.1:8080"
+    assert s.node_network.gateway is None and s.node_network.nameservers == ()
+
+
+def test_installed_nodes_get_a_static_address_from_the_inventory_and_the_subnet(
+        tmp_path: Path) -> None:
+    net = settings(tmp_path, gateway="10.77.0.254", nameservers=["10.77.0.53"]).node_network
+    assert net.interface("10.77.0.11") == "10.77.0.11/24"
+    assert str(net.gateway) == "10.77.0.254" and [str(a) for a in net.nameservers] == [
+        "10.77.0.53"]
+    with pytest.raises(ValueError, match=r"not inside boot\.subnet"):
+        net.interface("10.78.0.11")
 
 
 @pytest.mark.parametrize(("boot", "key", "words"), [
@@ -85,6 +96,10 @@ def test_settings_defaults_live_under_the_site(tmp_path: Path) -> None:
      "boot.kernel_args", "not allowed"),
     ("{interface: br0, address: 10.77.0.1, subnet: 10.77.0.0/24, dhcp: true}", "boot.dhcp",
      "unknown key"),
+    ("{interface: br0, address: 10.77.0.1, subnet: 10.77.0.0/24, gateway: 10.78.0.1}",
+     "boot.gateway", "not a usable address"),
+    ("{interface: br0, address: 10.77.0.1, subnet: 10.77.0.0/24, nameservers: [dns1]}",
+     "boot.nameservers", "IPv4"),
 ])
 def test_settings_errors_name_the_file_the_line_and_the_key(tmp_path: Path, boot: str, key: str,
                                                            words: str) -> None:
@@ -183,7 +198,9 @@ def test_config_env_quotes_every_value_and_keeps_contract_order() -> None:
     config = NodeConfig(hostname="node1", image_url="/images/debian-12.raw",
                         image_sha256="0" * 64, image_size=123,
                         authorized_keys="ssh-ed25519 AAA it's\n", host_key=HOST_KEY,
-                        host_key_pub="ssh-ed25519 AAA", mac="52:54:00:00:00:01")
+                        host_key_pub="ssh-ed25519 AAA", mac="52:54:00:00:00:01",
+                        ipv4="10.77.0.11/24", gateway="10.77.0.254",
+                        nameservers=("10.77.0.53", "10.77.0.54"))
     text = render_config_env(config, "http://10.77.0.1:8080")
     lines = text.splitlines()
     assert [line.split("=", 1)[0] for line in lines] == list(contract.CONFIG_KEYS)
@@ -193,6 +210,23 @@ def test_config_env_quotes_every_value_and_keeps_contract_order() -> None:
     assert "OPENSSH" not in text  # keys travel base64-encoded
     with pytest.raises(ValueError, match="image_sha256"):
         render_config_env(NodeConfig(**{**config.__dict__, "image_sha256": "x"}), "http://h")
+
+
+def test_config_env_carries_the_static_network_of_the_installed_system() -> None:
+    config = NodeConfig(hostname="node1", image_url="/images/debian-12.raw",
+                        image_sha256="0" * 64, image_size=123,
+                        authorized_keys="ssh-ed25519 AAA\n", host_key=HOST_KEY,
+                        host_key_pub="ssh-ed25519 AAA", mac="52:54:00:00:00:01",
+                        ipv4="10.77.0.11/24", gateway="10.77.0.254",
+                        nameservers=("10.77.0.53", "10.77.0.54"))
+    lines = render_config_env(config, "http://10.77.0.1:8080").splitlines()
+    assert "MC_IPV4='10.77.0.11/24'" in lines
+    assert "MC_GATEWAY='10.77.0.254'" in lines
+    assert "MC_NAMESERVERS='10.77.0.53 10.77.0.54'" in lines
+    for bad in ({"ipv4": "10.77.0.11"}, {"ipv4": "node1/24"}, {"gateway": "gw"},
+                {"nameservers": ("8.8.8.8; reboot",)}):
+        with pytest.raises(ValueError, match="ipv4, gateway or nameservers"):
+            render_config_env(NodeConfig(**{**config.__dict__, **bad}), "http://h")
 
 
 # -- distribution installers ----------------------------------------------------------------------
