@@ -331,7 +331,8 @@ def _read_text(path: str, mtime_ns: int) -> str:
 def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any]
                        ) -> list[tuple[str, str]]:
     """The variables the roles' entries need on a host that no layer defines, known without
-    the host: ``[(where, name)]`` (where = the recipe entry, or the template's file:line).
+    the host: ``[(where, message)]`` (where = the recipe entry, or the template's file:line;
+    message e.g. ``'port' is undefined``).
 
     Mirrors :func:`blocks_for_host`: an entry whose ``when:`` is false is not rendered, so
     what only it needs is not needed. What only facts decide (a ``when:`` or a value that
@@ -357,21 +358,22 @@ def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any]
                                              else frozenset())
             when = e.when if id(e) not in handlers else None
             if when is not None and (lacking(names_in_expression(when)) or lacking(body)):
-                if _confirm(found, evaluate_condition, when, merged, e.source) is not True:
+                if _confirm(found, "when: ", evaluate_condition, when, merged,
+                            e.source) is not True:
                     continue    # false here, or only the host can tell
             if lacking(body):
-                _confirm(found, _resource, e, role.path, merged)
+                _confirm(found, "", _resource, e, role.path, merged)
     return found
 
 
-def _confirm(found: list[tuple[str, str]], call: Any, *args: Any) -> Any:
+def _confirm(found: list[tuple[str, str]], what: str, call: Any, *args: Any) -> Any:
     """``call(*args)``'s result; None if it stopped on an undefined variable (added to
     ``found``) or on something only the host can tell (an ungathered fact)."""
     try:
         return call(*args)
     except UndefinedVariable as exc:
         if not could_be_fact(exc.name):
-            found.append((exc.where, exc.name))
+            found.append((exc.where, f"{what}'{exc.name}' is undefined"))
         return None
     except (InputError, ResourceSpecError):
         return None

@@ -197,8 +197,14 @@ def drift(site: Any, target: str, roles: Sequence[str] | None = None, *, fix: bo
         raise InputError(f"no roles assigned to {', '.join(no_roles)}: nothing to check "
                          "(assign roles in the inventory, or name them with --role)")
     report = start_run(site, pb, options, on_event=on_event)
+    return drift_result(report, hosts, fixed=fix, no_roles=no_roles)
+
+
+def drift_result(report: RunReport, hosts: Sequence[str], *, fixed: bool = False,
+                 no_roles: Sequence[str] = ()) -> DriftResult:
+    """The verdict of a drift run over ``hosts`` (``no_roles``: known not to be checked)."""
     rows = drift_doc(report)
-    result = DriftResult(report, fix, hosts, rows, no_roles=no_roles)
+    result = DriftResult(report, fixed, list(hosts), rows, no_roles=list(no_roles))
     for h in hosts:
         if h in no_roles:
             continue

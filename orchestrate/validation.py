@@ -259,8 +259,8 @@ def _check_roles(step: Step, host: str, names: list[str], from_step: bool,
     if isinstance(resolved, str):
         out.add(step_source(step), resolved)
         return
-    for where, name in undefined_for_host(resolved, hv):
-        out.add(where, f"'{name}' is undefined", host)
+    for where, message in undefined_for_host(resolved, hv):
+        out.add(where, message, host)
 
 
 def check_inventory_roles(inv: Inventory, playbooks_dir: Path | None) -> list[Problem]:
