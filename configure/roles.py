@@ -328,11 +328,39 @@ def _read_text(path: str, mtime_ns: int) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any]
-                       ) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class EntryNeeds:
+    """What one recipe entry (or handler) of a role reads: its values and template, and its
+    ``when:`` (None for handlers, which are rendered whatever their ``when:``)."""
+
+    role: Role
+    entry: Entry
+    body: frozenset[str]
+    when: str | None
+    when_names: frozenset[str]
+
+
+def role_needs(roles: Sequence[Role]) -> list[EntryNeeds]:
+    """Every entry's :class:`EntryNeeds`, in the order :func:`blocks_for_host` renders them
+    (computed once, checked for every host)."""
+    out = []
+    for role in roles:
+        handlers = {id(e) for e in role.handlers.values()}
+        for e in [*role.entries, *role.handlers.values()]:
+            template = _template_text(e, role.path)
+            body = names_in_value(e.spec) | (names_in_text(template[1]) if template
+                                             else frozenset())
+            when = e.when if id(e) not in handlers else None
+            out.append(EntryNeeds(role, e, body, when,
+                                  names_in_expression(when) if when else frozenset()))
+    return out
+
+
+def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any],
+                       needs: Sequence[EntryNeeds] | None = None) -> list[tuple[str, str]]:
     """The variables the roles' entries need on a host that no layer defines, known without
     the host: ``[(where, message)]`` (where = the recipe entry, or the template's file:line;
-    message e.g. ``'port' is undefined``).
+    message e.g. ``'port' is undefined``). ``needs``: :func:`role_needs` of ``roles``.
 
     Mirrors :func:`blocks_for_host`: an entry whose ``when:`` is false is not rendered, so
     what only it needs is not needed. What only facts decide (a ``when:`` or a value that
@@ -344,25 +372,20 @@ def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any]
     if not isinstance(merged.get("facts"), GatheredFacts):
         merged["facts"] = GatheredFacts(merged.get("facts") or {},
                                         str(merged.get("inventory_hostname", "")))
-    defined = set(merged)
 
     def lacking(names: frozenset[str]) -> bool:
-        return any(n not in defined and not could_be_fact(n) for n in names)
+        return any(n not in merged and not could_be_fact(n) for n in names)
 
     found: list[tuple[str, str]] = []
-    for role in roles:
-        handlers = {id(e) for e in role.handlers.values()}
-        for e in [*role.entries, *role.handlers.values()]:
-            template = _template_text(e, role.path)
-            body = names_in_value(e.spec) | (names_in_text(template[1]) if template
-                                             else frozenset())
-            when = e.when if id(e) not in handlers else None
-            if when is not None and (lacking(names_in_expression(when)) or lacking(body)):
-                if _confirm(found, "when: ", evaluate_condition, when, merged,
-                            e.source) is not True:
-                    continue    # false here, or only the host can tell
-            if lacking(body):
-                _confirm(found, "", _resource, e, role.path, merged)
+    for n in needs if needs is not None else role_needs(roles):
+        e = n.entry
+        body_lacking = lacking(n.body)
+        if n.when is not None and (body_lacking or lacking(n.when_names)):
+            if _confirm(found, "when: ", evaluate_condition, n.when, merged,
+                        e.source) is not True:
+                continue    # false here, or only the host can tell
+        if body_lacking:
+            _confirm(found, "", _resource, e, n.role.path, merged)
     return found
 
 

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from configure.facts import could_be_fact
-from configure.roles import Role, available_roles, resolve, role_search_path, undefined_for_host
+from configure.roles import (
+    EntryNeeds,
+    Role,
+    available_roles,
+    resolve,
+    role_needs,
+    role_search_path,
+    undefined_for_host,
+)
 from configure.templating import UndefinedVariable, names_in_value, render_value
 from inventory.errors import InputError
 from inventory.model import Inventory
@@ -120,6 +128,7 @@ class _Roles:
         self.search = search
         self._known: list[str] | None = None
         self._resolved: dict[tuple[str, ...], list[Role] | str] = {}
+        self._needs: dict[tuple[str, ...], list[EntryNeeds]] = {}
 
     def known(self) -> list[str]:
         if self._known is None:
@@ -143,6 +152,12 @@ class _Roles:
             except InputError as exc:
                 self._resolved[key] = str(exc)
         return self._resolved[key]
+
+    def needs(self, names: Sequence[str], roles: list[Role]) -> list[EntryNeeds]:
+        key = tuple(names)
+        if key not in self._needs:
+            self._needs[key] = role_needs(roles)
+        return self._needs[key]
 
 
 def _role_origin(inv: Inventory, host: str, role: str) -> str:
@@ -259,7 +274,7 @@ def _check_roles(step: Step, host: str, names: list[str], from_step: bool,
     if isinstance(resolved, str):
         out.add(step_source(step), resolved)
         return
-    for where, message in undefined_for_host(resolved, hv):
+    for where, message in undefined_for_host(resolved, hv, roles.needs(names, resolved)):
         out.add(where, message, host)
 
 
