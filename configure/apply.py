@@ -139,13 +139,15 @@ class ApplyRolesStep:
             raise ValueError("expected {} (the inventory's roles) or {roles: [name, ...]}")
         return roles
 
-    def _names(self, ctx: HostContext, args: list[str] | None) -> list[str]:
-        return list(args) if args is not None else list(ctx.vars.get("roles", []))
+    def roles_to_converge(self, args: list[str] | None, variables: Any) -> list[str]:
+        """The roles this step converges on a host with ``variables`` (validation before
+        contact checks them: names, recipes, the variables they need)."""
+        return list(args) if args is not None else list(variables.get("roles", []))
 
     def run(self, ctx: HostContext, args: list[str] | None) -> StepOutcome:
-        names = self._names(ctx, args)
+        names = self.roles_to_converge(args, ctx.vars)
         if not names:
-            return StepOutcome("ok", "no roles")
+            return StepOutcome("ok", "no roles assigned", data={"no_roles": True})
         search = role_search_path(ctx.options.get("playbooks_dir"))
         roles = self._cache.get(names, search)
         host = ctx.host

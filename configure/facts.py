@@ -35,6 +35,9 @@ ip -o -4 addr show scope global 2>/dev/null | awk '{print "ipv4=" $4}'
 echo "virtualization=$(systemd-detect-virt 2>/dev/null || echo unknown)"
 """.strip())
 
+#: every key the probe prints (facts are read as ``facts.KEY``)
+FACT_KEYS = ("os_id", "os_version_id", "os_codename", "os_pretty", "hostname", "kernel", "arch",
+             "cpus", "memory_mb", "init", "pkg_manager", "ipv4", "virtualization")
 INT_FACTS = ("cpus", "memory_mb")
 LIST_FACTS = ("ipv4",)
 #: what the state store adds to stored facts; not a fact of the host
@@ -71,6 +74,12 @@ def gather_facts(conn: Any, *, timeout: float = GATHER_TIMEOUT_S) -> dict[str, A
         raise ResourceError(f"host '{conn.host}': fact probe failed (exit {result.exit_code}): "
                             f"{result.tail(3)}")
     return parse_facts(result.stdout)
+
+
+def could_be_fact(name: str) -> bool:
+    """Could ``name`` be a fact rather than a variable (only a host can tell)? Validation
+    before contact does not call such a name undefined."""
+    return name in FACT_KEYS or name.startswith("ansible_")
 
 
 def has_facts(facts: Mapping[str, Any] | None) -> bool:

@@ -21,6 +21,7 @@ file:line and the fact, never None or False.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,18 @@ from pathlib import Path
 from typing import Any
 
 from configure.engine import Item, RoleBlock
-from configure.facts import GatheredFacts
+from configure.facts import GatheredFacts, could_be_fact
 from configure.resources import RESOURCE_KINDS, ResourceSpecError, parse_resource
-from configure.templating import evaluate_condition, is_templated, render_text, render_value
+from configure.templating import (
+    UndefinedVariable,
+    evaluate_condition,
+    is_templated,
+    names_in_expression,
+    names_in_text,
+    names_in_value,
+    render_text,
+    render_value,
+)
 from inventory.errors import InputError, InventoryError
 from inventory.yamlsource import LocatedDict, read_yaml_file
 
@@ -163,7 +173,12 @@ def load_role(name: str, search: Sequence[Path]) -> Role:
         if path.is_dir():
             break
     else:
-        raise InputError(f"role '{name}' not found in {', '.join(str(s) for s in search)}")
+        import difflib
+
+        close = difflib.get_close_matches(name, available_roles(search), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise InputError(f"unknown role '{name}'{hint}: not found in "
+                         f"{', '.join(str(s) for s in search)}")
     recipe_file = path / "recipe.yml"
     if not recipe_file.is_file():
         raise RoleError("a role needs recipe.yml", file=str(recipe_file))
@@ -212,6 +227,15 @@ def load_role(name: str, search: Sequence[Path]) -> Role:
     return Role(name=name, path=path, entries=entries, handlers=handlers, defaults=defaults,
                 depends=list(depends), scrape_targets=list(meta.get("scrape_targets") or []),
                 description=str(meta.get("description", "")))
+
+
+def available_roles(search: Sequence[Path]) -> list[str]:
+    """The names of the roles found on ``search`` (directories with a recipe.yml)."""
+    names: set[str] = set()
+    for base in search:
+        if base.is_dir():
+            names.update(p.name for p in base.iterdir() if (p / "recipe.yml").is_file())
+    return sorted(names)
 
 
 def role_search_path(site_playbooks: Path | None) -> list[Path]:
@@ -284,3 +308,95 @@ def blocks_for_host(roles: Sequence[Role], variables: Mapping[str, Any]) -> list
             handlers[hname] = Item(role.name, res, (), e.source, handler=hname)
         blocks.append(RoleBlock(role.name, items, handlers))
     return blocks
+
+
+def _template_text(entry: Entry, role_dir: Path) -> tuple[str, str] | None:
+    """(path, text) of a template entry's source file."""
+    spec = entry.spec
+    if entry.kind != "template" or not isinstance(spec, dict) or "source" not in spec:
+        return None
+    src = role_dir / "templates" / str(spec["source"])
+    try:
+        return str(src), _read_text(str(src), src.stat().st_mtime_ns)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_text(path: str, mtime_ns: int) -> str:
+    """A template's text, read once per version of the file (validation checks every host)."""
+    return Path(path).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class EntryNeeds:
+    """What one recipe entry (or handler) of a role reads: its values and template, and its
+    ``when:`` (None for handlers, which are rendered whatever their ``when:``)."""
+
+    role: Role
+    entry: Entry
+    body: frozenset[str]
+    when: str | None
+    when_names: frozenset[str]
+
+
+def role_needs(roles: Sequence[Role]) -> list[EntryNeeds]:
+    """Every entry's :class:`EntryNeeds`, in the order :func:`blocks_for_host` renders them
+    (computed once, checked for every host)."""
+    out = []
+    for role in roles:
+        handlers = {id(e) for e in role.handlers.values()}
+        for e in [*role.entries, *role.handlers.values()]:
+            template = _template_text(e, role.path)
+            body = names_in_value(e.spec) | (names_in_text(template[1]) if template
+                                             else frozenset())
+            when = e.when if id(e) not in handlers else None
+            out.append(EntryNeeds(role, e, body, when,
+                                  names_in_expression(when) if when else frozenset()))
+    return out
+
+
+def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any],
+                       needs: Sequence[EntryNeeds] | None = None) -> list[tuple[str, str]]:
+    """The variables the roles' entries need on a host that no layer defines, known without
+    the host: ``[(where, message)]`` (where = the recipe entry, or the template's file:line;
+    message e.g. ``'port' is undefined``). ``needs``: :func:`role_needs` of ``roles``.
+
+    Mirrors :func:`blocks_for_host`: an entry whose ``when:`` is false is not rendered, so
+    what only it needs is not needed. What only facts decide (a ``when:`` or a value that
+    reads a fact not stored yet) is left to the run, and so is a name that could be a fact.
+    Only entries whose names are not all defined are rendered, to confirm that the missing
+    name is really read (a ``{% if %}`` or ``| default`` may skip it).
+    """
+    merged = {**role_defaults(roles), **variables}
+    if not isinstance(merged.get("facts"), GatheredFacts):
+        merged["facts"] = GatheredFacts(merged.get("facts") or {},
+                                        str(merged.get("inventory_hostname", "")))
+
+    def lacking(names: frozenset[str]) -> bool:
+        return any(n not in merged and not could_be_fact(n) for n in names)
+
+    found: list[tuple[str, str]] = []
+    for n in needs if needs is not None else role_needs(roles):
+        e = n.entry
+        body_lacking = lacking(n.body)
+        if n.when is not None and (body_lacking or lacking(n.when_names)):
+            if _confirm(found, "when: ", evaluate_condition, n.when, merged,
+                        e.source) is not True:
+                continue    # false here, or only the host can tell
+        if body_lacking:
+            _confirm(found, "", _resource, e, n.role.path, merged)
+    return found
+
+
+def _confirm(found: list[tuple[str, str]], what: str, call: Any, *args: Any) -> Any:
+    """``call(*args)``'s result; None if it stopped on an undefined variable (added to
+    ``found``) or on something only the host can tell (an ungathered fact)."""
+    try:
+        return call(*args)
+    except UndefinedVariable as exc:
+        if not could_be_fact(exc.name):
+            found.append((exc.where, f"{what}'{exc.name}' is undefined"))
+        return None
+    except (InputError, ResourceSpecError):
+        return None

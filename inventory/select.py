@@ -15,6 +15,7 @@ Selecting nothing is an InputError: an operator who typed a target meant some ho
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,7 +54,49 @@ def _term_hosts(inv: Inventory, term: str, named: Mapping[str, Sequence[str]],
         return inv.group_hosts(term)
     if term in inv.hosts:
         return [term]
-    raise InputError(f"target '{term}' matches no group, host or label")
+    raise InputError(f"target '{term}' matches no group, host or label"
+                     f"{_hint(term, [*inv.groups, *inv.hosts])}")
+
+
+def _hint(term: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(term, list(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def target_problems(inv: Inventory, target: str,
+                    named: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Every term of ``target`` that matches nothing, each a message with a "did you mean"
+    (all of them, where :func:`select_hosts` stops at the first). Fact selectors are not
+    judged (facts change when gathered), nor a known ``@NAME`` list that is empty now
+    (``all,!@failed`` after a clean run); whether the whole target selects any host is
+    :func:`select_hosts`' question.
+
+    >>> target_problems(inv, "nodes,web*")          # doctest: +SKIP
+    ["target 'web*' matches no host or group"]
+    """
+    named = named or {}
+    problems: list[str] = []
+    for raw in (t.strip() for t in target.split(",")):
+        term = raw.lstrip("!&")
+        if not term or (term.startswith("fact.") and "=" in term):
+            continue
+        if term.startswith("@"):
+            if term[1:] not in named:
+                known = ", ".join("@" + n for n in named) or "none"
+                problems.append(f"unknown host list '{term}'"
+                                f"{_hint(term, ['@' + n for n in named])} (known: {known})")
+            continue
+        if "=" in term:
+            pairs = sorted({f"{k}={v}" for h in inv.hosts.values() for k, v in h.labels.items()})
+            if term not in pairs:
+                problems.append(f"target '{term}' matches no host's label{_hint(term, pairs)}")
+            continue
+        try:
+            if not _term_hosts(inv, term, named, {}) and any(ch in term for ch in "*?["):
+                problems.append(f"target '{term}' matches no host or group")
+        except InputError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def select_hosts(inv: Inventory, target: str, limit: str | None = None,

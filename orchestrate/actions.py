@@ -15,8 +15,16 @@ from typing import Any
 
 from configure.verify import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, VerifyReport, report_of
 from inventory.errors import InputError
+from inventory.variables import host_variables
 from orchestrate.reports import FAILED, RunReport
-from orchestrate.runs import Listener, RunOptions, select, single_step_playbook, start_run
+from orchestrate.runs import (
+    Listener,
+    RunOptions,
+    preflight,
+    select,
+    single_step_playbook,
+    start_run,
+)
 from orchestrate.stop import Stop
 
 #: BMCs answer one session at a time and slowly: fewer at once than SSH hosts.
@@ -101,6 +109,125 @@ def drift_doc(report: RunReport) -> dict[str, list[dict[str, Any]]]:
                                  "message": res["message"]})
         per_host[h] = rows
     return per_host
+
+
+#: ``drift``'s exit code when drift was found (also with ``--fix``: found and corrected);
+#: 0 is every selected host checked and matching, 1 hosts that could not be checked (this
+#: wins over drift), 2 bad input (a target whose hosts have no roles assigned included).
+EXIT_DRIFT = 3
+
+
+@dataclass
+class DriftResult:
+    """A drift check (or fix) over the selected hosts, and its one verdict.
+
+    ``drifted``: checked, and differing from their roles; ``not_checked``: host -> why
+    (failed, unreachable, not run); ``no_roles``: nothing to check them against."""
+
+    report: RunReport
+    fixed: bool
+    hosts: list[str]
+    rows: dict[str, list[dict[str, Any]]]
+    drifted: list[str] = field(default_factory=list)
+    not_checked: dict[str, str] = field(default_factory=dict)
+    no_roles: list[str] = field(default_factory=list)
+
+    @property
+    def checked(self) -> list[str]:
+        return [h for h in self.hosts if h not in self.not_checked and h not in self.no_roles]
+
+    @property
+    def verdict(self) -> str:
+        """``not_checked``, ``drift``, ``no_roles`` or ``match`` (the exit code's reason)."""
+        if self.not_checked:
+            return "not_checked"
+        if self.drifted:
+            return "drift"
+        return "no_roles" if self.no_roles else "match"
+
+    @property
+    def exit_code(self) -> int:
+        return {"not_checked": 1, "drift": EXIT_DRIFT, "no_roles": 2, "match": 0}[self.verdict]
+
+    def lines(self) -> list[str]:
+        """The verdict in words, one line per fact (what the CLI prints last)."""
+        n = len(self.hosts)
+        out = []
+        if self.drifted:
+            verb = "drift fixed" if self.fixed else "drift found"
+            out.append(f"{verb} on {plural(len(self.drifted), 'host')} of {n}: "
+                       f"{', '.join(self.drifted)}")
+        if self.not_checked:
+            out.append(f"{plural(len(self.not_checked), 'host')} could not be checked: "
+                       + ", ".join(f"{h} ({why})" for h, why in self.not_checked.items()))
+        if self.no_roles:
+            out.append(f"no roles assigned to {plural(len(self.no_roles), 'host')} "
+                       f"(not checked): {', '.join(self.no_roles)}")
+        if self.verdict == "match":
+            out.append(f"no drift: {plural(len(self.checked), 'host')} checked, "
+                       "all match their roles")
+        elif not self.drifted and self.checked:
+            out.append(f"no drift on the {plural(len(self.checked), 'host')} checked")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.report
+        return {"run": r.uid, "fixed": self.fixed, "exit_code": self.exit_code,
+                "verdict": self.verdict, "summary": self.lines(),
+                "checked": self.checked, "drifted": self.drifted,
+                "not_checked": self.not_checked, "no_roles": self.no_roles,
+                "hosts": {h: {"status": r.hosts[h].status if h in r.hosts else "not_run",
+                              "drift": self.rows.get(h, [])} for h in self.hosts}}
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def drift(site: Any, target: str, roles: Sequence[str] | None = None, *, fix: bool = False,
+          diff: bool = False, limit: str | None = None, parallel: int = 100,
+          on_event: Listener | None = None, stop: Stop | None = None) -> DriftResult:
+    """Check ``target``'s hosts against their roles (``roles``: these instead); with
+    ``fix``, converge what drifted. Hosts that have no roles assigned are not contacted;
+    if no selected host has any, that is an InputError before any connection."""
+    pb = single_step_playbook(target, "apply_roles", list(roles) if roles else None,
+                              "drift check" if not fix else "drift fix")
+    options = RunOptions(kind="drift", limit=limit, check=not fix, diff=diff,
+                         parallel=parallel, lock="drift")
+    preflight(site, pb, options)
+    hosts = select(site, target, limit)
+    no_roles = [] if roles else hosts_without_roles(site, hosts)
+    if no_roles and len(no_roles) == len(hosts):
+        raise InputError(f"no roles assigned to {', '.join(no_roles)}: nothing to check "
+                         "(assign roles in the inventory, or name them with --role)")
+    report = start_run(site, pb, options, on_event=on_event, stop=stop)
+    return drift_result(report, hosts, fixed=fix, no_roles=no_roles)
+
+
+def drift_result(report: RunReport, hosts: Sequence[str], *, fixed: bool = False,
+                 no_roles: Sequence[str] = ()) -> DriftResult:
+    """The verdict of a drift run over ``hosts`` (``no_roles``: known not to be checked)."""
+    rows = drift_doc(report)
+    result = DriftResult(report, fixed, list(hosts), rows, no_roles=list(no_roles))
+    for h in hosts:
+        if h in no_roles:
+            continue
+        r = report.hosts.get(h)
+        if r is None or not r.steps:
+            result.not_checked[h] = "not run"
+        elif r.status in FAILED:
+            result.not_checked[h] = f"{r.status}: {r.steps[-1].outcome.message}"[:200]
+        elif r.steps[0].outcome.data.get("no_roles"):
+            result.no_roles.append(h)
+        elif rows.get(h):
+            result.drifted.append(h)
+    return result
+
+
+def hosts_without_roles(site: Any, hosts: Sequence[str]) -> list[str]:
+    """The hosts to which neither the inventory nor a ``roles`` variable assigns a role."""
+    inv = site.inventory
+    return [h for h in hosts if not host_variables(inv, h).get("roles")]
 
 
 @dataclass

@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     except MetalchainError as exc:
         if obj.debug:
             sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
-        sys.stderr.write(f"error: {_SCRUB.scrub(str(exc))}\n")
+        for text in _SCRUB.scrub(str(exc)).splitlines() or [""]:
+            sys.stderr.write(f"error: {text}\n")   # several problems: one line each
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -71,6 +71,7 @@ class Play:
     steps: tuple[Step, ...]
     file: str
     line: int
+    hosts_line: int = 0    # the line of ``hosts:`` (errors about the target point there)
 
 
 @dataclass
@@ -199,8 +200,44 @@ def _flatten(raw: LocatedList, registry: StepRegistry, defaults: tuple[int, floa
     return out
 
 
+def _parse_play(play: Any, doc: LocatedList, i: int, registry: StepRegistry, path: Path,
+                errors: list[PlaybookError]) -> Play | None:
+    """One play; a bad step is added to ``errors`` (the others are still checked)."""
+    if not isinstance(play, dict):
+        raise _fail(doc, i, "a play must be a mapping")
+    for key in play:
+        if key not in PLAY_KEYS:
+            close = difflib.get_close_matches(str(key), PLAY_KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise _fail(play, key, f"unknown play key '{key}'{hint}")
+    hosts = play.get("hosts")
+    if not isinstance(hosts, str) or not hosts.strip():
+        raise _fail(play, "hosts" if "hosts" in play else None,
+                    "a play needs 'hosts': a target such as a group, host, glob or label")
+    name = _name(play, f"play {i + 1}")
+    mfp = _optional_number(play, "max_fail_percentage", 0, 100)
+    defaults = (int(_number(play, "retries", 0, 0, 100, integer=True)),
+                _number(play, "retry_delay", 1, 0, 3600))
+    serial = _serial(play)
+    flat = _steps(play, registry, defaults, path.parent, 0, (path,))
+    steps = []
+    bad = False
+    for n, (d, where, pos) in enumerate(flat):
+        try:
+            steps.append(_parse_step(d, where, pos, n, registry, defaults))
+        except PlaybookError as exc:
+            errors.append(exc)
+            bad = True
+    if bad:
+        return None
+    return Play(index=i, name=name, hosts=hosts.strip(), serial=serial,
+                max_fail_percentage=mfp, steps=tuple(steps), file=play.file, line=play.line,
+                hosts_line=play.line_of("hosts"))
+
+
 def load_playbook(path: Path, registry: StepRegistry) -> Playbook:
-    """Load and validate a playbook; PlaybookError names file:line on the first problem."""
+    """Load and validate a playbook; PlaybookError names file:line (several problems: an
+    InputError with one line per problem)."""
     path = path.resolve()
     if not path.is_file():
         raise InputError(f"playbook not found: {path}")
@@ -210,28 +247,19 @@ def load_playbook(path: Path, registry: StepRegistry) -> Playbook:
     if not isinstance(doc, list):
         raise PlaybookError("a playbook must be a list of plays", file=str(path), line=1)
     pb = Playbook(path=path)
+    errors: list[PlaybookError] = []
     for i, play in enumerate(doc):
-        if not isinstance(play, dict):
-            raise _fail(doc, i, "a play must be a mapping")
-        for key in play:
-            if key not in PLAY_KEYS:
-                close = difflib.get_close_matches(str(key), PLAY_KEYS, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise _fail(play, key, f"unknown play key '{key}'{hint}")
-        hosts = play.get("hosts")
-        if not isinstance(hosts, str) or not hosts.strip():
-            raise _fail(play, "hosts" if "hosts" in play else None,
-                        "a play needs 'hosts': a target such as a group, host, glob or label")
-        name = _name(play, f"play {i + 1}")
-        mfp = _optional_number(play, "max_fail_percentage", 0, 100)
-        defaults = (int(_number(play, "retries", 0, 0, 100, integer=True)),
-                    _number(play, "retry_delay", 1, 0, 3600))
-        flat = _steps(play, registry, defaults, path.parent, 0, (path,))
-        steps = tuple(_parse_step(d, where, pos, n, registry, defaults)
-                      for n, (d, where, pos) in enumerate(flat))
-        pb.plays.append(Play(index=i, name=name, hosts=hosts.strip(),
-                             serial=_serial(play), max_fail_percentage=mfp, steps=steps,
-                             file=play.file, line=play.line))
+        try:
+            parsed = _parse_play(play, doc, i, registry, path, errors)
+        except PlaybookError as exc:
+            errors.append(exc)
+            continue
+        if parsed is not None:
+            pb.plays.append(parsed)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:   # every problem, one line each: one edit fixes them all
+        raise InputError("\n".join(str(e) for e in errors))
     if not pb.plays:
         raise PlaybookError("the playbook has no plays", file=str(path), line=1)
     return pb

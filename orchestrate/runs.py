@@ -34,6 +34,7 @@ from orchestrate.reports import RunReport
 from orchestrate.runner import Runner, last_failed_hosts, resume_state, run_outcome
 from orchestrate.steps import StepRegistry
 from orchestrate.stop import Stop
+from orchestrate.validation import Problem, RunInputs, ValidationError, check_run
 from runtime.filelock import file_lock
 
 Listener = Callable[[dict[str, Any]], None]
@@ -123,6 +124,7 @@ def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
     ends the run early: first after the steps in progress, the second time at once; the
     report then says ``interrupted`` and the run's status is ``interrupted``/``aborted``.
     """
+    preflight(site, playbook, options, registry=registry)
     with _lock(site, options.lock):
         return _run(site, playbook, options, on_event, registry, connect, stop or Stop())
 
@@ -166,6 +168,31 @@ def _status(report: RunReport) -> str:
     if report.interrupted:
         return report.interrupted
     return "ok" if report.exit_code == 0 else "failed"
+
+
+def run_problems(site: Any, playbook: Playbook, options: RunOptions, *,
+                 registry: StepRegistry | None = None) -> list[Problem]:
+    """Everything that would stop ``playbook`` with ``options`` that is known before any
+    host is contacted (see :mod:`orchestrate.validation`); [] when there is nothing."""
+    store = site.state
+    if options.resume:
+        options = _resumed(store, playbook, options)[0]
+    named = {"failed": last_failed_hosts(store), **options.named}
+    inputs = RunInputs(inventory=site.inventory, registry=registry or build_registry(),
+                       playbooks_dir=site.playbooks_dir, limit=options.limit,
+                       extra=dict(options.extra), named=named, facts=store.all_facts(),
+                       context={"metalchain_mirror": mirror_var(site)})
+    mask = site.secrets.masker()
+    return [Problem(p.source, mask.text(p.message), p.hosts) for p in check_run(playbook, inputs)]
+
+
+def preflight(site: Any, playbook: Playbook, options: RunOptions, *,
+              registry: StepRegistry | None = None) -> None:
+    """Raise :class:`ValidationError` (exit code 2, one line per problem) if the run would
+    fail on something known without a host; called before the first connection."""
+    problems = run_problems(site, playbook, options, registry=registry)
+    if problems:
+        raise ValidationError(problems)
 
 
 def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener | None,
@@ -215,8 +242,12 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
     return report
 
 
-def plan_run(site: Any, playbook: Playbook, limit: str | None = None) -> dict[str, Any]:
-    """What would run where: per play its hosts, batches and steps (nothing is contacted)."""
+def plan_run(site: Any, playbook: Playbook, limit: str | None = None, *,
+             extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What would run where: per play its hosts, batches and steps (nothing is contacted).
+    Validated like the run itself (:func:`preflight`): a plan that the run would fail is a
+    :class:`ValidationError`, not a plan."""
+    preflight(site, playbook, RunOptions(limit=limit, extra=dict(extra or {})))
     named = {"failed": last_failed_hosts(site.state)}
     facts = site.state.all_facts()
     plays = []

@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from inventory.errors import InputError
 from orchestrate import output
-from orchestrate.actions import drift_doc, report_doc, verify_hosts
+from orchestrate.actions import drift as drift_check
+from orchestrate.actions import report_doc, verify_hosts
 from orchestrate.backend import DEFAULT_PARALLELISM
 from orchestrate.commands.common import json_option, parse_extra, stop_on_signals
 from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
@@ -73,7 +73,10 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
     raise click.exceptions.Exit(code)
 
 
-@click.command()
+@click.command(epilog="Exit codes: 0 every selected host was checked and matches its roles; "
+                      "1 some hosts could not be checked (failed, unreachable; this wins over "
+                      "drift); 2 bad input, or hosts with no roles assigned (not checked); "
+                      "3 drift was found (with --fix: found and corrected).")
 @click.argument("target")
 @click.option("--role", "roles", multiple=True,
               help="Check this role (repeatable) instead of the inventory's roles.")
@@ -93,30 +96,22 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
       metalchain drift all --diff
       metalchain drift nodes --role base --fix
     """
-    site = obj.site
-    pb = single_step_playbook(target, "apply_roles", list(roles) or None,
-                              "drift check" if not fix else "drift fix")
-    options = RunOptions(kind="drift", limit=limit, check=not fix, diff=diff,
-                         parallel=parallel, lock="drift")
     with stop_on_signals() as stop:
-        report = output.with_progress(lambda on_event: start_run(
-            site, pb, options, on_event=on_event, stop=stop))
-    per_host = drift_doc(report)
+        result = output.with_progress(lambda on_event: drift_check(
+            obj.site, target, list(roles) or None, fix=fix, diff=diff, limit=limit,
+            parallel=parallel, on_event=on_event, stop=stop))
+    report = result.report
     if as_json:
-        output.emit_json("drift.result", {"run": report.uid, "fixed": fix,
-                                          "exit_code": report.exit_code,
-                                          "hosts": {h: {"status": report.hosts[h].status,
-                                                        "drift": rows}
-                                                    for h, rows in per_host.items()}})
+        output.emit_json("drift.result", result.to_json())
     else:
         if diff:
             output.print_diffs(report)
-        output.table("drift" + (" (fixed)" if fix else ""), ["host", "role", "resource",
-                                                             "status", "changes"],
-                     [[h, r["role"], r["resource"], r["status"], r["changes"]]
-                      for h, rows in per_host.items() for r in rows]
-                     or [["-", "-", "-", "no drift", "-"]])
+        rows = [[h, r["role"], r["resource"], r["status"], r["changes"]]
+                for h, host_rows in result.rows.items() for r in host_rows]
+        if rows:
+            output.table("drift" + (" (fixed)" if fix else ""),
+                         ["host", "role", "resource", "status", "changes"], rows)
         output.print_summary(report)
-    if not report.hosts:
-        raise InputError(f"target '{target}' selected no hosts")
-    raise click.exceptions.Exit(report.exit_code)
+        for text in result.lines():
+            output.line(text)
+    raise click.exceptions.Exit(result.exit_code)

@@ -12,6 +12,7 @@ from inventory.variables import LAYERS
 from orchestrate import output
 from orchestrate.commands.common import json_option, parse_extra
 from orchestrate.hostvars import explain_host_vars
+from orchestrate.validation import ValidationError, check_inventory_roles
 
 
 def host_doc(h: Host) -> dict[str, Any]:
@@ -50,13 +51,21 @@ def inventory() -> None:
 @json_option
 @click.pass_obj
 def validate(obj: Any, as_json: bool) -> None:
-    """Load and check the inventory; exit 2 with file:line on the first problem.
+    """Load and check the inventory (and that every role it names exists and loads); exit 2
+    with file:line, one line per problem.
 
     \b
     Examples:
       metalchain inventory validate --json
     """
     inv: Inventory = obj.site.inventory
+    problems = check_inventory_roles(inv, obj.site.playbooks_dir)
+    if problems:
+        if as_json:
+            output.emit_json("inventory.validate", {
+                "valid": False, "problems": [p.to_json() for p in problems]})
+            raise click.exceptions.Exit(2)
+        raise ValidationError(problems)
     if as_json:
         output.emit_json("inventory.validate", {"valid": True, "hosts": len(inv.hosts),
                                                 "groups": len(inv.groups),

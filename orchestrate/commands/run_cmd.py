@@ -47,10 +47,11 @@ def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], chec
     """
     site = obj.site
     pb = load(site, playbook)
+    extra_vars = parse_extra(extra)
     if plan:
-        _print_plan(plan_run(site, pb, limit), as_json)
+        _print_plan(plan_run(site, pb, limit, extra=extra_vars), as_json)
         return
-    options = RunOptions(kind="playbook", limit=limit, extra=parse_extra(extra), check=check,
+    options = RunOptions(kind="playbook", limit=limit, extra=extra_vars, check=check,
                          parallel=parallel, resume=resume, lock=pb.path.stem)
     with stop_on_signals() as stop:
         report = output.with_progress(lambda on_event: start_run(

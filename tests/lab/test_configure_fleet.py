@@ -83,7 +83,8 @@ def test_drift_is_reported_exactly_and_fixed(site):
        "sysctl -qw net.ipv4.ip_forward=0; userdel demo")
     before = snapshot(site)
     r = mc("--site", str(site), "drift", "fleet", "--role", "demo", "--json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3, r.stderr          # drift found
+    assert json.loads(r.stdout)["drifted"] == ["fleet02"]
     doc = json.loads(r.stdout)["hosts"]
     assert doc["fleet01"]["drift"] == [] and doc["fleet03"]["drift"] == []
     # userdel also removes the user's own group: that is drift too.
@@ -94,8 +95,9 @@ def test_drift_is_reported_exactly_and_fixed(site):
     stored = Site.open(site).state.drift_report()
     assert len(stored["fleet02"]) == 5 and "fleet01" not in stored
     r = mc("--site", str(site), "drift", "fleet", "--role", "demo", "--fix", "--json")
-    assert r.returncode == 0
+    assert r.returncode == 3                    # drift found, and corrected
     r = mc("--site", str(site), "drift", "fleet", "--role", "demo", "--json")
+    assert r.returncode == 0, r.stdout
     assert all(v["drift"] == [] for v in json.loads(r.stdout)["hosts"].values())
     assert Site.open(site).state.drift_report() == {}
 

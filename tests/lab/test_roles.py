@@ -212,15 +212,17 @@ def test_drift_is_reported_exactly_check_touches_nothing_and_fix_converges(site)
           "sysctl -qw net.ipv4.ip_forward=0")
     before = snapshot(site)
     doc = drift(site)
-    assert doc["rc"] == 0, doc
+    assert doc["rc"] == 3, doc                          # drift found
+    assert doc["drifted"] == ["fleet02"]
     assert doc["hosts"]["fleet01"]["drift"] == [] and doc["hosts"]["fleet03"]["drift"] == []
     assert sorted(d["resource"] for d in doc["hosts"]["fleet02"]["drift"]) == [
         "file:/etc/hosts", "package:wget", "service:prometheus-node-exporter",
         "sysctl:net.ipv4.ip_forward"]
     assert snapshot(site) == before                     # check mode changed nothing
     fixed = drift(site, "--fix")
-    assert fixed["rc"] == 0, fixed
+    assert fixed["rc"] == 3 and fixed["fixed"], fixed    # drift found, and corrected
     again = drift(site)
+    assert again["rc"] == 0, again
     assert all(v["drift"] == [] for v in again["hosts"].values()), again
     code, out = verify(site, "fleet02")
     assert code == 0, out

@@ -51,9 +51,17 @@ def _setup(site, work):
 - name: canary in an error the runner reports
   hosts: h02
   steps:
-    # No such role: the step's error names the rendered value. Masking it is the runner's
-    # job (it masks every outcome before the journal, the event log and the report).
-    - apply_role: '{{{{ token_env }}}}'
+    # The step's error names the rendered value. Masking it is the runner's job (it masks
+    # every outcome before the journal, the event log and the report).
+    - command: [sh, -c, 'echo "no such thing: $0" >&2; exit 4', '{{{{ token_env }}}}']
+""")
+    # No such role, found before any host is contacted: the error names the rendered value,
+    # and validation masks it like the runner does.
+    (site / "playbooks" / "canary-invalid.yml").write_text("""\
+- name: canary in an error validation reports
+  hosts: h02
+  steps:
+    - apply_role: '{{ token_env }}'
 """)
     role = site / "playbooks" / "roles" / "canary"
     (role / "templates").mkdir(parents=True)
@@ -69,11 +77,12 @@ def _setup(site, work):
 def _invocations(work):
     yield "run", ["--debug", "run", "canary", "--json"], 1
     yield "run-human", ["--debug", "run", "canary"], 1
+    yield "run-invalid", ["--debug", "run", "canary-invalid"], 2
     yield "apply", ["--debug", "apply", "--role", "canary", HOSTS, "--diff", "--json"], 0
     # Change the file on the hosts behind metalchain's back: drift and a re-apply show diffs.
     yield "tamper", ["exec", HOSTS, "--", "sh", "-c",
                      f"for f in {work}/canary-*.conf; do echo tampered > $f; done"], 0
-    yield "drift", ["--debug", "drift", HOSTS, "--role", "canary", "--diff", "--json"], 0
+    yield "drift", ["--debug", "drift", HOSTS, "--role", "canary", "--diff", "--json"], 3
     yield "apply-diff", ["--debug", "apply", "--role", "canary", HOSTS, "--diff"], 0
     yield "exec", ["--debug", "exec", HOSTS, "--json", "--", "cat",
                    f"{work}/canary-h02.conf"], 0
@@ -102,6 +111,7 @@ def test_canary_reaches_hosts_and_nothing_else(lab_site, monkeypatch):
     assert run_doc["hosts"]["h03"]["status"] == "failed"
     assert run_doc["hosts"]["h02"]["status"] == "failed"
     assert "***" in seen["run"].stdout and "***" in seen["exec"].stdout
+    assert "unknown role '***'" in seen["run-invalid"].stderr
     assert "***" in seen["apply-diff"].stdout
     r = mc(lab_site, "--debug", "runs", "show", run_doc["run"], "--json")
     assert r.returncode == 0, r.stderr

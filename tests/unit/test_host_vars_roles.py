@@ -77,7 +77,7 @@ def test_a_host_without_roles_has_only_inventory_layers(site):
 
 
 def test_an_unknown_role_names_the_host(site):
-    with pytest.raises(InputError, match="host 'db1': role 'dbonly' not found"):
+    with pytest.raises(InputError, match="host 'db1': unknown role 'dbonly'"):
         explain_host_vars(site, "db1")
 
 
