@@ -27,6 +27,7 @@ def report_doc(report: RunReport) -> dict[str, Any]:
     return {
         "run": report.uid, "exit_code": report.exit_code, "counts": report.counts(),
         "stopped": report.stopped_reason or None, "not_run": report.not_run,
+        "held": report.held,
         "hosts": {h: {"status": r.status, "changed": r.changed,
                       "steps": [{"play": s.play, "step": s.step, "status": s.outcome.status,
                                  "message": s.outcome.message, "changes": s.outcome.changes,
@@ -113,7 +114,7 @@ class PowerResult:
 
 
 def power(site: Any, target: str, action: str, *, limit: str | None = None,
-          device: str | None = None, persistent: bool = True,
+          device: str | None = None, persistent: bool = True, wait: float | None = None,
           on_event: Listener | None = None) -> PowerResult:
     """A BMC action (status, on, off, cycle, soft-off, bootdev) on ``target``'s hosts."""
     inv = site.inventory
@@ -127,8 +128,10 @@ def power(site: Any, target: str, action: str, *, limit: str | None = None,
     from provision.power_step import parse_power
 
     pb = single_step_playbook("@power", "power", parse_power(args), f"power {action}")
+    # status changes nothing: it takes no lease (and answers while another run holds one).
     report = start_run(site, pb, RunOptions(kind="power", parallel=POWER_PARALLEL,
-                                            named={"power": hosts}), on_event=on_event)
+                                            named={"power": hosts}, leases=action != "status",
+                                            wait=wait), on_event=on_event)
     result = PowerResult(action, report.uid)
     for h in hosts:
         outcome = report.first_outcome(h)
@@ -136,7 +139,7 @@ def power(site: Any, target: str, action: str, *, limit: str | None = None,
         result.hosts.append({"host": h, "ok": ok,
                              "result": outcome.data.get("result") if ok and outcome else None,
                              "error": None if ok else (outcome.message if outcome
-                                                       else "not run")})
+                                                       else report.held.get(h, "not run"))})
     return result
 
 

@@ -108,6 +108,8 @@ def print_summary(report: RunReport) -> None:
                      f"{failed.step}: {failed.outcome.message}" if failed else ""])
     for h in report.not_run:
         rows.append([h, "not run", 0, 0, ""])
+    for h, why in report.held.items():
+        rows.append([h, "held", 0, 0, f"not run: {why}"])
     table(f"run {report.uid}", ["host", "status", "steps", "changed", "failure"], rows)
     c = report.counts()
     line(f"run {report.uid}: " + ", ".join(f"{k}={v}" for k, v in c.items()))

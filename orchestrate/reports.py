@@ -73,17 +73,20 @@ class RunReport:
     not_run: list[str] = field(default_factory=list)
     stopped_reason: str = ""
     duration: float = 0.0
+    #: host -> why it was not run: its lease is held by another run ("held by run X ...")
+    held: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
         bad = any(h.status in FAILED for h in self.hosts.values())
-        return 1 if bad or self.stopped_reason else 0
+        return 1 if bad or self.stopped_reason or self.held else 0
 
     def counts(self) -> dict[str, int]:
         c = {k: 0 for k in ("ok", "changed", "failed", "unreachable", "skipped")}
         for h in self.hosts.values():
             c[h.status] += 1
         c["not_run"] = len(self.not_run)
+        c["held"] = len(self.held)
         return c
 
     def first_outcome(self, host: str) -> StepOutcome | None:

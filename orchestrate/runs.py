@@ -7,40 +7,61 @@ What the CLI, ``metalchain serve`` and (next) remediation and workers call, the 
 
 A run is: a row in the state store (its kind, playbook and arguments, so ``--resume`` can
 redo it), an event log ``SITE/runs/RUN.jsonl``, a runner over the in-process backend whose
-outcomes are masked with every secret value the site knows, and an optional per-playbook
-lock so that a scheduled run never overlaps a running one.
+outcomes are masked with every secret value the site knows, and the lease of every host it
+changes (:mod:`orchestrate.leases`).
+
+Leases: a run that can change hosts (not ``check``, not exec/facts/verify/power status) takes
+the lease of every host it selects, once, before the first connection, for the whole run —
+not per batch: a rolling run keeps its later batches from being taken by another actor
+between two batches, and what it will touch is known and shown up front. A host held by
+another holder is not run: the report names it in ``held`` ("held by run X (pid N on HOST,
+`command`) since T") and the exit code is not 0; with ``RunOptions.wait`` the run first waits
+up to that many seconds for every selected host to be free. This replaces the per-playbook
+lock file of earlier versions: two runs of different playbooks (or of ``apply --role`` and
+``drift --fix``) on one host were never kept apart by it, and two runs of one playbook are
+kept apart by the leases of its hosts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from configure.connect import connector
-from inventory.errors import InputError, MetalchainError
+from inventory.errors import InputError
+from inventory.model import Inventory
 from inventory.select import select_hosts
 from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
 from orchestrate.events import EventLog
+from orchestrate.leases import describe_command, host_leases
 from orchestrate.mirror_site import mirror_var
 from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
 from orchestrate.registry import build_registry
 from orchestrate.reports import RunReport
 from orchestrate.runner import Runner, last_failed_hosts, resume_state
 from orchestrate.steps import StepRegistry
-from runtime.filelock import file_lock
 
 Listener = Callable[[dict[str, Any]], None]
+
+#: Run kinds that never change a host: they take no lease (and so are never kept waiting).
+#: ``exec`` is an operator's ad-hoc command, often a look at a host another run is changing.
+LEASE_FREE_KINDS = ("exec", "facts", "verify")
+#: The ``@NAME`` of the hosts whose lease a run holds (its limit while it runs).
+LEASED = "leased"
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a playbook. ``kind`` names the run in the state store (playbook, apply,
-    drift, exec, facts, power, verify); ``lock`` is a lock name under SITE/runs (None: no
-    lock); ``named`` adds host lists for ``@NAME`` targets besides ``@failed``."""
+    drift, exec, facts, power, verify); ``named`` adds host lists for ``@NAME`` targets
+    besides ``@failed``. ``leases``: take the hosts' leases (when the run can change them);
+    ``wait``: seconds to wait for hosts held by another run (None: skip them at once);
+    ``command``: what other runs are told holds their hosts (default: this process's command
+    line without ``-e`` values)."""
 
     kind: str = "playbook"
     limit: str | None = None
@@ -49,8 +70,14 @@ class RunOptions:
     diff: bool = False
     parallel: int = DEFAULT_PARALLELISM
     resume: str | None = None
-    lock: str | None = None
     named: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    leases: bool = True
+    wait: float | None = None
+    command: str | None = None
+
+    @property
+    def takes_leases(self) -> bool:
+        return self.leases and not self.check and self.kind not in LEASE_FREE_KINDS
 
 
 def find_playbook(site: Any, name: str) -> Path:
@@ -77,18 +104,6 @@ def single_step_playbook(target: str, kind: str, args: Any, name: str,
     return Playbook(path=Path(f"<{kind}>"), plays=[play])
 
 
-def run_lock(path: Path) -> contextlib.AbstractContextManager[None]:
-    """An exclusive lock per playbook, so a cron run never overlaps a running one: tried
-    once, the holder's pid left in the lock file for the next one's error message."""
-    def busy(message: str) -> MetalchainError:
-        return MetalchainError(f"another run of this playbook is in progress ({message})")
-    return file_lock(path, 0, busy, holder="the run lock", note=f"pid {os.getpid()}")
-
-
-def _lock(site: Any, name: str | None) -> contextlib.AbstractContextManager[Any]:
-    return run_lock(site.runs_dir / f".lock-{name}") if name else contextlib.nullcontext()
-
-
 def _resumed(store: Any, playbook: Playbook, options: RunOptions
              ) -> tuple[RunOptions, dict[tuple[str, int], str]]:
     """The options of the run being resumed (limit, extra vars, check) under the new ones,
@@ -103,8 +118,8 @@ def _resumed(store: Any, playbook: Playbook, options: RunOptions
     merged = RunOptions(kind=options.kind, limit=options.limit or args.get("limit"),
                         extra={**args.get("extra", {}), **options.extra},
                         check=options.check or bool(args.get("check")), diff=options.diff,
-                        parallel=options.parallel, resume=uid, lock=options.lock,
-                        named=options.named)
+                        parallel=options.parallel, resume=uid, named=options.named,
+                        leases=options.leases, wait=options.wait, command=options.command)
     return merged, resume_state(store, uid)
 
 
@@ -117,8 +132,7 @@ def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
     ``connect`` replaces the SSH connection factory (host -> connection), ``registry`` the
     step kinds (tests, embedders).
     """
-    with _lock(site, options.lock):
-        return _run(site, playbook, options, on_event, registry, connect)
+    return _run(site, playbook, options, on_event, registry, connect)
 
 
 def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener | None,
@@ -147,11 +161,19 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
                  "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)}},
         mask=mask)
     status = "failed"
+    facts = store.all_facts()
     try:
-        report = Runner(inv, backend).run(
-            playbook, events=events, run_uid=uid, limit=options.limit,
-            extra_vars=options.extra, check=options.check, named=named, done=done,
-            facts=store.all_facts())
+        with _leases(site, playbook, options, uid, named, facts) as grant:
+            limit = options.limit
+            if grant is not None:
+                named = {**named, LEASED: grant.acquired}
+                limit = f"@{LEASED}"
+            report = Runner(inv, backend).run(
+                playbook, events=events, run_uid=uid, limit=limit,
+                extra_vars=options.extra, check=options.check, named=named, done=done,
+                facts=facts)
+            if grant is not None:
+                report.held = {h: lease.describe() for h, lease in grant.held.items()}
         status = "ok" if report.exit_code == 0 else "failed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -160,6 +182,26 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         events.close()
         store.end_run(uid, status)
     return report
+
+
+def _leases(site: Any, playbook: Playbook, options: RunOptions, uid: str,
+            named: Mapping[str, Sequence[str]], facts: Mapping[str, Any]
+            ) -> contextlib.AbstractContextManager[Any]:
+    """The leases of every host the run selects (None inside: the run takes none)."""
+    if not options.takes_leases:
+        return contextlib.nullcontext(None)
+    hosts = selected_hosts(site.inventory, playbook, options.limit, named, facts)
+    command = site.secrets.masker().text(options.command or describe_command(sys.argv))
+    return host_leases(site.state, hosts, uid, command, wait=options.wait)
+
+
+def selected_hosts(inv: Inventory, playbook: Playbook, limit: str | None,
+                   named: Mapping[str, Sequence[str]], facts: Mapping[str, Any]) -> list[str]:
+    """Every host some play of ``playbook`` selects, in first-seen order."""
+    hosts: dict[str, None] = {}
+    for play in playbook.plays:
+        hosts.update(dict.fromkeys(select_hosts(inv, play.hosts, limit, named, facts)))
+    return list(hosts)
 
 
 def plan_run(site: Any, playbook: Playbook, limit: str | None = None) -> dict[str, Any]:

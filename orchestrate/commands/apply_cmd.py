@@ -10,7 +10,7 @@ from inventory.errors import InputError
 from orchestrate import output
 from orchestrate.actions import drift_doc, report_doc, verify_hosts
 from orchestrate.backend import DEFAULT_PARALLELISM
-from orchestrate.commands.common import json_option, parse_extra
+from orchestrate.commands.common import json_option, parse_extra, wait_options, wait_seconds
 from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 
 
@@ -26,23 +26,22 @@ from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 @click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
               show_default=True)
+@wait_options
 @json_option
 @click.pass_obj
 def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool, diff: bool,
           then_verify: bool, limit: str | None, extra: tuple[str, ...], parallel: int,
-          as_json: bool) -> None:
+          wait: bool, wait_timeout: float | None, as_json: bool) -> None:
     """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`."""
     site = obj.site
     if roles:
         pb = single_step_playbook(playbook_or_target, "apply_role", list(roles),
                                   f"apply {', '.join(roles)}")
-        lock = f"apply-{'-'.join(roles)}"
     else:
         pb = load(site, playbook_or_target)
-        lock = pb.path.stem
     extra_vars = parse_extra(extra)
     options = RunOptions(kind="apply", limit=limit, extra=extra_vars, check=check, diff=diff,
-                         parallel=parallel, lock=lock)
+                         parallel=parallel, wait=wait_seconds(wait, wait_timeout))
     report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
     verified = None
     if then_verify and not check:
@@ -73,16 +72,21 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
 @click.option("--limit", help="Narrow the hosts.")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
               show_default=True)
+@wait_options
 @json_option
 @click.pass_obj
 def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
-          limit: str | None, parallel: int, as_json: bool) -> None:
-    """Check TARGET's hosts against their roles; with --fix, converge them."""
+          limit: str | None, parallel: int, wait: bool, wait_timeout: float | None,
+          as_json: bool) -> None:
+    """Check TARGET's hosts against their roles; with --fix, converge them.
+
+    A check takes no host lease (it changes nothing, and may see a host mid-change by
+    another run); --fix takes the lease of every host, like apply."""
     site = obj.site
     pb = single_step_playbook(target, "apply_roles", list(roles) or None,
                               "drift check" if not fix else "drift fix")
     options = RunOptions(kind="drift", limit=limit, check=not fix, diff=diff,
-                         parallel=parallel, lock="drift")
+                         parallel=parallel, wait=wait_seconds(wait, wait_timeout))
     report = output.with_progress(lambda on_event: start_run(site, pb, options, on_event=on_event))
     per_host = drift_doc(report)
     if as_json:
@@ -100,6 +104,6 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
                       for h, rows in per_host.items() for r in rows]
                      or [["-", "-", "-", "no drift", "-"]])
         output.print_summary(report)
-    if not report.hosts:
+    if not report.hosts and not report.held:
         raise InputError(f"target '{target}' selected no hosts")
     raise click.exceptions.Exit(report.exit_code)
