@@ -47,15 +47,17 @@ class Runner:
             limit: str | None = None, extra_vars: Mapping[str, Any] | None = None,
             check: bool = False, named: Mapping[str, Sequence[str]] | None = None,
             done: Mapping[tuple[str, int], str] | None = None,
-            facts: Mapping[str, Mapping[str, Any]] | None = None) -> RunReport:
-        """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run."""
+            facts: Mapping[str, Mapping[str, Any]] | None = None,
+            exclude: Sequence[str] = ()) -> RunReport:
+        """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run;
+        ``exclude``: hosts not to run (held by another run), though selected."""
         start = time.monotonic()
         report = RunReport(uid=run_uid)
         job = BatchJob(run_uid=run_uid, extra_vars=dict(extra_vars or {}), check=check,
                        done=dict(done or {}), facts=dict(facts or {}))
         events.emit("run_start", playbook=str(playbook.path), limit=limit, check=check,
                     resumed=bool(done))
-        excluded: set[str] = set()
+        excluded: set[str] = set(exclude)
         try:
             for play in playbook.plays:
                 hosts = [h for h in select_hosts(self.inventory, play.hosts, limit, named,

@@ -50,8 +50,6 @@ Listener = Callable[[dict[str, Any]], None]
 #: Run kinds that never change a host: they take no lease (and so are never kept waiting).
 #: ``exec`` is an operator's ad-hoc command, often a look at a host another run is changing.
 LEASE_FREE_KINDS = ("exec", "facts", "verify")
-#: The ``@NAME`` of the hosts whose lease a run holds (its limit while it runs).
-LEASED = "leased"
 
 
 @dataclass(frozen=True)
@@ -164,14 +162,10 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
     facts = store.all_facts()
     try:
         with _leases(site, playbook, options, uid, named, facts) as grant:
-            limit = options.limit
-            if grant is not None:
-                named = {**named, LEASED: grant.acquired}
-                limit = f"@{LEASED}"
             report = Runner(inv, backend).run(
-                playbook, events=events, run_uid=uid, limit=limit,
+                playbook, events=events, run_uid=uid, limit=options.limit,
                 extra_vars=options.extra, check=options.check, named=named, done=done,
-                facts=facts)
+                facts=facts, exclude=list(grant.held) if grant is not None else ())
             if grant is not None:
                 report.held = {h: lease.describe() for h, lease in grant.held.items()}
         status = "ok" if report.exit_code == 0 else "failed"

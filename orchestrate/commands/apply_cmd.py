@@ -92,6 +92,7 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
     if as_json:
         output.emit_json("drift.result", {"run": report.uid, "fixed": fix,
                                           "exit_code": report.exit_code,
+                                          "held": report.held,
                                           "hosts": {h: {"status": report.hosts[h].status,
                                                         "drift": rows}
                                                     for h, rows in per_host.items()}})

@@ -184,3 +184,13 @@ def test_wait_gives_up_at_its_timeout_and_skips_what_is_still_held(site, monkeyp
     report = start_run(site, pb, RunOptions(kind="apply", wait=0.1),
                        registry=holds_registry(step), connect=lambda host: object())
     assert list(step.seen) == ["h2"] and list(report.held) == ["h1"]
+
+
+def test_a_run_whose_every_host_is_held_runs_none_and_says_so(site):
+    site.state.acquire_leases(["h1", "h2"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    report = start_run(site, pb, RunOptions(kind="apply"), registry=holds_registry(step),
+                       connect=lambda host: object())
+    assert step.seen == {} and report.hosts == {} and sorted(report.held) == ["h1", "h2"]
+    assert report.exit_code == 1 and site.state.get_run(report.uid)["status"] == "failed"
