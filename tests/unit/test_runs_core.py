@@ -194,3 +194,15 @@ def test_a_run_whose_every_host_is_held_runs_none_and_says_so(site):
                        connect=lambda host: object())
     assert step.seen == {} and report.hosts == {} and sorted(report.held) == ["h1", "h2"]
     assert report.exit_code == 1 and site.state.get_run(report.uid)["status"] == "failed"
+
+
+@pytest.mark.parametrize("options,takes", [
+    (RunOptions(kind="playbook"), True), (RunOptions(kind="apply"), True),
+    (RunOptions(kind="drift"), True), (RunOptions(kind="provision"), True),
+    (RunOptions(kind="power"), True), (RunOptions(kind="power", leases=False), False),
+    (RunOptions(kind="drift", check=True), False), (RunOptions(kind="apply", check=True), False),
+    (RunOptions(kind="exec"), False), (RunOptions(kind="facts"), False),
+    (RunOptions(kind="verify"), False),
+])
+def test_which_runs_take_leases(options, takes):
+    assert options.takes_leases is takes
