@@ -38,6 +38,7 @@ def report_doc(report: RunReport) -> dict[str, Any]:
         "items": report.item_counts().to_json(),
         "stopped": report.stopped_reason or None, "not_run": report.not_run,
         "interrupted": report.interrupted or None, "incomplete": report.incomplete,
+        "held": report.held,
         "hosts": {h: {"status": r.status, "changed": r.changed,
                       "steps": [{"play": s.play, "step": s.step, "status": s.outcome.status,
                                  "message": s.outcome.message, "changes": s.outcome.changes,
@@ -186,14 +187,15 @@ def plural(n: int, word: str) -> str:
 
 def drift(site: Any, target: str, roles: Sequence[str] | None = None, *, fix: bool = False,
           diff: bool = False, limit: str | None = None, parallel: int = 100,
-          on_event: Listener | None = None, stop: Stop | None = None) -> DriftResult:
+          wait: float | None = None, on_event: Listener | None = None,
+          stop: Stop | None = None) -> DriftResult:
     """Check ``target``'s hosts against their roles (``roles``: these instead); with
     ``fix``, converge what drifted. Hosts that have no roles assigned are not contacted;
     if no selected host has any, that is an InputError before any connection."""
     pb = single_step_playbook(target, "apply_roles", list(roles) if roles else None,
                               "drift check" if not fix else "drift fix")
     options = RunOptions(kind="drift", limit=limit, check=not fix, diff=diff,
-                         parallel=parallel, lock="drift")
+                         parallel=parallel, wait=wait)
     preflight(site, pb, options)
     hosts = select(site, target, limit)
     no_roles = [] if roles else hosts_without_roles(site, hosts)
@@ -213,7 +215,9 @@ def drift_result(report: RunReport, hosts: Sequence[str], *, fixed: bool = False
         if h in no_roles:
             continue
         r = report.hosts.get(h)
-        if r is None or not r.steps:
+        if h in report.held:
+            result.not_checked[h] = report.held[h]
+        elif r is None or not r.steps:
             result.not_checked[h] = "not run"
         elif r.status in FAILED:
             result.not_checked[h] = f"{r.status}: {r.steps[-1].outcome.message}"[:200]
@@ -246,7 +250,7 @@ class PowerResult:
 
 
 def power(site: Any, target: str, action: str, *, limit: str | None = None,
-          device: str | None = None, persistent: bool = True,
+          device: str | None = None, persistent: bool = True, wait: float | None = None,
           on_event: Listener | None = None) -> PowerResult:
     """A BMC action (status, on, off, cycle, soft-off, bootdev) on ``target``'s hosts.
 
@@ -271,8 +275,10 @@ def power(site: Any, target: str, action: str, *, limit: str | None = None,
     from provision.power_step import parse_power
 
     pb = single_step_playbook("@power", "power", parse_power(args), f"power {action}")
+    # status changes nothing: it takes no lease (and answers while another run holds one).
     report = start_run(site, pb, RunOptions(kind="power", parallel=POWER_PARALLEL,
-                                            named={"power": hosts}), on_event=on_event)
+                                            named={"power": hosts}, leases=action != "status",
+                                            wait=wait), on_event=on_event)
     result = PowerResult(action, report.uid, skipped=missing)
     for h in hosts:
         outcome = report.first_outcome(h)
@@ -280,7 +286,7 @@ def power(site: Any, target: str, action: str, *, limit: str | None = None,
         result.hosts.append({"host": h, "ok": ok,
                              "result": outcome.data.get("result") if ok and outcome else None,
                              "error": None if ok else (outcome.message if outcome
-                                                       else "not run")})
+                                                       else report.held.get(h, "not run"))})
     return result
 
 

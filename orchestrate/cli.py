@@ -166,6 +166,7 @@ def _register() -> None:
         init_cmd,
         inventory_cmd,
         lab_cmd,
+        leases_cmd,
         mirror_cmd,
         power_cmd,
         provision_cmd,
@@ -191,6 +192,8 @@ def _register() -> None:
     cli.add_command(provision_cmd.provision)
     cli.add_command(mirror_cmd.mirror)
     cli.add_command(verify_cmd.verify)
+    run_cmd.runs.add_command(leases_cmd.leases_list)
+    state_cmd.state.add_command(leases_cmd.release)
     _give_global_options(cli)
 
 

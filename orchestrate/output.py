@@ -161,7 +161,7 @@ def summary_lines(report: RunReport) -> list[str]:
     (``would change`` in check mode; failed, unknown and skipped items are added when
     there are any; a run without apply steps counts its steps)."""
     c = report.counts()
-    total = len(report.hosts) + len(report.not_run)
+    total = len(report.hosts) + len(report.not_run) + len(report.held)
     states = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in
                        sorted(c.items(), key=lambda kv: _HOST_ORDER.index(kv[0])) if v)
     out = [f"run {report.uid}: {plural(total, 'host')}" + (f": {states}" if states else "")]
@@ -177,7 +177,7 @@ def summary_lines(report: RunReport) -> list[str]:
     return out
 
 
-_HOST_ORDER = ("changed", "ok", "failed", "unreachable", "skipped", "not_run")
+_HOST_ORDER = ("changed", "ok", "failed", "unreachable", "skipped", "not_run", "held")
 
 
 def print_summary(report: RunReport) -> None:
@@ -189,6 +189,8 @@ def print_summary(report: RunReport) -> None:
                      f"{failed.step}: {failed.outcome.message}" if failed else ""])
     for h in report.not_run:
         rows.append([h, "not run", 0, 0, ""])
+    for h, why in report.held.items():
+        rows.append([h, "held", 0, 0, f"not run: {why}"])
     table(f"run {report.uid}", ["host", "status", "steps", "changed", "failure"], rows)
     for text in summary_lines(report):
         line(text)

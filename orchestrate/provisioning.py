@@ -248,7 +248,8 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
                    ) -> dict[str, NodeResult]:
     """The nodes as a run of the ``provision`` step: fanned out ``opts.parallel`` at a time,
     journaled (``runs list`` shows it, ``@failed`` names the nodes that failed) and bounded by
-    ``--timeout`` (plus a grace for the step to report) like any other run."""
+    ``--timeout`` (plus a grace for the step to report) like any other run. The run holds
+    each node's lease while it provisions it: a node another run holds is not provisioned."""
     from orchestrate.registry import build_registry
     from orchestrate.runs import RunOptions, single_step_playbook, start_run
     from provision.provision_step import ProvisionStep
@@ -264,6 +265,9 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
                                             named={"provision": nodes}), registry=registry)
     results: dict[str, NodeResult] = {}
     for node in nodes:
+        if node in report.held:   # another run holds the node: not touched, not ok
+            results[node] = NodeResult(node, None, f"not provisioned: {report.held[node]}")
+            continue
         outcome = report.first_outcome(node)
         doc = outcome.data.get("node") if outcome is not None else None
         if doc:

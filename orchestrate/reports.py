@@ -102,19 +102,22 @@ class RunReport:
     interrupted: str = ""
     #: hosts a stop request ended between two of their steps (some run, the rest not)
     incomplete: list[str] = field(default_factory=list)
+    #: host -> why it was not run: its lease is held by another run ("held by run X ...")
+    held: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
         bad = any(h.status in FAILED for h in self.hosts.values())
-        return 1 if bad or self.stopped_reason else 0
+        return 1 if bad or self.stopped_reason or self.held else 0
 
     def counts(self) -> dict[str, int]:
         c = {k: 0 for k in ("ok", "changed", "failed", "unreachable", "skipped")}
         for h in self.hosts.values():
             c[h.status] += 1
         c["not_run"] = len(self.not_run)
+        c["held"] = len(self.held)
         return c
 
     def item_counts(self) -> ItemCounts:

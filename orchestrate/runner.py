@@ -51,8 +51,9 @@ class Runner:
             check: bool = False, named: Mapping[str, Sequence[str]] | None = None,
             done: Mapping[tuple[str, int], str] | None = None,
             facts: Mapping[str, Mapping[str, Any]] | None = None,
-            stop: Stop | None = None) -> RunReport:
-        """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run.
+            stop: Stop | None = None, exclude: Sequence[str] = ()) -> RunReport:
+        """Run every play. ``done`` maps (host, journal index) -> outcome of a resumed run;
+        ``exclude``: hosts not to run (held by another run), though selected.
         Once ``stop`` is requested, nothing new starts: the hosts never reached are listed
         in ``not_run``, those stopped between steps in ``incomplete``."""
         stop = stop or Stop()
@@ -62,7 +63,7 @@ class Runner:
                        done=dict(done or {}), facts=dict(facts or {}))
         events.emit("run_start", playbook=str(playbook.path), limit=limit, check=check,
                     resumed=bool(done))
-        excluded: set[str] = set()
+        excluded: set[str] = set(exclude)
         try:
             for play in playbook.plays:
                 hosts = [h for h in select_hosts(self.inventory, play.hosts, limit, named,

@@ -7,14 +7,25 @@ What the CLI, ``metalchain serve`` and (next) remediation and workers call, the 
 
 A run is: a row in the state store (its kind, playbook and arguments, so ``--resume`` can
 redo it), an event log ``SITE/runs/RUN.jsonl``, a runner over the in-process backend whose
-outcomes are masked with every secret value the site knows, and an optional per-playbook
-lock so that a scheduled run never overlaps a running one.
+outcomes are masked with every secret value the site knows, and the lease of every host it
+changes (:mod:`orchestrate.leases`).
+
+Leases: a run that can change hosts (not ``check``, not exec/facts/verify/power status) takes
+the lease of every host it selects, once, before the first connection, for the whole run —
+not per batch: a rolling run keeps its later batches from being taken by another actor
+between two batches, and what it will touch is known and shown up front. A host held by
+another holder is not run: the report names it in ``held`` ("held by run X (pid N on HOST,
+`command`) since T") and the exit code is not 0; with ``RunOptions.wait`` the run first waits
+up to that many seconds for every selected host to be free. This replaces the per-playbook
+lock file of earlier versions: two runs of different playbooks (or of ``apply --role`` and
+``drift --fix``) on one host were never kept apart by it, and two runs of one playbook are
+kept apart by the leases of its hosts.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,10 +34,12 @@ from typing import Any
 
 from configure.connect import connector
 from inventory.errors import InputError, MetalchainError
+from inventory.model import Inventory
 from inventory.select import select_hosts
 from inventory.state.runowner import HEARTBEAT_EVERY, this_process
 from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
 from orchestrate.events import EventLog
+from orchestrate.leases import describe_command, host_leases
 from orchestrate.mirror_site import mirror_var
 from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
 from orchestrate.registry import build_registry
@@ -35,16 +48,22 @@ from orchestrate.runner import Runner, last_failed_hosts, resume_state, run_outc
 from orchestrate.steps import StepRegistry
 from orchestrate.stop import Stop
 from orchestrate.validation import Problem, RunInputs, ValidationError, check_run
-from runtime.filelock import file_lock
 
 Listener = Callable[[dict[str, Any]], None]
+
+#: Run kinds that never change a host: they take no lease (and so are never kept waiting).
+#: ``exec`` is an operator's ad-hoc command, often a look at a host another run is changing.
+LEASE_FREE_KINDS = ("exec", "facts", "verify")
 
 
 @dataclass(frozen=True)
 class RunOptions:
     """How to run a playbook. ``kind`` names the run in the state store (playbook, apply,
-    drift, exec, facts, power, verify); ``lock`` is a lock name under SITE/runs (None: no
-    lock); ``named`` adds host lists for ``@NAME`` targets besides ``@failed``."""
+    drift, exec, facts, power, verify); ``named`` adds host lists for ``@NAME`` targets
+    besides ``@failed``. ``leases``: take the hosts' leases (when the run can change them);
+    ``wait``: seconds to wait for hosts held by another run (None: skip them at once);
+    ``command``: what other runs are told holds their hosts (default: this process's command
+    line without ``-e`` values)."""
 
     kind: str = "playbook"
     limit: str | None = None
@@ -53,8 +72,14 @@ class RunOptions:
     diff: bool = False
     parallel: int = DEFAULT_PARALLELISM
     resume: str | None = None
-    lock: str | None = None
     named: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    leases: bool = True
+    wait: float | None = None
+    command: str | None = None
+
+    @property
+    def takes_leases(self) -> bool:
+        return self.leases and not self.check and self.kind not in LEASE_FREE_KINDS
 
 
 def find_playbook(site: Any, name: str) -> Path:
@@ -81,18 +106,6 @@ def single_step_playbook(target: str, kind: str, args: Any, name: str,
     return Playbook(path=Path(f"<{kind}>"), plays=[play])
 
 
-def run_lock(path: Path) -> contextlib.AbstractContextManager[None]:
-    """An exclusive lock per playbook, so a cron run never overlaps a running one: tried
-    once, the holder's pid left in the lock file for the next one's error message."""
-    def busy(message: str) -> MetalchainError:
-        return MetalchainError(f"another run of this playbook is in progress ({message})")
-    return file_lock(path, 0, busy, holder="the run lock", note=f"pid {os.getpid()}")
-
-
-def _lock(site: Any, name: str | None) -> contextlib.AbstractContextManager[Any]:
-    return run_lock(site.runs_dir / f".lock-{name}") if name else contextlib.nullcontext()
-
-
 def _resumed(store: Any, playbook: Playbook, options: RunOptions
              ) -> tuple[RunOptions, dict[tuple[str, int], str]]:
     """The options of the run being resumed (limit, extra vars, check) under the new ones,
@@ -107,8 +120,8 @@ def _resumed(store: Any, playbook: Playbook, options: RunOptions
     merged = RunOptions(kind=options.kind, limit=options.limit or args.get("limit"),
                         extra={**args.get("extra", {}), **options.extra},
                         check=options.check or bool(args.get("check")), diff=options.diff,
-                        parallel=options.parallel, resume=uid, lock=options.lock,
-                        named=options.named)
+                        parallel=options.parallel, resume=uid, named=options.named,
+                        leases=options.leases, wait=options.wait, command=options.command)
     return merged, resume_state(store, uid)
 
 
@@ -125,14 +138,13 @@ def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
     report then says ``interrupted`` and the run's status is ``interrupted``/``aborted``.
     """
     preflight(site, playbook, options, registry=registry)
-    with _lock(site, options.lock):
-        return _run(site, playbook, options, on_event, registry, connect, stop or Stop())
+    return _run(site, playbook, options, on_event, registry, connect, stop or Stop())
 
 
-def _command(options: RunOptions, playbook: Playbook) -> str:
-    """The owner's command as the state store shows it: the kind and playbook, never the
-    arguments' values (extra vars may hold secrets)."""
-    return f"metalchain {options.kind} {playbook.path}"
+def _command(site: Any, options: RunOptions) -> str:
+    """The owner's command as the state store shows it (in the run and in its leases): this
+    process's command line without ``-e`` values, masked with the site's secrets."""
+    return site.secrets.masker().text(options.command or describe_command(sys.argv))
 
 
 @contextlib.contextmanager
@@ -152,16 +164,6 @@ def _heartbeat(store: Any, uid: str, every: float = HEARTBEAT_EVERY) -> Iterator
     finally:
         done.set()
         thread.join(5)   # a beat in flight ends before the run's end is recorded
-
-
-def _planned(inv: Any, playbook: Playbook, limit: str | None,
-             named: Mapping[str, Sequence[str]], facts: Any) -> list[str]:
-    """Every host some play of the run selects, in order: what a killed run did not reach
-    is what it planned and never journaled (see :func:`orchestrate.runner.failed_set`)."""
-    hosts: dict[str, None] = {}
-    for play in playbook.plays:
-        hosts.update(dict.fromkeys(select_hosts(inv, play.hosts, limit, named, facts)))
-    return list(hosts)
 
 
 def _status(report: RunReport) -> str:
@@ -207,15 +209,15 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
     done: dict[tuple[str, int], str] = {}
     if options.resume:
         options, done = _resumed(store, playbook, options)
-        store.reopen_run(options.resume, this_process(_command(options, playbook)))
+        store.reopen_run(options.resume, this_process(_command(site, options)))
         uid = options.resume
     else:
         uid = store.start_run(options.kind, str(playbook.path),
                               {"limit": options.limit, "extra": dict(options.extra),
                                "check": options.check},
-                              owner=this_process(_command(options, playbook)),
-                              outcome={"planned": _planned(inv, playbook, options.limit,
-                                                           named, facts)})
+                              owner=this_process(_command(site, options)),
+                              outcome={"planned": selected_hosts(inv, playbook, options.limit,
+                                                                 named, facts)})
     events = EventLog(site.runs_dir / f"{uid}.jsonl", uid, mask)
     if on_event is not None:
         events.subscribe(on_event)
@@ -227,11 +229,14 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         mask=mask)
     status, outcome = "failed", None
     try:
-        with _heartbeat(store, uid):
+        with _heartbeat(store, uid), _leases(site, playbook, options, uid, named,
+                                             facts) as grant:
             report = Runner(inv, backend).run(
                 playbook, events=events, run_uid=uid, limit=options.limit,
                 extra_vars=options.extra, check=options.check, named=named, done=done,
-                facts=facts, stop=stop)
+                facts=facts, stop=stop, exclude=list(grant.held) if grant is not None else ())
+            if grant is not None:
+                report.held = {h: lease.describe() for h, lease in grant.held.items()}
         status, outcome = _status(report), run_outcome(report)
     except KeyboardInterrupt:
         status = "aborted"
@@ -240,6 +245,25 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         events.close()
         store.end_run(uid, status, outcome)
     return report
+
+
+def _leases(site: Any, playbook: Playbook, options: RunOptions, uid: str,
+            named: Mapping[str, Sequence[str]], facts: Mapping[str, Any]
+            ) -> contextlib.AbstractContextManager[Any]:
+    """The leases of every host the run selects (None inside: the run takes none)."""
+    if not options.takes_leases:
+        return contextlib.nullcontext(None)
+    hosts = selected_hosts(site.inventory, playbook, options.limit, named, facts)
+    return host_leases(site.state, hosts, uid, _command(site, options), wait=options.wait)
+
+
+def selected_hosts(inv: Inventory, playbook: Playbook, limit: str | None,
+                   named: Mapping[str, Sequence[str]], facts: Mapping[str, Any]) -> list[str]:
+    """Every host some play of ``playbook`` selects, in first-seen order."""
+    hosts: dict[str, None] = {}
+    for play in playbook.plays:
+        hosts.update(dict.fromkeys(select_hosts(inv, play.hosts, limit, named, facts)))
+    return list(hosts)
 
 
 def plan_run(site: Any, playbook: Playbook, limit: str | None = None, *,

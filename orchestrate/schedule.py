@@ -1,9 +1,10 @@
 """Scheduled runs (drift correction): one cron.d file, or one systemd timer, per schedule.
 
 The schedule files are the single source of truth: ``schedule list`` reads them back, so a
-schedule removed by hand is gone from the list too. Overlap is prevented by the run lock that
-every ``metalchain run`` takes per playbook; a scheduled run that finds it held exits 1 with a
-message in its log instead of piling up.
+schedule removed by hand is gone from the list too. A scheduled run is a ``metalchain run``: in
+fix mode it takes the lease of each of its hosts (:mod:`orchestrate.leases`), so it never
+changes a host another run is changing; it skips such a host, exits 1 and names the holder in
+its log instead of piling up. A check-mode run takes no lease and changes nothing.
 """
 
 from __future__ import annotations

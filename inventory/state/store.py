@@ -8,6 +8,7 @@ from inventory.state.audit import AuditMixin
 from inventory.state.base import _sqlite_url
 from inventory.state.facts import FactsMixin
 from inventory.state.keys import KeysMixin
+from inventory.state.leases import LeasesMixin
 from inventory.state.migrate import SchemaMixin
 from inventory.state.nodes import NodesMixin
 from inventory.state.runs import RunsMixin
@@ -15,7 +16,7 @@ from inventory.state.tokens import TokensMixin
 
 
 class StateStore(NodesMixin, RunsMixin, KeysMixin, TokensMixin, FactsMixin, AuditMixin,
-                 SchemaMixin):
+                 LeasesMixin, SchemaMixin):
     """One handle on the state store. Safe to share between threads of one process."""
 
     def __init__(self, url: str) -> None:

@@ -10,7 +10,13 @@ from orchestrate import output
 from orchestrate.actions import drift as drift_check
 from orchestrate.actions import report_doc, verify_hosts
 from orchestrate.backend import DEFAULT_PARALLELISM
-from orchestrate.commands.common import json_option, parse_extra, stop_on_signals
+from orchestrate.commands.common import (
+    json_option,
+    parse_extra,
+    stop_on_signals,
+    wait_options,
+    wait_seconds,
+)
 from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 
 
@@ -26,11 +32,12 @@ from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 @click.option("-e", "--extra-var", "extra", multiple=True, metavar="KEY=VALUE")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
               show_default=True)
+@wait_options
 @json_option
 @click.pass_obj
 def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool, diff: bool,
           then_verify: bool, limit: str | None, extra: tuple[str, ...], parallel: int,
-          as_json: bool) -> None:
+          wait: bool, wait_timeout: float | None, as_json: bool) -> None:
     """Converge roles: `apply PLAYBOOK`, or `apply --role ROLE TARGET`.
 
     \b
@@ -43,13 +50,11 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
     if roles:
         pb = single_step_playbook(playbook_or_target, "apply_role", list(roles),
                                   f"apply {', '.join(roles)}")
-        lock = f"apply-{'-'.join(roles)}"
     else:
         pb = load(site, playbook_or_target)
-        lock = pb.path.stem
     extra_vars = parse_extra(extra)
     options = RunOptions(kind="apply", limit=limit, extra=extra_vars, check=check, diff=diff,
-                         parallel=parallel, lock=lock)
+                         parallel=parallel, wait=wait_seconds(wait, wait_timeout))
     with stop_on_signals() as stop:
         report = output.with_progress(lambda on_event: start_run(
             site, pb, options, on_event=on_event, stop=stop))
@@ -85,11 +90,16 @@ def apply(obj: Any, playbook_or_target: str, roles: tuple[str, ...], check: bool
 @click.option("--limit", help="Narrow the hosts.")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
               show_default=True)
+@wait_options
 @json_option
 @click.pass_obj
 def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
-          limit: str | None, parallel: int, as_json: bool) -> None:
+          limit: str | None, parallel: int, wait: bool, wait_timeout: float | None,
+          as_json: bool) -> None:
     """Check TARGET's hosts against their roles; with --fix, converge them.
+
+    A check takes no host lease (it changes nothing, and may see a host mid-change by
+    another run); --fix takes the lease of every host, like apply.
 
     \b
     Examples:
@@ -99,7 +109,8 @@ def drift(obj: Any, target: str, roles: tuple[str, ...], fix: bool, diff: bool,
     with stop_on_signals() as stop:
         result = output.with_progress(lambda on_event: drift_check(
             obj.site, target, list(roles) or None, fix=fix, diff=diff, limit=limit,
-            parallel=parallel, on_event=on_event, stop=stop))
+            parallel=parallel, wait=wait_seconds(wait, wait_timeout), on_event=on_event,
+            stop=stop))
     report = result.report
     if as_json:
         output.emit_json("drift.result", result.to_json())

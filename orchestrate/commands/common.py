@@ -54,3 +54,24 @@ def stop_on_signals() -> Iterator[Stop]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+#: Seconds ``--wait`` waits for held hosts when ``--wait-timeout`` does not say.
+DEFAULT_WAIT = 600.0
+
+
+def wait_options(f):  # type: ignore[no-untyped-def]
+    """``--wait`` / ``--wait-timeout SECONDS``: wait for hosts another run holds."""
+    f = click.option("--wait-timeout", type=click.FloatRange(0, 86400), metavar="SECONDS",
+                     help=f"With --wait: give up after SECONDS (default {DEFAULT_WAIT:g}); "
+                     "hosts still held then are skipped. Implies --wait.")(f)
+    return click.option("--wait", is_flag=True,
+                        help="Wait until every host another run holds is free, instead of "
+                        "skipping it.")(f)
+
+
+def wait_seconds(wait: bool, wait_timeout: float | None) -> float | None:
+    """The ``RunOptions.wait`` of ``--wait`` / ``--wait-timeout`` (None: do not wait)."""
+    if wait_timeout is not None:
+        return wait_timeout
+    return DEFAULT_WAIT if wait else None

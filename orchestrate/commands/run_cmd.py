@@ -14,7 +14,13 @@ from inventory.errors import InputError
 from orchestrate import output
 from orchestrate.actions import exec_command, exec_results, gather_facts, report_doc
 from orchestrate.backend import DEFAULT_PARALLELISM
-from orchestrate.commands.common import json_option, parse_extra, stop_on_signals
+from orchestrate.commands.common import (
+    json_option,
+    parse_extra,
+    stop_on_signals,
+    wait_options,
+    wait_seconds,
+)
 from orchestrate.events import read_events
 from orchestrate.runs import RunOptions, load, plan_run, start_run
 
@@ -29,10 +35,12 @@ from orchestrate.runs import RunOptions, load, plan_run, start_run
 @click.option("--resume", metavar="RUN_ID", help="Continue a killed run.")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
               show_default=True, help="Hosts at once.")
+@wait_options
 @json_option
 @click.pass_obj
 def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], check: bool,
-        plan: bool, resume: str | None, parallel: int, as_json: bool) -> None:
+        plan: bool, resume: str | None, parallel: int, wait: bool, wait_timeout: float | None,
+        as_json: bool) -> None:
     """Run PLAYBOOK (a file, or a name under the site's playbooks/).
 
     Ctrl-C (or SIGTERM) stops after the steps in progress and prints the summary (exit
@@ -52,7 +60,8 @@ def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], chec
         _print_plan(plan_run(site, pb, limit, extra=extra_vars), as_json)
         return
     options = RunOptions(kind="playbook", limit=limit, extra=extra_vars, check=check,
-                         parallel=parallel, resume=resume, lock=pb.path.stem)
+                         parallel=parallel, resume=resume,
+                         wait=wait_seconds(wait, wait_timeout))
     with stop_on_signals() as stop:
         report = output.with_progress(lambda on_event: start_run(
             site, pb, options, on_event=on_event, stop=stop))

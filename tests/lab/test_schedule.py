@@ -1,5 +1,5 @@
-"""Schedules: a cron.d file that runs the playbook for real, read back by `list`, and a lock
-that keeps a scheduled run from overlapping a running one."""
+"""Schedules: a cron.d file that runs the playbook for real, read back by `list`, and the
+host leases that keep a scheduled run off hosts another run is changing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrate.runs import run_lock
+from inventory.site import Site
+from orchestrate.leases import host_leases
 from orchestrate.schedule import parse_cron
 from tests.cronline import cron_entry_command
 from tests.lab.sshd import mc
@@ -44,10 +45,16 @@ def test_schedule_add_run_list_remove(lab_site, tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (lab_site.work / "drift-h02").exists()
-    # While another run holds the playbook's lock, the scheduled run refuses to overlap.
-    with run_lock(lab_site / "runs" / ".lock-drift"):
-        overlap = subprocess.run(argv, capture_output=True, text=True, timeout=120)
-    assert overlap.returncode == 1 and "another run of this playbook" in overlap.stderr
+    # While another run holds h02's lease, the scheduled run leaves h02 alone and says so.
+    site = Site.open(lab_site)
+    try:
+        with host_leases(site.state, ["h02"], "other0run", "metalchain apply h02"):
+            overlap = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finally:
+        site.close()
+    assert overlap.returncode == 1, overlap.stdout + overlap.stderr
+    assert "held by run other0run" in overlap.stdout and "`metalchain apply h02`" in \
+        overlap.stdout
     r = mc(lab_site, "schedule", "list", "--json", "--cron-dir", str(cron_dir))
     assert [x["name"] for x in json.loads(r.stdout)["schedules"]] == ["drift"]
     assert mc(lab_site, "schedule", "remove", "drift", "--cron-dir", str(cron_dir)

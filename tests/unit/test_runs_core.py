@@ -1,19 +1,22 @@
-"""The application core for runs (orchestrate.runs): masking with the site's secrets, the
-run lock, resume of a run's own arguments — in-process, with a fake step kind."""
+"""The application core for runs (orchestrate.runs): masking with the site's secrets, host
+leases, resume of a run's own arguments — in-process, with a fake step kind."""
 
 from __future__ import annotations
 
-import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inventory.contracts import StepOutcome
-from inventory.errors import InputError, MetalchainError
+from inventory.errors import InputError
 from inventory.site import Site
+from inventory.state.leases import Owner
+from orchestrate import leases as leases_mod
 from orchestrate.events import read_events
-from orchestrate.runs import RunOptions, run_lock, single_step_playbook, start_run
+from orchestrate.runs import RunOptions, single_step_playbook, start_run
 from orchestrate.steps import StepRegistry
 from tests.conftest import write_site
 
@@ -88,21 +91,118 @@ def test_resume_reuses_the_runs_arguments_and_skips_what_is_done(site):
         start_run(site, pb, RunOptions(resume="nope"), registry=registry())
 
 
-def test_a_locked_playbook_refuses_a_second_run(site):
-    pb = single_step_playbook("all", "echo", None, "echo")
-    with run_lock(site.runs_dir / ".lock-site"), pytest.raises(
-            MetalchainError, match="another run of this playbook is in progress"):
-        start_run(site, pb, RunOptions(lock="site"), registry=registry())
-    report = start_run(site, pb, RunOptions(lock="site"), registry=registry(),
+class Holds:
+    """A step that records the leases each host's run sees while it runs."""
+
+    name = "holds"
+    description = "record the lease holder of the host"
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.seen: dict[str, str | None] = {}
+
+    def parse(self, raw: Any) -> Any:
+        return raw
+
+    def run(self, ctx: Any, args: Any) -> StepOutcome:
+        held = {x.host: x.holder for x in self.store.list_leases()}
+        self.seen[ctx.host] = held.get(ctx.host)
+        return StepOutcome("changed", "did it")
+
+
+def holds_registry(step: Holds) -> StepRegistry:
+    r = StepRegistry()
+    r.register(step)
+    return r
+
+
+OTHER = Owner("other0run", "metalchain apply --role base h1", pid_start=None)
+
+
+def test_a_run_holds_its_hosts_leases_and_releases_them(site):
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    report = start_run(site, pb, RunOptions(kind="apply", command="metalchain apply all"),
+                       registry=holds_registry(step), connect=lambda host: object())
+    assert report.exit_code == 0 and report.held == {}
+    assert step.seen == {"h1": report.uid, "h2": report.uid}
+    assert site.state.list_leases() == []
+
+
+def test_a_host_held_by_another_run_is_skipped_named_and_fails_the_run(site):
+    # OTHER's pid is this (live) process: its lease is held, not stale.
+    site.state.acquire_leases(["h1"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    report = start_run(site, pb, RunOptions(kind="playbook"), registry=holds_registry(step),
                        connect=lambda host: object())
-    assert report.exit_code == 0
+    assert list(step.seen) == ["h2"]            # h1 was not touched
+    assert report.exit_code == 1 and report.counts()["held"] == 1
+    assert report.held["h1"].startswith(
+        "held by run other0run (pid ") and "`metalchain apply --role base h1`) since " in \
+        report.held["h1"]
+    assert [x.holder for x in site.state.list_leases()] == ["other0run"]   # left as it was
 
 
-def test_the_run_lock_names_its_holder_and_is_free_again_after(tmp_path: Path):
-    lock = tmp_path / "runs" / ".lock-site"
-    with run_lock(lock), pytest.raises(MetalchainError, match=(
-            rf"another run of this playbook is in progress \(.*{lock}.*pid {os.getpid()}")):
-        with run_lock(lock):
-            pass
-    with run_lock(lock):    # released on exit
-        pass
+def test_check_runs_and_exec_take_no_lease_and_are_not_blocked(site):
+    site.state.acquire_leases(["h1", "h2"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    for options in (RunOptions(kind="drift", check=True), RunOptions(kind="exec")):
+        report = start_run(site, pb, options, registry=holds_registry(step),
+                           connect=lambda host: object())
+        assert report.exit_code == 0 and set(report.hosts) == {"h1", "h2"}
+
+
+def test_wait_runs_once_the_other_holder_releases(site, monkeypatch):
+    monkeypatch.setattr(leases_mod, "POLL_INTERVAL", 0.02)
+    site.state.acquire_leases(["h1"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    waiting = threading.Event()
+    monkeypatch.setattr(leases_mod.log, "warning", lambda msg: waiting.set())
+
+    def release_when_waited_for() -> None:
+        waiting.wait(10)
+        site.state.release_leases("other0run")
+
+    t = threading.Thread(target=release_when_waited_for)
+    t.start()
+    start = time.monotonic()
+    report = start_run(site, pb, RunOptions(kind="apply", wait=10), registry=holds_registry(step),
+                       connect=lambda host: object())
+    t.join(10)
+    assert waiting.is_set() and time.monotonic() - start < 10
+    assert report.exit_code == 0 and step.seen == {"h1": report.uid, "h2": report.uid}
+
+
+def test_wait_gives_up_at_its_timeout_and_skips_what_is_still_held(site, monkeypatch):
+    monkeypatch.setattr(leases_mod, "POLL_INTERVAL", 0.02)
+    site.state.acquire_leases(["h1"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    report = start_run(site, pb, RunOptions(kind="apply", wait=0.1),
+                       registry=holds_registry(step), connect=lambda host: object())
+    assert list(step.seen) == ["h2"] and list(report.held) == ["h1"]
+
+
+def test_a_run_whose_every_host_is_held_runs_none_and_says_so(site):
+    site.state.acquire_leases(["h1", "h2"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    report = start_run(site, pb, RunOptions(kind="apply"), registry=holds_registry(step),
+                       connect=lambda host: object())
+    assert step.seen == {} and report.hosts == {} and sorted(report.held) == ["h1", "h2"]
+    assert report.exit_code == 1 and site.state.get_run(report.uid)["status"] == "failed"
+
+
+@pytest.mark.parametrize("options,takes", [
+    (RunOptions(kind="playbook"), True), (RunOptions(kind="apply"), True),
+    (RunOptions(kind="drift"), True), (RunOptions(kind="provision"), True),
+    (RunOptions(kind="power"), True), (RunOptions(kind="power", leases=False), False),
+    (RunOptions(kind="drift", check=True), False), (RunOptions(kind="apply", check=True), False),
+    (RunOptions(kind="exec"), False), (RunOptions(kind="facts"), False),
+    (RunOptions(kind="verify"), False),
+])
+def test_which_runs_take_leases(options, takes):
+    assert options.takes_leases is takes
