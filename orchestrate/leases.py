@@ -77,7 +77,7 @@ def new_holder() -> str:
 
 
 def _acquire(store: Any, hosts: Sequence[str], owner: Owner, wait: float | None, ttl: float,
-             poll: float, note: Note) -> LeaseGrant:
+             poll: float, note: Note, cancelled: Callable[[], bool]) -> LeaseGrant:
     if wait is None:
         return store.acquire_leases(hosts, owner, ttl=ttl)
     deadline = time.monotonic() + wait
@@ -91,9 +91,11 @@ def _acquire(store: Any, hosts: Sequence[str], owner: Owner, wait: float | None,
                 said.add((host, lease.holder))
                 note(f"{host}: waiting, {lease.describe()}")
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or cancelled():
             return store.acquire_leases(hosts, owner, ttl=ttl)
-        time.sleep(min(poll, remaining))
+        end = time.monotonic() + min(poll, remaining)
+        while time.monotonic() < end and not cancelled():   # a stop request ends the wait
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
 
 class _Heartbeat(threading.Thread):
@@ -123,17 +125,20 @@ class _Heartbeat(threading.Thread):
 def host_leases(store: Any, hosts: Sequence[str], holder: str, command: str, *,
                 wait: float | None = None, ttl: float = DEFAULT_TTL,
                 heartbeat: float = HEARTBEAT_INTERVAL, poll: float | None = None,
-                on_note: Note | None = None) -> Iterator[LeaseGrant]:
+                on_note: Note | None = None,
+                cancelled: Callable[[], bool] = lambda: False) -> Iterator[LeaseGrant]:
     """Hold the leases of the free ones of ``hosts`` for ``holder`` while the block runs.
 
     ``command`` is what other runs are shown ("held by run X (pid N on HOST, `command`)"):
     a description, never secret values. ``on_note`` gets what an operator should hear
     (waiting for a host, a lease taken over from a dead owner); default: a log warning.
+    ``cancelled`` ends a wait early (a stop request): the free hosts are taken, as at the
+    deadline.
     """
     note = on_note or log.warning
     owner = Owner.this_process(holder, command)
     grant = _acquire(store, hosts, owner, wait, ttl, POLL_INTERVAL if poll is None else poll,
-                     note)
+                     note, cancelled)
     beat = None
     try:
         for host, (reason, old) in grant.taken_over.items():

@@ -229,8 +229,8 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         mask=mask)
     status, outcome = "failed", None
     try:
-        with _heartbeat(store, uid), _leases(site, playbook, options, uid, named,
-                                             facts) as grant:
+        with _heartbeat(store, uid), _leases(site, playbook, options, uid, named, facts,
+                                             stop) as grant:
             report = Runner(inv, backend).run(
                 playbook, events=events, run_uid=uid, limit=options.limit,
                 extra_vars=options.extra, check=options.check, named=named, done=done,
@@ -248,13 +248,14 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
 
 
 def _leases(site: Any, playbook: Playbook, options: RunOptions, uid: str,
-            named: Mapping[str, Sequence[str]], facts: Mapping[str, Any]
+            named: Mapping[str, Sequence[str]], facts: Mapping[str, Any], stop: Stop
             ) -> contextlib.AbstractContextManager[Any]:
     """The leases of every host the run selects (None inside: the run takes none)."""
     if not options.takes_leases:
         return contextlib.nullcontext(None)
     hosts = selected_hosts(site.inventory, playbook, options.limit, named, facts)
-    return host_leases(site.state, hosts, uid, _command(site, options), wait=options.wait)
+    return host_leases(site.state, hosts, uid, _command(site, options), wait=options.wait,
+                       cancelled=lambda: stop.stopping)
 
 
 def selected_hosts(inv: Inventory, playbook: Playbook, limit: str | None,

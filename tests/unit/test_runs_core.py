@@ -186,6 +186,27 @@ def test_wait_gives_up_at_its_timeout_and_skips_what_is_still_held(site, monkeyp
     assert list(step.seen) == ["h2"] and list(report.held) == ["h1"]
 
 
+def test_a_stop_request_ends_the_wait_for_held_hosts(site, monkeypatch):
+    """Ctrl-C while waiting for another run's hosts: the wait ends at once, nothing runs,
+    and the run is recorded interrupted (not left waiting out its --wait-timeout)."""
+    from orchestrate.stop import Stop
+
+    monkeypatch.setattr(leases_mod, "POLL_INTERVAL", 0.02)
+    site.state.acquire_leases(["h1"], OTHER)
+    step = Holds(site.state)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    stop = Stop()
+    monkeypatch.setattr(leases_mod.log, "warning", lambda msg: stop.request("SIGINT"))
+    start = time.monotonic()
+    report = start_run(site, pb, RunOptions(kind="apply", wait=30),
+                       registry=holds_registry(step), connect=lambda host: object(), stop=stop)
+    assert time.monotonic() - start < 5
+    assert step.seen == {} and report.interrupted == "interrupted"
+    assert report.exit_code == 130
+    assert site.state.get_run(report.uid)["status"] == "interrupted"
+    assert site.state.list_leases()[0].holder == "other0run"   # its own leases were given back
+
+
 def test_a_run_whose_every_host_is_held_runs_none_and_says_so(site):
     site.state.acquire_leases(["h1", "h2"], OTHER)
     step = Holds(site.state)
