@@ -41,11 +41,11 @@ class RunsMixin(StoreBase):
         known of it so far (e.g. the hosts it plans to run), completed by :meth:`end_run`."""
         uid = uuid.uuid4().hex[:12]
         now = time.time()
-        doc = {**(args or {}), **({_OUTCOME: outcome} if outcome is not None else {})}
         with self._write(f"run '{uid}'") as conn:
-            conn.execute(insert(runs).values(uid=uid, kind=kind, name=name,
-                                             args=json.dumps(doc), status="running",
-                                             started_at=now, **_owner_values(owner, now)))
+            conn.execute(insert(runs).values(
+                uid=uid, kind=kind, name=name, args=json.dumps(args or {}), status="running",
+                started_at=now, outcome=None if outcome is None else json.dumps(outcome),
+                **_owner_values(owner, now)))
         return uid
 
     def heartbeat_run(self, uid: str) -> None:
@@ -60,10 +60,8 @@ class RunsMixin(StoreBase):
         with self._write(f"run '{uid}'") as conn:
             values: dict[str, Any] = {"status": status, "ended_at": time.time()}
             if outcome is not None:
-                raw = conn.execute(select(runs.c.args).where(runs.c.uid == uid)).scalar()
-                args = json.loads(raw) if raw else {}
-                values["args"] = json.dumps({**args, _OUTCOME: {**args.get(_OUTCOME, {}),
-                                                               **outcome}})
+                raw = conn.execute(select(runs.c.outcome).where(runs.c.uid == uid)).scalar()
+                values["outcome"] = json.dumps({**(json.loads(raw) if raw else {}), **outcome})
             conn.execute(update(runs).where(runs.c.uid == uid).values(**values))
 
     def get_run(self, uid: str) -> dict[str, Any] | None:
@@ -124,10 +122,6 @@ class RunsMixin(StoreBase):
                              r.started_at, r.ended_at, json.loads(r.detail)) for r in rows]
 
 
-#: The key under a run's args where :meth:`RunsMixin.end_run` keeps its outcome.
-_OUTCOME = "outcome"
-
-
 def _owner_values(owner: RunOwner | None, now: float) -> dict[str, Any]:
     if owner is None:
         return {}
@@ -137,7 +131,7 @@ def _owner_values(owner: RunOwner | None, now: float) -> dict[str, Any]:
 
 def _run_doc(r: Any) -> dict[str, Any]:
     args = json.loads(r.args)
-    outcome = args.pop(_OUTCOME, None)
+    outcome = json.loads(r.outcome) if r.outcome else None
     status = seen_status(r.status, owner_host=r.owner_host, pid=r.pid, pid_start=r.pid_start,
                          heartbeat_at=r.heartbeat_at, started_at=r.started_at,
                          here=socket.gethostname(), now=time.time())

@@ -62,6 +62,8 @@ runs = Table(
     Column("pid_start", String(32)),
     Column("command", Text),
     Column("heartbeat_at", Float),
+    # What the run planned and how it ended (hosts not run, stopped, counts): JSON.
+    Column("outcome", Text),
 )
 
 journal = Table(

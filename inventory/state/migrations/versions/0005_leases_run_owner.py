@@ -1,4 +1,4 @@
-"""Schema 5: per-host leases, and the process that owns each run."""
+"""Schema 5: per-host leases, and the process that owns each run and its outcome."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -12,6 +12,7 @@ RUN_COLUMNS = (
     ("pid_start", sa.String(32)),
     ("command", sa.Text),
     ("heartbeat_at", sa.Float),
+    ("outcome", sa.Text),
 )
 
 
