@@ -26,6 +26,7 @@ from orchestrate.runs import (
     start_run,
 )
 from orchestrate.stop import Stop
+from runtime.text import plural
 
 #: BMCs answer one session at a time and slowly: fewer at once than SSH hosts.
 POWER_PARALLEL = 32
@@ -176,13 +177,10 @@ class DriftResult:
         return {"run": r.uid, "fixed": self.fixed, "exit_code": self.exit_code,
                 "verdict": self.verdict, "summary": self.lines(),
                 "checked": self.checked, "drifted": self.drifted,
-                "not_checked": self.not_checked, "no_roles": self.no_roles,
-                "hosts": {h: {"status": r.hosts[h].status if h in r.hosts else "not_run",
+                "not_checked": self.not_checked, "no_roles": self.no_roles, "held": r.held,
+                "hosts": {h: {"status": r.hosts[h].status if h in r.hosts
+                              else "held" if h in r.held else "not_run",
                               "drift": self.rows.get(h, [])} for h in self.hosts}}
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def drift(site: Any, target: str, roles: Sequence[str] | None = None, *, fix: bool = False,
