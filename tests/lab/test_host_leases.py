@@ -17,6 +17,7 @@ import yaml
 from inventory.site import Site
 from tests.lab.fleetsite import fleet_site, metalchain
 from tests.lab.sshd import METALCHAIN
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -146,15 +147,6 @@ def test_with_wait_each_runs_every_host_after_the_other(site):
         assert len(lines) == 2 * sum(1 for a in TARGETS if host in TARGETS[a]), (host, lines)
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_killed_holder_does_not_block_its_host(site):
     proc = subprocess.Popen([METALCHAIN, "--site", str(site), "run", "slow"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -164,7 +156,7 @@ def test_a_killed_holder_does_not_block_its_host(site):
             runs = [r for r in store.state.list_runs() if r["name"].endswith("slow.yml")]
             return bool(runs) and any(e.step.endswith("sleep 120") or "slow" in e.step
                                       for e in store.state.journal_entries(runs[0]["uid"]))
-        _wait_for(slow_started, 60, "the slow run to start its step on fleet01")
+        wait_for(slow_started, 60, "the slow run to start its step on fleet01")
         leases = {x.host: x for x in store.state.list_leases()}
         assert leases["fleet01"].pid == proc.pid
         proc.send_signal(signal.SIGKILL)

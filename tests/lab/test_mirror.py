@@ -23,6 +23,7 @@ from configure.ssh import CommandResult, Shell, SshConnection
 from inventory.site import Site
 from orchestrate.commands.mirror_cmd import mirror
 from tests.lab.fleetsite import fleet_site, invoke
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -38,19 +39,6 @@ FIGURES: dict[str, float | int] = {}
 def mirror_cli(site: Path, *args: str) -> tuple[int, str]:
     """`metalchain mirror ARGS` through the click group, in process."""
     return invoke(site, mirror, *args)
-
-
-def poll(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +140,8 @@ def test_host_installs_node_exporter_from_the_mirror(lab_site, built, host):
     policy = run_ok(host, ["apt-cache", "policy", PACKAGE]).stdout
     assert f"http://{CONTROLLER}:{PORT} ./ Packages" in policy
 
-    poll(lambda: host.run(["systemctl", "is-active", "--quiet", PACKAGE]).ok, 60,
-         f"systemd to report {PACKAGE} active")
+    wait_for(lambda: host.run(["systemctl", "is-active", "--quiet", PACKAGE]).ok, 60,
+             f"systemd to report {PACKAGE} active")
     address = Site.open(lab_site).inventory.host("fleet01").address
 
     def metrics() -> str | None:
@@ -163,7 +151,7 @@ def test_host_installs_node_exporter_from_the_mirror(lab_site, built, host):
         except (OSError, urllib.error.URLError):
             return None
 
-    body = poll(metrics, 60, f"node_exporter on {address}:9100")
+    body = wait_for(metrics, 60, f"node_exporter on {address}:9100")
     assert "node_exporter_build_info" in body and "node_cpu_seconds_total" in body
 
 

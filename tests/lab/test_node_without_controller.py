@@ -21,15 +21,14 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from inventory.site import Site
 from tests.lab.sshd import METALCHAIN
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -88,16 +87,6 @@ def ssh(site: Path, command: str, timeout: float = 20) -> subprocess.CompletedPr
         return subprocess.CompletedProcess(argv, 255, "", "timeout")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def boot_id(site: Path) -> str | None:
     r = ssh(site, "cat /proc/sys/kernel/random/boot_id")
     return r.stdout.strip() if r.returncode == 0 and r.stdout.strip() else None
@@ -148,7 +137,8 @@ def test_power_cycled_without_a_controller_the_node_answers_with_its_static_addr
     start = time.monotonic()
     ipmitool(lab, "chassis", "power", "cycle")
     after = wait_for(lambda: (b := boot_id(lab)) and b != before and b, BOOT_LIMIT_S,
-                     f"{NODE} to answer SSH with its pinned key after a power cycle")
+                     f"{NODE} to answer SSH with its pinned key after a power cycle",
+                     interval=0.5)
     seconds = time.monotonic() - start
     print(f"power cycle -> SSH with the pinned key: {seconds:.1f} s (boot {after})")
     assert "Chassis Power is on" in ipmitool(lab, "chassis", "power", "status")
@@ -169,7 +159,7 @@ def test_a_node_that_is_off_is_unreachable_not_refused(lab):
     ipmitool(lab, "chassis", "power", "off")
     try:
         wait_for(lambda: "Chassis Power is off" in ipmitool(lab, "chassis", "power", "status"),
-                 30, f"{NODE} to power off")
+                 30, f"{NODE} to power off", interval=0.5)
         r = mc("--site", str(lab), "exec", NODE, "--", "true", timeout=120)
         text = r.stdout + r.stderr
         assert r.returncode != 0, text
@@ -177,7 +167,8 @@ def test_a_node_that_is_off_is_unreachable_not_refused(lab):
         assert "no route to host" in text or "no answer within" in text, text
     finally:
         ipmitool(lab, "chassis", "power", "on")
-    wait_for(lambda: boot_id(lab), BOOT_LIMIT_S, f"{NODE} to come back after power on")
+    wait_for(lambda: boot_id(lab), BOOT_LIMIT_S, f"{NODE} to come back after power on",
+             interval=0.5)
 
 
 def test_a_dead_bmc_fails_provision_fast_and_leaves_the_node_active(lab):

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import yaml
 from inventory.site import Site
 from runtime.process import stop_child
 from tests.lab.sshd import METALCHAIN
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -53,16 +53,6 @@ def state_of(site: Path, node: str) -> str | None:
         return rec.state if rec else None
     finally:
         s.close()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -148,14 +138,16 @@ def test_controller_killed_mid_install_never_leaves_a_node_in_progress(lab):
     proc = subprocess.Popen([METALCHAIN, "--site", str(lab), "provision", "node1", "--force"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: state_of(lab, "node1") == "installing", 180, "node1 installing")
+        wait_for(lambda: state_of(lab, "node1") == "installing", 180, "node1 installing",
+                 interval=0.2)
     finally:
         stop_child(proc, sig=signal.SIGKILL, timeout=10)
     serve = subprocess.Popen([METALCHAIN, "--site", str(lab), "serve", "--no-images"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         final = wait_for(lambda: state_of(lab, "node1") in ("active", "provision_failed")
-                         and state_of(lab, "node1"), 400, "node1 to leave in-progress")
+                         and state_of(lab, "node1"), 400, "node1 to leave in-progress",
+                         interval=0.2)
     finally:
         stop_child(serve, timeout=30)
     site = Site.open(lab)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from inventory.site import Site
 from tests.lab.sshd import METALCHAIN, keygen
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -79,15 +79,6 @@ def test_serial_20_percent_max_fail_10_stops_after_first_batch(fleet_site):
     assert touched == {"fleet02"}
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_kill_9_then_resume_runs_each_host_step_once(fleet_site):
     (fleet_site / "playbooks" / "three.yml").write_text(
         "- name: three steps\n  hosts: fleet\n  steps:\n"
@@ -103,7 +94,7 @@ def test_kill_9_then_resume_runs_each_host_step_once(fleet_site):
             return bool(runs) and sum(
                 1 for e in site.state.journal_entries(runs[0]["uid"])
                 if e.step.endswith("/ slow")) == FLEET
-        _wait_for(slow_everywhere, 60, "every host to start the slow step")
+        wait_for(slow_everywhere, 60, "every host to start the slow step")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     finally:
