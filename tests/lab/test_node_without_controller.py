@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from inventory.site import Site
+from tests.lab.ipmi import ipmitool
 from tests.lab.sshd import METALCHAIN
 from tests.waiting import wait_for
 
@@ -42,17 +43,6 @@ BOOT_LIMIT_S = 120.0
 
 def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def ipmitool(site: Path, *args: str) -> str:
-    """The real ipmitool against the node's lab BMC on loopback (an independent client)."""
-    bmc = yaml.safe_load((site / "inventory.yml").read_text())["hosts"][NODE]["bmc"]
-    password = yaml.safe_load((site / "secrets.yml").read_text())[f"bmc-{NODE}"]
-    r = subprocess.run(["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(bmc["port"]),
-                        "-U", "admin", "-E", *args], capture_output=True, text=True, timeout=30,
-                       env={"IPMI_PASSWORD": password, "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def pinned_key(site: Path) -> str:
@@ -135,13 +125,13 @@ def test_power_cycled_without_a_controller_the_node_answers_with_its_static_addr
     before = boot_id(lab)
     assert before
     start = time.monotonic()
-    ipmitool(lab, "chassis", "power", "cycle")
+    ipmitool(lab, NODE, "chassis", "power", "cycle")
     after = wait_for(lambda: (b := boot_id(lab)) and b != before and b, BOOT_LIMIT_S,
                      f"{NODE} to answer SSH with its pinned key after a power cycle",
                      interval=0.5)
     seconds = time.monotonic() - start
     print(f"power cycle -> SSH with the pinned key: {seconds:.1f} s (boot {after})")
-    assert "Chassis Power is on" in ipmitool(lab, "chassis", "power", "status")
+    assert "Chassis Power is on" in ipmitool(lab, NODE, "chassis", "power", "status")
     # The address came from the static config the installer wrote, not from a DHCP lease.
     network = ssh(lab, "cat /etc/systemd/network/10-metalchain.network").stdout
     assert f"Address={NODE_IP}/24" in network and "DHCP=no" in network, network
@@ -156,9 +146,10 @@ def test_power_cycled_without_a_controller_the_node_answers_with_its_static_addr
 
 
 def test_a_node_that_is_off_is_unreachable_not_refused(lab):
-    ipmitool(lab, "chassis", "power", "off")
+    ipmitool(lab, NODE, "chassis", "power", "off")
     try:
-        wait_for(lambda: "Chassis Power is off" in ipmitool(lab, "chassis", "power", "status"),
+        wait_for(lambda: "Chassis Power is off" in ipmitool(lab, NODE, "chassis", "power",
+                                                            "status"),
                  30, f"{NODE} to power off", interval=0.5)
         r = mc("--site", str(lab), "exec", NODE, "--", "true", timeout=120)
         text = r.stdout + r.stderr
@@ -166,7 +157,7 @@ def test_a_node_that_is_off_is_unreachable_not_refused(lab):
         assert "refused" not in text, text
         assert "no route to host" in text or "no answer within" in text, text
     finally:
-        ipmitool(lab, "chassis", "power", "on")
+        ipmitool(lab, NODE, "chassis", "power", "on")
     wait_for(lambda: boot_id(lab), BOOT_LIMIT_S, f"{NODE} to come back after power on",
              interval=0.5)
 

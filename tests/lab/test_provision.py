@@ -15,6 +15,7 @@ import yaml
 
 from inventory.site import Site
 from runtime.process import stop_child
+from tests.lab.ipmi import ipmitool
 from tests.lab.sshd import METALCHAIN
 from tests.waiting import wait_for
 
@@ -25,16 +26,6 @@ SUBNET = "10.87.0.0/24"
 
 def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def ipmitool(site: Path, node: str, *args: str) -> str:
-    inv = yaml.safe_load((site / "inventory.yml").read_text())["hosts"][node]["bmc"]
-    password = yaml.safe_load((site / "secrets.yml").read_text())[f"bmc-{node}"]
-    r = subprocess.run(["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(inv["port"]),
-                        "-U", "admin", "-E", *args], capture_output=True, text=True, timeout=30,
-                       env={"IPMI_PASSWORD": password, "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def set_timeouts(site: Path, **timeouts: float) -> None:
