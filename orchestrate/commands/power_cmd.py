@@ -11,7 +11,7 @@ import click
 
 from orchestrate import output
 from orchestrate.actions import power as power_action
-from orchestrate.commands.common import json_option
+from orchestrate.commands.common import json_option, wait_options, wait_seconds
 
 limit_option = click.option("--limit", help="Narrow the target.")
 
@@ -27,7 +27,7 @@ def _each(obj: Any, target: str, limit: str | None, action: str, as_json: bool,
                      [[r["host"], r["result"], r["error"]] for r in result.hosts])
         if result.skipped:
             n = len(result.skipped)
-            output.line(f"skipped {n} {'host' if n == 1 else 'hosts'} without a BMC: "
+            output.line(f"skipped {output.plural(n, 'host')} without a BMC: "
                         f"{', '.join(result.skipped)}")
     raise click.exceptions.Exit(result.exit_code)
 
@@ -50,10 +50,12 @@ def _simple(action: str, help_text: str) -> click.Command:
     @limit_option
     @json_option
     @click.pass_obj
-    def command(obj: Any, target: str, limit: str | None, as_json: bool) -> None:
-        _each(obj, target, limit, action, as_json)
+    def command(obj: Any, target: str, limit: str | None, as_json: bool,
+                wait: bool = False, wait_timeout: float | None = None) -> None:
+        _each(obj, target, limit, action, as_json, wait=wait_seconds(wait, wait_timeout))
 
-    return command
+    # status changes nothing: it takes no lease, so it never waits for one.
+    return command if action == "status" else wait_options(command)
 
 
 power.add_command(_simple("status", "Show the power state of TARGET's hosts. Hosts without "
@@ -70,14 +72,16 @@ power.add_command(_simple("soft-off", "ACPI shutdown request."))
 @click.argument("device", type=click.Choice(["network", "disk"]))
 @click.option("--once", is_flag=True, help="Only for the next boot (default: persistent).")
 @limit_option
+@wait_options
 @json_option
 @click.pass_obj
 def bootdev(obj: Any, target: str, device: str, once: bool, limit: str | None,
-            as_json: bool) -> None:
+            wait: bool, wait_timeout: float | None, as_json: bool) -> None:
     """Set the boot device; the BMC's answer is read back and checked.
 
     \b
     Examples:
       metalchain power bootdev node1 network --once
     """
-    _each(obj, target, limit, "bootdev", as_json, device=device, persistent=not once)
+    _each(obj, target, limit, "bootdev", as_json, device=device, persistent=not once,
+          wait=wait_seconds(wait, wait_timeout))

@@ -169,6 +169,22 @@ def _power_cli(mc, lab_dir: Path) -> None:
     # ... while an action that changes power refuses a host without a BMC, naming it.
     r = mc("--site", str(lab_dir), "power", "off", "fleet03")
     assert r.returncode == 2 and "power off: no BMC in the inventory for fleet03" in r.stderr
+    # Power actions take the node's lease: one another actor holds is not touched.
+    from inventory.site import Site
+    from inventory.state.leases import Owner
+
+    site = Site.open(lab_dir)
+    try:
+        site.state.acquire_leases(["node1"], Owner("other0run", "metalchain provision node1",
+                                                   owner_host="ctl-elsewhere", pid=1), ttl=300)
+    finally:
+        site.close()
+    r = mc("--site", str(lab_dir), "power", "off", "node1", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "held by run other0run" in json.loads(r.stdout)["hosts"][0]["error"]
+    assert "Chassis Power is on" in _ipmitool(lab_dir, "node1", port["node1"], "chassis",
+                                              "power", "status")
+    assert mc("--site", str(lab_dir), "state", "release", "node1").returncode == 0
     assert mc("--site", str(lab_dir), "power", "off", "node1").returncode == 0
     assert "Chassis Power is off" in _ipmitool(lab_dir, "node1", port["node1"], "chassis",
                                                "power", "status")
