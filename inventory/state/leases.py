@@ -124,7 +124,7 @@ class LeaseGrant:
     taken_over: dict[str, tuple[str, Lease]] = field(default_factory=dict)
 
 
-def _lease(r: Any) -> Lease:
+def lease_from_row(r: Any) -> Lease:
     """A row of ``leases`` joined with ``nodes`` as a Lease."""
     return Lease(host=r.name, holder=r.holder, owner_host=r.owner_host, pid=r.pid,
                  pid_start=r.pid_start, command=r.command, acquired_at=r.acquired_at,
@@ -153,7 +153,7 @@ class LeasesMixin(StoreBase):
                     continue
                 row = conn.execute(select(*_COLUMNS).join(nodes, nodes.c.id == leases.c.node_id)
                                    .where(leases.c.node_id == node_id)).first()
-                current = _lease(row) if row is not None else None
+                current = lease_from_row(row) if row is not None else None
                 verdict = lease_claim(current, owner, now, alive)
                 if verdict == HELD and current is not None:
                     grant.held[host] = current
@@ -218,7 +218,7 @@ class LeasesMixin(StoreBase):
         with self._read() as conn:
             rows = conn.execute(select(*_COLUMNS).join(nodes, nodes.c.id == leases.c.node_id)
                                 .order_by(nodes.c.name)).all()
-        return [_lease(r) for r in rows]
+        return [lease_from_row(r) for r in rows]
 
     def break_lease(self, host: str, actor: str = "metalchain") -> Lease | None:
         """Remove ``host``'s lease whoever holds it (an operator's ``state release``); the
@@ -228,7 +228,7 @@ class LeasesMixin(StoreBase):
                                .where(nodes.c.name == host)).first()
             if row is None:
                 return None
-            gone = _lease(row)
+            gone = lease_from_row(row)
             conn.execute(delete(leases).where(leases.c.node_id == row.node_id,
                                               leases.c.holder == gone.holder))
             write_audit(conn, actor, "lease_break", host, gone.to_json())

@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, insert, select, update
 from inventory.errors import InputError, StateError
 from inventory.state.audit import write_audit
 from inventory.state.base import StoreBase
+from inventory.state.leases import HELD, Owner, lease_claim, lease_from_row
 from inventory.state.schema import (
     deploy_tokens,
     drift,
@@ -107,12 +108,19 @@ class NodesMixin(StoreBase):
             node_id = self._node_id(conn, name, create=False)
             if node_id is None:
                 raise InputError(f"no node named '{name}' in the state store")
-            lease = conn.execute(select(leases).where(leases.c.node_id == node_id)).first()
-            if lease is not None:
-                raise LeaseHeld(
-                    f"cannot forget '{name}': held by {lease.holder} (pid {lease.pid} on "
-                    f"{lease.owner_host}: {lease.command}; lease expires at "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(lease.expires_at))})")
+            row = conn.execute(select(leases, nodes.c.name)
+                               .join(nodes, nodes.c.id == leases.c.node_id)
+                               .where(leases.c.node_id == node_id)).first()
+            if row is not None:
+                # A live lease keeps the host; an expired one, or one whose process on this
+                # machine is gone, goes with the node (as a run would take it over).
+                lease = lease_from_row(row)
+                if lease_claim(lease, Owner.this_process("forget", "metalchain state forget"),
+                               time.time()) == HELD:
+                    until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expires_at))
+                    raise LeaseHeld(f"cannot forget '{name}': {lease.describe()}; the lease "
+                                    f"expires at {until} unless its run renews it")
+                conn.execute(delete(leases).where(leases.c.node_id == node_id))
             deleted = {kind: int(conn.execute(delete(table).where(
                 table.c.node_id == node_id)).rowcount or 0) for kind, table in _FORGET.items()}
             kept_as = f"{name}{FORGOTTEN}{node_id}"

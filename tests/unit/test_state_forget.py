@@ -38,14 +38,14 @@ def _populate(store: StateStore, name: str) -> str:
     return uid
 
 
-def _lease(store: StateStore, name: str) -> None:
+def _lease(store: StateStore, name: str, expires_in: float = 60) -> None:
     now = time.time()
     with store._write() as conn:
         node_id = conn.execute(select(nodes.c.id).where(nodes.c.name == name)).scalar_one()
         conn.execute(insert(leases).values(
             node_id=node_id, holder="run-1234", owner_host="ctl1", pid=4242, pid_start="9",
             command="metalchain apply --role base", acquired_at=now, heartbeat_at=now,
-            expires_at=now + 60))
+            expires_at=now + expires_in))
 
 
 @pytest.fixture
@@ -86,11 +86,20 @@ def test_forget_removes_the_host_and_keeps_its_journal_readable(store):
 def test_forget_refuses_a_held_lease_and_changes_nothing(store):
     _populate(store, "web7")
     _lease(store, "web7")
-    with pytest.raises(LeaseHeld, match=r"cannot forget 'web7': held by run-1234 \(pid 4242 "
-                                        r"on ctl1: metalchain apply --role base"):
+    with pytest.raises(LeaseHeld, match=r"cannot forget 'web7': held by run run-1234 \(pid "
+                                        r"4242 on ctl1, `metalchain apply --role base`\)"):
         store.forget_node("web7", actor="alice")
     assert store.host_keys_of("web7") and store.node("web7") is not None
     assert [a["action"] for a in store.audit_log(target="web7")] == ["pin_host_key"]
+
+
+def test_forget_takes_an_expired_lease_with_the_node(store):
+    """A lease nobody renews any more (its run died on another controller) does not keep a
+    departed host in the store forever: it goes with the node."""
+    _populate(store, "web7")
+    _lease(store, "web7", expires_in=-1)
+    store.forget_node("web7", actor="alice")
+    assert store.list_leases() == [] and store.host_keys_of("web7") == []
 
 
 def test_forget_an_unknown_or_forgotten_node_is_input_error(store):
@@ -151,4 +160,4 @@ def test_state_forget_command(site, capsys):
     assert rc == 2 and "no node named 'web7' in the state store" in err
     _lease(site.state, "web1")
     rc, out, err = _main(capsys, "--site", root, "state", "forget", "web1", "--force")
-    assert rc == 1 and "held by run-1234" in err
+    assert rc == 1 and "held by run run-1234" in err
