@@ -102,10 +102,10 @@ class _Heartbeat(threading.Thread):
     """Push the holder's leases forward until stopped; say so if some were lost."""
 
     def __init__(self, store: Any, holder: str, count: int, ttl: float, every: float,
-                 note: Note) -> None:
+                 note: Note, on_lost: Callable[[], None]) -> None:
         super().__init__(name=f"lease-heartbeat-{holder}", daemon=True)
         self.store, self.holder, self.count = store, holder, count
-        self.ttl, self.every, self.note = ttl, every, note
+        self.ttl, self.every, self.note, self.on_lost = ttl, every, note, on_lost
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -119,6 +119,7 @@ class _Heartbeat(threading.Thread):
                 self.note(f"run {self.holder} lost {self.count - kept} of its {self.count} "
                           "host leases (expired and taken over, or released by hand)")
                 self.count = kept
+                self.on_lost()
 
 
 @contextlib.contextmanager
@@ -126,14 +127,16 @@ def host_leases(store: Any, hosts: Sequence[str], holder: str, command: str, *,
                 wait: float | None = None, ttl: float = DEFAULT_TTL,
                 heartbeat: float = HEARTBEAT_INTERVAL, poll: float | None = None,
                 on_note: Note | None = None,
-                cancelled: Callable[[], bool] = lambda: False) -> Iterator[LeaseGrant]:
+                cancelled: Callable[[], bool] = lambda: False,
+                on_lost: Callable[[], None] = lambda: None) -> Iterator[LeaseGrant]:
     """Hold the leases of the free ones of ``hosts`` for ``holder`` while the block runs.
 
     ``command`` is what other runs are shown ("held by run X (pid N on HOST, `command`)"):
     a description, never secret values. ``on_note`` gets what an operator should hear
     (waiting for a host, a lease taken over from a dead owner); default: a log warning.
     ``cancelled`` ends a wait early (a stop request): the free hosts are taken, as at the
-    deadline.
+    deadline. ``on_lost`` is called (from the heartbeat thread) when a heartbeat finds fewer
+    leases than were taken: another actor may own one of the hosts now.
     """
     note = on_note or log.warning
     owner = Owner.this_process(holder, command)
@@ -146,7 +149,8 @@ def host_leases(store: Any, hosts: Sequence[str], holder: str, command: str, *,
             note(f"{host}: took over the lease of run {old.holder} (pid {old.pid} on "
                  f"{old.owner_host}, `{old.command}`): {why}")
         if grant.acquired:
-            beat = _Heartbeat(store, holder, len(grant.acquired), ttl, heartbeat, note)
+            beat = _Heartbeat(store, holder, len(grant.acquired), ttl, heartbeat, note,
+                              on_lost)
             beat.start()
         yield grant
     finally:

@@ -21,9 +21,12 @@ def stopping_line(ev: dict[str, Any]) -> str:
     if ev.get("state") == "aborting":
         return (f"aborting: giving up on the step in progress on {hosts}" if hosts
                 else "aborting")
+    source = ev.get("source") or ""
+    # A stop the run asked for itself (a lost lease) is not the operator's Ctrl-C.
+    why = "Ctrl-C again to abort" if source in ("", "SIGINT", "SIGTERM") else source
     if hosts:
-        return f"stopping after the current step on {hosts}; Ctrl-C again to abort"
-    return "stopping: no step is running, none will start; Ctrl-C again to abort"
+        return f"stopping after the current step on {hosts}; {why}"
+    return f"stopping: no step is running, none will start; {why}"
 
 
 class PlainProgress:

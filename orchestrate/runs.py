@@ -36,6 +36,7 @@ from configure.connect import connector
 from inventory.errors import InputError, MetalchainError
 from inventory.model import Inventory
 from inventory.select import select_hosts
+from inventory.state.leases import HEARTBEAT_INTERVAL
 from inventory.state.runowner import HEARTBEAT_EVERY, this_process
 from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
 from orchestrate.events import EventLog
@@ -54,6 +55,10 @@ Listener = Callable[[dict[str, Any]], None]
 #: Run kinds that never change a host: they take no lease (and so are never kept waiting).
 #: ``exec`` is an operator's ad-hoc command, often a look at a host another run is changing.
 LEASE_FREE_KINDS = ("exec", "facts", "verify")
+#: Why a run stops when a heartbeat finds one of its leases gone (broken, or expired and taken).
+LEASE_LOST = "a host lease was lost (broken by hand, or expired and taken over)"
+#: Seconds between two heartbeats of a run's host leases.
+LEASE_HEARTBEAT = HEARTBEAT_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -237,6 +242,10 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
                 facts=facts, stop=stop, exclude=list(grant.held) if grant is not None else ())
             if grant is not None:
                 report.held = {h: lease.describe() for h, lease in grant.held.items()}
+        if report.interrupted == "interrupted" and stop.source == LEASE_LOST:
+            # Not an operator's stop: a failure of the run (exit 1), the hosts not run named.
+            report.interrupted = ""
+            report.stopped_reason = f"stopped after the steps in progress: {LEASE_LOST}"
         status, outcome = _status(report), run_outcome(report)
     except KeyboardInterrupt:
         status = "aborted"
@@ -254,8 +263,13 @@ def _leases(site: Any, playbook: Playbook, options: RunOptions, uid: str,
     if not options.takes_leases:
         return contextlib.nullcontext(None)
     hosts = selected_hosts(site.inventory, playbook, options.limit, named, facts)
+    def lost() -> None:   # another actor may be on one of our hosts: start nothing more
+        if not stop.stopping:
+            stop.request(LEASE_LOST)
+
     return host_leases(site.state, hosts, uid, _command(site, options), wait=options.wait,
-                       cancelled=lambda: stop.stopping)
+                       heartbeat=LEASE_HEARTBEAT, cancelled=lambda: stop.stopping,
+                       on_lost=lost)
 
 
 def selected_hosts(inv: Inventory, playbook: Playbook, limit: str | None,

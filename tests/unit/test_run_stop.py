@@ -231,3 +231,15 @@ def test_the_heartbeat_beats_while_the_run_runs(store):
             time.sleep(0.01)
     # stopped (and joined) with the run
     assert not any(t.name == f"heartbeat-{uid}" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("SIGINT", "stopping after the current step on h1, h2; Ctrl-C again to abort"),
+    ("SIGTERM", "stopping after the current step on h1, h2; Ctrl-C again to abort"),
+    ("a host lease was lost", "stopping after the current step on h1, h2; a host lease was lost"),
+])
+def test_the_acknowledgement_says_who_stopped_the_run(source, expected):
+    from orchestrate.progress import stopping_line
+
+    ev = {"event": "run_stopping", "state": "stopping", "hosts": ["h1", "h2"], "source": source}
+    assert stopping_line(ev) == expected

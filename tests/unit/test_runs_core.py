@@ -207,6 +207,41 @@ def test_a_stop_request_ends_the_wait_for_held_hosts(site, monkeypatch):
     assert site.state.list_leases()[0].holder == "other0run"   # its own leases were given back
 
 
+class LosesItsLease(Holds):
+    """On its first host, breaks that host's lease (as `state release` would) and waits for
+    the run's heartbeat to notice."""
+
+    def __init__(self, store: Any, stop: Any) -> None:
+        super().__init__(store)
+        self.stop = stop
+
+    def run(self, ctx: Any, args: Any) -> StepOutcome:
+        if not self.seen:
+            self.store.break_lease(ctx.host)
+            deadline = time.monotonic() + 5
+            while not self.stop.stopping and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return super().run(ctx, args)
+
+
+def test_a_run_that_loses_a_lease_starts_nothing_more(site, monkeypatch):
+    """Its lease broken by hand (or expired and taken over): another actor may be on the
+    host, so the run finishes what it is doing and starts nothing new — never two at once."""
+    from orchestrate import runs as runs_mod
+    from orchestrate.stop import Stop
+
+    monkeypatch.setattr(runs_mod, "LEASE_HEARTBEAT", 0.02)
+    stop = Stop()
+    step = LosesItsLease(site.state, stop)
+    pb = single_step_playbook("all", "holds", None, "holds")
+    report = start_run(site, pb, RunOptions(kind="apply", parallel=1),
+                       registry=holds_registry(step), connect=lambda host: object(), stop=stop)
+    assert stop.source == runs_mod.LEASE_LOST
+    assert list(step.seen) == ["h1"] and report.not_run == ["h2"]
+    assert report.interrupted == "" and "a host lease was lost" in report.stopped_reason
+    assert report.exit_code == 1 and site.state.get_run(report.uid)["status"] == "failed"
+
+
 def test_a_run_whose_every_host_is_held_runs_none_and_says_so(site):
     site.state.acquire_leases(["h1", "h2"], OTHER)
     step = Holds(site.state)
