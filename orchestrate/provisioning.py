@@ -25,6 +25,7 @@ from typing import Any
 
 from inventory.errors import InputError, MetalchainError
 from inventory.select import select_hosts
+from orchestrate.stop import Stop
 from provision import lifecycle as lc
 from provision.provisioner import NodeResult
 from provision.watch import POWER_SYNC_INTERVAL, NodeChanges, WatchSet
@@ -170,6 +171,8 @@ class ProvisionReport:
 
     nodes: dict[str, NodeResult] = field(default_factory=dict)
     all_active: bool = False
+    #: "" (ran to its end), "interrupted" (no new node started after a stop request), "aborted"
+    interrupted: str = ""
 
     @property
     def failed(self) -> int:
@@ -181,13 +184,20 @@ class ProvisionReport:
 
     def to_doc(self) -> dict[str, Any]:
         """The body of the ``provision.result`` JSON document."""
-        return {"nodes": self.node_docs(), "failed": self.failed}
+        return {"nodes": self.node_docs(), "failed": self.failed,
+                "interrupted": self.interrupted or None}
 
 
 def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | None = None,
                     *, on_change: OnChange | None = None, on_note: OnNote = _quiet,
-                    controller: Controller | None = None) -> ProvisionReport:
+                    controller: Controller | None = None,
+                    stop: Stop | None = None) -> ProvisionReport:
     """Install ``target``'s bare-metal nodes (None: every host with provisioning data).
+
+    ``stop`` (see :mod:`orchestrate.stop`): once requested no further node is started and
+    the nodes being installed are finished; a second request gives up on them — and if the
+    boot server is this call's own (it stops with it, so they cannot finish), they are failed
+    with the reason, never left in progress.
 
     Raises :class:`InputError` before touching anything when the selection or a node's state
     forbids it (active without ``force``, failed without ``retry``, ...). Uses the site's
@@ -236,16 +246,48 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
     prov = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
                        timeouts=ctl.timeouts, on_change=on_change, changes=changes,
                        token_ttl=ctl.settings.token_ttl)
+    names = [h.name for h in hosts]
     try:
-        results = _run_provision(site, prov, [h.name for h in hosts], opts)
+        results, interrupted = _run_provision(site, prov, names, opts, stop, on_note)
+        if interrupted == "aborted" and started_here:
+            _fail_cut_short(site, ctl, names, results, "aborted by a stop request")
+    except KeyboardInterrupt:   # a third Ctrl-C, or an embedder without a Stop
+        if started_here:
+            _fail_cut_short(site, ctl, names, {}, "interrupted (KeyboardInterrupt)")
+        raise
     finally:
         if started_here:
             ctl.stop()
-    return ProvisionReport(nodes=results)
+    return ProvisionReport(nodes=results, interrupted=interrupted)
 
 
-def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOptions
-                   ) -> dict[str, NodeResult]:
+def _say_stopping(ev: dict[str, Any], on_note: OnNote) -> None:
+    """The acknowledgement of a stop request ("stopping after the current step on node1;
+    Ctrl-C again to abort"), as for every run."""
+    if ev.get("event") == "run_stopping":
+        from orchestrate.progress import stopping_line
+
+        on_note(stopping_line(ev))
+
+
+def _fail_cut_short(site: Any, ctl: Controller, names: list[str],
+                    results: dict[str, NodeResult], why: str) -> None:
+    """Fail the nodes still in progress: the boot server they need stops with this call."""
+    life = lc.Lifecycle(site.state, ctl.timeouts)
+    for node in names:
+        rec = site.state.node(node)
+        state = rec.state if rec else None
+        reason = (f"{why} while {state}: the boot server of this provision stopped with it "
+                  "(provision --retry starts over)")
+        if state in lc.IN_PROGRESS and life.fail(node, reason) and node in results:
+            old = results[node]
+            results[node] = NodeResult(node, lc.FAILED, reason, old.seconds, old.timings,
+                                       error=old.error)
+
+
+def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOptions,
+                   stop: Stop | None = None, on_note: OnNote = _quiet
+                   ) -> tuple[dict[str, NodeResult], str]:
     """The nodes as a run of the ``provision`` step: fanned out ``opts.parallel`` at a time,
     journaled (``runs list`` shows it, ``@failed`` names the nodes that failed) and bounded by
     ``--timeout`` (plus a grace for the step to report) like any other run. The run holds
@@ -262,7 +304,8 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
     timeout = opts.total_timeout + REPORT_GRACE if opts.total_timeout else None
     pb = single_step_playbook("@provision", "provision", None, "provision", timeout=timeout)
     report = start_run(site, pb, RunOptions(kind="provision", parallel=opts.parallel,
-                                            named={"provision": nodes}), registry=registry)
+                                            named={"provision": nodes}), registry=registry,
+                       stop=stop, on_event=lambda ev: _say_stopping(ev, on_note))
     results: dict[str, NodeResult] = {}
     for node in nodes:
         if node in report.held:   # another run holds the node: not touched, not ok
@@ -280,7 +323,7 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
         results[node] = NodeResult(node, rec.state if rec else None,
                                    (rec.reason if rec and rec.reason else reason),
                                    0.0, timings(site.state, node))
-    return results
+    return results, report.interrupted
 
 
 # -- serve ---------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ from typing import Any
 import click
 
 from orchestrate import output
-from orchestrate.commands.common import json_option
+from orchestrate.commands.common import json_option, stop_on_signals
 from orchestrate.provisioning import ProvisionOptions, Serve, provision_nodes
+from orchestrate.reports import EXIT_INTERRUPTED
 
 
 @click.command()
@@ -67,6 +68,10 @@ def provision(obj: Any, target: str | None, image: str | None, parallel: int, re
               as_json: bool) -> None:
     """Install TARGET's bare-metal nodes (default: every host with provisioning data).
 
+    Ctrl-C (or SIGTERM) starts no further node and lets the ones being installed finish
+    (exit 130); a second Ctrl-C gives up on them, and if this command runs the boot server
+    they are failed with the reason (`provision --retry` starts them over).
+
     \b
     Examples:
       metalchain provision
@@ -74,8 +79,10 @@ def provision(obj: Any, target: str | None, image: str | None, parallel: int, re
     """
     options = ProvisionOptions(image=image, parallel=parallel, retry=retry, force=force,
                                skip_active=skip_active, total_timeout=total_timeout)
-    report = provision_nodes(obj.site, target, options, on_change=_progress_printer(as_json),
-                             on_note=lambda text: _say(as_json, text))
+    with stop_on_signals() as stop:
+        report = provision_nodes(obj.site, target, options,
+                                 on_change=_progress_printer(as_json),
+                                 on_note=lambda text: _say(as_json, text), stop=stop)
     if report.all_active:
         if as_json:
             output.emit_json("provision.result", report.to_doc())
@@ -87,6 +94,11 @@ def provision(obj: Any, target: str | None, image: str | None, parallel: int, re
                      [[n, d["state"], d["seconds"], d["timings"].get("active"),
                        d["reason"] if d["state"] != "active" or d["error"] else ""]
                       for n, d in report.node_docs().items()])
+    if report.interrupted:
+        _say(as_json, f"provision {report.interrupted}: no further node was started"
+             + (" (the nodes cut short are provision_failed)"
+                if report.interrupted == "aborted" else ""))
+        raise click.exceptions.Exit(EXIT_INTERRUPTED)
     raise click.exceptions.Exit(1 if report.failed else 0)
 
 

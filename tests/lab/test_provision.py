@@ -149,5 +149,49 @@ def test_controller_killed_mid_install_never_leaves_a_node_in_progress(lab):
         assert rec.reason  # failed with a reason, never stuck
 
 
+def test_ctrl_c_twice_fails_the_node_cut_short_with_the_reason(lab):
+    """The first Ctrl-C is acknowledged naming the node (and finishes it); the second gives
+    up on it: this command's boot server stops with it, so the node is failed with the
+    reason, never left in progress (before, no stop was acknowledged at all)."""
+    set_timeouts(lab)
+    proc = subprocess.Popen([METALCHAIN, "--site", str(lab), "provision", "node1", "--force",
+                             "--retry"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        wait_for(lambda: state_of(lab, "node1") in ("pxe_booting", "installing"), 180,
+                 "node1 booting its installer", interval=0.2)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: _run_event(lab, "provision", "run_stopping"), 30,
+                 "the provision run to acknowledge the stop")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        stop_child(proc, sig=signal.SIGKILL, timeout=10)
+    assert proc.returncode == 130, out
+    assert "stopping after the current step on node1; Ctrl-C again to abort" in out
+    assert "provision aborted: no further node was started" in out
+    site = Site.open(lab)
+    try:
+        rec = site.state.node("node1")
+    finally:
+        site.close()
+    assert rec.state == "provision_failed", (rec.state, rec.reason)
+    assert rec.reason.startswith("aborted by a stop request while "), rec.reason
+
+
+def _run_event(site: Path, kind: str, event: str) -> bool:
+    """Whether the newest run of ``kind`` has logged ``event`` in its JSON event log."""
+    s = Site.open(site)
+    try:
+        runs = [r for r in s.state.list_runs(limit=5) if r["kind"] == kind]
+    finally:
+        s.close()
+    log = site / "runs" / f"{runs[0]['uid']}.jsonl" if runs else None
+    if log is None or not log.exists():
+        return False
+    return any(json.loads(line).get("event") == event
+               for line in log.read_text().splitlines() if line.strip())
+
+
 def _netns(site: Path) -> str:
     return json.loads((site / "lab" / "lab.json").read_text())["netns"]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from inventory.site import Site
-from orchestrate.provisioning import ProvisionOptions, _run_provision
+from orchestrate.provisioning import ProvisionOptions, _fail_cut_short, _run_provision
 from orchestrate.runner import last_failed_hosts
 from provision import lifecycle as lc
 from provision.provision_step import ProvisionStep
@@ -70,8 +70,9 @@ def site(tmp_path: Path):
 
 def test_nodes_are_provisioned_as_a_journaled_run(site):
     prov = FakeProvisioner()
-    results = _run_provision(site, prov, ["node1", "node2", "node3"],
-                             ProvisionOptions(parallel=2))
+    results, interrupted = _run_provision(site, prov, ["node1", "node2", "node3"],
+                                          ProvisionOptions(parallel=2))
+    assert interrupted == ""
     assert {n: r.state for n, r in results.items()} == {
         "node1": lc.ACTIVE, "node2": lc.FAILED, "node3": lc.ACTIVE}
     assert results["node2"].reason == "BMC: does not answer"
@@ -98,7 +99,7 @@ def test_a_node_whose_step_does_not_report_gets_the_stores_state(site):
         def provision_one(self, host: Any, deadline: float | None = None) -> NodeResult:
             raise RuntimeError("watcher crashed")
 
-    results = _run_provision(site, Silent(), ["node1"], ProvisionOptions())
+    results, _ = _run_provision(site, Silent(), ["node1"], ProvisionOptions())
     assert results["node1"].state is None
     assert "watcher crashed" in results["node1"].reason
 
@@ -108,3 +109,39 @@ def test_the_step_takes_no_arguments():
     step.parse(None)
     with pytest.raises(ValueError, match="no arguments"):
         step.parse({"image": "x"})
+
+
+def test_a_stop_request_starts_no_further_node_and_finishes_the_one_in_progress(site):
+    """Ctrl-C during provision: the node being installed is finished, no other is started."""
+    from orchestrate.stop import Stop
+
+    stop = Stop()
+
+    class StopsOnFirst(FakeProvisioner):
+        def provision_one(self, host: Any, deadline: float | None = None) -> NodeResult:
+            stop.request("SIGINT")
+            return super().provision_one(host, deadline)
+
+    prov = StopsOnFirst()
+    results, interrupted = _run_provision(site, prov, ["node1", "node2", "node3"],
+                                          ProvisionOptions(parallel=1), stop)
+    assert interrupted == "interrupted" and list(prov.deadlines) == ["node1"]
+    assert results["node1"].state == lc.ACTIVE
+    assert [results[n].reason for n in ("node2", "node3")] == ["not run", "not run"]
+
+
+def test_nodes_cut_short_are_failed_with_the_reason_not_left_in_progress(site):
+    from types import SimpleNamespace
+
+    site.state.set_node_state("node1", lc.ENROLLED, "enrolled")
+    site.state.set_node_state("node1", lc.POWERING_ON, "power on")
+    site.state.set_node_state("node1", lc.PXE_BOOTING, "pxe")
+    site.state.set_node_state("node2", lc.ACTIVE, "installed earlier")
+    results = {"node1": NodeResult("node1", lc.PXE_BOOTING, "pxe", 3.0, {})}
+    _fail_cut_short(site, SimpleNamespace(timeouts=dict(lc.DEFAULT_TIMEOUTS)),
+                    ["node1", "node2"], results, "aborted by a stop request")
+    node1 = site.state.node("node1")
+    assert node1.state == lc.FAILED and node1.reason.startswith(
+        "aborted by a stop request while pxe_booting: the boot server")
+    assert results["node1"].state == lc.FAILED and results["node1"].reason == node1.reason
+    assert site.state.node("node2").state == lc.ACTIVE     # not in progress: left alone
