@@ -1,0 +1,182 @@
+"""Alertmanager's webhook (payload version 4), read strictly: a notification or a reason.
+
+The receiver in ``metalchain serve`` (issue 11, not built yet) answers with what this module
+decides, before it writes anything::
+
+    check_bearer(request.headers.get("Authorization"), token)   # False -> 401
+    notification = parse_notification(body)                      # WebhookError -> its status
+    for alert in notification.alerts:
+        store.record_alert(alert.key, ...)                       # then 200, then act
+
+Every value that comes from Alertmanager is data (labels end up in audit rows and incident
+timelines): it is checked for type and size here and never rendered as a template. An
+incident is keyed by ``(fingerprint, startsAt)`` (:attr:`Alert.key`), so Alertmanager's
+retries, its ``repeat_interval`` resends and the second replica's copy of one alert map to one
+key, while the same alert firing again later (a new ``startsAt``) is a new incident.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+#: The payload version this receiver reads (Alertmanager 0.x sends "4").
+VERSION = "4"
+#: Bytes a notification may have; Alertmanager's default groups stay far below this.
+MAX_BODY = 1 << 20
+#: Alerts in one notification, labels in one alert, characters in one label or annotation.
+MAX_ALERTS = 1000
+MAX_LABELS = 64
+MAX_VALUE = 4096
+STATUSES = ("firing", "resolved")
+
+
+class WebhookError(ValueError):
+    """A notification refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str
+    ends_at: str
+    fingerprint: str
+    generator_url: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies the incident this alert belongs to: (fingerprint, startsAt)."""
+        return (self.fingerprint, self.starts_at)
+
+    @property
+    def name(self) -> str:
+        return self.labels.get("alertname", "")
+
+
+@dataclass(frozen=True)
+class Notification:
+    status: str
+    receiver: str
+    group_key: str
+    alerts: tuple[Alert, ...]
+    truncated_alerts: int = 0
+
+
+def check_bearer(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer TOKEN`` (compared in constant
+    time; an empty configured token accepts nothing)."""
+    if not token or not header:
+        return False
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def parse_notification(body: bytes) -> Notification:
+    """The notification in ``body``, or :class:`WebhookError` saying what is wrong with it
+    (413 for a body over :data:`MAX_BODY`, 400 for everything else)."""
+    if len(body) > MAX_BODY:
+        raise WebhookError(f"body of {len(body)} bytes is over the limit of {MAX_BODY}", 413)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebhookError(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WebhookError(f"body is not JSON: {exc.msg} at line {exc.lineno} column "
+                           f"{exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise WebhookError("body is not a JSON object")
+    version = doc.get("version")
+    if version != VERSION:
+        raise WebhookError(f"payload version {_shown(version)}, expected \"{VERSION}\"")
+    status = _choice(doc, "status", "notification")
+    alerts = doc.get("alerts")
+    if not isinstance(alerts, list) or not alerts:
+        raise WebhookError("'alerts' must be a non-empty list")
+    if len(alerts) > MAX_ALERTS:
+        raise WebhookError(f"{len(alerts)} alerts in one notification, over {MAX_ALERTS}")
+    truncated = doc.get("truncatedAlerts", 0)
+    if not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0:
+        raise WebhookError("'truncatedAlerts' must be a whole number >= 0")
+    return Notification(status=status, receiver=_text(doc, "receiver", "notification"),
+                        group_key=_text(doc, "groupKey", "notification"),
+                        alerts=tuple(_alert(a, i) for i, a in enumerate(alerts)),
+                        truncated_alerts=truncated)
+
+
+def _alert(raw: Any, index: int) -> Alert:
+    where = f"alerts[{index}]"
+    if not isinstance(raw, dict):
+        raise WebhookError(f"{where} is not an object")
+    fingerprint = _text(raw, "fingerprint", where)
+    if not fingerprint:
+        raise WebhookError(f"{where}: 'fingerprint' is missing or empty")
+    starts_at = _text(raw, "startsAt", where)
+    _timestamp(starts_at, f"{where}.startsAt")
+    ends_at = _text(raw, "endsAt", where, required=False)
+    if ends_at:
+        _timestamp(ends_at, f"{where}.endsAt")
+    return Alert(status=_choice(raw, "status", where),
+                 labels=_string_map(raw.get("labels"), f"{where}.labels", required=True),
+                 annotations=_string_map(raw.get("annotations", {}), f"{where}.annotations"),
+                 starts_at=starts_at, ends_at=ends_at, fingerprint=fingerprint,
+                 generator_url=_text(raw, "generatorURL", where, required=False))
+
+
+def _choice(doc: dict[str, Any], key: str, where: str) -> str:
+    value = doc.get(key)
+    if value not in STATUSES:
+        raise WebhookError(f"{where}: unknown status {_shown(value)} (expected firing or "
+                           "resolved)")
+    return str(value)
+
+
+def _text(doc: dict[str, Any], key: str, where: str, *, required: bool = True) -> str:
+    value = doc.get(key)
+    if value is None:
+        if required:
+            raise WebhookError(f"{where}: '{key}' is missing")
+        return ""
+    if not isinstance(value, str):
+        raise WebhookError(f"{where}: '{key}' must be a string")
+    if len(value) > MAX_VALUE:
+        raise WebhookError(f"{where}: '{key}' is longer than {MAX_VALUE} characters")
+    return value
+
+
+def _string_map(value: Any, where: str, *, required: bool = False) -> dict[str, str]:
+    if not isinstance(value, dict) or (required and not value):
+        raise WebhookError(f"{where} must be a{' non-empty' if required else 'n'} object")
+    if len(value) > MAX_LABELS:
+        raise WebhookError(f"{where} has {len(value)} entries, over {MAX_LABELS}")
+    for k, v in value.items():
+        if not isinstance(v, str) or len(k) > MAX_VALUE or len(v) > MAX_VALUE:
+            raise WebhookError(f"{where}: {_shown(k)} must be a string of at most "
+                               f"{MAX_VALUE} characters")
+    return dict(value)
+
+
+def _timestamp(value: str, where: str) -> None:
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise WebhookError(f"{where} is not an RFC 3339 time: {_shown(value)}") from None
+
+
+def _shown(value: Any) -> str:
+    """A value from the payload as an error message may quote it: short, printable only."""
+    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else value
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return repr(text[:40] + ("..." if len(text) > 40 else ""))
