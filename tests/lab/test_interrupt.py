@@ -18,6 +18,7 @@ import pytest
 
 from tests.lab.conftest import _populate
 from tests.lab.sshd import METALCHAIN, LocalSshd, SitePath, addresses, keygen, mc
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -87,10 +88,7 @@ def running(site: Path, *args: str) -> Iterator[Running]:
 
 
 def wait_files(paths: list[Path], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not all(p.exists() for p in paths):
-        assert time.monotonic() < deadline, [p for p in paths if not p.exists()]
-        time.sleep(0.05)
+    wait_for(lambda: all(p.exists() for p in paths), within, f"{[str(p) for p in paths]}")
 
 
 def slow_playbook(site: SitePath, name: str, seconds: int) -> Path:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.lab.sshd import LocalSshd, keygen, mc
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -64,10 +64,7 @@ def lab(tmp_path_factory):
         lab = Lab(site, work, sshd)
         # start() probed the port: wait until sshd has logged that connection, so the counts
         # the tests compare are not raced by it.
-        deadline = time.monotonic() + 10
-        while lab.connections() < 1:
-            assert time.monotonic() < deadline, "sshd did not log its start probe"
-            time.sleep(0.05)
+        wait_for(lambda: lab.connections() >= 1, 10, "sshd to log its start probe")
         lab.inventory()
         yield lab
     finally:
