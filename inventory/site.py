@@ -26,10 +26,10 @@ from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
 
 SETTINGS_FILE = "metalchain.yml"
-SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror")
+SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "monitor")
 # Settings that are mappings, validated by the stage that owns them (boot: provision/,
-# mirror: configure/).
-MAPPING_SETTINGS = ("boot", "mirror")
+# mirror: configure/, monitor: monitor/).
+MAPPING_SETTINGS = ("boot", "mirror", "monitor")
 
 
 def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:

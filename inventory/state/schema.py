@@ -14,7 +14,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 metadata = MetaData()
@@ -156,4 +156,69 @@ leases = Table(
     Column("acquired_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
+)
+
+# Schema 6: monitoring. An incident is one alert (or pushed event) occurrence, keyed by
+# (fingerprint, startsAt) so retries, resends and the second Alertmanager's copy are the same
+# row; its timeline, the remediation actions taken for it, per-host tokens for pushed events
+# (hashes only) and remediation's switches (kill switch, dry run).
+incidents = Table(
+    "incidents", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("starts_at", String(40), nullable=False),
+    Column("source", String(16), nullable=False),       # alertmanager | event
+    Column("alertname", String(200), nullable=False),
+    Column("target", String(253), nullable=False),       # host name ('' if none)
+    Column("labels", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("alert_status", String(16), nullable=False),  # firing | resolved (latest seen)
+    Column("state", String(16), nullable=False),
+    Column("step", Integer, nullable=False, default=0),
+    Column("rule", String(200)),
+    Column("deliveries", Integer, nullable=False, default=1),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ended_at", Float),
+    UniqueConstraint("fingerprint", "starts_at"),
+)
+
+incident_events = Table(
+    "incident_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", Integer, ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+remediation_actions = Table(
+    "remediation_actions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", Integer, ForeignKey("incidents.id"), nullable=False, index=True),
+    Column("target", String(253), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("groups", Text, nullable=False, default=""),   # ",a,b,"
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    # running -> ok | failed | interrupted (its process died)
+    Column("outcome", String(16), nullable=False),
+    Column("run_uid", String(36)),
+    Column("detail", Text, nullable=False, default="{}"),
+)
+
+event_tokens = Table(
+    "event_tokens", metadata,
+    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
+    Column("token_sha256", String(64), nullable=False, unique=True),
+    Column("issued_at", Float, nullable=False),
+)
+
+remediation_settings = Table(
+    "remediation_settings", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("updated_at", Float, nullable=False),
 )

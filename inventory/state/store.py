@@ -7,6 +7,7 @@ from pathlib import Path
 from inventory.state.audit import AuditMixin
 from inventory.state.base import _sqlite_url
 from inventory.state.facts import FactsMixin
+from inventory.state.incidents import IncidentsMixin
 from inventory.state.keys import KeysMixin
 from inventory.state.leases import LeasesMixin
 from inventory.state.migrate import SchemaMixin
@@ -16,7 +17,7 @@ from inventory.state.tokens import TokensMixin
 
 
 class StateStore(NodesMixin, RunsMixin, KeysMixin, TokensMixin, FactsMixin, AuditMixin,
-                 LeasesMixin, SchemaMixin):
+                 LeasesMixin, IncidentsMixin, SchemaMixin):
     """One handle on the state store. Safe to share between threads of one process."""
 
     def __init__(self, url: str) -> None:

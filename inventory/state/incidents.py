@@ -1,0 +1,402 @@
+"""Incidents, their timeline, remediation actions, pushed-event tokens and remediation's switches.
+
+An incident is one occurrence of an alert (or of a pushed event), keyed by ``(fingerprint,
+starts_at)``: :meth:`IncidentsMixin.ingest` writes a whole notification in one transaction —
+new keys become incidents, known keys only count a delivery — so Alertmanager's retries, its
+``repeat_interval`` resends and the second replica's copy never make a second incident, and
+the receiver answers 200 only after the rows are committed.
+
+States (``INCIDENT_STATES``): ``open`` (received, not acted on yet) → ``acting`` (a step of
+its ladder runs or is being verified) → ``healed`` | ``escalated`` (a human must look: the
+ladder ran out, a guard said so, or approval is needed) | ``suppressed`` (a guard refused, and
+nothing more will be tried) | ``dry_run`` | ``resolved`` (the alert resolved before anything
+was done) | ``unmatched`` (no rule). ``open`` and ``acting`` are the non-terminal ones a
+restarted controller picks up again (:meth:`IncidentsMixin.unfinished_incidents`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from inventory.state.audit import write_audit
+from inventory.state.base import StoreBase
+from inventory.state.schema import (
+    event_tokens,
+    incident_events,
+    incidents,
+    nodes,
+    remediation_actions,
+    remediation_settings,
+)
+
+INCIDENT_STATES = ("open", "acting", "healed", "escalated", "suppressed", "dry_run",
+                   "resolved", "unmatched")
+UNFINISHED = ("open", "acting")
+ACTION_OUTCOMES = ("running", "ok", "failed", "interrupted")
+
+
+@dataclass(frozen=True)
+class IncidentInput:
+    """One alert or event of a notification, as the receiver parsed it."""
+
+    fingerprint: str
+    starts_at: str
+    status: str                       # firing | resolved
+    alertname: str
+    target: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """What :meth:`IncidentsMixin.ingest` did with one input: ``new`` — a new incident;
+    ``resolved`` — its alert resolved now (it was firing)."""
+
+    incident_id: int
+    new: bool
+    resolved: bool
+
+
+@dataclass(frozen=True)
+class IncidentRecord:
+    id: int
+    fingerprint: str
+    starts_at: str
+    source: str
+    alertname: str
+    target: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    alert_status: str
+    state: str
+    step: int
+    rule: str | None
+    deliveries: int
+    created_at: float
+    updated_at: float
+    ended_at: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "fingerprint": self.fingerprint, "starts_at": self.starts_at,
+                "source": self.source, "alertname": self.alertname, "target": self.target,
+                "labels": self.labels, "annotations": self.annotations,
+                "alert_status": self.alert_status, "state": self.state, "step": self.step,
+                "rule": self.rule, "deliveries": self.deliveries,
+                "created_at": self.created_at, "updated_at": self.updated_at,
+                "ended_at": self.ended_at}
+
+
+@dataclass(frozen=True)
+class ActionRecord:
+    id: int
+    incident_id: int
+    target: str
+    action: str
+    step: int
+    groups: tuple[str, ...]
+    started_at: float
+    ended_at: float | None
+    outcome: str
+    run_uid: str | None
+    detail: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "incident": self.incident_id, "target": self.target,
+                "action": self.action, "step": self.step, "groups": list(self.groups),
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "outcome": self.outcome, "run": self.run_uid, "detail": self.detail}
+
+
+def _incident(row: Any) -> IncidentRecord:
+    return IncidentRecord(
+        id=row.id, fingerprint=row.fingerprint, starts_at=row.starts_at, source=row.source,
+        alertname=row.alertname, target=row.target, labels=json.loads(row.labels),
+        annotations=json.loads(row.annotations), alert_status=row.alert_status,
+        state=row.state, step=row.step, rule=row.rule, deliveries=row.deliveries,
+        created_at=row.created_at, updated_at=row.updated_at, ended_at=row.ended_at)
+
+
+def _action(row: Any) -> ActionRecord:
+    return ActionRecord(
+        id=row.id, incident_id=row.incident_id, target=row.target, action=row.action,
+        step=row.step, groups=tuple(g for g in row.groups.split(",") if g),
+        started_at=row.started_at, ended_at=row.ended_at, outcome=row.outcome,
+        run_uid=row.run_uid, detail=json.loads(row.detail))
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class IncidentsMixin(StoreBase):
+    # -- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, items: Sequence[IncidentInput], source: str,
+               received: Mapping[str, Any] | None = None) -> list[Ingested]:
+        """Write one notification (all its alerts) in one transaction; see the module doc.
+
+        Every input adds one timeline event: ``received`` (a new incident), ``duplicate``
+        (a known key delivered again) or ``resolved`` (its alert resolved). ``received`` is
+        extra detail for those events (e.g. which receiver, the group key)."""
+        now = time.time()
+        extra = dict(received or {})
+        out: list[Ingested] = []
+        with self._write("incidents") as conn:
+            for item in items:
+                out.append(self._ingest_one(conn, item, source, now, extra))
+        return out
+
+    @staticmethod
+    def _ingest_one(conn: Connection, item: IncidentInput, source: str, now: float,
+                    extra: dict[str, Any]) -> Ingested:
+        row = conn.execute(select(incidents.c.id, incidents.c.alert_status, incidents.c.state)
+                           .where(incidents.c.fingerprint == item.fingerprint,
+                                  incidents.c.starts_at == item.starts_at)).first()
+        if row is None:
+            res = conn.execute(insert(incidents).values(
+                fingerprint=item.fingerprint, starts_at=item.starts_at, source=source,
+                alertname=item.alertname, target=item.target,
+                labels=json.dumps(dict(item.labels), sort_keys=True),
+                annotations=json.dumps(dict(item.annotations), sort_keys=True),
+                alert_status=item.status,
+                state="resolved" if item.status == "resolved" else "open",
+                step=0, deliveries=1, created_at=now, updated_at=now,
+                ended_at=now if item.status == "resolved" else None))
+            incident_id = int(res.inserted_primary_key[0])
+            conn.execute(insert(incident_events).values(
+                incident_id=incident_id, at=now, kind="received",
+                detail=json.dumps({"status": item.status, "source": source, **extra})))
+            return Ingested(incident_id, new=True, resolved=False)
+        incident_id = int(row.id)
+        resolved_now = item.status == "resolved" and row.alert_status != "resolved"
+        values: dict[str, Any] = {"deliveries": incidents.c.deliveries + 1, "updated_at": now}
+        if resolved_now:
+            values["alert_status"] = "resolved"
+            if row.state == "open":
+                values["state"] = "resolved"
+                values["ended_at"] = now
+        conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
+        conn.execute(insert(incident_events).values(
+            incident_id=incident_id, at=now, kind="resolved" if resolved_now else "duplicate",
+            detail=json.dumps({"status": item.status, "source": source, **extra})))
+        return Ingested(incident_id, new=False, resolved=resolved_now)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def incident(self, incident_id: int) -> IncidentRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(incidents).where(incidents.c.id == incident_id)).first()
+        return None if row is None else _incident(row)
+
+    def list_incidents(self, states: Sequence[str] | None = None, target: str | None = None,
+                       limit: int = 100) -> list[IncidentRecord]:
+        """Newest first."""
+        q = select(incidents).order_by(incidents.c.id.desc()).limit(limit)
+        if states:
+            q = q.where(incidents.c.state.in_(list(states)))
+        if target is not None:
+            q = q.where(incidents.c.target == target)
+        with self._read() as conn:
+            return [_incident(r) for r in conn.execute(q).all()]
+
+    def unfinished_incidents(self) -> list[IncidentRecord]:
+        """Incidents ``open`` or ``acting``, oldest first: what a (re)started engine takes."""
+        q = select(incidents).where(incidents.c.state.in_(UNFINISHED)) \
+            .order_by(incidents.c.id)
+        with self._read() as conn:
+            return [_incident(r) for r in conn.execute(q).all()]
+
+    def incident_timeline(self, incident_id: int) -> list[dict[str, Any]]:
+        q = select(incident_events).where(incident_events.c.incident_id == incident_id) \
+            .order_by(incident_events.c.id)
+        with self._read() as conn:
+            return [{"at": r.at, "kind": r.kind, "detail": json.loads(r.detail)}
+                    for r in conn.execute(q).all()]
+
+    def incident_counts(self) -> dict[str, int]:
+        """state -> number of incidents."""
+        q = select(incidents.c.state, func.count()).group_by(incidents.c.state)
+        with self._read() as conn:
+            return {state: int(n) for state, n in conn.execute(q).all()}
+
+    def incident_starts(self, since: float) -> dict[str, list[float]]:
+        """target -> creation times of its incidents since ``since`` (the flap guard)."""
+        q = select(incidents.c.target, incidents.c.created_at) \
+            .where(incidents.c.created_at >= since, incidents.c.state != "resolved")
+        out: dict[str, list[float]] = {}
+        with self._read() as conn:
+            for target, at in conn.execute(q).all():
+                out.setdefault(target, []).append(float(at))
+        return out
+
+    # -- changing an incident ----------------------------------------------------------------
+
+    def update_incident(self, incident_id: int, *, event: str,
+                        detail: Mapping[str, Any] | None = None, state: str | None = None,
+                        step: int | None = None, rule: str | None = None,
+                        expect: Sequence[str] | None = None) -> bool:
+        """Add a timeline ``event`` and change the incident's state/step/rule, in one
+        transaction. ``expect``: change nothing (and return False) unless the incident is in
+        one of these states. A terminal state sets ``ended_at``."""
+        if state is not None and state not in INCIDENT_STATES:
+            raise ValueError(f"unknown incident state '{state}'")
+        now = time.time()
+        with self._write(f"incident {incident_id}") as conn:
+            cond = [incidents.c.id == incident_id]
+            if expect is not None:
+                cond.append(incidents.c.state.in_(list(expect)))
+            values: dict[str, Any] = {"updated_at": now}
+            if state is not None:
+                values["state"] = state
+                values["ended_at"] = None if state in UNFINISHED else now
+            if step is not None:
+                values["step"] = step
+            if rule is not None:
+                values["rule"] = rule
+            changed = conn.execute(update(incidents).where(and_(*cond)).values(**values))
+            if changed.rowcount != 1:
+                return False
+            conn.execute(insert(incident_events).values(
+                incident_id=incident_id, at=now, kind=event,
+                detail=json.dumps(dict(detail or {}), default=str)))
+        return True
+
+    def add_incident_event(self, incident_id: int, kind: str,
+                           detail: Mapping[str, Any] | None = None) -> None:
+        with self._write(f"incident {incident_id}") as conn:
+            conn.execute(insert(incident_events).values(
+                incident_id=incident_id, at=time.time(), kind=kind,
+                detail=json.dumps(dict(detail or {}), default=str)))
+
+    # -- remediation actions -----------------------------------------------------------------
+
+    def start_action(self, incident_id: int, target: str, action: str, step: int,
+                     groups: Sequence[str] = (), detail: Mapping[str, Any] | None = None
+                     ) -> int:
+        """Record an action as running (and an ``action_started`` timeline event)."""
+        now = time.time()
+        with self._write(f"action on '{target}'") as conn:
+            res = conn.execute(insert(remediation_actions).values(
+                incident_id=incident_id, target=target, action=action, step=step,
+                groups="," + ",".join(groups) + "," if groups else "", started_at=now,
+                outcome="running", detail=json.dumps(dict(detail or {}), default=str)))
+            action_id = int(res.inserted_primary_key[0])
+            conn.execute(insert(incident_events).values(
+                incident_id=incident_id, at=now, kind="action_started",
+                detail=json.dumps({"action": action, "step": step, "target": target,
+                                   "action_id": action_id, **dict(detail or {})},
+                                  default=str)))
+        return action_id
+
+    def finish_action(self, action_id: int, outcome: str, *, run_uid: str | None = None,
+                      detail: Mapping[str, Any] | None = None) -> None:
+        """Record how an action ended (and an ``action_finished`` timeline event)."""
+        if outcome not in ACTION_OUTCOMES or outcome == "running":
+            raise ValueError(f"an action cannot end as '{outcome}'")
+        now = time.time()
+        with self._write(f"action {action_id}") as conn:
+            row = conn.execute(select(remediation_actions)
+                               .where(remediation_actions.c.id == action_id)).first()
+            if row is None:
+                raise ValueError(f"no action {action_id}")
+            merged = {**json.loads(row.detail), **dict(detail or {})}
+            conn.execute(update(remediation_actions)
+                         .where(remediation_actions.c.id == action_id)
+                         .values(ended_at=now, outcome=outcome, run_uid=run_uid,
+                                 detail=json.dumps(merged, default=str)))
+            conn.execute(insert(incident_events).values(
+                incident_id=row.incident_id, at=now, kind="action_finished",
+                detail=json.dumps({"action": row.action, "step": row.step,
+                                   "action_id": action_id, "outcome": outcome,
+                                   "run": run_uid, "seconds": round(now - row.started_at, 3),
+                                   **dict(detail or {})}, default=str)))
+
+    def actions(self, *, since: float | None = None, running: bool = False,
+                incident_id: int | None = None, limit: int = 10_000) -> list[ActionRecord]:
+        """Actions started since ``since`` and/or still running, oldest first."""
+        q = select(remediation_actions).order_by(remediation_actions.c.id).limit(limit)
+        if since is not None and running:
+            q = q.where((remediation_actions.c.started_at >= since)
+                        | (remediation_actions.c.outcome == "running"))
+        elif since is not None:
+            q = q.where(remediation_actions.c.started_at >= since)
+        elif running:
+            q = q.where(remediation_actions.c.outcome == "running")
+        if incident_id is not None:
+            q = q.where(remediation_actions.c.incident_id == incident_id)
+        with self._read() as conn:
+            return [_action(r) for r in conn.execute(q).all()]
+
+    def interrupt_running_actions(self, reason: str) -> list[ActionRecord]:
+        """Mark every ``running`` action ``interrupted`` (a restarted controller: their
+        process is gone); returns them as they were."""
+        found = self.actions(running=True)
+        for act in found:
+            self.finish_action(act.id, "interrupted", detail={"reason": reason})
+        return found
+
+    # -- pushed-event tokens -----------------------------------------------------------------
+
+    def issue_event_token(self, host: str) -> str:
+        """A new event token for ``host`` (replacing its previous one); only its hash is
+        kept, the token itself is returned once."""
+        token = secrets.token_urlsafe(32)
+        with self._write(f"event token of '{host}'") as conn:
+            node_id = self._node_id(conn, host, create=True)
+            conn.execute(event_tokens.delete().where(event_tokens.c.node_id == node_id))
+            conn.execute(insert(event_tokens).values(node_id=node_id,
+                                                     token_sha256=_token_digest(token),
+                                                     issued_at=time.time()))
+        return token
+
+    def check_event_token(self, host: str, token: str) -> bool:
+        """Whether ``token`` is ``host``'s event token (constant-time compare of hashes)."""
+        q = select(event_tokens.c.token_sha256).join(nodes, nodes.c.id == event_tokens.c.node_id) \
+            .where(nodes.c.name == host)
+        with self._read() as conn:
+            row = conn.execute(q).first()
+        digest = _token_digest(token)
+        return row is not None and hmac.compare_digest(row[0], digest)
+
+    def revoke_event_token(self, host: str) -> bool:
+        with self._write(f"event token of '{host}'") as conn:
+            node_id = self._node_id(conn, host, create=False)
+            if node_id is None:
+                return False
+            res = conn.execute(event_tokens.delete().where(event_tokens.c.node_id == node_id))
+            return res.rowcount > 0
+
+    # -- switches ----------------------------------------------------------------------------
+
+    def remediation_setting(self, name: str, default: Any = None) -> Any:
+        with self._read() as conn:
+            row = conn.execute(select(remediation_settings.c.value)
+                               .where(remediation_settings.c.name == name)).first()
+        return default if row is None else json.loads(row[0])
+
+    def remediation_settings(self) -> dict[str, dict[str, Any]]:
+        with self._read() as conn:
+            rows = conn.execute(select(remediation_settings)).all()
+        return {r.name: {"value": json.loads(r.value), "actor": r.actor,
+                         "updated_at": r.updated_at} for r in rows}
+
+    def set_remediation_setting(self, name: str, value: Any, actor: str) -> None:
+        """Set a switch (e.g. ``paused``) and audit who did it."""
+        now = time.time()
+        with self._write(f"remediation setting '{name}'") as conn:
+            conn.execute(remediation_settings.delete()
+                         .where(remediation_settings.c.name == name))
+            conn.execute(insert(remediation_settings).values(
+                name=name, value=json.dumps(value), actor=actor, updated_at=now))
+            write_audit(conn, actor, f"remediation {name}", "remediation", {"value": value})
