@@ -168,6 +168,7 @@ def _register() -> None:
         lab_cmd,
         leases_cmd,
         mirror_cmd,
+        monitor_cmd,
         power_cmd,
         provision_cmd,
         run_cmd,
@@ -191,6 +192,7 @@ def _register() -> None:
     cli.add_command(provision_cmd.serve)
     cli.add_command(provision_cmd.provision)
     cli.add_command(mirror_cmd.mirror)
+    cli.add_command(monitor_cmd.monitor)
     cli.add_command(verify_cmd.verify)
     run_cmd.runs.add_command(leases_cmd.leases_list)
     state_cmd.state.add_command(leases_cmd.release)

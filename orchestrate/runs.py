@@ -42,6 +42,7 @@ from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
 from orchestrate.events import EventLog
 from orchestrate.leases import describe_command, host_leases
 from orchestrate.mirror_site import mirror_var
+from orchestrate.monitoring import after_run
 from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
 from orchestrate.registry import build_registry
 from orchestrate.reports import RunReport
@@ -143,7 +144,9 @@ def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
     report then says ``interrupted`` and the run's status is ``interrupted``/``aborted``.
     """
     preflight(site, playbook, options, registry=registry)
-    return _run(site, playbook, options, on_event, registry, connect, stop or Stop())
+    report = _run(site, playbook, options, on_event, registry, connect, stop or Stop())
+    after_run(site, options.kind, options.check)   # autodiscovery: newly applied hosts
+    return report
 
 
 def _command(site: Any, options: RunOptions) -> str:

@@ -107,6 +107,18 @@ class RunsMixin(StoreBase):
             conn.execute(update(journal).where(journal.c.id == entry_id).values(
                 status=status, ended_at=time.time(), detail=json.dumps(detail or {})))
 
+    def hosts_converged(self, kinds: tuple[str, ...]) -> set[str]:
+        """Hosts with at least one step that ended ``ok`` or ``changed`` in a run of one of
+        ``kinds`` that was not in check mode (e.g. ``("apply", "playbook")``): what monitor's
+        autodiscovery takes for "its roles have been applied"."""
+        q = (select(nodes.c.name, runs.c.args).distinct().select_from(journal)
+             .join(runs, runs.c.id == journal.c.run_id)
+             .join(nodes, nodes.c.id == journal.c.node_id)
+             .where(journal.c.status.in_(("ok", "changed")), runs.c.kind.in_(kinds)))
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        return {r.name for r in rows if not json.loads(r.args or "{}").get("check")}
+
     def journal_entries(self, run_uid: str | None = None, host: str | None = None
                         ) -> list[JournalEntry]:
         q = (select(journal, runs.c.uid, nodes.c.name)

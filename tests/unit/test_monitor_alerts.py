@@ -1,0 +1,111 @@
+"""Alert rules from playbooks/alerts.yml (monitor/alerts.py): the shipped file, the label
+contract remediation rules match on, and errors naming file:line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from inventory.yamlsource import parse_yaml
+from monitor.alerts import (
+    SHIPPED_ALERTS,
+    AlertsError,
+    duration_seconds,
+    load_alerts,
+    parse_alerts,
+    prometheus_duration,
+    rule_document,
+)
+
+pytestmark = pytest.mark.unit
+
+WANTED = {"ExporterDown", "HostDown", "SystemdUnitFailed", "DiskFilling", "DriftDetected",
+          "BMCUnreachable", "ProvisioningStuck", "NodePoweredOff"}
+
+
+def rules(text: str) -> list[dict]:
+    return rule_document(parse_alerts(parse_yaml(text, "alerts.yml"), "alerts.yml"))[
+        "groups"][0]["rules"]
+
+
+def test_the_shipped_alerts_are_all_there_with_the_label_contract():
+    doc = rule_document(load_alerts(SHIPPED_ALERTS))
+    by_name = {r["alert"]: r for r in doc["groups"][0]["rules"]}
+    assert set(by_name) == WANTED
+    for name, rule in by_name.items():
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
+        assert rule["labels"]["host"].startswith("{{ $labels."), name
+    assert by_name["ExporterDown"]["expr"] == 'up{job="node"} == 0'
+    assert by_name["ExporterDown"]["labels"]["host"] == "{{ $labels.instance }}"
+    assert by_name["BMCUnreachable"]["labels"]["host"] == "{{ $labels.host }}"
+    assert by_name["SystemdUnitFailed"]["labels"]["unit"] == "{{ $labels.name }}"
+    assert "unit" not in by_name["ExporterDown"]["labels"]
+    # What the metrics helper exports (monitor/metrics.py) is what the rules read.
+    exprs = " ".join(r["expr"] for r in by_name.values())
+    for metric in ("metalchain_node_state", "metalchain_bmc_reachable",
+                   "metalchain_node_power_on", "metalchain_drift_resources",
+                   "metalchain_host_reachable", "node_systemd_unit_state"):
+        assert metric in exprs
+
+
+def test_for_comes_from_defaults_unless_the_alert_says_otherwise():
+    got = rules("defaults: {for: 0s, severity: info}\nalerts:\n"
+                "  - {name: A, expr: up == 0}\n  - {name: B, expr: up == 0, for: 5m}\n")
+    assert [(r["for"], r["labels"]["severity"]) for r in got] == [("0s", "info"),
+                                                                  ("5m", "info")]
+
+
+def test_summaries_become_templates_of_the_series_labels_and_nothing_else():
+    got = rules("alerts:\n  - name: U\n    expr: x == 1\n    unit_from: name\n"
+                "    summary: '{unit} on {host} is {value}'\n")
+    assert got[0]["annotations"]["summary"] == \
+        "{{ $labels.name }} on {{ $labels.instance }} is {{ $value }}"
+    assert got[0]["annotations"]["source"] == "alerts.yml:2"
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [
+    ("- a\n", 1, "must be a mapping"),
+    ("alerts: []\n", 1, "non-empty list"),
+    ("alerts:\n  - {name: A, expr: up}\nextra: 1\n", 3, "unknown key 'extra'"),
+    ("defaults:\n  for: 1m\n  when: x\nalerts: [{name: A, expr: up}]\n", 3,
+     "defaults: unknown key 'when'"),
+    ("defaults:\n  for: soon\nalerts: [{name: A, expr: up}]\n", 2, "defaults.for must be"),
+    ("alerts:\n  - name: A\n    expr: up\n    for: 10\n", 4, "alert A: for must be"),
+    ("alerts:\n  - name: A\n    expr: up\n    severity: page\n", 4, "severity must be one of"),
+    ("alerts:\n  - name: A\n    expr: up\n    labels: {x: y}\n", 4, "unknown key 'labels'"),
+    ("alerts:\n  - name: 9lives\n    expr: up\n", 2, "name must be an alert name"),
+    ("alerts:\n  - name: A\n    expr: ''\n", 3, "expr must be a PromQL"),
+    ("alerts:\n  - name: A\n    expr: up\n    host_from: __name__\n", 4,
+     "host_from must be a label name"),
+    ("alerts:\n  - name: A\n    expr: up\n    summary: '{unit} down'\n", 4, "not {unit}"),
+    ("alerts:\n  - name: A\n    expr: up\n    summary: '{{ $labels.x }}'\n", 4,
+     "brace"),
+    ("alerts:\n  - {name: A, expr: up}\n  - {name: A, expr: up}\n", 3,
+     r"defined twice \(first at alerts.yml:2\)"),
+    ("alerts:\n  - just a string\n", 2, "each alert must be a mapping"),
+])
+def test_errors_name_file_and_line(text, line, message):
+    with pytest.raises(AlertsError, match=message) as err:
+        parse_alerts(parse_yaml(text, "alerts.yml"), "alerts.yml")
+    assert str(err.value).startswith(f"alerts.yml:{line}: "), str(err.value)
+
+
+def test_a_file_that_is_not_yaml_names_its_line(tmp_path):
+    bad = tmp_path / "alerts.yml"
+    bad.write_text("alerts:\n  - {name: A\n", encoding="utf-8")
+    with pytest.raises(Exception, match=rf"{bad}:\d+: invalid YAML"):
+        load_alerts(bad)
+
+
+def test_rules_file_is_yaml_prometheus_reads():
+    from monitor.alerts import rule_text
+
+    doc = yaml.safe_load(rule_text(load_alerts(SHIPPED_ALERTS)))
+    assert doc["groups"][0]["name"] == "metalchain"
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (1, "1s"), (0.5, "500ms"),
+                                               (90, "1m30s"), (3600, "1h"), (15.0, "15s")])
+def test_durations_round_trip(seconds, text):
+    assert prometheus_duration(seconds) == text
+    assert duration_seconds(text) == seconds
