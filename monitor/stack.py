@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -251,18 +252,25 @@ def write_configs(settings: MonitorSettings, lay: Layout, alerts: Sequence[Alert
     return changed
 
 
-def check_configs(lay: Layout, timeout: float = CHECK_TIMEOUT) -> None:
-    """``promtool check config``/``check rules`` and ``amtool check-config`` on the generated
-    files; StackError names the file and the tool's message."""
-    checks = ((lay.prometheus_yml, [PROMTOOL_BIN, "check", "config", str(lay.prometheus_yml)]),
-              (lay.rules_file, [PROMTOOL_BIN, "check", "rules", str(lay.rules_file)]),
+def check_configs(lay: Layout, alerts: Sequence[AlertRule] = (),
+                  timeout: float = CHECK_TIMEOUT) -> None:
+    """``promtool check rules``/``check config`` and ``amtool check-config`` on the generated
+    files; StackError names the file and the tool's message (for a rule, also the alert's
+    entry in alerts.yml)."""
+    checks = ((lay.rules_file, [PROMTOOL_BIN, "check", "rules", str(lay.rules_file)]),
+              (lay.prometheus_yml, [PROMTOOL_BIN, "check", "config", str(lay.prometheus_yml)]),
               (lay.alertmanager_yml, [AMTOOL_BIN, "check-config", str(lay.alertmanager_yml)]))
+    sources = {a.name: a.source for a in alerts}
     for path, argv in checks:
         proc = run(argv, timeout=timeout, check=False, error=StackError)
         if proc.returncode != 0:
-            tail = output_tail(proc.stderr, proc.stdout) or f"exit {proc.returncode}"
-            raise StackError(f"{path}: {Path(argv[0]).name} {argv[1]} rejected it: "
-                             f"{' '.join(tail.split())}")
+            tail = " ".join((output_tail(proc.stderr, proc.stdout) or
+                             f"exit {proc.returncode}").split())
+            rule = re.search(r'rule \d+, "([^"]+)"', tail)
+            origin = f" (alert {rule[1]}, {sources[rule[1]]})" \
+                if rule and rule[1] in sources else ""
+            raise StackError(f"{path}: {Path(argv[0]).name} {argv[1]} rejected it{origin}: "
+                             f"{tail}")
 
 
 # --- processes ------------------------------------------------------------------------------

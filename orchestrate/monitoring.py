@@ -164,7 +164,7 @@ def monitor_up(site: Any, *, timeout: float = stack.START_TIMEOUT) -> dict[str, 
     targets = refresh_targets(site)
     stack.write_token(lay, token)
     changed = stack.write_configs(settings, lay, alerts)
-    stack.check_configs(lay)
+    stack.check_configs(lay, alerts)
     pids = stack.start(settings, lay, timeout=timeout)
     return {"pids": pids, "alerts_file": str(alerts_file), "alerts": [a.name for a in alerts],
             "targets_file": str(targets), "changed": [str(p) for p in changed],
