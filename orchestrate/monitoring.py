@@ -10,7 +10,7 @@ were assigned after its last apply counts from that apply on). A host that leave
 inventory is not in the next file; Prometheus re-reads the file by itself (file_sd), no
 restart. It is refreshed by ``monitor up``, after every converging run (:func:`after_run`,
 called by :func:`orchestrate.runs.start_run`), and by ``metalchain serve`` on SIGHUP
-(:func:`refresh_targets`, for whoever wires it).
+(:func:`refresh_if_set_up`, for whoever wires it).
 
 The processes and generated files are :mod:`monitor.stack`'s; this module joins the site
 (inventory, roles, secrets, state) with it.
@@ -19,6 +19,7 @@ The processes and generated files are :mod:`monitor.stack`'s; this module joins 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +38,14 @@ from monitor.targets import (
     scrape_targets,
     write_file_sd,
 )
+from runtime.filelock import file_lock
 
 log = logging.getLogger(__name__)
 
 #: Run kinds after which the targets are refreshed, and whose journal says "applied".
 CONVERGING_KINDS = ("apply", "playbook", "drift")
+#: How long `monitor up`/`down` waits for another one of the same site.
+LOCK_TIMEOUT = 120.0
 
 
 @dataclass
@@ -110,8 +114,7 @@ def scrape_hosts(site: Any) -> list[ScrapeHost]:
 
 def refresh_targets(site: Any) -> Path:
     """Write the site's file_sd targets (atomically, only when they changed); their path.
-
-    What ``metalchain serve`` calls after reloading its inventory on SIGHUP."""
+    Raises on a bad role or label (``monitor up``/``refresh`` report it)."""
     lay = stack.layout(settings_of(site))
     try:
         groups = file_sd_groups(scrape_hosts(site))
@@ -127,16 +130,22 @@ def refresh_targets(site: Any) -> Path:
 
 
 def after_run(site: Any, kind: str, check: bool) -> None:
-    """After a run: refresh the targets if it could have applied roles and this site's stack
-    has been set up (``monitor up`` ran once). Never raises: the run is over, its outcome
-    stands; a failure is logged."""
-    if check or kind not in CONVERGING_KINDS:
-        return
+    """After a run: refresh the targets if it could have applied roles (see
+    :func:`refresh_if_set_up`)."""
+    if not check and kind in CONVERGING_KINDS:
+        refresh_if_set_up(site)
+
+
+def refresh_if_set_up(site: Any) -> Path | None:
+    """Refresh the targets if this site's stack has been set up (``monitor up`` ran once);
+    the file, or None. Never raises (a run is over, a reload must go on): a failure is
+    logged. What ``metalchain serve`` calls after reloading its inventory on SIGHUP."""
     try:
         if stack.layout(settings_of(site)).targets_dir.is_dir():
-            refresh_targets(site)
+            return refresh_targets(site)
     except (MetalchainError, OSError) as exc:
-        log.warning("monitor: targets not refreshed after the run: %s", exc)
+        log.warning("monitor: targets not refreshed: %s", exc)
+    return None
 
 
 def webhook_token(site: Any, settings: MonitorSettings) -> Secret:
@@ -161,11 +170,12 @@ def monitor_up(site: Any, *, timeout: float = stack.START_TIMEOUT) -> dict[str, 
     token = webhook_token(site, settings)
     alerts_file = alerts_path(site.playbooks_dir)
     alerts = load_alerts(alerts_file)
-    targets = refresh_targets(site)
-    stack.write_token(lay, token)
-    changed = stack.write_configs(settings, lay, alerts)
-    stack.check_configs(lay, alerts)
-    pids = stack.start(settings, lay, timeout=timeout)
+    with _stack_lock(lay):
+        targets = refresh_targets(site)
+        stack.write_token(lay, token)
+        changed = stack.write_configs(settings, lay, alerts)
+        stack.check_configs(lay, alerts)
+        pids = stack.start(settings, lay, timeout=timeout)
     return {"pids": pids, "alerts_file": str(alerts_file), "alerts": [a.name for a in alerts],
             "targets_file": str(targets), "changed": [str(p) for p in changed],
             "prometheus": settings.prometheus_url,
@@ -176,7 +186,15 @@ def monitor_up(site: Any, *, timeout: float = stack.START_TIMEOUT) -> dict[str, 
 def monitor_down(site: Any, *, timeout: float = stack.STOP_TIMEOUT) -> list[str]:
     """Stop the stack; the names of what was running."""
     settings = settings_of(site)
-    return stack.stop(settings, stack.layout(settings), timeout=timeout)
+    lay = stack.layout(settings)
+    with _stack_lock(lay):
+        return stack.stop(settings, lay, timeout=timeout)
+
+
+def _stack_lock(lay: stack.Layout) -> Any:
+    """One `monitor up`/`down` at a time per site (two would start two of each process)."""
+    return file_lock(lay.root / "run" / "stack.lock", LOCK_TIMEOUT, stack.StackError,
+                     holder="another monitor up/down", note=f"pid {os.getpid()}")
 
 
 def monitor_status(site: Any) -> StackStatus:

@@ -285,6 +285,8 @@ def test_a_stopped_exporter_fires_and_the_webhook_arrives_with_the_token(site):
     assert [(a["name"], a["host"]) for a in doc["alerts"] if a["state"] == "firing"] == \
         [("ExporterDown", "fleet01")]
     assert doc["targets_down"] == 1
+    r = cli(root, "monitor", "status")                  # the same, for a person
+    assert r.returncode == 1 and "ExporterDown\tfleet01" in r.stdout, r.stdout
     # Fixed: the resolved notification follows.
     since = time.monotonic()
     r = cli(root, "exec", "fleet01", "--json", "--", "systemctl", "start",
@@ -356,4 +358,9 @@ def test_down_leaves_nothing_running_and_frees_the_ports(site):
             s.bind(("127.0.0.1", port))
     r = cli(root, "monitor", "status", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["errors"]
+    # After webhooks were sent and everything logged: the token is still in one file only.
+    monitor = root / "monitor"
+    holding = [p.relative_to(monitor).as_posix() for p in monitor.rglob("*")
+               if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert holding == ["secrets/webhook-token"]
     print("\nmonitor stack figures:", json.dumps(FIGURES))
