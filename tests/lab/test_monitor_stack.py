@@ -85,7 +85,8 @@ class Sink:
                                        "status": doc["status"],
                                        "alerts": [(a["labels"]["alertname"],
                                                    a["labels"].get("host"), a["status"])
-                                                  for a in doc["alerts"]]})
+                                                  for a in doc["alerts"]],
+                                       "labels": [a["labels"] for a in doc["alerts"]]})
                 self._answer(200, b"{}")
 
             def _answer(self, code: int, body: bytes) -> None:
@@ -270,6 +271,28 @@ def test_systemd_unit_states_are_scraped_on_the_fleet(site):
     found = wait_for(series, 30, "node_systemd_unit_state of ssh.service")
     assert {s["metric"]["instance"] for s in found} == set(HOSTS)
     assert all(s["value"][1] == "1" for s in found)
+
+
+def test_a_failed_unit_fires_systemd_unit_failed_with_its_unit_label(site):
+    root, sink = site
+    since = time.monotonic()
+    r = cli(root, "exec", "fleet01", "--json", "--", "systemd-run", "--unit=mc-broken",
+            "--", "/bin/false")
+    assert r.returncode == 0, r.stderr
+    try:
+        hooks = wait_for(lambda: sink.matching("SystemdUnitFailed", "fleet01", "firing",
+                                               since), 30, "SystemdUnitFailed for fleet01")
+        FIGURES["unit_failed_to_webhook_s"] = round(hooks[0]["at"] - since, 2)
+        labels = [lab for h in hooks for lab in h["labels"]
+                  if lab["alertname"] == "SystemdUnitFailed"]
+        assert {(lab["host"], lab["unit"], lab["severity"]) for lab in labels} == \
+            {("fleet01", "mc-broken.service", "critical")}
+    finally:
+        r = cli(root, "exec", "fleet01", "--json", "--", "systemctl", "reset-failed",
+                "mc-broken.service")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: sink.matching("SystemdUnitFailed", "fleet01", "resolved", since), 30,
+             "SystemdUnitFailed resolved")
 
 
 def test_a_stopped_exporter_fires_and_the_webhook_arrives_with_the_token(site):
