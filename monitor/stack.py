@@ -124,6 +124,7 @@ class Component:
     url: str
     pid_file: Path
     log_file: Path
+    data_dir: Path
     markers: tuple[str, ...]   # arguments that identify our process on its command line
 
 
@@ -197,7 +198,7 @@ def components(settings: MonitorSettings, lay: Layout) -> list[Component]:
         (PROMETHEUS_BIN, prom_conf, f"--storage.tsdb.path={lay.data_dir('prometheus')}",
          prom_listen, f"--rules.alert.resend-delay={RESEND_DELAY}", "--web.enable-lifecycle"),
         f"http://{prom_addr}", lay.pid_file("prometheus"), lay.log_file("prometheus"),
-        (prom_conf, prom_listen))]
+        lay.data_dir("prometheus"), (prom_conf, prom_listen))]
     am_conf = f"--config.file={lay.alertmanager_yml}"
     ports = settings.alertmanager_ports
     gossip = settings.cluster_ports
@@ -212,7 +213,8 @@ def components(settings: MonitorSettings, lay: Layout) -> list[Component]:
              f"--cluster.listen-address={listen}:{gossip[i]}",
              f"--cluster.advertise-address={listen}:{gossip[i]}",
              f"--cluster.peer={listen}:{gossip[1 - i]}"),
-            f"http://{addr}", lay.pid_file(name), lay.log_file(name), (am_conf, am_listen)))
+            f"http://{addr}", lay.pid_file(name), lay.log_file(name), lay.data_dir(name),
+            (am_conf, am_listen)))
     return out
 
 
@@ -309,16 +311,13 @@ def start(settings: MonitorSettings, lay: Layout, *, timeout: float = START_TIME
 
 
 def _spawn(comp: Component) -> int:
-    for d in (comp.log_file.parent, comp.pid_file.parent):
-        d.mkdir(parents=True, exist_ok=True)
-    data = Path(next(a.split("=", 1)[1] for a in comp.argv
-                     if a.startswith(("--storage.tsdb.path=", "--storage.path="))))
-    data.mkdir(parents=True, exist_ok=True)
     try:
+        for d in (comp.log_file.parent, comp.pid_file.parent, comp.data_dir):
+            d.mkdir(parents=True, exist_ok=True)
         with comp.log_file.open("ab") as log:
             proc = subprocess.Popen(list(comp.argv), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=log, start_new_session=True, close_fds=True,
-                                    cwd=str(data))
+                                    cwd=str(comp.data_dir))
     except OSError as exc:
         raise StackError(f"cannot start {comp.name} ({comp.argv[0]}): "
                          f"{exc.strerror or exc}") from exc
