@@ -38,8 +38,9 @@ from inventory.yamlsource import read_yaml_file
 SHIPPED_ALERTS = Path(__file__).resolve().parents[1] / "playbooks" / "alerts.yml"
 ALERTS_FILE = "alerts.yml"
 SEVERITIES = ("critical", "warning", "info")
-TOP_KEYS = ("defaults", "alerts")
+TOP_KEYS = ("defaults", "notifications", "alerts")
 DEFAULT_KEYS = ("for", "severity")
+NOTIFICATION_KEYS = ("group_interval", "repeat_interval")
 ALERT_KEYS = ("name", "expr", "for", "severity", "host_from", "unit_from", "summary")
 #: Labels every generated rule sets (remediation rules match on them).
 CONTRACT_LABELS = ("host", "unit", "severity")
@@ -68,6 +69,22 @@ class AlertRule:
     source: str = ""   # file:line of the entry
 
 
+@dataclass(frozen=True)
+class Notifications:
+    """How Alertmanager repeats itself (``notifications:`` of the alerts file): a changed
+    group is sent again after ``group_interval`` (None: the evaluation interval), a firing
+    one every ``repeat_interval``."""
+
+    group_interval: str | None = None
+    repeat_interval: str = "4h"
+
+
+@dataclass(frozen=True)
+class AlertsFile:
+    alerts: list[AlertRule]
+    notifications: Notifications
+
+
 def alerts_path(site_playbooks: Path | None) -> Path:
     """The site's ``playbooks/alerts.yml`` if it has one, else the shipped file."""
     if site_playbooks is not None and (site_playbooks / ALERTS_FILE).is_file():
@@ -78,6 +95,38 @@ def alerts_path(site_playbooks: Path | None) -> Path:
 def load_alerts(path: Path) -> list[AlertRule]:
     """Read and check an alerts file; AlertsError names file:line."""
     return parse_alerts(read_yaml_file(path), str(path))
+
+
+def load_alerts_file(path: Path) -> AlertsFile:
+    """The alerts and the ``notifications:`` settings of an alerts file, checked."""
+    doc = read_yaml_file(path)
+    return AlertsFile(parse_alerts(doc, str(path)), parse_notifications(doc, str(path)))
+
+
+def parse_notifications(doc: Any, file: str) -> Notifications:
+    def fail(message: str, line: int | None) -> AlertsError:
+        return AlertsError(message, file=file, line=line or 1)
+
+    line_of = getattr(doc, "line_of", lambda _k: 1)
+    raw = doc.get("notifications") or {} if isinstance(doc, Mapping) else {}
+    if not isinstance(raw, Mapping):
+        raise fail("notifications must be a mapping like {group_interval: 1s, "
+                   "repeat_interval: 4h}", line_of("notifications"))
+    n_line = getattr(raw, "line_of", lambda _k: line_of("notifications"))
+    for key in raw:
+        if key not in NOTIFICATION_KEYS:
+            raise fail(f"notifications: unknown key '{key}'; allowed: "
+                       f"{', '.join(NOTIFICATION_KEYS)}", n_line(key))
+    group = None
+    if "group_interval" in raw:
+        group = _duration(raw["group_interval"], "notifications.group_interval", fail,
+                          n_line("group_interval"))
+    repeat = _duration(raw.get("repeat_interval", "4h"), "notifications.repeat_interval",
+                       fail, n_line("repeat_interval"))
+    for key, value in (("group_interval", group), ("repeat_interval", repeat)):
+        if value is not None and duration_seconds(value) < 1:
+            raise fail(f"notifications.{key} must be at least 1s, got {value}", n_line(key))
+    return Notifications(group, repeat)
 
 
 def parse_alerts(doc: Any, file: str) -> list[AlertRule]:

@@ -43,7 +43,7 @@ import yaml
 
 from inventory.errors import MetalchainError
 from inventory.secrets import Secret
-from monitor.alerts import AlertRule, prometheus_duration, rule_text
+from monitor.alerts import AlertRule, Notifications, prometheus_duration, rule_text
 from monitor.settings import MonitorSettings
 from runtime import pidfile
 from runtime.atomicfile import write_atomic
@@ -60,7 +60,6 @@ HTTP_TIMEOUT = 5.0
 WEBHOOK_PATH = "/v1/alerts"
 #: What Alertmanager groups notifications by: one notification per alert, host and unit.
 GROUP_BY = ("alertname", "host", "unit")
-DEFAULT_REPEAT_INTERVAL = "4h"
 RECEIVER_NAME = "remediation"
 #: Prometheus's resend delay: it re-sends firing alerts this often (default 1m), which is
 #: what lets a restarted Alertmanager learn them within a second.
@@ -160,18 +159,17 @@ def prometheus_config(settings: MonitorSettings, lay: Layout) -> dict[str, Any]:
     }
 
 
-def alertmanager_config(settings: MonitorSettings, lay: Layout, *,
-                        group_interval: float | None = None,
-                        repeat_interval: str = DEFAULT_REPEAT_INTERVAL) -> dict[str, Any]:
+def alertmanager_config(settings: MonitorSettings, lay: Layout,
+                        notifications: Notifications | None = None) -> dict[str, Any]:
     """alertmanager.yml: one route to the remediation webhook, sent at once (``group_wait``
-    0s), again after ``group_interval`` (default: the evaluation interval) when the group
-    changes, and every ``repeat_interval`` while it fires; resolved alerts are sent too. The
-    bearer token is read from :attr:`Layout.token_file`."""
-    interval = settings.evaluation_interval if group_interval is None else group_interval
+    0s), again after ``group_interval`` (default: the evaluation interval, at least 1 s) when
+    the group changes, and every ``repeat_interval`` while it fires; resolved alerts are sent
+    too. The bearer token is read from :attr:`Layout.token_file`."""
+    notes = notifications or Notifications()
+    group = notes.group_interval or prometheus_duration(max(settings.evaluation_interval, 1.0))
     return {
         "route": {"receiver": RECEIVER_NAME, "group_by": list(GROUP_BY), "group_wait": "0s",
-                  "group_interval": prometheus_duration(max(interval, 1.0)),
-                  "repeat_interval": repeat_interval},
+                  "group_interval": group, "repeat_interval": notes.repeat_interval},
         "receivers": [{"name": RECEIVER_NAME, "webhook_configs": [{
             "url": settings.receiver_url + WEBHOOK_PATH,
             "send_resolved": True,
@@ -235,14 +233,13 @@ def write_token(lay: Layout, token: Secret) -> bool:
         raise StackError(f"cannot write {lay.token_file}: {exc.strerror or exc}") from exc
 
 
-def write_configs(settings: MonitorSettings, lay: Layout, alerts: Sequence[AlertRule], *,
-                  group_interval: float | None = None) -> list[Path]:
+def write_configs(settings: MonitorSettings, lay: Layout, alerts: Sequence[AlertRule],
+                  notifications: Notifications | None = None) -> list[Path]:
     """Write the generated configs (atomically, only when changed); the files written."""
     files = {lay.prometheus_yml: yaml_text(prometheus_config(settings, lay), "prometheus.yml"),
              lay.rules_file: rule_text(list(alerts)),
-             lay.alertmanager_yml: yaml_text(
-                 alertmanager_config(settings, lay, group_interval=group_interval),
-                 "alertmanager.yml")}
+             lay.alertmanager_yml: yaml_text(alertmanager_config(settings, lay, notifications),
+                                             "alertmanager.yml")}
     changed = []
     lay.targets_dir.mkdir(parents=True, exist_ok=True)
     for path, text in files.items():

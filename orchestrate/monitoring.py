@@ -29,7 +29,7 @@ from configure.roles import resolve, role_search_path
 from inventory.errors import InputError, MetalchainError, SecretError
 from inventory.secrets import Secret
 from monitor import stack
-from monitor.alerts import alerts_path, load_alerts
+from monitor.alerts import alerts_path, load_alerts_file
 from monitor.settings import MonitorSettings
 from monitor.targets import (
     ScrapeHost,
@@ -169,11 +169,12 @@ def monitor_up(site: Any, *, timeout: float = stack.START_TIMEOUT) -> dict[str, 
     lay = stack.layout(settings)
     token = webhook_token(site, settings)
     alerts_file = alerts_path(site.playbooks_dir)
-    alerts = load_alerts(alerts_file)
+    loaded = load_alerts_file(alerts_file)
+    alerts = loaded.alerts
     with _stack_lock(lay):
         targets = refresh_targets(site)
         stack.write_token(lay, token)
-        changed = stack.write_configs(settings, lay, alerts)
+        changed = stack.write_configs(settings, lay, alerts, loaded.notifications)
         stack.check_configs(lay, alerts)
         pids = stack.start(settings, lay, timeout=timeout)
     return {"pids": pids, "alerts_file": str(alerts_file), "alerts": [a.name for a in alerts],

@@ -10,9 +10,12 @@ from inventory.yamlsource import parse_yaml
 from monitor.alerts import (
     SHIPPED_ALERTS,
     AlertsError,
+    Notifications,
     duration_seconds,
     load_alerts,
+    load_alerts_file,
     parse_alerts,
+    parse_notifications,
     prometheus_duration,
     rule_document,
 )
@@ -55,6 +58,15 @@ def test_for_comes_from_defaults_unless_the_alert_says_otherwise():
                                                                   ("5m", "info")]
 
 
+def test_notifications_default_to_the_evaluation_interval_and_4h(tmp_path):
+    path = tmp_path / "alerts.yml"
+    path.write_text("alerts: [{name: A, expr: up}]\n")
+    assert load_alerts_file(path).notifications == Notifications(None, "4h")
+    path.write_text("notifications: {group_interval: 2s, repeat_interval: 1h}\n"
+                    "alerts: [{name: A, expr: up}]\n")
+    assert load_alerts_file(path).notifications == Notifications("2s", "1h")
+
+
 def test_summaries_become_templates_of_the_series_labels_and_nothing_else():
     got = rules("alerts:\n  - name: U\n    expr: x == 1\n    unit_from: name\n"
                 "    summary: '{unit} on {host} is {value}'\n")
@@ -83,10 +95,20 @@ def test_summaries_become_templates_of_the_series_labels_and_nothing_else():
     ("alerts:\n  - {name: A, expr: up}\n  - {name: A, expr: up}\n", 3,
      r"defined twice \(first at alerts.yml:2\)"),
     ("alerts:\n  - just a string\n", 2, "each alert must be a mapping"),
+    ("notifications: [1s]\nalerts: [{name: A, expr: up}]\n", 1,
+     "notifications must be a mapping"),
+    ("notifications:\n  group_wait: 1s\nalerts: [{name: A, expr: up}]\n", 2,
+     "notifications: unknown key 'group_wait'"),
+    ("notifications:\n  repeat_interval: 100ms\nalerts: [{name: A, expr: up}]\n", 2,
+     "repeat_interval must be at least 1s"),
+    ("notifications:\n  group_interval: often\nalerts: [{name: A, expr: up}]\n", 2,
+     "group_interval must be a duration"),
 ])
 def test_errors_name_file_and_line(text, line, message):
     with pytest.raises(AlertsError, match=message) as err:
-        parse_alerts(parse_yaml(text, "alerts.yml"), "alerts.yml")
+        doc = parse_yaml(text, "alerts.yml")
+        parse_alerts(doc, "alerts.yml")
+        parse_notifications(doc, "alerts.yml")
     assert str(err.value).startswith(f"alerts.yml:{line}: "), str(err.value)
 
 

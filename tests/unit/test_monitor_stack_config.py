@@ -15,7 +15,7 @@ from inventory.errors import InputError
 from inventory.secrets import Secret
 from inventory.site import Site
 from monitor import stack
-from monitor.alerts import SHIPPED_ALERTS, load_alerts
+from monitor.alerts import SHIPPED_ALERTS, Notifications, load_alerts
 from monitor.settings import parse_settings
 from orchestrate.monitoring import (
     StackStatus,
@@ -70,8 +70,10 @@ def test_alertmanager_yml_routes_everything_to_the_remediation_webhook(tmp_path)
     assert hook["http_config"] == {"authorization": {
         "type": "Bearer", "credentials_file": str(tmp_path / "monitor" / "secrets" /
                                                   "webhook-token")}}
-    assert stack.alertmanager_config(s, lay, group_interval=5)["route"]["group_interval"] \
-        == "5s"
+    route = stack.alertmanager_config(s, lay, Notifications("5s", "1h"))["route"]
+    assert (route["group_interval"], route["repeat_interval"]) == ("5s", "1h")
+    slow = stack.alertmanager_config(settings(tmp_path, evaluation_interval=0.5), lay)
+    assert slow["route"]["group_interval"] == "1s"
 
 
 def test_the_token_is_only_in_its_0600_file_never_in_configs_or_argv(tmp_path):
