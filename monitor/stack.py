@@ -251,6 +251,36 @@ def write_configs(settings: MonitorSettings, lay: Layout, alerts: Sequence[Alert
     return changed
 
 
+def install_configs(settings: MonitorSettings, lay: Layout, alerts: Sequence[AlertRule],
+                    notifications: Notifications | None = None, *,
+                    timeout: float = CHECK_TIMEOUT) -> list[Path]:
+    """:func:`write_configs`, then :func:`check_configs`; if a check fails, the previous
+    files are put back (a running stack, or its next start, keeps a config that passed) and
+    the rejected ones are kept as ``NAME.rejected`` for a look. The files changed."""
+    before = {}
+    for path in lay.generated():
+        try:
+            before[path] = path.read_bytes()
+        except FileNotFoundError:
+            before[path] = None
+    changed = write_configs(settings, lay, alerts, notifications)
+    try:
+        check_configs(lay, alerts, timeout)
+    except StackError as exc:
+        kept = []
+        for path in changed:
+            rejected = path.with_name(path.name + ".rejected")
+            with contextlib.suppress(OSError):
+                os.replace(path, rejected)
+                kept.append(str(rejected))
+            old = before.get(path)
+            if old is not None:
+                write_atomic(path, old, 0o644)
+        raise StackError(f"{exc} (the previous config stays; rejected: "
+                         f"{', '.join(kept) or 'none'})") from None
+    return changed
+
+
 def check_configs(lay: Layout, alerts: Sequence[AlertRule] = (),
                   timeout: float = CHECK_TIMEOUT) -> None:
     """``promtool check rules``/``check config`` and ``amtool check-config`` on the generated

@@ -174,8 +174,7 @@ def monitor_up(site: Any, *, timeout: float = stack.START_TIMEOUT) -> dict[str, 
     with _stack_lock(lay):
         targets = refresh_targets(site)
         stack.write_token(lay, token)
-        changed = stack.write_configs(settings, lay, alerts, loaded.notifications)
-        stack.check_configs(lay, alerts)
+        changed = stack.install_configs(settings, lay, alerts, loaded.notifications)
         pids = stack.start(settings, lay, timeout=timeout)
     return {"pids": pids, "alerts_file": str(alerts_file), "alerts": [a.name for a in alerts],
             "targets_file": str(targets), "changed": [str(p) for p in changed],

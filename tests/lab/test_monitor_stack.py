@@ -209,10 +209,14 @@ def test_a_broken_alerts_file_is_refused_naming_its_line(site):
     root, _sink = site
     alerts = root / "playbooks" / "alerts.yml"
     good = alerts.read_text()
+    rules = root / "monitor" / "rules" / "metalchain.rules.yml"
+    passed = rules.read_text()
     try:
         alerts.write_text(good + "  - name: Broken\n    expr: 'up =='\n")
         r = cli(root, "monitor", "up")
         assert r.returncode == 1
+        assert rules.read_text() == passed                      # the checked one stays
+        assert "Broken" in rules.with_name(rules.name + ".rejected").read_text()
         line = good.count(chr(10)) + 1
         assert f"metalchain.rules.yml: promtool check rejected it (alert Broken, {alerts}:" \
                f"{line}): " in r.stderr and "parse error" in r.stderr, r.stderr

@@ -215,3 +215,27 @@ def test_status_exit_code(status, code):
     assert status.exit_code == code
     assert status.to_json()["exit_code"] == code
 
+
+
+def test_a_rejected_config_is_set_aside_and_the_previous_one_stays(tmp_path, monkeypatch):
+    s = settings(tmp_path)
+    lay = stack.layout(s)
+    alerts = load_alerts(SHIPPED_ALERTS)
+    monkeypatch.setattr(stack, "check_configs", lambda *_a, **_k: None)
+    stack.install_configs(s, lay, alerts)
+    passed = lay.rules_file.read_text()
+
+    def reject(*_a, **_k):
+        raise stack.StackError(f"{lay.rules_file}: promtool check rejected it: bad")
+
+    monkeypatch.setattr(stack, "check_configs", reject)
+    with pytest.raises(stack.StackError, match=r"previous config stays; rejected: .*"
+                                               r"metalchain.rules.yml.rejected"):
+        stack.install_configs(s, lay, alerts[:1])
+    assert lay.rules_file.read_text() == passed
+    assert lay.rules_file.with_name("metalchain.rules.yml.rejected").read_text() != passed
+    # Nothing there before: the rejected files are set aside, none is left in place.
+    fresh = stack.layout(settings(tmp_path / "other"))
+    with pytest.raises(stack.StackError):
+        stack.install_configs(settings(tmp_path / "other"), fresh, alerts)
+    assert not [p for p in fresh.generated() if p.exists()]
