@@ -370,6 +370,38 @@ class Serve:
                                  on_action=lambda node, what: self._on_note(
                                      f"re-checked {node}: {what}"))
         self.ctl.changes.subscribe(self.watchers.adopt)
+        self._init_monitoring()
+
+    def _init_monitoring(self) -> None:
+        """The BMC poller (power-off detection, BMC reachability for /metrics) and the
+        metrics registry; the receiver serves ``metrics_registry`` and appends to
+        ``ingest_listeners`` (callables taking ``list[Ingested]``) its remediation engine."""
+        from monitor.metrics import build_registry
+        from monitor.power import PowerCache
+        from monitor.settings import MonitorSettings
+        from orchestrate.power_watch import PowerWatch
+        from provision.drivers import driver_for
+
+        monitor = MonitorSettings.from_site(self.site)
+        self.ingest_listeners: list[Callable[[list[Any]], None]] = []
+        self.power_cache = PowerCache()
+        self.power_watch = PowerWatch(lambda: self.ctl.deploy.inventory, self.site.state,
+                                      cache=self.power_cache,
+                                      interval=monitor.bmc_poll_interval,
+                                      timeout=monitor.bmc_poll_timeout, bmc_for=driver_for,
+                                      busy=self.watchers.watching,
+                                      on_ingested=self.notify_ingested)
+        self.metrics_registry, self.metrics = build_registry(
+            self.site.state, bmc_status=self.power_cache.snapshot)
+
+    def notify_ingested(self, items: list[Any]) -> None:
+        """Hand what the store ingested (alerts, events, the BMC poller's incidents) to
+        every ingest listener; one listener's failure does not keep it from the others."""
+        for listener in list(self.ingest_listeners):
+            try:
+                listener(items)
+            except Exception as exc:   # noqa: BLE001 - a listener's bug is logged, not fatal
+                self._on_note(f"an ingest listener failed: {exc.__class__.__name__}: {exc}")
 
     def prepare_images(self) -> None:
         """Build the images of every host with provisioning data (cached)."""
@@ -380,6 +412,7 @@ class Serve:
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
+        self.power_watch.start()
         return ServeInfo(url, mirror_url, self.ctl.settings.interface)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
@@ -416,6 +449,7 @@ class Serve:
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
 
     def close(self) -> None:
+        self.power_watch.stop()
         self.watchers.stop()
         try:
             self.ctl.stop()
