@@ -1,5 +1,6 @@
 """A provisioned lab node powered off behind metalchain's back (ipmitool against its lab BMC):
-serve's BMC poller sees it at its next poll, the store has a ``NodePoweredOff`` incident from
+the BMC poller of a running ``Serve`` (in this process, polling every second) sees it at its
+next poll, the store has a ``NodePoweredOff`` incident from
 the same ingest as alerts, ``/metrics`` says ``metalchain_node_power_on 0``, and the
 ``power_cycle`` remediation brings it back to ``active`` with SSH answering its pinned key;
 the incident then resolves under the same key.
@@ -11,16 +12,19 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from inventory.site import Site
 from monitor.metrics import build_registry, exposition
 from monitor.power import POWERED_OFF, power_fingerprint
 from orchestrate.power_remedy import power_cycle_node
-from orchestrate.power_watch import PowerWatch
+from orchestrate.provisioning import Serve
 from provision.sshcheck import ssh_answers_with
 from tests.lab.ipmi import ipmitool
 from tests.lab.sshd import METALCHAIN
@@ -36,6 +40,21 @@ DETECT_LIMIT_S = 10.0       # one poll interval plus a BMC call, with room for C
 RECOVER_LIMIT_S = 240.0     # power on -> SSH with the pinned key under TCG (~20-40 s measured)
 
 
+HTTP_PORT = 19501
+RECEIVER_PORT = 19502
+
+
+def configure(root: Path) -> None:
+    """Our ports (the boot server's, the receiver's should serve start one) and a 1 s poll."""
+    path = root / "metalchain.yml"
+    header, body = path.read_text().split("\n", 1)
+    doc = yaml.safe_load(body)
+    doc["boot"]["http_port"] = HTTP_PORT
+    doc["monitor"] = {"bmc_poll_interval": POLL_S, "bmc_poll_timeout": 2,
+                      "receiver_port": RECEIVER_PORT}
+    path.write_text(header + "\n" + yaml.safe_dump(doc, sort_keys=False))
+
+
 def mc(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([METALCHAIN, *args], capture_output=True, text=True, timeout=timeout)
 
@@ -46,6 +65,7 @@ def lab(tmp_path_factory):
     try:
         r = mc("lab", "up", "--dir", str(root), "--nodes", "1", "--subnet", SUBNET)
         assert r.returncode == 0, r.stderr
+        configure(root)
         r = mc("--site", str(root), "provision", NODE, "--json", timeout=900)
         assert r.returncode == 0, r.stdout + r.stderr
         assert json.loads(r.stdout)["nodes"][NODE]["state"] == "active"
@@ -58,10 +78,11 @@ def lab(tmp_path_factory):
         mc("lab", "down", "--purge", "--dir", str(root))
 
 
-def metric(registry, name: str, host: str) -> float | None:
+def metric(registry, name: str, host: str, **labels: str) -> float | None:
+    want = {"host": host, **labels}
     for family in text_string_to_metric_families(exposition(registry).decode()):
         for s in family.samples:
-            if s.name == name and s.labels.get("host") == host:
+            if s.name == name and s.labels == want:
                 return s.value
     return None
 
@@ -74,11 +95,14 @@ def firing_incident(site):
 def test_a_node_powered_off_through_its_bmc_is_detected_and_power_cycled_back(lab):
     root, site = lab
     ingested: list[list] = []
-    watch = PowerWatch(lambda: site.inventory, site.state, interval=POLL_S, timeout=2.0,
-                       on_ingested=ingested.append)
-    registry, _ = build_registry(site.state, bmc_status=watch.cache.snapshot)
-    watch.start()
+    srv = Serve(site)
+    srv.ingest_listeners.append(ingested.append)
+    registry = srv.metrics_registry
+    assert srv.power_watch.interval == POLL_S
+    loop = threading.Thread(target=srv.run, name="serve", daemon=True)
     try:
+        srv.start()
+        loop.start()
         wait_for(lambda: metric(registry, "metalchain_node_power_on", NODE) == 1.0, 30,
                  f"the poller to see {NODE} powered on")
         assert metric(registry, "metalchain_bmc_reachable", NODE) == 1.0
@@ -121,5 +145,13 @@ def test_a_node_powered_off_through_its_bmc_is_detected_and_power_cycled_back(la
         assert metric(registry, "metalchain_node_power_on", NODE) == 1.0
         assert len([i for i in site.state.list_incidents(target=NODE)
                     if i.alertname == POWERED_OFF]) == 1
+        # a registry of our own per serve: a second one over the same store does not clash
+        assert metric(build_registry(site.state)[0], "metalchain_node_state", NODE,
+                      state="active") == 1.0
+        assert metric(registry, "metalchain_node_state", NODE, state="active") == 1.0
     finally:
-        watch.stop()
+        srv.request_stop()
+        if loop.is_alive():
+            loop.join(30)
+        srv.close()
+    assert not loop.is_alive()
