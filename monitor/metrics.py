@@ -83,6 +83,11 @@ class Instruments:
     ingest_seconds: Histogram
     collector_errors: Counter
 
+    def observe_ingest(self, route: str, seconds: float, status: int) -> None:
+        """The receiver's observer signature: one request to ``route`` answered ``status``
+        after ``seconds``."""
+        self.ingest_seconds.labels(route=route, status=str(status)).observe(seconds)
+
 
 def _histogram(family: HistogramMetricFamily, labels: Sequence[str],
                bounds: Sequence[float], cumulative: Sequence[int], count: int,

@@ -29,7 +29,7 @@ PROBE_INTERVAL = 1.0
 LEASE_WAIT = 10.0
 
 
-def power_cycle_node(site: Any, host: str, *, timeout: float, stop: Stop | None = None
+def power_cycle_node(site: Any, host: str, timeout: float, stop: Stop | None = None
                      ) -> tuple[bool, str, str | None]:
     """Power ``host`` on (if off) or cycle it (if on), then wait until it answers SSH with
     its pinned key and is ``active``; returns ``(ok, message, run_uid)`` (``run_uid`` None

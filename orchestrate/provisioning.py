@@ -370,12 +370,16 @@ class Serve:
                                  on_action=lambda node, what: self._on_note(
                                      f"re-checked {node}: {what}"))
         self.ctl.changes.subscribe(self.watchers.adopt)
+        #: Called with every committed notification's ``list[Ingested]`` (the receiver's
+        #: alerts and events, the BMC poller's incidents): the remediation engine.
+        self.ingest_listeners: list[Callable[[list[Any]], None]] = []
         self._init_monitoring()
 
     def _init_monitoring(self) -> None:
         """The BMC poller (power-off detection, BMC reachability for /metrics) and the
-        metrics registry; the receiver serves ``metrics_registry`` and appends to
-        ``ingest_listeners`` (callables taking ``list[Ingested]``) its remediation engine."""
+        metrics registry the receiver serves (``metrics_registry``; ``metrics`` are its
+        instruments: ``metrics.observe_ingest`` is the receiver's observer signature,
+        ``metrics.guard_decisions`` the engine's counter)."""
         from monitor.metrics import build_registry
         from monitor.power import PowerCache
         from monitor.settings import MonitorSettings
@@ -383,7 +387,6 @@ class Serve:
         from provision.drivers import driver_for
 
         monitor = MonitorSettings.from_site(self.site)
-        self.ingest_listeners: list[Callable[[list[Any]], None]] = []
         self.power_cache = PowerCache()
         self.power_watch = PowerWatch(lambda: self.ctl.deploy.inventory, self.site.state,
                                       cache=self.power_cache,

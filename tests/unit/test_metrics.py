@@ -204,7 +204,7 @@ def test_guard_decisions_and_ingest_latency_are_instruments_of_this_registry(sto
     instruments.guard_decisions.labels(guard="cooldown", verdict="suppressed").inc()
     instruments.guard_decisions.labels(guard="none", verdict="act").inc()
     instruments.ingest_seconds.labels(route="/v1/alerts", status="200").observe(0.003)
-    instruments.ingest_seconds.labels(route="/v1/events", status="401").observe(0.0002)
+    instruments.observe_ingest("/v1/events", 0.0002, 401)      # the receiver's observer form
     m = scrape(registry)
     assert value(m, "metalchain_guard_decisions_total", guard="cooldown",
                  verdict="suppressed") == 2
