@@ -4,15 +4,16 @@ never a walk over every row in Python."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select
+from sqlalchemy import JSON, case, cast, func, select, type_coerce
 
 from inventory.state.base import StoreBase
 from inventory.state.nodes import is_forgotten
 from inventory.state.schema import drift, node_transitions, nodes, remediation_actions, runs
+
+HOST_STATUSES = ("ok", "changed", "failed", "unreachable", "skipped")
 
 
 @dataclass(frozen=True)
@@ -52,20 +53,22 @@ class StatsMixin(StoreBase):
 
     def run_host_counts(self) -> dict[tuple[str, str], int]:
         """(kind, host status) -> hosts, summed over the finished runs' recorded outcomes
-        (ok, changed, failed, unreachable, skipped: one per host and run)."""
-        q = select(runs.c.kind, runs.c.outcome).where(runs.c.ended_at.is_not(None),
-                                                      runs.c.outcome.is_not(None))
+        (ok, changed, failed, unreachable, skipped: one per host and run); summed in the
+        database (SQLite ``json_extract``, PostgreSQL ``->``), not parsed here."""
+        # The column is text: SQLite's JSON functions read it as is (a CAST would make it a
+        # number), PostgreSQL needs it cast to json for its path operator.
+        doc = type_coerce(runs.c.outcome, JSON) if self._engine.dialect.name == "sqlite" \
+            else cast(runs.c.outcome, JSON)
+        q = select(runs.c.kind,
+                   *[func.sum(doc[("counts", s)].as_integer()) for s in HOST_STATUSES]) \
+            .where(runs.c.ended_at.is_not(None), runs.c.outcome.is_not(None)) \
+            .group_by(runs.c.kind)
         out: dict[tuple[str, str], int] = {}
         with self._read() as conn:
-            for kind, raw in conn.execute(q).all():
-                try:
-                    counts = json.loads(raw).get("counts") or {}
-                except (ValueError, AttributeError):
-                    continue
-                for status in ("ok", "changed", "failed", "unreachable", "skipped"):
-                    n = counts.get(status)
-                    if isinstance(n, int) and n:
-                        out[(kind, status)] = out.get((kind, status), 0) + n
+            for row in conn.execute(q).all():
+                for status, n in zip(HOST_STATUSES, row[1:], strict=True):
+                    if n:
+                        out[(row[0], status)] = int(n)
         return out
 
     def drift_counts(self) -> dict[str, int]:
