@@ -3,7 +3,8 @@ the BMC poller of a running ``Serve`` (in this process, polling every second) se
 next poll, the store has a ``NodePoweredOff`` incident from
 the same ingest as alerts, ``/metrics`` says ``metalchain_node_power_on 0``, and the
 ``power_cycle`` remediation brings it back to ``active`` with SSH answering its pinned key;
-the incident then resolves under the same key.
+the incident then resolves under the same key. A BMC that stops answering (its process
+killed) is a ``BmcUnreachable`` incident after two polls, and the node stays ``active``.
 
 One lab, one node (PXE install under TCG takes a minute or two); detection and recovery
 times are printed (bench/RESULTS.md records them)."""
@@ -11,6 +12,8 @@ times are printed (bench/RESULTS.md records them)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -22,8 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inventory.site import Site
 from monitor.metrics import build_registry, exposition
-from monitor.power import POWERED_OFF, power_fingerprint
+from monitor.power import BMC_UNREACHABLE, POWERED_OFF, power_fingerprint
 from orchestrate.power_remedy import power_cycle_node
+from orchestrate.power_watch import PowerWatch
 from orchestrate.provisioning import Serve
 from provision.sshcheck import ssh_answers_with
 from tests.lab.ipmi import ipmitool
@@ -87,9 +91,9 @@ def metric(registry, name: str, host: str, **labels: str) -> float | None:
     return None
 
 
-def firing_incident(site):
+def firing_incident(site, alertname: str = POWERED_OFF):
     return next((i for i in site.state.list_incidents(target=NODE)
-                 if i.alertname == POWERED_OFF and i.alert_status == "firing"), None)
+                 if i.alertname == alertname and i.alert_status == "firing"), None)
 
 
 def test_a_node_powered_off_through_its_bmc_is_detected_and_power_cycled_back(lab):
@@ -155,3 +159,37 @@ def test_a_node_powered_off_through_its_bmc_is_detected_and_power_cycled_back(la
             loop.join(30)
         srv.close()
     assert not loop.is_alive()
+
+
+def test_a_silent_bmc_is_an_incident_after_two_polls_and_resolves_when_it_answers(lab):
+    root, site = lab
+    watch = PowerWatch(lambda: site.inventory, site.state, interval=POLL_S, timeout=2.0)
+    registry, _ = build_registry(site.state, bmc_status=watch.cache.snapshot)
+    watch.start()
+    try:
+        wait_for(lambda: metric(registry, "metalchain_bmc_reachable", NODE) == 1.0, 30,
+                 f"the poller to reach {NODE}'s BMC")
+        pid = int((root / "lab" / "nodes" / NODE / "bmc.pid").read_text())
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        try:
+            inc = wait_for(lambda: firing_incident(site, BMC_UNREACHABLE), 30,
+                           f"a {BMC_UNREACHABLE} incident for {NODE}", interval=0.05)
+            print(f"\nBMC killed -> {BMC_UNREACHABLE} incident in the store: "
+                  f"{time.monotonic() - killed_at:.2f} s (two polls, every {POLL_S:g} s)")
+            assert inc.fingerprint == power_fingerprint(BMC_UNREACHABLE, NODE)
+            assert inc.annotations["detail"].startswith(f"{NODE} (BMC 127.0.0.1:"), \
+                inc.annotations     # the driver's error, naming host and BMC
+            assert metric(registry, "metalchain_bmc_reachable", NODE) == 0.0
+            assert metric(registry, "metalchain_node_power_on", NODE) is None
+            assert firing_incident(site, POWERED_OFF) is None    # silent is not "off"
+            assert site.state.node(NODE).state == "active"
+        finally:
+            r = mc("lab", "up", "--dir", str(root), "--nodes", "1")   # restarts the BMC
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: (i := site.state.incident(inc.id)) and i.alert_status == "resolved",
+                 30, f"the {BMC_UNREACHABLE} incident to resolve")
+        assert metric(registry, "metalchain_bmc_reachable", NODE) == 1.0
+        assert metric(registry, "metalchain_node_power_on", NODE) == 1.0
+    finally:
+        watch.stop()
