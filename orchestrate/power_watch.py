@@ -8,11 +8,12 @@ an active node powered off behind our back is an incident within one poll interv
 waiting for Prometheus (which stays the backstop, on ``metalchain_node_power_on == 0``).
 
 One BMC session per node at a time: the poller keeps one driver per node it polls and does not
-poll a node that someone else is talking to its BMC for -- a node in progress (serve's
-:class:`provision.watch.WatchSet` keeps that node's session and does its power sync) or a node
-whose lease a run holds (e.g. the power step of a ``power_cycle`` remediation); it closes its
-own session to such a node and takes it up again afterwards. Every poll has a timeout, and
-the nodes are polled in parallel, so one dead BMC never delays the others.
+poll a node that someone else is talking to its BMC for -- a node in progress (the
+provisioner's, and serve's :class:`provision.watch.WatchSet` keeps that node's session and
+does its power sync) or a node whose lease a run holds (e.g. the power step of a
+``power_cycle`` remediation); it closes its own session to such a node and takes it up again
+afterwards. Every poll has a timeout, and the nodes are polled in parallel, so one dead BMC
+never delays the others.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class PowerWatch:
         states = {rec.name: rec.state for rec in self.store.list_nodes()}
         wall = time.time()
         skip = set(self.busy()) | {lease.host for lease in self.store.list_leases()
-                                   if lease.expires_at > wall}
+                                   if lease.expires_at > wall} \
+            | {name for name, state in states.items() if state in lc.IN_PROGRESS}
         for name in skip & set(hosts):
             self._close(name)
             if states.get(name) != lc.ACTIVE:

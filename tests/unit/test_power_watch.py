@@ -166,21 +166,23 @@ def test_a_poll_ingests_a_powered_off_active_node_and_notifies_the_listeners(sto
     assert sorted(log)[:3] == ["close n1", "close n2", "close n3"]
 
 
-def test_busy_and_leased_nodes_are_not_polled_and_their_sessions_closed(store):
-    for n in ("n1", "n2", "n3"):
+def test_busy_leased_and_in_progress_nodes_are_not_polled_and_their_sessions_closed(store):
+    for n in ("n1", "n2", "n3", "n4"):
         store.set_node_state(n, "active")
-    answers = {"n1": "on", "n2": "on", "n3": "on"}
+    answers = {"n1": "on", "n2": "on", "n3": "on", "n4": "on"}
     log: list[str] = []
     busy: set[str] = set()
-    watch, _ = make_watch(store, [host("n1"), host("n2"), host("n3")], answers, log, busy=busy)
+    watch, _ = make_watch(store, [host(n) for n in answers], answers, log, busy=busy)
     try:
         watch.poll_once()
         busy.add("n1")                                   # e.g. the WatchSet adopted it
         assert store.acquire_leases(["n2"], Owner.this_process("run1", "metalchain power"))
-        answers.update(n1="off", n2="off")
-        assert watch.poll_once() == []                   # neither polled
-        assert "close n1" in log and "close n2" in log and "close n3" not in log
+        store.set_node_state("n4", "powering_on")        # the provisioner's now
+        answers.update(n1="off", n2="off", n4="off")
+        assert watch.poll_once() == []                   # none of them polled
+        assert {"close n1", "close n2", "close n4"} <= set(log) and "close n3" not in log
         assert watch.cache.snapshot()["n1"].power == "on"   # the last answer stays
+        assert log.count("open n3") == 1
     finally:
         watch.stop()
 
