@@ -387,13 +387,14 @@ class Serve:
         from provision.drivers import driver_for
 
         monitor = MonitorSettings.from_site(self.site)
+        ctl, watchers = self.ctl, self.watchers   # (a serve without a boot server has neither)
         self.power_cache = PowerCache()
-        self.power_watch = PowerWatch(lambda: self.ctl.deploy.inventory, self.site.state,
-                                      cache=self.power_cache,
-                                      interval=monitor.bmc_poll_interval,
-                                      timeout=monitor.bmc_poll_timeout, bmc_for=driver_for,
-                                      busy=self.watchers.watching,
-                                      on_ingested=self.notify_ingested)
+        self.power_watch = PowerWatch(
+            (lambda: ctl.deploy.inventory) if ctl is not None else (lambda: self.site.inventory),
+            self.site.state, cache=self.power_cache, interval=monitor.bmc_poll_interval,
+            timeout=monitor.bmc_poll_timeout, bmc_for=driver_for,
+            busy=watchers.watching if watchers is not None else frozenset,
+            on_ingested=self.notify_ingested)
         self.metrics_registry, self.metrics = build_registry(
             self.site.state, bmc_status=self.power_cache.snapshot)
 
@@ -412,10 +413,10 @@ class Serve:
             [h for h in self.site.inventory.hosts.values() if h.provision and h.provision.mac]))
 
     def start(self) -> ServeInfo:
+        self.power_watch.start()
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
-        self.power_watch.start()
         return ServeInfo(url, mirror_url, self.ctl.settings.interface)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
