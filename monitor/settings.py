@@ -14,6 +14,8 @@ Every key is optional; the defaults run the stack on loopback at the ports opera
       receiver_port: 9095           #   else 127.0.0.1): Alertmanager and hosts post here
       webhook_token_secret: monitor_webhook_token   # key in secrets.yml: Alertmanager's token
       event_key_secret: monitor_event_key           # key in secrets.yml: per-host event tokens
+      bmc_poll_interval: 5          # seconds between two power-state polls of each BMC (serve)
+      bmc_poll_timeout: 2           # seconds one BMC may take to answer a poll
 
 Errors name ``metalchain.yml`` and the key (``monitor.scrape_interval``) with the line when
 known.
@@ -33,7 +35,8 @@ from inventory.errors import InventoryError
 SETTINGS_FILE = "metalchain.yml"
 MONITOR_KEYS = ("dir", "listen", "prometheus_port", "alertmanager_ports", "cluster_ports",
                 "scrape_interval", "evaluation_interval", "receiver_address", "receiver_port",
-                "webhook_token_secret", "event_key_secret")
+                "webhook_token_secret", "event_key_secret", "bmc_poll_interval",
+                "bmc_poll_timeout")
 _SECRET_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -50,6 +53,8 @@ class MonitorSettings:
     receiver_port: int = 9095
     webhook_token_secret: str = "monitor_webhook_token"  # noqa: S105 - a key name
     event_key_secret: str = "monitor_event_key"  # noqa: S105 - a key name
+    bmc_poll_interval: float = 5.0
+    bmc_poll_timeout: float = 2.0
 
     @property
     def prometheus_url(self) -> str:
@@ -136,4 +141,6 @@ def parse_settings(raw: Mapping[str, Any], root: Path, *,
         receiver_address=address("receiver_address", default_receiver),
         receiver_port=port("receiver_port", raw.get("receiver_port", 9095)),
         webhook_token_secret=secret_key("webhook_token_secret", "monitor_webhook_token"),
-        event_key_secret=secret_key("event_key_secret", "monitor_event_key"))
+        event_key_secret=secret_key("event_key_secret", "monitor_event_key"),
+        bmc_poll_interval=seconds("bmc_poll_interval", 5.0),
+        bmc_poll_timeout=seconds("bmc_poll_timeout", 2.0))

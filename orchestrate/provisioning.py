@@ -370,6 +370,42 @@ class Serve:
                                  on_action=lambda node, what: self._on_note(
                                      f"re-checked {node}: {what}"))
         self.ctl.changes.subscribe(self.watchers.adopt)
+        #: Called with every committed notification's ``list[Ingested]`` (the receiver's
+        #: alerts and events, the BMC poller's incidents): the remediation engine.
+        self.ingest_listeners: list[Callable[[list[Any]], None]] = []
+        self._init_monitoring()
+
+    def _init_monitoring(self) -> None:
+        """The BMC poller (power-off detection, BMC reachability for /metrics) and the
+        metrics registry the receiver serves (``metrics_registry``; ``metrics`` are its
+        instruments: ``metrics.observe_ingest`` is the receiver's observer signature,
+        ``metrics.guard_decisions`` the engine's counter)."""
+        from monitor.metrics import build_registry
+        from monitor.power import PowerCache
+        from monitor.settings import MonitorSettings
+        from orchestrate.power_watch import PowerWatch
+        from provision.drivers import driver_for
+
+        monitor = MonitorSettings.from_site(self.site)
+        ctl, watchers = self.ctl, self.watchers   # (a serve without a boot server has neither)
+        self.power_cache = PowerCache()
+        self.power_watch = PowerWatch(
+            (lambda: ctl.deploy.inventory) if ctl is not None else (lambda: self.site.inventory),
+            self.site.state, cache=self.power_cache, interval=monitor.bmc_poll_interval,
+            timeout=monitor.bmc_poll_timeout, bmc_for=driver_for,
+            busy=watchers.watching if watchers is not None else frozenset,
+            on_ingested=self.notify_ingested)
+        self.metrics_registry, self.metrics = build_registry(
+            self.site.state, bmc_status=self.power_cache.snapshot)
+
+    def notify_ingested(self, items: list[Any]) -> None:
+        """Hand what the store ingested (alerts, events, the BMC poller's incidents) to
+        every ingest listener; one listener's failure does not keep it from the others."""
+        for listener in list(self.ingest_listeners):
+            try:
+                listener(items)
+            except Exception as exc:   # noqa: BLE001 - a listener's bug is logged, not fatal
+                self._on_note(f"an ingest listener failed: {exc.__class__.__name__}: {exc}")
 
     def prepare_images(self) -> None:
         """Build the images of every host with provisioning data (cached)."""
@@ -377,6 +413,7 @@ class Serve:
             [h for h in self.site.inventory.hosts.values() if h.provision and h.provision.mac]))
 
     def start(self) -> ServeInfo:
+        self.power_watch.start()
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
@@ -416,6 +453,7 @@ class Serve:
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
 
     def close(self) -> None:
+        self.power_watch.stop()
         self.watchers.stop()
         try:
             self.ctl.stop()

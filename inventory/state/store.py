@@ -13,11 +13,12 @@ from inventory.state.leases import LeasesMixin
 from inventory.state.migrate import SchemaMixin
 from inventory.state.nodes import NodesMixin
 from inventory.state.runs import RunsMixin
+from inventory.state.stats import StatsMixin
 from inventory.state.tokens import TokensMixin
 
 
 class StateStore(NodesMixin, RunsMixin, KeysMixin, TokensMixin, FactsMixin, AuditMixin,
-                 LeasesMixin, IncidentsMixin, SchemaMixin):
+                 LeasesMixin, IncidentsMixin, StatsMixin, SchemaMixin):
     """One handle on the state store. Safe to share between threads of one process."""
 
     def __init__(self, url: str) -> None:
