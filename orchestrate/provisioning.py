@@ -330,9 +330,10 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
 
 @dataclass(frozen=True)
 class ServeInfo:
-    url: str
+    url: str | None                   # the boot server's (None with --no-boot)
     mirror_url: str | None
-    interface: str
+    interface: str | None
+    receiver_url: str | None = None
 
 
 class Serve:
@@ -352,24 +353,41 @@ class Serve:
         srv.close()
     """
 
-    def __init__(self, site: Any, *, sync_interval: float = POWER_SYNC_INTERVAL) -> None:
+    def __init__(self, site: Any, *, sync_interval: float = POWER_SYNC_INTERVAL,
+                 boot: bool = True) -> None:
+        from orchestrate.receiving import Receiving
         from provision.drivers import driver_for
 
-        if running_serve(site):
+        if boot and running_serve(site):
             raise MetalchainError(f"metalchain serve is already running for {site.root}")
         self.site = site
-        self.ctl = Controller(site)
+        self.boot = boot
         self.sync_interval = sync_interval
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
         self._on_note: OnNote = _quiet
-        self.watchers = WatchSet(lambda: self.ctl.deploy.inventory, site.state,
-                                 timeouts=self.ctl.timeouts, changes=self.ctl.changes,
+        # The receiver (Alertmanager webhook, pushed events, /metrics). Seams for the other
+        # parts of serve: ``ingest_listeners.append(on_ingested)`` (called after each
+        # committed and answered notification), ``ingest_observers`` (``observe(route,
+        # seconds, status)``) and ``metrics_registry`` (set before :meth:`start`).
+        self.ingest_listeners: list[Any] = []
+        self.ingest_observers: list[Any] = []
+        self.metrics_registry: Any = None
+        self.receiving = Receiving(site, listeners=self.ingest_listeners,
+                                   observers=self.ingest_observers)
+        self.ctl: Controller | None = None
+        self.watchers: WatchSet | None = None
+        if not boot:
+            return   # --no-boot: receiver, metrics and remediation only (no boot settings)
+        self.ctl = Controller(site)
+        ctl = self.ctl
+        self.watchers = WatchSet(lambda: ctl.deploy.inventory, site.state,
+                                 timeouts=ctl.timeouts, changes=ctl.changes,
                                  bmc_for=driver_for,
                                  on_action=lambda node, what: self._on_note(
                                      f"re-checked {node}: {what}"))
-        self.ctl.changes.subscribe(self.watchers.adopt)
+        ctl.changes.subscribe(self.watchers.adopt)
 
     def prepare_images(self) -> None:
         """Build the images of every host with provisioning data (cached)."""
@@ -377,16 +395,21 @@ class Serve:
             [h for h in self.site.inventory.hosts.values() if h.provision and h.provision.mac]))
 
     def start(self) -> ServeInfo:
+        self.receiving.registry = self.metrics_registry
+        receiver_url = self.receiving.start()
+        if self.ctl is None:
+            return ServeInfo(None, None, None, receiver_url)
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
-        return ServeInfo(url, mirror_url, self.ctl.settings.interface)
+        return ServeInfo(url, mirror_url, self.ctl.settings.interface, receiver_url)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
                   on_change: OnChange | None = None, on_note: OnNote = _quiet
                   ) -> ProvisionReport:
         """:func:`provision_nodes` from inside this serve (e.g. a remediation action):
         through this process's boot server and notifications. Blocks until done."""
+        # With --no-boot there is no boot server here: provision starts its own.
         return provision_nodes(self.site, target, options, on_change=on_change,
                                on_note=on_note, controller=self.ctl)
 
@@ -405,19 +428,28 @@ class Serve:
         controller left in progress."""
         self._on_note = on_note
         while not self._stop:
-            self.watchers.sync()
+            if self.watchers is not None:
+                self.watchers.sync()
             self._wake.wait(self.sync_interval)
             self._wake.clear()
             if self._reload and not self._stop:
                 self._reload = False
                 try:
-                    self.ctl.reload()
+                    if self.ctl is not None:
+                        self.ctl.reload()
+                    else:
+                        self.site.reload_inventory()
                 except MetalchainError as exc:   # keep serving the inventory we had
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
 
     def close(self) -> None:
-        self.watchers.stop()
         try:
-            self.ctl.stop()
+            if self.watchers is not None:
+                self.watchers.stop()
+            if self.ctl is not None:
+                try:
+                    self.ctl.stop()
+                finally:
+                    self.ctl.state_file.unlink(missing_ok=True)
         finally:
-            self.ctl.state_file.unlink(missing_ok=True)
+            self.receiving.stop()
