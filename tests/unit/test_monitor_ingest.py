@@ -11,12 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from inventory.errors import StateError
 from inventory.secrets import Secret, SecretStore
 from inventory.state.incidents import Ingested
 from monitor.events import derive_token
 from monitor.ingest import Ingestor, alert_inputs, alert_target, call_listeners
 from monitor.webhook import parse_notification
 from orchestrate.receiving import event_auth, event_vars
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -125,3 +127,67 @@ def test_event_auth_wants_the_hosts_own_token_and_a_host_of_the_inventory():
     assert auth("fleet01", derive_token("k", "fleet01"))
     assert not auth("fleet01", derive_token("k", "fleet02"))
     assert not auth("ghost", derive_token("k", "ghost"))
+
+
+class _BatchStore:
+    """Holds the first write until ``release`` is set, so the others queue up behind it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.writes: list[int] = []       # notifications per transaction
+        self.next_id = 0
+
+    def _results(self, items):
+        out = []
+        for item in items:
+            if item.fingerprint == "poison":
+                raise StateError("integrity")
+            self.next_id += 1
+            out.append(Ingested(self.next_id, True, False))
+        return out
+
+    def ingest(self, items, source, received=None):
+        self.started.set()
+        self.release.wait(5)
+        self.writes.append(1)
+        return self._results(items)
+
+    def ingest_batch(self, batches):
+        self.writes.append(len(batches))
+        return [self._results(items) for items, _s, _r in batches]
+
+
+def test_group_commit_writes_what_queued_up_in_one_transaction_and_a_bad_one_fails_alone():
+    store = _BatchStore()
+    ingestor = Ingestor(store)
+    ingestor.start()
+    items = alert_inputs(parse_notification(notification(alert("a"))))
+    poison = alert_inputs(parse_notification(notification(alert("poison"))))
+    outcomes: dict[int, object] = {}
+
+    def post(k: int) -> None:
+        try:
+            outcomes[k] = ingestor.commit(poison if k == 5 else items, "alertmanager", {})
+        except StateError as exc:
+            outcomes[k] = exc
+
+    try:
+        first = threading.Thread(target=post, args=(0,))
+        first.start()
+        wait_for(store.started.is_set, 5, "the first write")
+        others = [threading.Thread(target=post, args=(k,)) for k in range(1, 10)]
+        for t in others:
+            t.start()
+        wait_for(lambda: ingestor._pending.qsize() == 9, 5, "nine queued behind it")
+        store.release.set()
+        for t in [first, *others]:
+            t.join(5)
+    finally:
+        ingestor.stop()
+    assert isinstance(outcomes[5], StateError)
+    assert all(isinstance(outcomes[k], list) and len(outcomes[k]) == 1
+               for k in range(10) if k != 5)
+    # The first alone; the nine behind it in one batch, which failed on the poison and was
+    # written again one by one.
+    assert store.writes == [1, 9] + [1] * 9
