@@ -123,15 +123,26 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(port: int, token: str, concurrency: int, n: int, procs: int, warmup: float,
-            window: float, duplicates: bool, tag: str) -> dict[str, Any]:
+            window: float, duplicates: bool, tag: str, server_pid: int) -> dict[str, Any]:
     procs = max(1, min(procs, concurrency))
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0)
               for i in range(procs)]
     jobs = [(port, token, share, n, warmup, window, duplicates, f"{tag}p{i}")
             for i, share in enumerate(shares)]
     with multiprocessing.get_context("fork").Pool(procs) as pool:
-        results = pool.map(_client, jobs)
+        pending = pool.map_async(_client, jobs)
+        time.sleep(warmup)     # the clients' own warm-up: the server's CPU is read after it
+        cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
+        time.sleep(window)
+        cpu1, t1 = cpu_seconds(server_pid), time.monotonic()
+        results = pending.get()
     lat = sorted(x for r in results for x in r["latencies"])
     done = len(lat)
     return {"concurrency": concurrency, "alerts_per_notification": n,
@@ -141,6 +152,11 @@ def measure(port: int, token: str, concurrency: int, n: int, procs: int, warmup:
             "ack_p50_ms": round(percentile(lat, 0.50) * 1000, 2),
             "ack_p99_ms": round(percentile(lat, 0.99) * 1000, 2),
             "ack_max_ms": round(lat[-1] * 1000, 2) if lat else None,
+            # The serve process's CPU during the window (1.0 = one CPU busy), and per
+            # notification: what the clients leave to the server on this shared machine.
+            "server_cpus_busy": round((cpu1 - cpu0) / (t1 - t0), 2),
+            "server_cpu_ms_per_notification": round((cpu1 - cpu0) * 1000 / done, 3)
+            if done else None,
             "errors": sum(r["errors"] for r in results)}
 
 
@@ -188,7 +204,7 @@ def main() -> None:
             for n in [int(x) for x in args.alerts.split(",")]:
                 for c in [int(x) for x in args.concurrency.split(",")]:
                     row = measure(port, token, c, n, args.procs, args.warmup, args.seconds,
-                                  args.duplicates, f"c{c}n{n}")
+                                  args.duplicates, f"c{c}n{n}", proc.pid)
                     rows.append(row)
                     print(json.dumps(row), file=sys.stderr, flush=True)
         finally:
