@@ -412,6 +412,19 @@ def test_the_token_file_is_the_hosts_own_and_root_only(configured):
         assert digest == wanted
 
 
+def test_the_roles_checks_pass_with_the_event_companion(configured):
+    r = metalchain("--site", str(configured), "verify", "fleet", "--role", "node_exporter",
+                   "--json", timeout=300)
+    assert r.stdout.strip(), r.stderr
+    doc = json.loads(r.stdout)
+    outcomes = {(h, t["id"].rsplit("::", 1)[-1]): t["outcome"]
+                for h, v in doc["hosts"].items() for t in v["tests"]}
+    assert r.returncode == 0 and set(outcomes.values()) == {"passed"}, outcomes
+    assert all(outcomes[(h, "test_failed_units_are_pushed")] == "passed" for h in HOSTS)
+    for host in HOSTS:
+        assert derive_token(EVENT_KEY, host) not in r.stdout
+
+
 VICTIM = """cat > /etc/systemd/system/mc-victim.service <<'EOF'
 [Unit]
 Description=a service the test kills
