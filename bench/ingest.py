@@ -196,7 +196,7 @@ def main() -> None:
                     time.sleep(0.1)
             if args.profile is not None:
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                                        "--pid", str(proc.pid), "--threads", "--output",
+                                        "--pid", str(proc.pid), "--threads", "--gil", "--output",
                                         str(args.profile), "--format",
                                         {".json": "speedscope", ".txt": "raw"}.get(
                                             args.profile.suffix, "flamegraph")])

@@ -5,7 +5,8 @@ engine (reprovision a node) and workers call the same way.
   images, start a boot server for the run or use the site's running ``serve``, provision,
   report.
 - :class:`Serve` — the long-running controller: boot server, install callbacks, package
-  mirror, and watchers for nodes in progress that wake on the callbacks (no polling loop).
+  mirror, watchers for nodes in progress that wake on the callbacks (no polling loop), and
+  the receiver of Alertmanager's notifications and hosts' pushed events.
 - :class:`Controller` — the pieces both share (deploy service, boot server, images).
 
 Nothing here prints: progress and notes go to the callbacks the caller passes.
@@ -337,7 +338,9 @@ class ServeInfo:
 
 
 class Serve:
-    """``metalchain serve``: boot server + callbacks + mirror + node watchers, until stopped.
+    """``metalchain serve``: boot server + callbacks + mirror + node watchers + the receiver
+    of alerts and pushed events (:mod:`orchestrate.receiving`), until stopped. With
+    ``boot=False`` (``serve --no-boot``) only the receiver: no boot settings are needed.
 
     Nothing here polls the state store in a loop: a node's watcher wakes on the callbacks the
     boot server receives (:class:`provision.watch.NodeChanges`), at its next deadline, and at
