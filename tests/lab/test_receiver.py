@@ -212,6 +212,10 @@ REFUSED: list[tuple[str, bytes, int, dict[str, Any]]] = [
     # alerts
     ("no token", http("POST", "/v1/alerts", GOOD), 401, {}),
     ("wrong token", http("POST", "/v1/alerts", GOOD, bearer("not-" + WEBHOOK_TOKEN)), 401, {}),
+    # No "100 Continue" invites the body of a request that is refused anyway.
+    ("expect 100-continue, wrong token",
+     http("POST", "/v1/alerts", b"", {**bearer("nope"), "Expect": "100-continue",
+                                      "Content-Length": str(len(GOOD))}), 401, {}),
     ("basic instead of bearer", http("POST", "/v1/alerts", GOOD,
                                      {"Authorization": "Basic " + WEBHOOK_TOKEN}), 401, {}),
     ("an event token on the alerts route",
