@@ -525,3 +525,42 @@ def _epoch(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- in process: the order commit -> answer -> listeners ------------------------------------
+
+def test_listeners_run_only_after_the_answer_was_sent(tmp_path):
+    """A listener that waits for the client's 200 before it returns: were it called before
+    the answer, the client would never get one (and the listener would time out)."""
+    import threading
+
+    from inventory.state import StateStore
+    from monitor.ingest import Ingestor
+    from monitor.receiver import Receiver
+
+    answered = threading.Event()
+    seen: list[tuple[bool, int]] = []
+
+    def listener(results):
+        committed = state.incident(results[0].incident_id) is not None
+        seen.append((committed, int(answered.wait(10))))
+
+    state = StateStore.open_file(tmp_path / "s.db")
+    observed: list[tuple[str, int]] = []
+    receiver = Receiver("127.0.0.1", 0, ingestor=Ingestor(state, [listener]),
+                        webhook_token=WEBHOOK_TOKEN,
+                        observers=[lambda route, _s, status: observed.append((route, status))])
+    receiver.start()
+    try:
+        with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
+            body = dumps(notification("order01"))
+            sock.sendall(http("POST", "/v1/alerts", body, bearer(WEBHOOK_TOKEN)).replace(
+                f"Host: {CONTROLLER}:{PORT}".encode(), b"Host: 127.0.0.1"))
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 ")
+            answered.set()
+        wait_for(lambda: seen, 10, "the listener")
+    finally:
+        receiver.stop()
+        state.close()
+    assert seen == [(True, 1)]
+    assert observed == [("/v1/alerts", 200)]
