@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from inventory.state.audit import write_audit
@@ -151,16 +151,34 @@ class _Seen:
     resolves: bool = False       # its alert resolved in this batch
 
 
+# Built once: constructing SQLAlchemy statements per batch was most of a small batch's cost.
+_SELECT_KNOWN = select(incidents.c.id, incidents.c.fingerprint, incidents.c.starts_at,
+                       incidents.c.alert_status).where(
+    incidents.c.fingerprint.in_(bindparam("b_fingerprints", expanding=True)))
+_INSERT_NEW = insert(incidents).returning(incidents.c.id, incidents.c.fingerprint,
+                                          incidents.c.starts_at)
+_NOW = bindparam("b_now", type_=Float)
+_RESOLVES = bindparam("b_resolves", type_=Integer) == 1
+# The right-hand sides see the row as it was: an incident still open when its alert resolves
+# ends as resolved; one being acted on keeps its state.
+_ENDS = and_(_RESOLVES, incidents.c.state == "open")
+_UPDATE_SEEN = update(incidents).where(incidents.c.id == bindparam("b_id")).values(
+    deliveries=incidents.c.deliveries + bindparam("b_more", type_=Integer),
+    updated_at=_NOW,
+    alert_status=case((_RESOLVES, "resolved"), else_=incidents.c.alert_status),
+    state=case((_ENDS, "resolved"), else_=incidents.c.state),
+    ended_at=case((_ENDS, _NOW), else_=incidents.c.ended_at))
+_INSERT_EVENTS = insert(incident_events)
+
+
 def _ingest_batch(conn: Connection, batches: Sequence[IngestBatch],
                   now: float) -> list[list[Ingested]]:
     wanted = {(i.fingerprint, i.starts_at) for items, _s, _r in batches for i in items}
     seen: dict[tuple[str, str], _Seen] = {}
     fingerprints = sorted({fp for fp, _ in wanted})
     for n in range(0, len(fingerprints), _KEY_CHUNK):
-        q = select(incidents.c.id, incidents.c.fingerprint, incidents.c.starts_at,
-                   incidents.c.alert_status).where(
-            incidents.c.fingerprint.in_(fingerprints[n:n + _KEY_CHUNK]))
-        for row in conn.execute(q):
+        chunk = {"b_fingerprints": fingerprints[n:n + _KEY_CHUNK]}
+        for row in conn.execute(_SELECT_KNOWN, chunk):
             if (row.fingerprint, row.starts_at) in wanted:
                 seen[(row.fingerprint, row.starts_at)] = _Seen(int(row.id), row.alert_status)
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
@@ -178,9 +196,7 @@ def _ingest_batch(conn: Connection, batches: Sequence[IngestBatch],
                     step=0, deliveries=1, created_at=now, updated_at=now,
                     ended_at=now if resolved else None)
     if fresh:
-        rows = conn.execute(insert(incidents).returning(
-            incidents.c.id, incidents.c.fingerprint, incidents.c.starts_at),
-            list(fresh.values())).all()
+        rows = conn.execute(_INSERT_NEW, list(fresh.values())).all()
         for row in rows:
             key = (row.fingerprint, row.starts_at)
             seen[key] = _Seen(int(row.id), fresh[key]["alert_status"], fresh=True)
@@ -207,21 +223,12 @@ def _ingest_batch(conn: Connection, batches: Sequence[IngestBatch],
                                kind="resolved" if resolved_now else "duplicate", detail=detail))
             results.append(Ingested(entry.id, new=False, resolved=resolved_now))
         out.append(results)
-    changed = [{"b_id": e.id, "b_more": e.more, "b_resolves": int(e.resolves)}
+    changed = [{"b_id": e.id, "b_more": e.more, "b_resolves": int(e.resolves), "b_now": now}
                for e in seen.values() if e.more]
     if changed:
-        resolves = bindparam("b_resolves", type_=Integer) == 1
-        # The right-hand sides see the row as it was: an incident still open when its alert
-        # resolves ends as resolved; one being acted on keeps its state.
-        ends = and_(resolves, incidents.c.state == "open")
-        conn.execute(update(incidents).where(incidents.c.id == bindparam("b_id")).values(
-            deliveries=incidents.c.deliveries + bindparam("b_more", type_=Integer),
-            updated_at=now,
-            alert_status=case((resolves, "resolved"), else_=incidents.c.alert_status),
-            state=case((ends, "resolved"), else_=incidents.c.state),
-            ended_at=case((ends, now), else_=incidents.c.ended_at)), changed)
+        conn.execute(_UPDATE_SEEN, changed)
     if events:
-        conn.execute(insert(incident_events), events)
+        conn.execute(_INSERT_EVENTS, events)
     return out
 
 
