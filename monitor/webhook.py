@@ -1,12 +1,11 @@
 """Alertmanager's webhook (payload version 4), read strictly: a notification or a reason.
 
-The receiver in ``metalchain serve`` (issue 11, not built yet) answers with what this module
+The receiver in ``metalchain serve`` (:mod:`monitor.receiver`) answers with what this module
 decides, before it writes anything::
 
     check_bearer(request.headers.get("Authorization"), token)   # False -> 401
     notification = parse_notification(body)                      # WebhookError -> its status
-    for alert in notification.alerts:
-        store.record_alert(alert.key, ...)                       # then 200, then act
+    ingestor.commit(alert_inputs(notification), ...)             # then 200, then act
 
 Every value that comes from Alertmanager is data (labels end up in audit rows and incident
 timelines): it is checked for type and size here and never rendered as a template. An

@@ -146,8 +146,12 @@ class HostRunner:
         self.sleep = sleep
 
     def variables(self, host: str, job: BatchJob) -> dict[str, Any]:
+        context = self.options.get("vars")
+        per_host = self.options.get("host_vars")   # host -> vars, e.g. its event token
+        if per_host is not None:
+            context = {**(context or {}), **per_host(host)}
         return host_variables(self.inventory, host, facts=job.facts.get(host),
-                              extra=job.extra_vars, context=self.options.get("vars"))
+                              extra=job.extra_vars, context=context)
 
     def run(self, play: Play, host: str, job: BatchJob, events: EventSink,
             conns: Connections, watch: HostWatch, stop: Stop | None = None) -> HostReport:

@@ -5,7 +5,8 @@ engine (reprovision a node) and workers call the same way.
   images, start a boot server for the run or use the site's running ``serve``, provision,
   report.
 - :class:`Serve` — the long-running controller: boot server, install callbacks, package
-  mirror, and watchers for nodes in progress that wake on the callbacks (no polling loop).
+  mirror, watchers for nodes in progress that wake on the callbacks (no polling loop), and
+  the receiver of Alertmanager's notifications and hosts' pushed events.
 - :class:`Controller` — the pieces both share (deploy service, boot server, images).
 
 Nothing here prints: progress and notes go to the callbacks the caller passes.
@@ -330,13 +331,16 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
 
 @dataclass(frozen=True)
 class ServeInfo:
-    url: str
+    url: str | None                   # the boot server's (None with --no-boot)
     mirror_url: str | None
-    interface: str
+    interface: str | None
+    receiver_url: str | None = None
 
 
 class Serve:
-    """``metalchain serve``: boot server + callbacks + mirror + node watchers, until stopped.
+    """``metalchain serve``: boot server + callbacks + mirror + node watchers + the receiver
+    of alerts and pushed events (:mod:`orchestrate.receiving`), until stopped. With
+    ``boot=False`` (``serve --no-boot``) only the receiver: no boot settings are needed.
 
     Nothing here polls the state store in a loop: a node's watcher wakes on the callbacks the
     boot server receives (:class:`provision.watch.NodeChanges`), at its next deadline, and at
@@ -352,28 +356,42 @@ class Serve:
         srv.close()
     """
 
-    def __init__(self, site: Any, *, sync_interval: float = POWER_SYNC_INTERVAL) -> None:
+    def __init__(self, site: Any, *, sync_interval: float = POWER_SYNC_INTERVAL,
+                 boot: bool = True) -> None:
+        from orchestrate.receiving import Receiving
         from provision.drivers import driver_for
 
-        if running_serve(site):
+        if boot and running_serve(site):
             raise MetalchainError(f"metalchain serve is already running for {site.root}")
         self.site = site
-        self.ctl = Controller(site)
+        self.boot = boot
         self.sync_interval = sync_interval
         self._wake = threading.Event()
         self._stop = False
         self._reload = False
         self._on_note: OnNote = _quiet
-        self.watchers = WatchSet(lambda: self.ctl.deploy.inventory, site.state,
-                                 timeouts=self.ctl.timeouts, changes=self.ctl.changes,
+        # The receiver (Alertmanager webhook, pushed events, /metrics). Seams for the other
+        # parts of serve: ``ingest_listeners.append(on_ingested)`` (called after each
+        # committed and answered notification), ``ingest_observers`` (``observe(route,
+        # seconds, status)``) and ``metrics_registry`` (set before :meth:`start`).
+        self.ingest_listeners: list[Any] = []
+        self.ingest_observers: list[Any] = []
+        self.metrics_registry: Any = None
+        self.receiving = Receiving(site, listeners=self.ingest_listeners,
+                                   observers=self.ingest_observers)
+        self.ctl: Controller | None = None
+        self.watchers: WatchSet | None = None
+        self._init_monitoring()
+        if not boot:
+            return   # --no-boot: receiver, metrics and remediation only (no boot settings)
+        self.ctl = Controller(site)
+        ctl = self.ctl
+        self.watchers = WatchSet(lambda: ctl.deploy.inventory, site.state,
+                                 timeouts=ctl.timeouts, changes=ctl.changes,
                                  bmc_for=driver_for,
                                  on_action=lambda node, what: self._on_note(
                                      f"re-checked {node}: {what}"))
-        self.ctl.changes.subscribe(self.watchers.adopt)
-        #: Called with every committed notification's ``list[Ingested]`` (the receiver's
-        #: alerts and events, the BMC poller's incidents): the remediation engine.
-        self.ingest_listeners: list[Callable[[list[Any]], None]] = []
-        self._init_monitoring()
+        ctl.changes.subscribe(self.watchers.adopt)
 
     def _init_monitoring(self) -> None:
         """The BMC poller (power-off detection, BMC reachability for /metrics) and the
@@ -387,16 +405,20 @@ class Serve:
         from provision.drivers import driver_for
 
         monitor = MonitorSettings.from_site(self.site)
-        ctl, watchers = self.ctl, self.watchers   # (a serve without a boot server has neither)
         self.power_cache = PowerCache()
         self.power_watch = PowerWatch(
-            (lambda: ctl.deploy.inventory) if ctl is not None else (lambda: self.site.inventory),
-            self.site.state, cache=self.power_cache, interval=monitor.bmc_poll_interval,
-            timeout=monitor.bmc_poll_timeout, bmc_for=driver_for,
-            busy=watchers.watching if watchers is not None else frozenset,
-            on_ingested=self.notify_ingested)
+            self._inventory, self.site.state, cache=self.power_cache,
+            interval=monitor.bmc_poll_interval, timeout=monitor.bmc_poll_timeout,
+            bmc_for=driver_for, busy=self._watching, on_ingested=self.notify_ingested)
         self.metrics_registry, self.metrics = build_registry(
             self.site.state, bmc_status=self.power_cache.snapshot)
+        self.ingest_observers.append(self.metrics.observe_ingest)
+
+    def _inventory(self) -> Any:
+        return self.ctl.deploy.inventory if self.ctl is not None else self.site.inventory
+
+    def _watching(self) -> Any:
+        return self.watchers.watching() if self.watchers is not None else frozenset()
 
     def notify_ingested(self, items: list[Any]) -> None:
         """Hand what the store ingested (alerts, events, the BMC poller's incidents) to
@@ -414,16 +436,21 @@ class Serve:
 
     def start(self) -> ServeInfo:
         self.power_watch.start()
+        self.receiving.registry = self.metrics_registry
+        receiver_url = self.receiving.start()
+        if self.ctl is None:
+            return ServeInfo(None, None, None, receiver_url)
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
-        return ServeInfo(url, mirror_url, self.ctl.settings.interface)
+        return ServeInfo(url, mirror_url, self.ctl.settings.interface, receiver_url)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
                   on_change: OnChange | None = None, on_note: OnNote = _quiet
                   ) -> ProvisionReport:
         """:func:`provision_nodes` from inside this serve (e.g. a remediation action):
         through this process's boot server and notifications. Blocks until done."""
+        # With --no-boot there is no boot server here: provision starts its own.
         return provision_nodes(self.site, target, options, on_change=on_change,
                                on_note=on_note, controller=self.ctl)
 
@@ -442,20 +469,29 @@ class Serve:
         controller left in progress."""
         self._on_note = on_note
         while not self._stop:
-            self.watchers.sync()
+            if self.watchers is not None:
+                self.watchers.sync()
             self._wake.wait(self.sync_interval)
             self._wake.clear()
             if self._reload and not self._stop:
                 self._reload = False
                 try:
-                    self.ctl.reload()
+                    if self.ctl is not None:
+                        self.ctl.reload()
+                    else:
+                        self.site.reload_inventory()
                 except MetalchainError as exc:   # keep serving the inventory we had
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
 
     def close(self) -> None:
         self.power_watch.stop()
-        self.watchers.stop()
         try:
-            self.ctl.stop()
+            if self.watchers is not None:
+                self.watchers.stop()
+            if self.ctl is not None:
+                try:
+                    self.ctl.stop()
+                finally:
+                    self.ctl.state_file.unlink(missing_ok=True)
         finally:
-            self.ctl.state_file.unlink(missing_ok=True)
+            self.receiving.stop()

@@ -44,6 +44,7 @@ from orchestrate.leases import describe_command, host_leases
 from orchestrate.mirror_site import mirror_var
 from orchestrate.monitoring import after_run
 from orchestrate.playbook import Play, Playbook, Step, batches, load_playbook
+from orchestrate.receiving import event_vars
 from orchestrate.registry import build_registry
 from orchestrate.reports import RunReport
 from orchestrate.runner import Runner, last_failed_hosts, resume_state, run_outcome
@@ -233,7 +234,8 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         inv, store, registry or build_registry(),
         connect or connector(inv, store, site.private_key()), parallelism=options.parallel,
         options={"playbooks_dir": site.playbooks_dir, "diff": options.diff,
-                 "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)}},
+                 "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)},
+                 "host_vars": event_vars(site)},
         mask=mask)
     status, outcome = "failed", None
     try:

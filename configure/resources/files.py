@@ -100,10 +100,13 @@ def _check_path(spec: Mapping[str, Any], kind: str) -> str:
 
 
 class File(Resource):
-    """A file with exact content (``content``; roles turn ``source``/``template`` into it)."""
+    """A file with exact content (``content``; roles turn ``source``/``template`` into it).
+
+    ``diff: false`` for a file that holds a credential: neither its content on the host
+    (which may be an old credential no masker knows) nor the wanted one is read or shown."""
 
     kind = "file"
-    KEYS = ("path", "content", "content_base64", "mode", "owner", "group", "state")
+    KEYS = ("path", "content", "content_base64", "mode", "owner", "group", "state", "diff")
     STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
@@ -128,6 +131,9 @@ class File(Resource):
         self.owner = spec.get("owner")
         self.group = spec.get("group")
         self.sha = hashlib.sha256(self.content or b"").hexdigest()
+        self.show_diff = spec.get("diff", True)
+        if not isinstance(self.show_diff, bool):
+            raise ResourceSpecError("file: diff must be true or false")
         self.identity = f"file:{self.path}"
 
     def probes(self) -> list[Probe]:
@@ -136,7 +142,8 @@ class File(Resource):
         script = (f"{_stat_probe(self.path)}\n"
                   f"if [ -f {p} ]; then s=$(sha256sum < {p}); s=${{s%% *}}; echo \"$s\"; "
                   f"if [ \"$s\" != {q(self.sha)} ] && [ $(stat -c %s -- {p}) -le "
-                  f"{MAX_DIFF_BYTES} ]; then base64 -w0 < {p}; echo; fi; fi")
+                  f"{MAX_DIFF_BYTES if self.show_diff else -1} ]; then base64 -w0 < {p}; "
+                  f"echo; fi; fi")
         return [Probe(self.identity, script)]
 
     def decide(self, found: Mapping[str, str]) -> Decision:
@@ -156,7 +163,8 @@ class File(Resource):
                 self.path, self.content or b"", self.mode, self.owner, self.group,
                 exists=have is not None))
             what = "create" if have is None else "content"
-            diff = unified_diff(old if have is not None else None, self.content, self.path)
+            diff = unified_diff(old if have is not None else None, self.content, self.path) \
+                if self.show_diff else f"(content of {self.path} not shown: diff is false)\n"
             return Decision([action], [f"{what} {self.path}"], diff)
         own, changes = _ownership_actions(self.path, have, self.mode, self.owner, self.group)
         if not own:

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import Float, Integer, and_, bindparam, case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from inventory.state.audit import write_audit
@@ -135,6 +135,103 @@ def _action(row: Any) -> ActionRecord:
         run_uid=row.run_uid, detail=json.loads(row.detail))
 
 
+#: One notification for :meth:`IncidentsMixin.ingest_batch`: (items, source, received).
+IngestBatch = tuple[Sequence[IncidentInput], str, Mapping[str, Any] | None]
+_KEY_CHUNK = 500   # fingerprints per IN (...) (SQLite's variable limit is 32766 since 3.32)
+
+
+@dataclass
+class _Seen:
+    """A key of the batch: its row and what the batch changes about it."""
+
+    id: int
+    alert_status: str
+    fresh: bool = False          # inserted by this batch, its first occurrence not yet seen
+    more: int = 0                # deliveries to add
+    resolves: bool = False       # its alert resolved in this batch
+
+
+# Built once: constructing SQLAlchemy statements per batch was most of a small batch's cost.
+_SELECT_KNOWN = select(incidents.c.id, incidents.c.fingerprint, incidents.c.starts_at,
+                       incidents.c.alert_status).where(
+    incidents.c.fingerprint.in_(bindparam("b_fingerprints", expanding=True)))
+_INSERT_NEW = insert(incidents).returning(incidents.c.id, incidents.c.fingerprint,
+                                          incidents.c.starts_at)
+_NOW = bindparam("b_now", type_=Float)
+_RESOLVES = bindparam("b_resolves", type_=Integer) == 1
+# The right-hand sides see the row as it was: an incident still open when its alert resolves
+# ends as resolved; one being acted on keeps its state.
+_ENDS = and_(_RESOLVES, incidents.c.state == "open")
+_UPDATE_SEEN = update(incidents).where(incidents.c.id == bindparam("b_id")).values(
+    deliveries=incidents.c.deliveries + bindparam("b_more", type_=Integer),
+    updated_at=_NOW,
+    alert_status=case((_RESOLVES, "resolved"), else_=incidents.c.alert_status),
+    state=case((_ENDS, "resolved"), else_=incidents.c.state),
+    ended_at=case((_ENDS, _NOW), else_=incidents.c.ended_at))
+_INSERT_EVENTS = insert(incident_events)
+
+
+def _ingest_batch(conn: Connection, batches: Sequence[IngestBatch],
+                  now: float) -> list[list[Ingested]]:
+    wanted = {(i.fingerprint, i.starts_at) for items, _s, _r in batches for i in items}
+    seen: dict[tuple[str, str], _Seen] = {}
+    fingerprints = sorted({fp for fp, _ in wanted})
+    for n in range(0, len(fingerprints), _KEY_CHUNK):
+        chunk = {"b_fingerprints": fingerprints[n:n + _KEY_CHUNK]}
+        for row in conn.execute(_SELECT_KNOWN, chunk):
+            if (row.fingerprint, row.starts_at) in wanted:
+                seen[(row.fingerprint, row.starts_at)] = _Seen(int(row.id), row.alert_status)
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}
+    for items, source, _r in batches:
+        for item in items:
+            key = (item.fingerprint, item.starts_at)
+            if key not in seen and key not in fresh:
+                resolved = item.status == "resolved"
+                fresh[key] = dict(
+                    fingerprint=item.fingerprint, starts_at=item.starts_at, source=source,
+                    alertname=item.alertname, target=item.target,
+                    labels=json.dumps(dict(item.labels), sort_keys=True),
+                    annotations=json.dumps(dict(item.annotations), sort_keys=True),
+                    alert_status=item.status, state="resolved" if resolved else "open",
+                    step=0, deliveries=1, created_at=now, updated_at=now,
+                    ended_at=now if resolved else None)
+    if fresh:
+        rows = conn.execute(_INSERT_NEW, list(fresh.values())).all()
+        for row in rows:
+            key = (row.fingerprint, row.starts_at)
+            seen[key] = _Seen(int(row.id), fresh[key]["alert_status"], fresh=True)
+    events: list[dict[str, Any]] = []
+    out: list[list[Ingested]] = []
+    for items, source, received in batches:
+        extra = dict(received or {})
+        results: list[Ingested] = []
+        for item in items:
+            entry = seen[(item.fingerprint, item.starts_at)]
+            detail = json.dumps({"status": item.status, "source": source, **extra})
+            if entry.fresh:
+                entry.fresh = False
+                events.append(dict(incident_id=entry.id, at=now, kind="received",
+                                   detail=detail))
+                results.append(Ingested(entry.id, new=True, resolved=False))
+                continue
+            resolved_now = item.status == "resolved" and entry.alert_status != "resolved"
+            entry.more += 1
+            if resolved_now:
+                entry.alert_status = "resolved"
+                entry.resolves = True
+            events.append(dict(incident_id=entry.id, at=now,
+                               kind="resolved" if resolved_now else "duplicate", detail=detail))
+            results.append(Ingested(entry.id, new=False, resolved=resolved_now))
+        out.append(results)
+    changed = [{"b_id": e.id, "b_more": e.more, "b_resolves": int(e.resolves), "b_now": now}
+               for e in seen.values() if e.more]
+    if changed:
+        conn.execute(_UPDATE_SEEN, changed)
+    if events:
+        conn.execute(_INSERT_EVENTS, events)
+    return out
+
+
 def _token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -149,48 +246,19 @@ class IncidentsMixin(StoreBase):
         Every input adds one timeline event: ``received`` (a new incident), ``duplicate``
         (a known key delivered again) or ``resolved`` (its alert resolved). ``received`` is
         extra detail for those events (e.g. which receiver, the group key)."""
-        now = time.time()
-        extra = dict(received or {})
-        out: list[Ingested] = []
-        with self._write("incidents") as conn:
-            for item in items:
-                out.append(self._ingest_one(conn, item, source, now, extra))
-        return out
+        return self.ingest_batch([(items, source, received)])[0]
 
-    @staticmethod
-    def _ingest_one(conn: Connection, item: IncidentInput, source: str, now: float,
-                    extra: dict[str, Any]) -> Ingested:
-        row = conn.execute(select(incidents.c.id, incidents.c.alert_status, incidents.c.state)
-                           .where(incidents.c.fingerprint == item.fingerprint,
-                                  incidents.c.starts_at == item.starts_at)).first()
-        if row is None:
-            res = conn.execute(insert(incidents).values(
-                fingerprint=item.fingerprint, starts_at=item.starts_at, source=source,
-                alertname=item.alertname, target=item.target,
-                labels=json.dumps(dict(item.labels), sort_keys=True),
-                annotations=json.dumps(dict(item.annotations), sort_keys=True),
-                alert_status=item.status,
-                state="resolved" if item.status == "resolved" else "open",
-                step=0, deliveries=1, created_at=now, updated_at=now,
-                ended_at=now if item.status == "resolved" else None))
-            incident_id = int(res.inserted_primary_key[0])
-            conn.execute(insert(incident_events).values(
-                incident_id=incident_id, at=now, kind="received",
-                detail=json.dumps({"status": item.status, "source": source, **extra})))
-            return Ingested(incident_id, new=True, resolved=False)
-        incident_id = int(row.id)
-        resolved_now = item.status == "resolved" and row.alert_status != "resolved"
-        values: dict[str, Any] = {"deliveries": incidents.c.deliveries + 1, "updated_at": now}
-        if resolved_now:
-            values["alert_status"] = "resolved"
-            if row.state == "open":
-                values["state"] = "resolved"
-                values["ended_at"] = now
-        conn.execute(update(incidents).where(incidents.c.id == incident_id).values(**values))
-        conn.execute(insert(incident_events).values(
-            incident_id=incident_id, at=now, kind="resolved" if resolved_now else "duplicate",
-            detail=json.dumps({"status": item.status, "source": source, **extra})))
-        return Ingested(incident_id, new=False, resolved=resolved_now)
+    def ingest_batch(self, batches: Sequence[IngestBatch]) -> list[list[Ingested]]:
+        """Several notifications ``(items, source, received)`` in ONE transaction (the
+        receiver's group commit), with exactly the outcome of :meth:`ingest` called for each
+        in order; one result list per notification. A key that appears several times (one
+        notification replayed concurrently) is one incident and one ``received`` event, the
+        rest ``duplicate``. A handful of statements per batch, whatever its size: one SELECT
+        of the known keys, one multi-row INSERT ... RETURNING of the new incidents, one
+        executemany UPDATE of the delivery counts and one of the timeline events."""
+        now = time.time()
+        with self._write("incidents") as conn:
+            return _ingest_batch(conn, batches, now)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -20,25 +20,36 @@ from orchestrate.reports import EXIT_INTERRUPTED
 
 @click.command()
 @click.option("--no-images", is_flag=True, help="Do not build images before serving.")
+@click.option("--no-boot", is_flag=True,
+              help="No boot server (DHCP/TFTP/HTTP) or node watchers: only the receiver "
+                   "(Alertmanager webhook, pushed events, /metrics) and remediation, e.g. "
+                   "on a monitoring-only controller.")
 @click.pass_obj
-def serve(obj: Any, no_images: bool) -> None:
-    """Run the controller: boot server (DHCP/TFTP/HTTP), install callbacks, and the watcher
-    that fails overdue nodes and activates installed ones. Stops on SIGTERM/Ctrl-C.
+def serve(obj: Any, no_images: bool, no_boot: bool) -> None:
+    """Run the controller: boot server (DHCP/TFTP/HTTP), install callbacks, the watcher
+    that fails overdue nodes and activates installed ones, and the receiver of alerts and
+    pushed events (monitor.receiver_address:receiver_port). Stops on SIGTERM/Ctrl-C.
 
     \b
     Examples:
       metalchain --site mysite serve
+      metalchain --site mysite serve --no-boot
     """
-    srv = Serve(obj.site)
-    if not no_images:
+    srv = Serve(obj.site, boot=not no_boot)
+    if not no_images and not no_boot:
         srv.prepare_images()
     signal.signal(signal.SIGTERM, lambda *_: srv.request_stop())
     with contextlib.suppress(ValueError):
         signal.signal(signal.SIGHUP, lambda *_: srv.request_reload())
     try:
         info = srv.start()
-        output.line(f"serving {obj.site.root} at {info.url} (DHCP on {info.interface})"
-                    + (f"; package mirror at {info.mirror_url}" if info.mirror_url else ""))
+        if info.url is not None:
+            output.line(f"serving {obj.site.root} at {info.url} (DHCP on {info.interface})"
+                        + (f"; package mirror at {info.mirror_url}" if info.mirror_url else "")
+                        + f"; receiver at {info.receiver_url}")
+        else:
+            output.line(f"serving {obj.site.root}: receiver at {info.receiver_url} (no boot "
+                        "server)")
         sys.stdout.flush()
         srv.run(on_note=_line)
     except KeyboardInterrupt:

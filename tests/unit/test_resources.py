@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from pathlib import Path
 
@@ -77,3 +78,19 @@ def test_act_script_stops_at_failure_but_runs_owed_handlers():
     assert frames[1][1] != 0 and 2 not in frames and 3 not in frames
     assert frames[9] == ("handler", 0) and frames[8] == ("forced", 0)
     assert 7 not in frames
+
+
+def test_a_file_with_diff_false_never_reads_or_shows_its_content():
+    """For a credential file: the host's (possibly old) content is not fetched for the diff,
+    and the diff says so instead of showing either side."""
+    res = parse_resource("file", {"path": "/etc/metalchain/event.token", "content": "s3cret\n",
+                                  "mode": "0600", "diff": False})
+    probe = res.probes()[0].script
+    assert "-le -1 ]" in probe
+    old = base64.b64encode(b"old-token\n").decode()
+    found = {res.identity: f"regular file|600|root|root\n{'0' * 64}\n{old}\n"}
+    d = res.decide(found)
+    assert d.changes == ["content /etc/metalchain/event.token"]
+    assert "s3cret" not in d.diff and "old-token" not in d.diff and "not shown" in d.diff
+    with pytest.raises(ResourceSpecError, match="diff must be true or false"):
+        parse_resource("file", {"path": "/f", "content": "", "diff": "no"})

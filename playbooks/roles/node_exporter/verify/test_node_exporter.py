@@ -32,3 +32,18 @@ def test_metrics_answer(host, role_vars):
     out = host.check_output("bash -c %s", GET.format(port=port(role_vars), path="/metrics"))
     assert out.startswith("HTTP/1.0 200") or out.startswith("HTTP/1.1 200")
     assert "node_exporter_build_info" in out
+
+
+def test_failed_units_are_pushed(host, role_vars):
+    """The event companion when the site has an event key (metalchain sets the URL then);
+    without one, no OnFailure= drop-in points at a reporter that cannot report."""
+    if not role_vars.get("metalchain_event_url"):
+        assert not host.file("/etc/systemd/system/service.d/10-metalchain-event.conf").exists
+        return
+    token = host.file("/etc/metalchain/event.token")
+    assert token.user == "root" and token.mode == 0o600 and token.size > 0
+    assert host.file("/usr/local/lib/metalchain/metalchain-push-event").mode == 0o755
+    out = host.check_output("systemctl show -P OnFailure systemd-journald.service; "
+                            "echo \"[$(systemctl show -P OnFailure "
+                            "metalchain-event@x.service.service)]\"")
+    assert out.split() == ["metalchain-event@systemd-journald.service.service", "[]"]
