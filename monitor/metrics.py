@@ -24,6 +24,7 @@ Series (all names exact; the alert rules are written against them)::
     metalchain_bmc_reachable{host}                     1 if the BMC answered the last poll
     metalchain_node_power_on{host}                     1 on, 0 off (absent if the BMC is silent)
     metalchain_bmc_poll_timestamp_seconds{host}        when that poll was made
+    metalchain_host_reachable{host}                    1 if the host answered SSH (serve's prober)
     metalchain_incidents{state}                        incidents per state
     metalchain_remediation_actions_total{action,outcome}   finished actions
     metalchain_remediation_actions_running{action}
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -268,7 +270,26 @@ class BmcCollector(Collector):
         yield from (reachable, power, polled)
 
 
+class ReachCollector(Collector):
+    """Whether each host answers SSH, from serve's prober cache (no connection at scrape)."""
+
+    def __init__(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        self.status = status
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        reachable = GaugeMetricFamily("metalchain_host_reachable", "1 if the host answered "
+                                      "SSH (its identification string) at the latest probe",
+                                      labels=["host"])
+        for host, sample in sorted(self.status().items()):
+            reachable.add_metric([host], 1.0 if sample.reachable else 0.0)
+        yield reachable
+
+
 def build_registry(store: StateStore, *, bmc_status: BmcStatus | None = None,
+                   reach_status: Callable[[], Mapping[str, Any]] | None = None,
                    ingest_buckets: Sequence[float] = INGEST_BUCKETS
                    ) -> tuple[CollectorRegistry, Instruments]:
     """A fresh registry with every collector over ``store`` (a StateStore) and
@@ -291,6 +312,8 @@ def build_registry(store: StateStore, *, bmc_status: BmcStatus | None = None,
         registry.register(cls(store, errors))
     if bmc_status is not None:
         registry.register(BmcCollector(bmc_status))
+    if reach_status is not None:
+        registry.register(ReachCollector(reach_status))
     registry.register(errors)
     return registry, instruments
 

@@ -400,8 +400,10 @@ class Serve:
         ``metrics.guard_decisions`` the engine's counter)."""
         from monitor.metrics import build_registry
         from monitor.power import PowerCache
+        from monitor.reach import ReachCache
         from monitor.settings import MonitorSettings
         from orchestrate.power_watch import PowerWatch
+        from orchestrate.reach_watch import ReachWatch
         from provision.drivers import driver_for
 
         monitor = MonitorSettings.from_site(self.site)
@@ -410,8 +412,13 @@ class Serve:
             self._inventory, self.site.state, cache=self.power_cache,
             interval=monitor.bmc_poll_interval, timeout=monitor.bmc_poll_timeout,
             bmc_for=driver_for, busy=self._watching, on_ingested=self.notify_ingested)
+        self.reach_cache = ReachCache()
+        self.reach_watch = ReachWatch(self._inventory, self.reach_cache,
+                                      interval=monitor.bmc_poll_interval,
+                                      timeout=monitor.bmc_poll_timeout)
         self.metrics_registry, self.metrics = build_registry(
-            self.site.state, bmc_status=self.power_cache.snapshot)
+            self.site.state, bmc_status=self.power_cache.snapshot,
+            reach_status=self.reach_cache.snapshot)
         self.ingest_observers.append(self.metrics.observe_ingest)
 
     def _inventory(self) -> Any:
@@ -436,6 +443,7 @@ class Serve:
 
     def start(self) -> ServeInfo:
         self.power_watch.start()
+        self.reach_watch.start()
         self.receiving.registry = self.metrics_registry
         receiver_url = self.receiving.start()
         if self.ctl is None:
@@ -485,6 +493,7 @@ class Serve:
 
     def close(self) -> None:
         self.power_watch.stop()
+        self.reach_watch.stop()
         try:
             if self.watchers is not None:
                 self.watchers.stop()

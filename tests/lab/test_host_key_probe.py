@@ -58,3 +58,32 @@ def test_nobody_listening_is_no_answer_not_a_mismatch(sshd):
     ok, why = ssh_answers_with("127.0.0.1", sshd.host_pub, port=port, timeout=2)
     assert not ok and "no SSH at 127.0.0.1" in why
     assert probe_ssh("127.0.0.1", sshd.host_pub, timeout=2, port=port).verdict == NO_ANSWER
+
+
+def test_the_reachability_prober_reads_a_real_sshd_and_a_closed_port(sshd):
+    """serve's prober (metalchain_host_reachable): the real server's identification string is
+    an answer; a port nobody listens on and a plain TCP server that says something else are
+    not."""
+    import socket
+    import threading
+
+    from orchestrate.reach_watch import probe_ssh as reach_probe
+
+    assert reach_probe("127.0.0.1", sshd.port, 2.0) == (True, "")
+    ok, why = reach_probe("127.0.0.1", free_tcp_port(), 2.0)
+    assert not ok and why
+    other = socket.create_server(("127.0.0.1", 0))
+    port = other.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = other.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        assert reach_probe("127.0.0.1", port, 2.0) == (False, "no SSH identification string")
+    finally:
+        thread.join(5)
+        other.close()

@@ -242,3 +242,26 @@ def test_a_failing_query_drops_that_collector_only_and_counts_the_error(store, m
     assert "metalchain_incidents" not in m
     assert value(m, "metalchain_node_state", host="n1", state="active") == 1
     assert value(m, "metalchain_collector_errors_total", collector="incidents") == 1
+
+
+def test_host_reachability_from_the_prober_cache():
+    from monitor.reach import ReachCache, ReachSample, ssh_banner_ok
+
+    cache = ReachCache()
+    cache.record(ReachSample("web1", True, 1.0))
+    cache.record(ReachSample("web2", False, 1.0, "no route to host"))
+    cache.forget(["gone"])
+    m = scrape(build_registry_no_store(cache))
+    assert value(m, "metalchain_host_reachable", host="web1") == 1
+    assert value(m, "metalchain_host_reachable", host="web2") == 0
+    assert ssh_banner_ok(b"SSH-2.0-OpenSSH_9.2p1\r\n") and not ssh_banner_ok(b"HTTP/1.1 400")
+
+
+def build_registry_no_store(cache):
+    from prometheus_client import CollectorRegistry
+
+    from monitor.metrics import ReachCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReachCollector(cache.snapshot))
+    return registry

@@ -1,0 +1,48 @@
+"""Whether each host answers SSH: the latest probe per host, for ``metalchain_host_reachable``.
+
+serve's prober (:mod:`orchestrate.reach_watch`) records one :class:`ReachSample` per host and
+interval; ``/metrics`` reads :meth:`ReachCache.snapshot`, so a scrape never opens a
+connection. A host answers when a TCP connection to its SSH port opens and the server's
+identification line (``SSH-2.0-...``) arrives within the timeout: a dead host, a dead sshd and
+a host behind a black-holed route all read 0, and Prometheus's HostDown alert fires on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReachSample:
+    host: str
+    reachable: bool
+    at: float
+    error: str = ""
+
+
+def ssh_banner_ok(first_bytes: bytes) -> bool:
+    """Whether what a server sent first is an SSH identification string (RFC 4253 4.2)."""
+    return first_bytes.startswith(b"SSH-")
+
+
+class ReachCache:
+    """The latest sample per host; thread-safe (the prober writes, scrapes read)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._samples: dict[str, ReachSample] = {}
+
+    def record(self, sample: ReachSample) -> None:
+        with self._lock:
+            self._samples[sample.host] = sample
+
+    def forget(self, hosts: Iterable[str]) -> None:
+        with self._lock:
+            for host in hosts:
+                self._samples.pop(host, None)
+
+    def snapshot(self) -> dict[str, ReachSample]:
+        with self._lock:
+            return dict(self._samples)
