@@ -370,6 +370,9 @@ class Serve:
                                  on_action=lambda node, what: self._on_note(
                                      f"re-checked {node}: {what}"))
         self.ctl.changes.subscribe(self.watchers.adopt)
+        #: Called with every committed notification's ``list[Ingested]`` (the receiver).
+        self.ingest_listeners: list[Callable[[list[Any]], None]] = []
+        self.remediator: Any = None
 
     def prepare_images(self) -> None:
         """Build the images of every host with provisioning data (cached)."""
@@ -379,8 +382,18 @@ class Serve:
     def start(self) -> ServeInfo:
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
+        self._start_remediation()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
         return ServeInfo(url, mirror_url, self.ctl.settings.interface)
+
+    def _start_remediation(self) -> None:
+        """The remediation engine: picks up what a previous serve left, then acts on what
+        the receiver ingests (:mod:`orchestrate.remediation`)."""
+        from orchestrate.remediation import build_remediator
+
+        self.remediator = build_remediator(self.site, serve=self)
+        self.remediator.start()
+        self.ingest_listeners.append(self.remediator.on_ingested)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
                   on_change: OnChange | None = None, on_note: OnNote = _quiet
@@ -416,6 +429,8 @@ class Serve:
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
 
     def close(self) -> None:
+        if self.remediator is not None:
+            self.remediator.stop(10)
         self.watchers.stop()
         try:
             self.ctl.stop()
