@@ -140,6 +140,9 @@ class Remediator:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._picked_up = False
+        #: Called as ``observer(kind, detail)`` for every ``decision``, ``action`` (ended,
+        #: with its outcome and seconds) and ``ended`` incident (with its state): metrics.
+        self.observers: list[Callable[[str, Mapping[str, Any]], None]] = []
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -216,6 +219,13 @@ class Remediator:
                     return False
                 self._cond.wait(left)
         return True
+
+    def _notify(self, kind: str, detail: Mapping[str, Any]) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(kind, detail)
+            except Exception:   # an observer's bug must not stop remediation
+                log.exception("remediation observer failed")
 
     # -- the queue ---------------------------------------------------------------------------
 
@@ -398,6 +408,7 @@ class Remediator:
             self.store.add_incident_event(inc.id, "decision", detail)
             self.store.record_audit(ACTOR, f"remediation {decision.verdict}", inc.target,
                                     {"incident": inc.id, **detail})
+            self._notify("decision", detail)
             action_id = None
             if decision.verdict == ACT:
                 action_id = self.store.start_action(inc.id, inc.target, step.action, index,
@@ -412,15 +423,17 @@ class Remediator:
              vargs: Mapping[str, Any], action_id: int) -> _Outcome:
         call = ActionCall(target=inc.target, args=dict(args), incident_id=inc.id,
                           timeout=step.timeout, stop=self._stopping)
+        t0 = time.monotonic()
         result = call_action(self.actions, step.action, call)
-        if self._stopping.is_set() and not result.ok:
-            self.store.finish_action(action_id, "interrupted", run_uid=result.run_uid,
-                                     detail={"message": result.message})
-            self._release_deferred()
-            return _STOPPED
-        self.store.finish_action(action_id, "ok" if result.ok else "failed",
-                                 run_uid=result.run_uid, detail={"message": result.message})
+        stopped = self._stopping.is_set() and not result.ok
+        outcome = "interrupted" if stopped else ("ok" if result.ok else "failed")
+        self.store.finish_action(action_id, outcome, run_uid=result.run_uid,
+                                 detail={"message": result.message})
         self._release_deferred()
+        self._notify("action", {"action": step.action, "outcome": outcome,
+                                "seconds": time.monotonic() - t0})
+        if stopped:
+            return _STOPPED
         if not result.ok:
             return self._step_failed(inc, index, step, f"{step.action} failed: "
                                                        f"{result.message}")
@@ -488,6 +501,7 @@ class Remediator:
             return _DONE
         self.store.record_audit(ACTOR, f"remediation {event}", inc.target,
                                 {"incident": inc.id, **detail})
+        self._notify("ended", {"state": state, **detail})
         if state == "escalated":
             self._page(inc, reason)
         return _DONE

@@ -336,7 +336,7 @@ def _rule(where: _Where, parent: Any, index: int, raw: Any, actions: Sequence[st
         raise where.fail(parent, index, f"rules[{index}] must be a mapping")
     where.only_keys(raw, RULE_KEYS, f"rules[{index}]")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise where.fail(raw, "name", f"rules[{index}] needs a 'name' (letters, digits, "
                                       "'_', '.', '-')")
     what = f"rule '{name}'"
@@ -360,7 +360,7 @@ def _rule(where: _Where, parent: Any, index: int, raw: Any, actions: Sequence[st
 
 def _matcher(where: _Where, node: Mapping[str, Any], label: Any, value: Any,
              what: str) -> Matcher:
-    if not isinstance(label, str) or not _LABEL.match(label):
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
         raise where.fail(node, label, f"{what}: '{label}' is not a label name")
     if isinstance(value, str):
         return Matcher(label, (value,))
@@ -443,6 +443,11 @@ def _verify(where: _Where, step: Mapping[str, Any], what: str,
     if "timeout" in raw:
         timeout = float(where.number(raw, "timeout", lo=0, hi=MAX_TIMEOUT))
     args = _args(where, raw, "args", f"{what} verify") if "args" in raw else None
+    query = (args or {}).get("query")
+    if kind == "prometheus" and isinstance(query, str) and "{{" in query:
+        # Alert values in a query would be code, not data: the verifier quotes them itself.
+        raise where.fail(raw["args"], "query", f"{what}: a prometheus query cannot refer "
+                                               "to the incident (use alert_gone: true)")
     return Verification(kind=kind, args=args, timeout=timeout)
 
 

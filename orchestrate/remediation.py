@@ -60,6 +60,12 @@ PROBE_TIMEOUT = 10.0
 SERVE_WORKERS = 8
 
 
+def promql_string(value: str) -> str:
+    """``value`` as a double-quoted PromQL string literal, whatever it holds (PromQL reads
+    Go's escapes, of which JSON's ``\\"``, ``\\\\`` and ``\\uXXXX`` are a subset)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 class _Refused(ValueError):
     """An action's input that must not reach a host (wrong target, bad unit name)."""
 
@@ -72,7 +78,7 @@ def _host(site: Any, target: str) -> str:
 
 def _unit(args: Mapping[str, Any]) -> str:
     unit = args.get("service")
-    if not isinstance(unit, str) or not UNIT_NAME.match(unit):
+    if not isinstance(unit, str) or not UNIT_NAME.fullmatch(unit):
         raise _Refused(f"not a systemd unit name: {str(unit)[:80]!r}")
     return unit
 
@@ -153,7 +159,7 @@ class OrchestrateActions:
             host = _host(self.site, call.target)
             names = [role] if role else list(roles or [])
             for name in names:
-                if not isinstance(name, str) or not ROLE_NAME.match(name):
+                if not isinstance(name, str) or not ROLE_NAME.fullmatch(name):
                     raise _Refused(f"not a role name: {str(name)[:80]!r}")
             if names:
                 pb = single_step_playbook(host, "apply_role", names, f"apply {', '.join(names)}",
@@ -247,11 +253,19 @@ class OrchestrateActions:
         return VerifyResult(False, f"{host.name}: {why}")
 
     def prometheus(self, call: VerifyCall) -> VerifyResult:
+        """Passes when the query returns series (``empty: true``: when it returns none).
+        ``alert_gone: true`` asks whether the incident's alert still fires on the target;
+        the default asks ``up{instance="HOST"} == 1``. Values from the alert go into a query
+        only here, quoted as PromQL strings (a rule's own ``query`` cannot refer to them)."""
         settings = MonitorSettings.from_site(self.site)
         query = call.args.get("query")
-        if not isinstance(query, str) or not query:
-            name = call.target.replace("\\", "\\\\").replace('"', '\\"')
-            query = f'up{{instance="{name}"}} == 1'
+        want_empty = bool(call.args.get("empty", False))
+        if call.args.get("alert_gone"):
+            query = (f"ALERTS{{alertname={promql_string(call.labels.get('alertname', ''))},"
+                     f"instance={promql_string(call.target)},alertstate=\"firing\"}}")
+            want_empty = True
+        elif not isinstance(query, str) or not query:
+            query = f"up{{instance={promql_string(call.target)}}} == 1"
         url = f"{settings.prometheus_url}/api/v1/query?" + urllib.parse.urlencode(
             {"query": query})
         limit = min(call.timeout, PROBE_TIMEOUT)
@@ -265,7 +279,6 @@ class OrchestrateActions:
         result = (doc.get("data") or {}).get("result")
         if doc.get("status") != "success" or not isinstance(result, list):
             return VerifyResult(False, f"Prometheus refused the query: {doc.get('error', '')}")
-        want_empty = bool(call.args.get("empty", False))
         ok = (not result) if want_empty else bool(result)
         return VerifyResult(ok, f"{query}: {len(result)} series")
 

@@ -125,10 +125,14 @@ def test_a_restart_that_heals_ends_healed_with_one_action_and_a_full_timeline(st
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
     eng = _engine(store, fleet)
+    seen: list[tuple[str, str]] = []
+    eng.observers.append(lambda kind, d: seen.append(
+        (kind, d.get("verdict") or d.get("outcome") or d.get("state"))))
     got = store.ingest([_alert()], "alertmanager")
     eng.process(got[0].incident_id)
     inc = store.incident(got[0].incident_id)
     assert inc.state == "healed" and inc.rule == "unit-failed"
+    assert seen == [("decision", "act"), ("action", "ok"), ("ended", "healed")]
     assert fleet.calls == [("restart_service", "web1", {"service": "nginx.service"})]
     assert _kinds(store, inc.id) == ["received", "claimed", "decision", "action_started",
                                      "action_finished", "verified", "healed"]

@@ -52,6 +52,10 @@ BAD = [
      "  - {name: a, match: {alertname: Y}, steps: [{action: apply_role}]}\n", 3,
      "used twice"),
     ("policy:\n  page_webhook: {url: 'file:///etc/passwd'}\n", 2, "http:// or https://"),
+    ("rules:\n  - name: a\n    match: {alertname: X}\n    steps:\n"
+     "      - action: restart_service\n        verify:\n          kind: prometheus\n"
+     "          args: {query: 'up{instance=\"{{ target }}\"}'}\n", 8,
+     "cannot refer to the incident"),
 ]
 
 

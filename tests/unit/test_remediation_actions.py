@@ -1,0 +1,115 @@
+"""orchestrate's remediation actions with the runner replaced: what run they start (kind,
+command line, argv after ``--``, the host's lease through ``wait``), and what they refuse to
+send to a host (a target that is not one inventory host, a unit name that is not one)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from inventory.contracts import StepOutcome
+from monitor.actions import ActionCall, Actions, Verifiers, VerifyCall, call_action
+from orchestrate.remediation import OrchestrateActions, promql_string, register
+from orchestrate.reports import HostReport, RunReport, StepReport
+
+pytestmark = pytest.mark.unit
+
+
+class Runs:
+    def __init__(self, status: str = "changed", held: dict[str, str] | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.status = status
+        self.held = held or {}
+
+    def __call__(self, site, playbook, options, *, stop=None) -> RunReport:
+        self.calls.append((playbook, options))
+        report = RunReport(uid=f"run{len(self.calls)}", held=dict(self.held))
+        if not self.held:
+            host = playbook.plays[0].hosts
+            step = StepReport("p", "s", StepOutcome(self.status, "did it"), 1, 0.1)
+            report.hosts[host] = HostReport(host, self.status, [step])
+        return report
+
+
+def _impl(runs: Runs) -> OrchestrateActions:
+    site = SimpleNamespace(inventory=SimpleNamespace(hosts={"web1": object()}))
+    return OrchestrateActions(site, run=runs)
+
+
+def _call(target: str = "web1", **args) -> ActionCall:
+    return ActionCall(target=target, args=args, incident_id=7, timeout=30)
+
+
+def test_restart_service_is_a_remediation_run_of_systemctl_with_the_unit_after_dashes():
+    runs = Runs()
+    result = _impl(runs).restart_service(_call(service="nginx.service"))
+    assert result.ok and result.run_uid == "run1"
+    [(pb, options)] = runs.calls
+    step = pb.plays[0].steps[0]
+    assert pb.plays[0].hosts == "web1" and step.kind == "command"
+    assert step.args.command == ("systemctl", "restart", "--", "nginx.service")
+    assert step.args.become and step.timeout == 30
+    assert options.kind == "remediation" and options.takes_leases and options.wait == 30
+    assert options.command == "remediation: incident 7 restart_service nginx.service"
+
+
+@pytest.mark.parametrize("target", ["all", "web*", "role=web", "@failed", "nosuch"])
+def test_a_target_that_is_not_exactly_one_inventory_host_is_refused(target):
+    runs = Runs()
+    result = _impl(runs).restart_service(_call(target, service="nginx.service"))
+    assert not result.ok and "not a host of the inventory" in result.message
+    assert runs.calls == []
+
+
+@pytest.mark.parametrize("unit", ["", "-x", "a b", "a;reboot", "$(id)", "x\n", 5, None])
+def test_a_unit_name_that_is_not_one_is_refused(unit):
+    runs = Runs()
+    assert not _impl(runs).restart_service(_call(service=unit)).ok
+    assert runs.calls == []
+
+
+def test_apply_role_names_the_role_or_converges_the_hosts_roles():
+    runs = Runs()
+    impl = _impl(runs)
+    assert impl.apply_role(_call(role="node_exporter")).ok
+    assert impl.apply_role(_call(role="")).ok
+    assert not impl.apply_role(_call(role="../etc")).ok
+    (first, o1), (second, _o2) = runs.calls
+    assert first.plays[0].steps[0].kind == "apply_role"
+    assert first.plays[0].steps[0].args == ["node_exporter"]
+    assert second.plays[0].steps[0].kind == "apply_roles"
+    assert o1.kind == "remediation" and "incident 7 apply_role node_exporter" in o1.command
+
+
+def test_a_failed_or_held_run_is_a_failed_action():
+    assert not _impl(Runs(status="failed")).restart_service(_call(service="x.service")).ok
+    held = _impl(Runs(held={"web1": "held by run r9"})).restart_service(
+        _call(service="x.service"))
+    assert not held.ok and "held by run r9" in held.message
+
+
+def test_service_active_takes_no_lease_and_power_cycle_without_its_helper_fails_cleanly():
+    runs = Runs(status="ok")
+    impl = _impl(runs)
+    result = impl.service_active(VerifyCall("web1", {"service": "x.service"}, {}, 5))
+    assert result.ok
+    options = runs.calls[0][1]
+    assert not options.takes_leases
+    assert runs.calls[0][0].plays[0].steps[0].args.command == (
+        "systemctl", "is-active", "--", "x.service")
+    actions, verifiers = Actions(), Verifiers()
+    register(actions, verifiers, impl)
+    assert set(actions.names()) == {"restart_service", "apply_role", "playbook",
+                                    "reprovision", "power_cycle"}
+    assert set(verifiers.names()) == {"service_active", "host_ssh", "prometheus"}
+    try:
+        import orchestrate.power_remedy  # noqa: F401
+    except ImportError:
+        result = call_action(actions, "power_cycle", _call())
+        assert not result.ok and "not available" in result.message
+
+
+def test_promql_strings_quote_what_an_alert_holds():
+    assert promql_string('web1"} or vector(1) #') == '"web1\\"} or vector(1) #"'
+    assert promql_string("a\\b") == '"a\\\\b"'
