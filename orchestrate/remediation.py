@@ -11,10 +11,11 @@ change one host at once (the action waits for the lease up to its timeout)::
     remediator.start()                      # picks up what a dead process left
     remediator.on_ingested(store.ingest(...))
 
-Actions: ``restart_service`` (``systemctl restart -- UNIT``), ``apply_role`` (the named role,
-or every role the inventory gives the host), ``playbook`` (a site playbook limited to the
-host), ``reprovision`` (install the node again; the approval guard stops it unless the rule
-allows it) and ``power_cycle`` (from :mod:`orchestrate.power_remedy` when it is there).
+Actions: ``restart_service`` (``systemctl reset-failed``, then ``restart -- UNIT``),
+``apply_role`` (the named role, or every role the inventory gives the host), ``playbook`` (a
+site playbook limited to the host), ``reprovision`` (install the node again; the approval
+guard stops it unless the rule allows it) and ``power_cycle`` (from
+:mod:`orchestrate.power_remedy` when it is there).
 Verifications: ``service_active`` (``systemctl is-active -- UNIT``), ``host_ssh`` (SSH answers
 with the pinned host key), ``prometheus`` (an instant query is non-empty; by default
 ``up{instance="HOST"} == 1``).
@@ -64,6 +65,17 @@ def promql_string(value: str) -> str:
     """``value`` as a double-quoted PromQL string literal, whatever it holds (PromQL reads
     Go's escapes, of which JSON's ``\\"``, ``\\\\`` and ``\\uXXXX`` are a subset)."""
     return json.dumps(str(value), ensure_ascii=False)
+
+
+#: The restart: ``reset-failed`` first, so a unit that hit systemd's start limit (5 starts in
+#: 10 s by default: a crash loop, or earlier remediations) can be started again — remediation's
+#: own guards (cooldown, flap stop) are the limit here. A fixed script; the unit is ``$1``.
+RESTART_SCRIPT = 'systemctl reset-failed -- "$1" 2>/dev/null; exec systemctl restart -- "$1"'
+
+
+def restart_argv(unit: str) -> tuple[str, ...]:
+    """The command of ``restart_service`` (the unit an argument, never part of the script)."""
+    return ("sh", "-c", RESTART_SCRIPT, "restart_service", unit)
 
 
 class _Refused(ValueError):
@@ -146,8 +158,7 @@ class OrchestrateActions:
     def restart_service(self, call: ActionCall) -> ActionResult:
         try:
             unit = _unit(call.args)
-            report = self._command_run(call, ("systemctl", "restart", "--", unit),
-                                       f"restart_service {unit}")
+            report = self._command_run(call, restart_argv(unit), f"restart_service {unit}")
         except (_Refused, MetalchainError) as exc:
             return ActionResult(False, str(exc))
         return _result(report, call.target)

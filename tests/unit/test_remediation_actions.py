@@ -48,7 +48,9 @@ def test_restart_service_is_a_remediation_run_of_systemctl_with_the_unit_after_d
     [(pb, options)] = runs.calls
     step = pb.plays[0].steps[0]
     assert pb.plays[0].hosts == "web1" and step.kind == "command"
-    assert step.args.command == ("systemctl", "restart", "--", "nginx.service")
+    argv = step.args.command
+    assert argv[:2] == ("sh", "-c") and argv[-1] == "nginx.service"   # data: an argument
+    assert "nginx" not in argv[2] and 'systemctl restart -- "$1"' in argv[2]
     assert step.args.become and step.timeout == 30
     assert options.kind == "remediation" and options.takes_leases and options.wait == 30
     assert options.command == "remediation: incident 7 restart_service nginx.service"
