@@ -79,7 +79,25 @@ BACKSTOP_INTERVAL = 60.0
 VERIFY_FIRST_PAUSE = 0.05
 VERIFY_MAX_PAUSE = 1.0
 
+#: Incidents of one target starting this close together are one failure for the flap guard
+#: (the pushed event and the Prometheus alert of one unit failure, a few seconds apart).
+FLAP_MERGE = 10.0
+
 Pages = Callable[[Pager, Mapping[str, Any]], None]
+
+
+def merged_starts(times: Iterable[float], within: float = FLAP_MERGE) -> list[float]:
+    """Start times with those less than ``within`` seconds after the previous kept one
+    dropped.
+
+    >>> merged_starts([100.0, 101.5, 103.0, 200.0])
+    [100.0, 200.0]
+    """
+    kept: list[float] = []
+    for t in sorted(times):
+        if not kept or t - kept[-1] >= within:
+            kept.append(t)
+    return kept
 
 
 def post_page(pager: Pager, doc: Mapping[str, Any]) -> None:
@@ -114,7 +132,7 @@ class Remediator:
                  group_sizes_fn: Callable[[], Mapping[str, int]] | None = None,
                  groups_of_fn: Callable[[str], Iterable[str]] | None = None,
                  workers: int = 4, backstop: float = BACKSTOP_INTERVAL,
-                 pages: Pages | None = None) -> None:
+                 pages: Pages | None = None, flap_merge: float = FLAP_MERGE) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.store = store
@@ -127,6 +145,7 @@ class Remediator:
         self.workers = workers
         self.backstop = backstop
         self.pages = pages or post_page
+        self.flap_merge = flap_merge
         self._cond = threading.Condition()
         self._queue: deque[int] = deque()
         self._queued: set[int] = set()
@@ -364,13 +383,21 @@ class Remediator:
                     return self._step_failed(inc, index, step,
                                              f"verification failed: {checked.message}")
                 # interrupted and not in effect: run it again (below), once
-        decision, action_id = self._decide(inc, index, step, args)
+        decision, action_id, deferred = self._decide(inc, index, step, args)
         if decision.verdict == ACT and action_id is not None:
             return self._act(inc, index, step, args, vargs, action_id)
         if decision.verdict == DRY_RUN:
             return self._end(inc, "dry_run", "dry_run", decision.reason)
-        if decision.guard in DEFER_GUARDS:
+        if deferred:
             return _DEFER
+        if decision.guard == "cooldown" and step.verify is not None:
+            # The host was acted on moments ago (often: the same failure seen by the other
+            # path, pushed event and Prometheus): if it is healthy, nothing is left to do.
+            checked = self._verify(inc, index, step, vargs, after="cooldown")
+            if checked is not None and checked.ok:
+                return self._end(inc, "healed", "healed", f"already healthy, nothing done "
+                                 f"({decision.reason}): {checked.message}", step=index,
+                                 action=None, verified=True)
         if decision.verdict in (ESCALATE, NEEDS_APPROVAL):
             return self._end(inc, "escalated", "escalated", decision.reason,
                              guard=decision.guard)
@@ -384,12 +411,16 @@ class Remediator:
         past = [PastAction(a.target, a.action, a.started_at, a.ended_at, a.groups)
                 for a in self.store.actions(since=now - horizon, running=True)
                 if a.incident_id != inc.id]
+        starts = self.store.incident_starts(now - policy.flap_window)
         return Situation(actions=past,
-                         incidents=self.store.incident_starts(now - policy.flap_window),
+                         incidents={t: merged_starts(v, self.flap_merge)
+                                    for t, v in starts.items()},
                          group_sizes=dict(self.group_sizes_fn()))
 
     def _decide(self, inc: IncidentRecord, index: int, step: RuleStep,
-                args: Mapping[str, Any]) -> tuple[Decision, int | None]:
+                args: Mapping[str, Any]) -> tuple[Decision, int | None, bool]:
+        """The guards' decision, recorded; the action's id when it acts (started under the
+        same lock); whether the incident waits (deferred) instead of ending."""
         t0 = time.monotonic()
         with self._decide_lock:
             paused = bool(self.store.remediation_setting("paused", False))
@@ -401,8 +432,14 @@ class Remediator:
             groups = tuple(self.groups_of_fn(inc.target))
             decision = decide(ActionRequest(inc.target, step.action, groups,
                                             approved=step.allow), situation, policy, now)
+            # A slot that frees itself (concurrency, fleet cap, an action running on this very
+            # host) is waited for: the incident is decided again when an action ends.
+            busy = any(a.running and a.target == inc.target for a in situation.actions)
+            deferred = decision.guard in DEFER_GUARDS or (decision.guard == "cooldown"
+                                                         and busy)
             detail = {"step": index, "action": step.action, "verdict": decision.verdict,
                       "guard": decision.guard or None, "reason": decision.reason,
+                      "deferred": deferred,
                       "decided_ms": round((time.monotonic() - t0) * 1000, 2),
                       "since_received": round(time.time() - inc.created_at, 3)}
             self.store.add_incident_event(inc.id, "decision", detail)
@@ -413,11 +450,11 @@ class Remediator:
             if decision.verdict == ACT:
                 action_id = self.store.start_action(inc.id, inc.target, step.action, index,
                                                     groups, {"args": dict(args)})
-            elif decision.guard in DEFER_GUARDS:
+            elif deferred:
                 with self._cond:
                     self._owned.add(inc.id)
                     self._deferred.add(inc.id)
-        return decision, action_id
+        return decision, action_id, deferred
 
     def _act(self, inc: IncidentRecord, index: int, step: RuleStep, args: Mapping[str, Any],
              vargs: Mapping[str, Any], action_id: int) -> _Outcome:

@@ -380,9 +380,11 @@ class Serve:
             [h for h in self.site.inventory.hosts.values() if h.provision and h.provision.mac]))
 
     def start(self) -> ServeInfo:
+        # Remediation first: it picks up what a previous serve left, and is listening before
+        # the first notification can arrive.
+        self._start_remediation()
         url = self.ctl.start()
         mirror_url = self.ctl.start_mirror()
-        self._start_remediation()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
         return ServeInfo(url, mirror_url, self.ctl.settings.interface)
 

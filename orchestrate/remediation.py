@@ -224,7 +224,8 @@ class OrchestrateActions:
             return ActionResult(False, "power_cycle is not available in this version")
         try:
             host = _host(self.site, call.target)
-            ok, message, run_uid = power_cycle_node(self.site, host, call.timeout, call.stop)
+            with _run_stop(call.stop) as stop:
+                ok, message, run_uid = power_cycle_node(self.site, host, call.timeout, stop)
         except (_Refused, MetalchainError) as exc:
             return ActionResult(False, str(exc))
         return ActionResult(bool(ok), str(message), run_uid)

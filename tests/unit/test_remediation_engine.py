@@ -17,6 +17,7 @@ from monitor.actions import ActionCall, ActionResult, Actions, Verifiers, Verify
 from monitor.engine import Remediator
 from monitor.guards import Policy
 from monitor.rules import Pager, Rule, RuleSet, RuleStep, Verification, parse_rules
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.unit
 
@@ -257,7 +258,8 @@ def test_dry_run_means_zero_actions(store):
 def test_a_flapping_target_stops_being_acted_on_after_n_incidents(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
-    eng = _engine(store, fleet, _rules(flap_count=3))
+    # Incidents here come milliseconds apart: no merging of near-simultaneous ones.
+    eng = _engine(store, fleet, _rules(flap_count=3), flap_merge=0)
     states = []
     for n in range(5):
         fleet.healthy.discard("web1")
@@ -266,6 +268,56 @@ def test_a_flapping_target_stops_being_acted_on_after_n_incidents(store):
         states.append(store.incident(got[0].incident_id).state)
     assert states == ["healed", "healed", "escalated", "escalated", "escalated"]
     assert len(fleet.calls) == 2
+
+
+def test_one_failure_seen_by_both_paths_is_one_action_and_one_flap(store):
+    """The pushed event and the Prometheus alert of one unit failure are two incidents a
+    moment apart: the second finds the host healed by the first (cooldown, then verified),
+    and the two count once for the flap guard."""
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet, _rules(cooldown=60, flap_count=2))
+    pushed = store.ingest([_alert(n=1)], "event")
+    eng.process(pushed[0].incident_id)
+    seen = store.ingest([_alert(n=2)], "alertmanager")
+    eng.process(seen[0].incident_id)
+    assert store.incident(pushed[0].incident_id).state == "healed"
+    second = store.incident(seen[0].incident_id)
+    assert second.state == "healed" and len(fleet.calls) == 1
+    healed = store.incident_timeline(second.id)[-1]["detail"]
+    assert healed["reason"].startswith("already healthy, nothing done")
+    # A failure that is really back (the host broken again) is not healed by looking.
+    fleet.healthy.discard("web1")
+    again = store.ingest([_alert(n=3)], "alertmanager")
+    eng.process(again[0].incident_id)
+    assert store.incident(again[0].incident_id).state == "suppressed"
+    assert len(fleet.calls) == 1
+
+
+def test_an_incident_on_a_host_being_acted_on_waits_for_that_action(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    fleet.hold.clear()
+    eng = _engine(store, fleet, _rules(cooldown=60), workers=2)
+    eng.start()
+    try:
+        first = store.ingest([_alert(n=1)], "event")
+        eng.on_ingested(first)
+        assert fleet.started.wait(5)
+        second = store.ingest([_alert(n=2)], "alertmanager")
+        eng.on_ingested(second)
+        wait_for(lambda: any(e["kind"] == "decision" and e["detail"]["deferred"]
+                             for e in store.incident_timeline(second[0].incident_id)),
+                 5, "the second incident to wait")
+        assert store.incident(second[0].incident_id).state == "acting"
+        fleet.hold.set()
+        assert eng.wait_idle(5)
+    finally:
+        fleet.hold.set()
+        eng.stop(5)
+    assert store.incident(first[0].incident_id).state == "healed"
+    assert store.incident(second[0].incident_id).state == "healed"
+    assert len(fleet.calls) == 1
 
 
 def test_disruptive_actions_wait_for_approval_unless_the_rule_allows_them(store):
