@@ -385,6 +385,27 @@ def test_pickup_runs_an_interrupted_action_once_more_when_it_had_not_taken_effec
     assert [a.outcome for a in store.actions(incident_id=inc_id)] == ["interrupted", "ok"]
 
 
+def test_pickup_after_an_action_that_ended_but_was_not_verified_verifies_it(store):
+    fleet = Fleet()
+    fleet.fixes["apply_role"] = "heals"
+    got = store.ingest([_alert()], "alertmanager")
+    inc_id = got[0].incident_id
+    # Killed after the restart was recorded ok, before its verification ended.
+    store.update_incident(inc_id, event="claimed", state="acting", rule="unit-failed",
+                          step=0, expect=["open"])
+    aid = store.start_action(inc_id, "web1", "restart_service", 0)
+    store.finish_action(aid, "ok")
+    eng = _engine(store, fleet)
+    eng.start()
+    try:
+        assert eng.wait_idle(5)
+    finally:
+        assert eng.stop(5)
+    # Not in effect: the restart is not run again (it ran); the ladder goes on to step 2.
+    assert [c[0] for c in fleet.calls] == ["apply_role"]
+    assert store.incident(inc_id).state == "healed"
+
+
 def test_stop_during_an_action_leaves_it_for_the_next_start(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
