@@ -429,6 +429,17 @@ class Serve:
                     self.ctl.reload()
                 except MetalchainError as exc:   # keep serving the inventory we had
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
+                self._reload_remediation(on_note)
+
+    def _reload_remediation(self, on_note: OnNote) -> None:
+        from orchestrate.remediation import reload_rules
+
+        if self.remediator is None:
+            return
+        try:
+            on_note(f"remediation rules reloaded from {reload_rules(self.remediator, self.site)}")
+        except MetalchainError as exc:   # keep acting on the rules we had
+            on_note(f"remediation rules not reloaded, still using the previous ones: {exc}")
 
     def close(self) -> None:
         if self.remediator is not None:

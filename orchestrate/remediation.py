@@ -328,6 +328,15 @@ def build_remediator(site: Any, *, serve: Any = None, workers: int = SERVE_WORKE
                       groups_of_fn=groups_of, workers=workers)
 
 
+def reload_rules(remediator: Remediator, site: Any) -> str:
+    """Read the site's rules again (``serve``'s SIGHUP); a broken file keeps the rules in
+    use and raises its InventoryError (file:line). Returns the file read."""
+    path = rules_path(site.playbooks_dir)
+    remediator.rules = load_rules(path, actions=remediator.actions.names(),
+                                  verifiers=remediator.verifiers.names())
+    return str(path)
+
+
 # -- what the CLI shows ----------------------------------------------------------------------
 
 def set_paused(site: Any, paused: bool, actor: str) -> None:

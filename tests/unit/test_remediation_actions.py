@@ -115,3 +115,24 @@ def test_service_active_takes_no_lease_and_power_cycle_without_its_helper_fails_
 def test_promql_strings_quote_what_an_alert_holds():
     assert promql_string('web1"} or vector(1) #') == '"web1\\"} or vector(1) #"'
     assert promql_string("a\\b") == '"a\\\\b"'
+
+
+def test_rules_reload_from_the_site_and_a_broken_file_keeps_the_old_ones(tmp_path):
+    from inventory.errors import InventoryError
+    from monitor.engine import Remediator
+    from monitor.rules import SHIPPED_RULES, load_rules
+    from orchestrate.remediation import reload_rules
+
+    site = SimpleNamespace(playbooks_dir=tmp_path)
+    actions, verifiers = Actions(), Verifiers()
+    register(actions, verifiers, _impl(Runs()))
+    eng = Remediator(None, load_rules(SHIPPED_RULES), actions, verifiers)
+    (tmp_path / "remediation.yml").write_text(
+        "rules:\n  - {name: only, match: {alertname: X}, steps: [{action: apply_role}]}\n",
+        encoding="utf-8")
+    reload_rules(eng, site)
+    assert [r.name for r in eng.rules.rules] == ["only"]
+    (tmp_path / "remediation.yml").write_text("rules: [{name: x}]\n", encoding="utf-8")
+    with pytest.raises(InventoryError, match=r"remediation\.yml:1"):
+        reload_rules(eng, site)
+    assert [r.name for r in eng.rules.rules] == ["only"]
