@@ -283,7 +283,12 @@ class OrchestrateActions:
         limit = min(call.timeout, PROBE_TIMEOUT)
         try:
             with urllib.request.urlopen(url, timeout=limit) as resp:  # noqa: S310 - http only
-                doc = json.loads(resp.read().decode("utf-8"))
+                doc = json.loads(resp.read(1 << 20).decode("utf-8"))
+        except urllib.error.HTTPError as exc:   # 400/422: a bad query, with its reason
+            try:
+                doc = json.loads(exc.read(1 << 16).decode("utf-8"))
+            except (OSError, ValueError):
+                return VerifyResult(False, f"Prometheus answered {exc.code}")
         except (OSError, ValueError, urllib.error.URLError) as exc:
             return VerifyResult(False, f"Prometheus did not answer: {exc}")
         if not isinstance(doc, dict):

@@ -11,24 +11,29 @@ same hosts within seconds)."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
 
 from inventory.site import Site
 from inventory.state.incidents import IncidentInput
+from monitor.actions import VerifyCall
 from monitor.rules import SHIPPED_RULES
 from orchestrate.commands.mirror_cmd import mirror
-from orchestrate.remediation import build_remediator
+from orchestrate.remediation import OrchestrateActions, build_remediator
 from tests.lab.fleetsite import fleet_site, invoke, metalchain
 from tests.waiting import wait_for
 
@@ -37,6 +42,7 @@ pytestmark = pytest.mark.lab
 SUBNET = "10.93.0.0/24"
 CONTROLLER = str(ipaddress.ip_network(SUBNET)[1])
 MIRROR_PORT = 19480
+PROMETHEUS_PORT = 19482
 CACHE = "/var/cache/metalchain/mirror-debs"
 PACKAGES = ("sudo", "systemd-timesyncd", "prometheus-node-exporter")
 ROLES = ("base", "node_exporter")
@@ -217,3 +223,52 @@ def test_sigkill_during_an_action_ends_healed_with_one_start_on_the_host(site):
     assert starts.splitlines() == ["start"]   # exactly one action on the host
     assert stdout_of(site, "fleet01", "systemctl is-active mc-slow") == "active"
     print(f"\nremediation lab figures: {FIGURES}")
+
+
+class _FakePrometheus(http.server.BaseHTTPRequestHandler):
+    queries: ClassVar[list[str]] = []
+    answers: ClassVar[list[tuple[int, dict]]] = []
+
+    def do_GET(self) -> None:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)["query"][0]
+        self.queries.append(query)
+        status, doc = self.answers.pop(0)
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_verifications_ask_ssh_and_prometheus(site):
+    opened = Site.open(site)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", PROMETHEUS_PORT), _FakePrometheus)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        impl = OrchestrateActions(opened)
+        assert impl.host_ssh(VerifyCall("fleet01", {}, {}, 5)).ok
+        assert not impl.host_ssh(VerifyCall("nosuch", {}, {}, 5)).ok
+        opened.settings.setdefault("monitor", {})["prometheus_port"] = PROMETHEUS_PORT
+        series = {"status": "success", "data": {"resultType": "vector", "result": [{}]}}
+        empty = {"status": "success", "data": {"resultType": "vector", "result": []}}
+        _FakePrometheus.answers[:] = [(200, series), (200, empty), (200, series),
+                                      (400, {"status": "error", "error": "bad query"})]
+        assert impl.prometheus(VerifyCall("fleet01", {}, {}, 5)).ok
+        evil = {"alertname": 'X"} or vector(1) or up{a="'}
+        assert impl.prometheus(VerifyCall("fleet01", {"alert_gone": True}, evil, 5)).ok
+        assert not impl.prometheus(VerifyCall("fleet01", {"alert_gone": True}, evil, 5)).ok
+        refused = impl.prometheus(VerifyCall("fleet01", {"query": "up{"}, {}, 5))
+        assert not refused.ok and "refused" in refused.message
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        opened.close()
+    assert _FakePrometheus.queries[0] == 'up{instance="fleet01"} == 1'
+    assert _FakePrometheus.queries[1] == ('ALERTS{alertname="X\\"} or vector(1) or up{a=\\"",'
+                                          'instance="fleet01",alertstate="firing"}')

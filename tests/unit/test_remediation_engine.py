@@ -461,6 +461,34 @@ def test_one_incident_delivered_100_times_concurrently_is_acted_on_once(store):
     assert len(store.actions()) == 1
 
 
+def test_two_engines_on_one_store_never_both_act_on_an_incident(tmp_path):
+    """Two controllers sharing a state store (or a worker racing a restarted one): the
+    compare-and-set claim lets exactly one of them act."""
+    stores = [StateStore.open_file(tmp_path / "shared.db") for _ in range(2)]
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    engines = [_engine(s, fleet, workers=4) for s in stores]
+    try:
+        got = stores[0].ingest([_alert(f"h{n}", n) for n in range(20)], "alertmanager")
+        gate = threading.Barrier(2)
+
+        def run(engine: Remediator) -> None:
+            gate.wait(5)
+            for g in got:
+                engine.process(g.incident_id)
+
+        threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(c[1] for c in fleet.calls) == sorted(f"h{n}" for n in range(20))
+        assert all(stores[0].incident(g.incident_id).state == "healed" for g in got)
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_a_storm_respects_the_concurrency_cap_and_the_fleet_cap(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
