@@ -152,7 +152,6 @@ class Remediator:
         self._busy: set[int] = set()
         self._again: set[int] = set()
         self._owned: set[int] = set()      # acting incidents this engine continues
-        self._resume: set[int] = set()     # ... picked up after a restart: verify first
         self._deferred: set[int] = set()   # ... waiting for a free slot
         self._dups: set[int] = set()
         self._decide_lock = threading.Lock()
@@ -213,7 +212,6 @@ class Remediator:
                                         {"incident": inc.id, **detail})
                 with self._cond:
                     self._owned.add(inc.id)
-                    self._resume.add(inc.id)
             self._push(inc.id)
             n += 1
         return n
@@ -308,10 +306,8 @@ class Remediator:
             duplicate = incident_id in self._dups
             self._dups.discard(incident_id)
             owned = incident_id in self._owned
-            resume = incident_id in self._resume
             if inc.state == "acting" and owned:
                 self._owned.discard(incident_id)
-                self._resume.discard(incident_id)
         if inc.state == "open":
             self._begin(inc)
         elif inc.state == "acting" and owned:
@@ -320,7 +316,9 @@ class Remediator:
                 self._end(inc, "escalated", "escalated",
                           f"its rule '{inc.rule}' is no longer in the rules")
                 return
-            self._ladder(inc, rule, inc.step, resume=resume)
+            # Continued (picked up, or waited for a slot): an action this step already ran
+            # (or that was cut short) is looked at, and verified, before anything runs again.
+            self._ladder(inc, rule, inc.step, resume=True)
         elif duplicate:
             self.store.record_audit(ACTOR, "remediation deduplicated", inc.target,
                                     {"incident": inc.id, "state": inc.state,
@@ -373,16 +371,24 @@ class Remediator:
             last = prior[-1] if prior else None
             if last is not None and last.outcome == "failed":
                 return self._step_failed(inc, index, step, "its action had failed")
+            if last is not None and step.verify is None:
+                if last.outcome == "ok":
+                    return self._healed(inc, index, step, None)
+                return self._step_failed(inc, index, step, "its action was cut short and the "
+                                                           "step has no verification")
             if last is not None:
-                checked = self._verify(inc, index, step, vargs, after="restart")
-                if checked is None or checked.ok:
+                checked = self._verify(inc, index, step, vargs, after="pickup")
+                if checked is not None and checked.ok:
                     return self._healed(inc, index, step, checked)
                 if self._stopping.is_set():
                     return _STOPPED
+                why = checked.message if checked is not None else ""
                 if last.outcome == "ok":
-                    return self._step_failed(inc, index, step,
-                                             f"verification failed: {checked.message}")
-                # interrupted and not in effect: run it again (below), once
+                    return self._step_failed(inc, index, step, f"verification failed: {why}")
+                if sum(a.outcome == "interrupted" for a in prior) > 1:
+                    return self._step_failed(inc, index, step, "its action was cut short "
+                                                               f"twice; not in effect: {why}")
+                # cut short once and not in effect: run it again (below)
         decision, action_id, deferred = self._decide(inc, index, step, args)
         if decision.verdict == ACT and action_id is not None:
             return self._act(inc, index, step, args, vargs, action_id)

@@ -406,6 +406,26 @@ def test_pickup_after_an_action_that_ended_but_was_not_verified_verifies_it(stor
     assert store.incident(inc_id).state == "healed"
 
 
+def test_an_action_cut_short_twice_is_not_run_a_third_time(store):
+    fleet = Fleet()
+    fleet.fixes["apply_role"] = "heals"
+    got = store.ingest([_alert()], "alertmanager")
+    inc_id = got[0].incident_id
+    store.update_incident(inc_id, event="claimed", state="acting", rule="unit-failed",
+                          step=0, expect=["open"])
+    store.finish_action(store.start_action(inc_id, "web1", "restart_service", 0),
+                        "interrupted")
+    store.start_action(inc_id, "web1", "restart_service", 0)   # the re-run, killed too
+    eng = _engine(store, fleet)
+    eng.start()
+    try:
+        assert eng.wait_idle(5)
+    finally:
+        assert eng.stop(5)
+    assert [c[0] for c in fleet.calls] == ["apply_role"]
+    assert store.incident(inc_id).state == "healed"
+
+
 def test_stop_during_an_action_leaves_it_for_the_next_start(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
