@@ -18,8 +18,11 @@ A worker takes one incident at a time:
    its ``repeat_interval``); the ladder exhausted -> ``escalated`` and the pager.
    ``dry_run`` / ``suppressed`` / ``escalate`` / ``needs_approval`` end the incident so
    (``needs_approval`` and flap stops as ``escalated``: a human must look), except that the
-   concurrency and fleet-cap guards only *defer* it: it waits, still ``acting``, until an
-   action ends and is decided again.
+   concurrency and fleet-cap guards, and an action already running on the same host, only
+   *defer* it: it waits, still ``acting``, until an action ends and is decided again. After
+   a cooldown refusal the step's verification is asked first: the same failure seen by both
+   paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done.
+   Incidents of one host a few seconds apart count once for the flap guard.
 
 The decision and the start of the action are made under one lock, so the concurrency and
 fleet-cap guards count every action this engine runs (they read the store, where a
@@ -28,9 +31,14 @@ started action is ``running``).
 A restarted engine (:meth:`Remediator.pickup`, called by :meth:`start`) marks actions a dead
 process left ``running`` as ``interrupted`` and continues every ``open`` and ``acting``
 incident. An interrupted step is **verified first** — the action may have done its job before
-the process died — and run again only if that verification fails, so a SIGKILL between the
-answer to Alertmanager and the end of the action still ends with exactly one action on the
-host when it had taken effect.
+the process died — and run again only if that verification fails (once: cut short twice, the
+ladder goes on), so a SIGKILL between the answer to Alertmanager and the end of the action
+still ends with exactly one action on the host when it had taken effect.
+
+Timings: every decision records ``decided_ms`` and ``since_received``; actions their seconds;
+verifications their attempts and seconds; the end ``since_received``. ``observers`` get the
+same as ``(kind, detail)`` for metrics. The engine's own part of a heal is milliseconds (a
+few store writes): nothing sleeps between steps, and verification polls start at 50 ms.
 """
 
 from __future__ import annotations
