@@ -189,8 +189,17 @@ class OrchestrateActions:
     def playbook(self, call: ActionCall) -> ActionResult:
         try:
             host = _host(self.site, call.target)
-            name = str(call.args.get("name", ""))
-            pb = load(self.site, name)
+            name = call.args.get("name")
+            # Only a playbook of the site's playbooks/, by its plain name (a value filled in
+            # from an alert must not reach a file elsewhere).
+            if not isinstance(name, str) or not ROLE_NAME.fullmatch(name):
+                raise _Refused(f"not a playbook name: {str(name)[:80]!r}")
+            path = self.site.playbooks_dir / name
+            if not path.is_file():
+                path = self.site.playbooks_dir / f"{name}.yml"
+            if not path.is_file():
+                raise _Refused(f"no playbook '{name}' in {self.site.playbooks_dir}")
+            pb = load(self.site, str(path))
             options = RunOptions(kind="remediation", limit=host, parallel=1, wait=call.timeout,
                                  command=f"remediation: incident {call.incident_id} "
                                          f"playbook {name}")

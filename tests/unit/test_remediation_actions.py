@@ -26,7 +26,7 @@ class Runs:
         self.calls.append((playbook, options))
         report = RunReport(uid=f"run{len(self.calls)}", held=dict(self.held))
         if not self.held:
-            host = playbook.plays[0].hosts
+            host = options.limit or playbook.plays[0].hosts
             step = StepReport("p", "s", StepOutcome(self.status, "did it"), 1, 0.1)
             report.hosts[host] = HostReport(host, self.status, [step])
         return report
@@ -136,3 +136,20 @@ def test_rules_reload_from_the_site_and_a_broken_file_keeps_the_old_ones(tmp_pat
     with pytest.raises(InventoryError, match=r"remediation\.yml:1"):
         reload_rules(eng, site)
     assert [r.name for r in eng.rules.rules] == ["only"]
+
+
+def test_the_playbook_action_runs_only_a_playbook_of_the_site_limited_to_the_host(tmp_path):
+    (tmp_path / "fix.yml").write_text("- name: fix\n  hosts: all\n  steps:\n"
+                                      "    - command: [echo, fixed]\n", encoding="utf-8")
+    (tmp_path.parent / "elsewhere.yml").write_text("[]\n", encoding="utf-8")
+    runs = Runs()
+    site = SimpleNamespace(inventory=SimpleNamespace(hosts={"web1": object()}),
+                           playbooks_dir=tmp_path)
+    impl = OrchestrateActions(site, run=runs)
+    for bad in ("../elsewhere.yml", "/etc/passwd", "nosuch", ".hidden"):
+        assert not impl.playbook(_call(name=bad)).ok
+    assert runs.calls == []
+    assert impl.playbook(_call(name="fix")).ok
+    [(pb, options)] = runs.calls
+    assert options.limit == "web1" and options.kind == "remediation"
+    assert pb.path.name == "fix.yml"
