@@ -27,6 +27,7 @@ data, and a value like ``all`` or ``web*`` must never become a selection of many
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import threading
@@ -372,6 +373,9 @@ def remediation_status(site: Any, *, now: float | None = None) -> dict[str, Any]
     try:
         rules = load_rules(rules_path(site.playbooks_dir))
         rules_doc["rules"] = [r.name for r in rules.rules]
+        rules_doc["policy"] = {k: sorted(v) if isinstance(v, frozenset) else v
+                               for k, v in dataclasses.asdict(rules.policy).items()
+                               if k != "kill_switch"}
         dry_run = dry_run or rules.policy.dry_run
     except MetalchainError as exc:
         rules_doc["error"] = str(exc)

@@ -174,6 +174,11 @@ def status(obj: Any, as_json: bool) -> None:
         output.line(printable(f"rules: {rules['error']}"))
     else:
         output.line(printable(f"rules: {rules['file']} ({', '.join(rules['rules']) or '-'})"))
+        policy = rules["policy"]
+        output.line(f"guards: cooldown {policy['cooldown']:g} s, {policy['rate_count']} "
+                    f"actions of a kind per {policy['rate_window']:g} s, "
+                    f"{policy['max_concurrent']} at once, fleet cap {policy['fleet_cap']:.0%},"
+                    f" flap stop after {policy['flap_count']} in {policy['flap_window']:g} s")
     counts = doc["actions_last_hour"]
     output.line("actions in the last hour: " + (", ".join(
         f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
