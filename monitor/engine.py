@@ -160,7 +160,9 @@ class Remediator:
         self._busy: set[int] = set()
         self._again: set[int] = set()
         self._owned: set[int] = set()      # acting incidents this engine continues
-        self._deferred: set[int] = set()   # ... waiting for a free slot
+        self._deferred: dict[int, None] = {}   # ... waiting for a free slot, oldest first
+        self._defer_logged: dict[int, int] = {}   # incident -> step whose wait is recorded
+        self._running = 0                  # actions this engine has running
         self._dups: set[int] = set()
         self._decide_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -296,10 +298,15 @@ class Remediator:
             except Exception:
                 log.exception("remediation backstop failed")
 
-    def _release_deferred(self) -> None:
+    def _release_deferred(self, limit: int | None = None) -> None:
+        """Queue the oldest waiting incidents again: ``limit`` of them (about as many as
+        there are free slots, so a storm is not decided again in full at every action's
+        end), or all (the backstop)."""
         with self._decide_lock, self._cond:
-            waiting = list(self._deferred)
-            self._deferred.clear()
+            waiting = list(self._deferred)[:limit] if limit is not None \
+                else list(self._deferred)
+            for incident_id in waiting:
+                del self._deferred[incident_id]
         for incident_id in waiting:
             self._push(incident_id)
 
@@ -456,18 +463,26 @@ class Remediator:
                       "deferred": deferred,
                       "decided_ms": round((time.monotonic() - t0) * 1000, 2),
                       "since_received": round(time.time() - inc.created_at, 3)}
-            self.store.add_incident_event(inc.id, "decision", detail)
-            self.store.record_audit(ACTOR, f"remediation {decision.verdict}", inc.target,
-                                    {"incident": inc.id, **detail})
-            self._notify("decision", detail)
+            # A wait is recorded once per step, not at every retry (a storm would write
+            # each waiting incident's refusal again at every action's end).
+            if not (deferred and self._defer_logged.get(inc.id) == index):
+                self.store.add_incident_event(inc.id, "decision", detail)
+                self.store.record_audit(ACTOR, f"remediation {decision.verdict}", inc.target,
+                                        {"incident": inc.id, **detail})
+                self._notify("decision", detail)
+            if deferred:
+                self._defer_logged[inc.id] = index
+            else:
+                self._defer_logged.pop(inc.id, None)
             action_id = None
             if decision.verdict == ACT:
                 action_id = self.store.start_action(inc.id, inc.target, step.action, index,
                                                     groups, {"args": dict(args)})
+                self._running += 1
             elif deferred:
                 with self._cond:
                     self._owned.add(inc.id)
-                    self._deferred.add(inc.id)
+                    self._deferred[inc.id] = None
         return decision, action_id, deferred
 
     def _act(self, inc: IncidentRecord, index: int, step: RuleStep, args: Mapping[str, Any],
@@ -480,7 +495,10 @@ class Remediator:
         outcome = "interrupted" if stopped else ("ok" if result.ok else "failed")
         self.store.finish_action(action_id, outcome, run_uid=result.run_uid,
                                  detail={"message": result.message})
-        self._release_deferred()
+        with self._decide_lock:
+            self._running -= 1
+            free = max(1, self.rules.policy.max_concurrent - self._running)
+        self._release_deferred(free)
         self._notify("action", {"action": step.action, "outcome": outcome,
                                 "seconds": time.monotonic() - t0})
         if stopped:

@@ -28,10 +28,10 @@ rules:
     steps:
       - action: restart_service
         args: {service: "{{ labels.unit }}"}
-        verify: {kind: service_active, timeout: 0.3}
+        verify: {kind: service_active, timeout: 0.1}
       - action: apply_role
         args: {role: "{{ labels.role | 'node_exporter' }}"}
-        verify: {kind: service_active, args: {service: "{{ labels.unit }}"}, timeout: 0.3}
+        verify: {kind: service_active, args: {service: "{{ labels.unit }}"}, timeout: 0.1}
 """
 
 
@@ -75,7 +75,7 @@ class Fleet:
                                                self.running_by_group[group])
                 self.crowded.notify_all()
                 if self.crowd:
-                    self.crowded.wait_for(lambda: self.running >= self.crowd, timeout=0.3)
+                    self.crowded.wait_for(lambda: self.running >= self.crowd, timeout=0.2)
             self.started.set()
             try:
                 self.hold.wait(5)
@@ -158,7 +158,7 @@ def test_a_failed_verification_escalates_to_the_next_step_at_once(store):
     assert fleet.calls[1][2] == {"role": "node_exporter"}
     kinds = _kinds(store, inc.id)
     assert kinds.index("verify_failed") < kinds.index("step_failed") < kinds.index("healed")
-    # Only the first step's verification timeout (0.3 s) is waited for; no Alertmanager.
+    # Only the first step's verification timeout (0.1 s) is waited for; no Alertmanager.
     assert took < 2.0
 
 
