@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from inventory.contracts import StepOutcome
+from inventory.errors import InventoryError
 from monitor.actions import ActionCall, Actions, Verifiers, VerifyCall, call_action
 from orchestrate.remediation import OrchestrateActions, promql_string, register
 from orchestrate.reports import HostReport, RunReport, StepReport
@@ -153,3 +154,26 @@ def test_the_playbook_action_runs_only_a_playbook_of_the_site_limited_to_the_hos
     [(pb, options)] = runs.calls
     assert options.limit == "web1" and options.kind == "remediation"
     assert pb.path.name == "fix.yml"
+
+
+def test_build_remediator_uses_the_sites_rules_and_groups(tmp_path, run_cli):
+    from inventory.site import Site
+    from orchestrate.remediation import build_remediator
+
+    assert run_cli("init", str(tmp_path / "s")).code == 0
+    site = Site.open(tmp_path / "s")
+    try:
+        eng = build_remediator(site)
+        assert [r.name for r in eng.rules.rules] == ["unit-failed", "exporter-down",
+                                                     "host-down"]
+        sizes = eng.group_sizes_fn()
+        groups = tuple(eng.groups_of_fn("node2"))
+        assert groups and all(sizes[g] >= 1 for g in groups)
+        assert tuple(eng.groups_of_fn("nosuch")) == ()
+        (tmp_path / "s" / "playbooks" / "remediation.yml").write_text(
+            "rules:\n  - {name: r, match: {alertname: X}, steps: [{action: reboot}]}\n",
+            encoding="utf-8")
+        with pytest.raises(InventoryError, match=r"remediation\.yml:2: .*unknown action"):
+            build_remediator(site)
+    finally:
+        site.close()
