@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import urllib.request
@@ -53,6 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from inventory.errors import MetalchainError
 from inventory.state.incidents import IncidentRecord, Ingested
 from monitor.actions import (
     ActionCall,
@@ -75,6 +78,7 @@ from monitor.guards import (
     decide,
 )
 from monitor.rules import MissingValue, Pager, Rule, RuleSet, RuleStep, substitute
+from runtime.pidfile import process_stat, same_process
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,11 @@ VERIFY_MAX_PAUSE = 1.0
 FLAP_MERGE = 10.0
 
 Pages = Callable[[Pager, Mapping[str, Any]], None]
+
+
+class RemediationBusy(MetalchainError):
+    """Another live remediation engine works on this state store (its pickup would take
+    over that engine's running actions)."""
 
 
 def merged_starts(times: Iterable[float], within: float = FLAP_MERGE) -> list[float]:
@@ -175,9 +184,11 @@ class Remediator:
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Pick up what a previous process left, then start the workers and the backstop."""
+        """Pick up what a previous process left, then start the workers and the backstop.
+        :class:`RemediationBusy` if another engine of this machine still runs on the store."""
         if self._threads:
             return
+        self._claim()
         self.pickup()
         for n in range(self.workers):
             t = threading.Thread(target=self._work, name=f"remediation-{n}", daemon=True)
@@ -186,6 +197,26 @@ class Remediator:
         t = threading.Thread(target=self._backstop, name="remediation-backstop", daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _claim(self) -> None:
+        """Record this process as the store's engine, unless a live one of this machine is
+        recorded (an engine on another machine cannot be checked from here: one engine per
+        site is the rule, ``metalchain serve`` keeps to it)."""
+        stat = process_stat(os.getpid())
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "start": stat.start if stat else 0}
+        prior = self.store.remediation_setting("engine")
+        if isinstance(prior, dict) and prior.get("host") == me["host"] \
+                and prior.get("pid") != me["pid"]:
+            try:
+                pid, start = int(prior["pid"]), int(prior["start"])
+            except (KeyError, TypeError, ValueError):
+                pid, start = 0, 0
+            if pid and same_process(pid, start):
+                raise RemediationBusy(f"a remediation engine already runs on this state store "
+                                      f"(pid {pid} on {me['host']}); stop it first")
+        if prior != me:
+            self.store.set_remediation_setting("engine", me, actor=ACTOR)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the workers (actions in progress are told through ``ActionCall.stop``; one
@@ -199,7 +230,18 @@ class Remediator:
             t.join(max(0.0, deadline - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
         self._threads = alive
+        if not alive:
+            self._release_claim()
         return not alive
+
+    def _release_claim(self) -> None:
+        try:
+            mine = self.store.remediation_setting("engine")
+            if isinstance(mine, dict) and mine.get("pid") == os.getpid() \
+                    and mine.get("host") == socket.gethostname():
+                self.store.set_remediation_setting("engine", None, actor=ACTOR)
+        except MetalchainError:   # the store is gone: the next start sees a dead pid
+            log.warning("could not release the remediation engine's record", exc_info=True)
 
     def pickup(self) -> int:
         """Take over what a dead process left: its ``running`` actions become

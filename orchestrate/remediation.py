@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import json
 import re
+import socket
 import threading
 import urllib.error
 import urllib.parse
@@ -52,6 +53,7 @@ from monitor.settings import MonitorSettings
 from orchestrate.reports import RunReport
 from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
 from orchestrate.stop import Stop
+from runtime.pidfile import same_process
 
 #: What a systemd unit name may be (``systemctl`` gets it after ``--``, never through a shell).
 UNIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@\\-]{0,254}$")
@@ -382,8 +384,16 @@ def remediation_status(site: Any, *, now: float | None = None) -> dict[str, Any]
     recent: dict[str, int] = {}
     for act in store.actions(since=now - 3600):
         recent[act.outcome] = recent.get(act.outcome, 0) + 1
+    engine = settings.get("engine", {})
+    owner = engine.get("value") if isinstance(engine.get("value"), dict) else None
+    if owner is not None and owner.get("host") == socket.gethostname() \
+            and not same_process(int(owner.get("pid", 0)), int(owner.get("start", 0))):
+        owner = None   # its process is gone
     return {"paused": bool(paused.get("value", False)), "paused_by": paused.get("actor"),
             "paused_at": paused.get("updated_at"), "dry_run": dry_run, "rules": rules_doc,
+            "engine": None if owner is None else {"host": owner.get("host"),
+                                                  "pid": owner.get("pid"),
+                                                  "since": engine.get("updated_at")},
             "running": [a.to_json() for a in store.actions(running=True)],
             "actions_last_hour": recent, "incidents": store.incident_counts()}
 

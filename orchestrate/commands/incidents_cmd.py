@@ -169,6 +169,10 @@ def status(obj: Any, as_json: bool) -> None:
     else:
         output.line("active")
     output.line(f"dry run: {'yes' if doc['dry_run'] else 'no'}")
+    engine = doc["engine"]
+    if engine is not None:
+        output.line(printable(f"engine: pid {engine['pid']} on {engine['host']} since "
+                              f"{output.timestamp(engine['since'])}"))
     rules = doc["rules"]
     if "error" in rules:
         output.line(printable(f"rules: {rules['error']}"))

@@ -426,6 +426,30 @@ def test_an_action_cut_short_twice_is_not_run_a_third_time(store):
     assert store.incident(inc_id).state == "healed"
 
 
+def test_a_second_live_engine_on_the_store_is_refused_a_dead_ones_record_is_taken_over(
+        store):
+    import os
+    import socket
+
+    from monitor.engine import RemediationBusy
+    from runtime.pidfile import process_stat
+
+    fleet = Fleet()
+    parent = os.getppid()   # a live process that is not this one
+    live = {"host": socket.gethostname(), "pid": parent, "start": process_stat(parent).start}
+    store.set_remediation_setting("engine", live, actor="test")
+    eng = _engine(store, fleet)
+    with pytest.raises(RemediationBusy, match=f"pid {parent}"):
+        eng.start()
+    store.set_remediation_setting("engine", {**live, "start": live["start"] + 1}, actor="t")
+    eng.start()   # that pid's process is not the one recorded: gone, its record is stale
+    try:
+        assert store.remediation_setting("engine")["pid"] == os.getpid()
+    finally:
+        assert eng.stop(5)
+    assert store.remediation_setting("engine") is None   # a clean stop lets the next one in
+
+
 def test_stop_during_an_action_leaves_it_for_the_next_start(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
