@@ -391,9 +391,12 @@ class Serve:
     def _start_remediation(self) -> None:
         """The remediation engine: picks up what a previous serve left, then acts on what
         the receiver ingests (:mod:`orchestrate.remediation`)."""
-        from orchestrate.remediation import build_remediator
+        from orchestrate.remediation import build_remediator, decision_counter
 
         self.remediator = build_remediator(self.site, serve=self)
+        metrics = getattr(self, "metrics", None)   # serve's own metrics, when it has them
+        if getattr(metrics, "guard_decisions", None) is not None:
+            self.remediator.observers.append(decision_counter(metrics.guard_decisions))
         self.remediator.start()
         self.ingest_listeners.append(self.remediator.on_ingested)
 

@@ -345,6 +345,19 @@ def build_remediator(site: Any, *, serve: Any = None, workers: int = SERVE_WORKE
                       groups_of_fn=groups_of, workers=workers)
 
 
+def decision_counter(counter: Any) -> Callable[[str, Mapping[str, Any]], None]:
+    """An engine observer that counts decisions on a prometheus-client Counter labelled
+    ``guard`` and ``verdict`` (``guard`` "none" when no guard intervened)::
+
+        remediator.observers.append(decision_counter(metrics.guard_decisions))
+    """
+    def observe(kind: str, detail: Mapping[str, Any]) -> None:
+        if kind == "decision":
+            counter.labels(guard=detail.get("guard") or "none",
+                           verdict=detail.get("verdict") or "unknown").inc()
+    return observe
+
+
 def reload_rules(remediator: Remediator, site: Any) -> str:
     """Read the site's rules again (``serve``'s SIGHUP); a broken file keeps the rules in
     use and raises its InventoryError (file:line). Returns the file read."""

@@ -177,3 +177,20 @@ def test_build_remediator_uses_the_sites_rules_and_groups(tmp_path, run_cli):
             build_remediator(site)
     finally:
         site.close()
+
+
+def test_decisions_are_counted_by_guard_and_verdict():
+    from prometheus_client import CollectorRegistry, Counter
+
+    from orchestrate.remediation import decision_counter
+
+    registry = CollectorRegistry()
+    counter = Counter("decisions", "d", ["guard", "verdict"], registry=registry)
+    observe = decision_counter(counter)
+    observe("decision", {"guard": None, "verdict": "act"})
+    observe("decision", {"guard": "cooldown", "verdict": "suppressed"})
+    observe("action", {"outcome": "ok"})
+    assert registry.get_sample_value("decisions_total", {"guard": "none",
+                                                          "verdict": "act"}) == 1
+    assert registry.get_sample_value("decisions_total", {"guard": "cooldown",
+                                                          "verdict": "suppressed"}) == 1
