@@ -560,8 +560,16 @@ def test_a_storm_respects_the_concurrency_cap_and_the_fleet_cap(store):
     assert fleet.max_running == 6 and fleet.max_by_group["a"] == 4   # the caps were reached
 
 
-def test_a_rule_built_by_hand_runs_too():
-    # Rules are plain data: the engine does not depend on the YAML loader.
-    rule = Rule("r", (), (RuleStep("restart_service", {"service": "x"},
+def test_a_rule_built_by_hand_runs_too(store):
+    # Rules are plain data: the engine does not depend on the YAML loader. A rule with no
+    # matchers takes every incident.
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    rule = Rule("r", (), (RuleStep("restart_service", {"service": "x.service"},
                                    verify=Verification("service_active", timeout=0)),))
-    assert rule.fits({"anything": "1"})
+    eng = _engine(store, fleet, RuleSet(Policy(cooldown=0), (rule,)))
+    got = store.ingest([IncidentInput("f", "t", "firing", "Anything", "db1",
+                                      {"alertname": "Anything"})], "alertmanager")
+    eng.process(got[0].incident_id)
+    assert store.incident(got[0].incident_id).state == "healed"
+    assert fleet.calls == [("restart_service", "db1", {"service": "x.service"})]
