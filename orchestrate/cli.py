@@ -163,6 +163,7 @@ def cli(ctx: click.Context) -> None:
 def _register() -> None:
     from orchestrate.commands import (
         apply_cmd,
+        incidents_cmd,
         init_cmd,
         inventory_cmd,
         lab_cmd,
@@ -194,6 +195,8 @@ def _register() -> None:
     cli.add_command(mirror_cmd.mirror)
     cli.add_command(monitor_cmd.monitor)
     cli.add_command(verify_cmd.verify)
+    cli.add_command(incidents_cmd.incidents)
+    cli.add_command(incidents_cmd.remediation)
     run_cmd.runs.add_command(leases_cmd.leases_list)
     state_cmd.state.add_command(leases_cmd.release)
     _give_global_options(cli)

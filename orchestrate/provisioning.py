@@ -381,6 +381,7 @@ class Serve:
                                    observers=self.ingest_observers)
         self.ctl: Controller | None = None
         self.watchers: WatchSet | None = None
+        self.remediator: Any = None
         self._init_monitoring()
         if not boot:
             return   # --no-boot: receiver, metrics and remediation only (no boot settings)
@@ -442,6 +443,9 @@ class Serve:
             [h for h in self.site.inventory.hosts.values() if h.provision and h.provision.mac]))
 
     def start(self) -> ServeInfo:
+        # Remediation first: it picks up what a previous serve left, and is listening before
+        # the first notification can arrive.
+        self._start_remediation()
         self.power_watch.start()
         self.reach_watch.start()
         self.receiving.registry = self.metrics_registry
@@ -452,6 +456,18 @@ class Serve:
         mirror_url = self.ctl.start_mirror()
         write_json(self.ctl.state_file, {"pid": os.getpid(), "url": url})
         return ServeInfo(url, mirror_url, self.ctl.settings.interface, receiver_url)
+
+    def _start_remediation(self) -> None:
+        """The remediation engine: picks up what a previous serve left, then acts on what
+        the receiver ingests (:mod:`orchestrate.remediation`)."""
+        from orchestrate.remediation import build_remediator, decision_counter
+
+        self.remediator = build_remediator(self.site, serve=self)
+        metrics = getattr(self, "metrics", None)   # serve's own metrics, when it has them
+        if getattr(metrics, "guard_decisions", None) is not None:
+            self.remediator.observers.append(decision_counter(metrics.guard_decisions))
+        self.remediator.start()
+        self.ingest_listeners.append(self.remediator.on_ingested)
 
     def provision(self, target: str | None, options: ProvisionOptions | None = None, *,
                   on_change: OnChange | None = None, on_note: OnNote = _quiet
@@ -490,8 +506,31 @@ class Serve:
                         self.site.reload_inventory()
                 except MetalchainError as exc:   # keep serving the inventory we had
                     on_note(f"reload failed, still serving the previous inventory: {exc}")
+                self._reload_remediation(on_note)
+                self._refresh_targets(on_note)
+
+    def _refresh_targets(self, on_note: OnNote) -> None:
+        """Prometheus's file_sd targets from the inventory just reloaded (if `monitor up` set
+        the stack up for this site): a host that left it is no longer scraped."""
+        from orchestrate.monitoring import refresh_if_set_up
+
+        path = refresh_if_set_up(self.site)
+        if path is not None:
+            on_note(f"scrape targets refreshed in {path}")
+
+    def _reload_remediation(self, on_note: OnNote) -> None:
+        from orchestrate.remediation import reload_rules
+
+        if self.remediator is None:
+            return
+        try:
+            on_note(f"remediation rules reloaded from {reload_rules(self.remediator, self.site)}")
+        except MetalchainError as exc:   # keep acting on the rules we had
+            on_note(f"remediation rules not reloaded, still using the previous ones: {exc}")
 
     def close(self) -> None:
+        if self.remediator is not None:
+            self.remediator.stop(10)
         self.power_watch.stop()
         self.reach_watch.stop()
         try:

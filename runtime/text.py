@@ -32,3 +32,13 @@ def human_size(n: int | float) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} {_SIZE_UNITS[-1]}"
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print on a terminal: every control character (escape sequences,
+    carriage returns, bells — values from hosts and alerts are data) shown as ``?``.
+
+    >>> printable("web1\\x1b[2J\\rok")
+    'web1?[2J?ok'
+    """
+    return "".join(c if c.isprintable() else "?" for c in str(text))

@@ -48,7 +48,7 @@ def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 ARGUMENT_VALUES = {"host": "node1", "target": "all", "directory": None,
                    "playbook": "site.yml", "command": "true", "run_id": "nope",
                    "name": "canary", "node": "node1",
-                   "device": "disk", "playbook_or_target": "site.yml"}
+                   "device": "disk", "playbook_or_target": "site.yml", "incident_id": "1"}
 # Commands that start machines and networks: their canary check is in tests/lab/test_lab_cli.py,
 # which runs them against a lab whose BMC password is a canary.
 STARTS_MACHINES = {("lab", "up"), ("lab", "down"), ("serve",), ("provision",)}

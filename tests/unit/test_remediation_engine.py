@@ -1,0 +1,575 @@
+"""The remediation engine with fake actions and verifiers over a real state store (a file on
+tmp_path; no process, no socket): the ladder, pickup after a crash, the guards under a storm,
+the kill switch, flap stop, dry run, and one action for many deliveries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import yaml
+
+from inventory.state import StateStore
+from inventory.state.incidents import IncidentInput, Ingested
+from monitor.actions import ActionCall, ActionResult, Actions, Verifiers, VerifyResult
+from monitor.engine import Remediator
+from monitor.guards import Policy
+from monitor.rules import Pager, Rule, RuleSet, RuleStep, Verification, parse_rules
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.unit
+
+LADDER = """
+rules:
+  - name: unit-failed
+    match: {alertname: SystemdUnitFailed}
+    steps:
+      - action: restart_service
+        args: {service: "{{ labels.unit }}"}
+        verify: {kind: service_active, timeout: 0.1}
+      - action: apply_role
+        args: {role: "{{ labels.role | 'node_exporter' }}"}
+        verify: {kind: service_active, args: {service: "{{ labels.unit }}"}, timeout: 0.1}
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = StateStore.open_file(tmp_path / "s.db")
+    yield s
+    s.close()
+
+
+class Fleet:
+    """Fake hosts: actions fix what the test says they fix; verifiers read it back."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.healthy: set[str] = set()
+        self.fixes: dict[str, str] = {}       # action -> "heals" or ""
+        self.calls: list[tuple[str, str, dict]] = []
+        self.running = 0
+        self.max_running = 0
+        self.running_by_group: Counter[str] = Counter()
+        self.max_by_group: Counter[str] = Counter()
+        self.groups: dict[str, str] = {}
+        self.hold = threading.Event()
+        self.hold.set()
+        # Hold each action until this many run (or a moment passed): pushes the engine to
+        # its caps on every round, since a cap never approached would prove nothing.
+        self.crowd = 0
+        self.crowded = threading.Condition(self.lock)
+        self.started = threading.Event()
+
+    def action(self, name: str):
+        def run(call: ActionCall) -> ActionResult:
+            group = self.groups.get(call.target, "")
+            with self.lock:
+                self.calls.append((name, call.target, dict(call.args)))
+                self.running += 1
+                self.max_running = max(self.max_running, self.running)
+                self.running_by_group[group] += 1
+                self.max_by_group[group] = max(self.max_by_group[group],
+                                               self.running_by_group[group])
+                self.crowded.notify_all()
+                if self.crowd:
+                    self.crowded.wait_for(lambda: self.running >= self.crowd, timeout=0.2)
+            self.started.set()
+            try:
+                self.hold.wait(5)
+                if self.fixes.get(name) == "heals":
+                    with self.lock:
+                        self.healthy.add(call.target)
+                return ActionResult(True, f"{name} done", run_uid=f"run-{len(self.calls)}")
+            finally:
+                with self.lock:
+                    self.running -= 1
+                    self.running_by_group[group] -= 1
+        return run
+
+    def registries(self) -> tuple[Actions, Verifiers]:
+        actions = Actions()
+        for name in ("restart_service", "apply_role", "power_cycle", "reprovision"):
+            actions.register(name, self.action(name))
+        verifiers = Verifiers()
+        verifiers.register("service_active", lambda call: VerifyResult(
+            call.target in self.healthy, "active" if call.target in self.healthy
+            else "inactive"))
+        return actions, verifiers
+
+
+def _rules(text: str = LADDER, **policy) -> RuleSet:
+    rules = parse_rules(yaml.safe_load(text), "rules.yml")
+    return RuleSet(policy=Policy(**{"cooldown": 0, **policy}), rules=rules.rules,
+                   pager=rules.pager)
+
+
+def _alert(target: str = "web1", n: int = 0, unit: str = "nginx.service") -> IncidentInput:
+    return IncidentInput(fingerprint=f"fp-{target}-{n}", starts_at=f"2026-12-01T10:00:{n:02d}Z",
+                         status="firing", alertname="SystemdUnitFailed", target=target,
+                         labels={"alertname": "SystemdUnitFailed", "instance": target,
+                                 "unit": unit})
+
+
+def _engine(store, fleet, rules=None, **kw) -> Remediator:
+    actions, verifiers = fleet.registries()
+    return Remediator(store, rules or _rules(), actions, verifiers, **kw)
+
+
+def _kinds(store, incident_id):
+    return [e["kind"] for e in store.incident_timeline(incident_id)]
+
+
+def test_a_restart_that_heals_ends_healed_with_one_action_and_a_full_timeline(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet)
+    seen: list[tuple[str, str]] = []
+    eng.observers.append(lambda kind, d: seen.append(
+        (kind, d.get("verdict") or d.get("outcome") or d.get("state"))))
+    got = store.ingest([_alert()], "alertmanager")
+    eng.process(got[0].incident_id)
+    inc = store.incident(got[0].incident_id)
+    assert inc.state == "healed" and inc.rule == "unit-failed"
+    assert seen == [("decision", "act"), ("action", "ok"), ("ended", "healed")]
+    assert fleet.calls == [("restart_service", "web1", {"service": "nginx.service"})]
+    assert _kinds(store, inc.id) == ["received", "claimed", "decision", "action_started",
+                                     "action_finished", "verified", "healed"]
+    audit = [a["action"] for a in store.audit_log(target="web1")]
+    assert "remediation act" in audit and "remediation healed" in audit
+    assert all(a["actor"] == "remediation" for a in store.audit_log(target="web1"))
+    [act] = store.actions(incident_id=inc.id)
+    assert act.outcome == "ok" and act.run_uid == "run-1"
+
+
+def test_a_failed_verification_escalates_to_the_next_step_at_once(store):
+    fleet = Fleet()
+    fleet.fixes["apply_role"] = "heals"    # the restart does not help; the role does
+    eng = _engine(store, fleet)
+    got = store.ingest([_alert()], "alertmanager")
+    t0 = time.monotonic()
+    eng.process(got[0].incident_id)
+    took = time.monotonic() - t0
+    inc = store.incident(got[0].incident_id)
+    assert inc.state == "healed"
+    assert [c[0] for c in fleet.calls] == ["restart_service", "apply_role"]
+    assert fleet.calls[1][2] == {"role": "node_exporter"}
+    kinds = _kinds(store, inc.id)
+    assert kinds.index("verify_failed") < kinds.index("step_failed") < kinds.index("healed")
+    # Only the first step's verification timeout (0.1 s) is waited for; no Alertmanager.
+    assert took < 2.0
+
+
+def test_the_ladder_exhausted_escalates_and_pages(store):
+    fleet = Fleet()
+    pages = []
+    rules = _rules()
+    rules = RuleSet(rules.policy, rules.rules, Pager("http://127.0.0.1:1/x"))
+    eng = _engine(store, fleet, rules, pages=lambda pager, doc: pages.append(doc))
+    got = store.ingest([_alert()], "alertmanager")
+    eng.process(got[0].incident_id)
+    inc = store.incident(got[0].incident_id)
+    assert inc.state == "escalated" and inc.step == 2
+    assert len(fleet.calls) == 2
+    assert pages and pages[0]["incident"] == inc.id and "paged" in _kinds(store, inc.id)
+
+
+def test_a_pager_that_fails_is_recorded_and_does_not_crash(store):
+    fleet = Fleet()
+    rules = _rules()
+    rules = RuleSet(rules.policy, rules.rules, Pager("http://127.0.0.1:1/x", timeout=0.5))
+
+    def broken(_pager, _doc):
+        raise OSError("connection refused")
+
+    eng = _engine(store, fleet, rules, pages=broken)
+    got = store.ingest([_alert()], "alertmanager")
+    eng.process(got[0].incident_id)
+    assert store.incident(got[0].incident_id).state == "escalated"
+    assert "page_failed" in _kinds(store, got[0].incident_id)
+
+
+def test_alert_values_are_substituted_as_data_never_rendered(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet)
+    got = store.ingest([_alert(unit="{{ labels.alertname }}")], "alertmanager")
+    eng.process(got[0].incident_id)
+    assert fleet.calls[0][2] == {"service": "{{ labels.alertname }}"}
+
+
+def test_a_missing_label_fails_its_step_and_moves_on(store):
+    fleet = Fleet()
+    fleet.fixes["apply_role"] = "heals"
+    eng = _engine(store, fleet)
+    alert = _alert()
+    alert = IncidentInput(**{**alert.__dict__, "labels": {"alertname": "SystemdUnitFailed"}})
+    got = store.ingest([alert], "alertmanager")
+    eng.process(got[0].incident_id)
+    inc = store.incident(got[0].incident_id)
+    # Neither step can be filled in (step 2's verification names the unit too): nothing runs
+    # with a made-up argument, and the incident goes to a human.
+    assert fleet.calls == []
+    assert inc.state == "escalated"
+    failed = [e["detail"]["reason"] for e in store.incident_timeline(inc.id)
+              if e["kind"] == "step_failed"]
+    assert len(failed) == 2 and "labels.unit" in failed[0]
+
+
+def test_no_rule_means_unmatched_and_a_resolved_alert_means_nothing_to_do(store):
+    fleet = Fleet()
+    eng = _engine(store, fleet)
+    other = IncidentInput(fingerprint="x", starts_at="t", status="firing", alertname="Other",
+                          target="web1", labels={"alertname": "Other"})
+    a, b = store.ingest([other, _alert()], "alertmanager")
+    store.ingest([IncidentInput(**{**_alert().__dict__, "status": "resolved"})], "alertmanager")
+    eng.process(a.incident_id)
+    eng.process(b.incident_id)
+    assert store.incident(a.incident_id).state == "unmatched"
+    assert store.incident(b.incident_id).state == "resolved"
+    assert fleet.calls == []
+
+
+def test_the_kill_switch_means_zero_actions(store):
+    fleet = Fleet()
+    eng = _engine(store, fleet)
+    store.set_remediation_setting("paused", True, actor="alice")
+    got = store.ingest([_alert("web1"), _alert("web2")], "alertmanager")
+    for g in got:
+        eng.process(g.incident_id)
+    assert fleet.calls == []
+    for g in got:
+        inc = store.incident(g.incident_id)
+        assert inc.state == "suppressed"
+        decision = next(e for e in store.incident_timeline(inc.id) if e["kind"] == "decision")
+        assert decision["detail"]["guard"] == "kill_switch"
+
+
+def test_dry_run_means_zero_actions(store):
+    fleet = Fleet()
+    eng = _engine(store, fleet, _rules(dry_run=True))
+    got = store.ingest([_alert()], "alertmanager")
+    eng.process(got[0].incident_id)
+    assert fleet.calls == [] and store.incident(got[0].incident_id).state == "dry_run"
+
+
+def test_a_flapping_target_stops_being_acted_on_after_n_incidents(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    # Incidents here come milliseconds apart: no merging of near-simultaneous ones.
+    eng = _engine(store, fleet, _rules(flap_count=3), flap_merge=0)
+    states = []
+    for n in range(5):
+        fleet.healthy.discard("web1")
+        got = store.ingest([_alert(n=n)], "alertmanager")
+        eng.process(got[0].incident_id)
+        states.append(store.incident(got[0].incident_id).state)
+    assert states == ["healed", "healed", "escalated", "escalated", "escalated"]
+    assert len(fleet.calls) == 2
+
+
+def test_one_failure_seen_by_both_paths_is_one_action_and_one_flap(store):
+    """The pushed event and the Prometheus alert of one unit failure are two incidents a
+    moment apart: the second finds the host healed by the first (cooldown, then verified),
+    and the two count once for the flap guard."""
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet, _rules(cooldown=60, flap_count=2))
+    pushed = store.ingest([_alert(n=1)], "event")
+    eng.process(pushed[0].incident_id)
+    seen = store.ingest([_alert(n=2)], "alertmanager")
+    eng.process(seen[0].incident_id)
+    assert store.incident(pushed[0].incident_id).state == "healed"
+    second = store.incident(seen[0].incident_id)
+    assert second.state == "healed" and len(fleet.calls) == 1
+    healed = store.incident_timeline(second.id)[-1]["detail"]
+    assert healed["reason"].startswith("already healthy, nothing done")
+    # A failure that is really back (the host broken again) is not healed by looking.
+    fleet.healthy.discard("web1")
+    again = store.ingest([_alert(n=3)], "alertmanager")
+    eng.process(again[0].incident_id)
+    assert store.incident(again[0].incident_id).state == "suppressed"
+    assert len(fleet.calls) == 1
+
+
+def test_an_incident_on_a_host_being_acted_on_waits_for_that_action(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    fleet.hold.clear()
+    eng = _engine(store, fleet, _rules(cooldown=60), workers=2)
+    eng.start()
+    try:
+        first = store.ingest([_alert(n=1)], "event")
+        eng.on_ingested(first)
+        assert fleet.started.wait(5)
+        second = store.ingest([_alert(n=2)], "alertmanager")
+        eng.on_ingested(second)
+        wait_for(lambda: any(e["kind"] == "decision" and e["detail"]["deferred"]
+                             for e in store.incident_timeline(second[0].incident_id)),
+                 5, "the second incident to wait")
+        assert store.incident(second[0].incident_id).state == "acting"
+        fleet.hold.set()
+        assert eng.wait_idle(5)
+    finally:
+        fleet.hold.set()
+        eng.stop(5)
+    assert store.incident(first[0].incident_id).state == "healed"
+    assert store.incident(second[0].incident_id).state == "healed"
+    assert len(fleet.calls) == 1
+
+
+def test_disruptive_actions_wait_for_approval_unless_the_rule_allows_them(store):
+    fleet = Fleet()
+    text = """
+rules:
+  - name: down
+    match: {alertname: HostDown}
+    steps: [{action: power_cycle}]
+  - name: down-ok
+    match: {alertname: NodePoweredOff}
+    steps: [{action: power_cycle, allow: true}]
+"""
+    eng = _engine(store, fleet, _rules(text))
+    a = IncidentInput("f1", "t", "firing", "HostDown", "n1", {"alertname": "HostDown"})
+    b = IncidentInput("f2", "t", "firing", "NodePoweredOff", "n2",
+                      {"alertname": "NodePoweredOff"})
+    ga, gb = store.ingest([a, b], "alertmanager")
+    eng.process(ga.incident_id)
+    eng.process(gb.incident_id)
+    assert store.incident(ga.incident_id).state == "escalated"
+    assert store.incident(gb.incident_id).state == "healed"   # no verification configured
+    assert fleet.calls == [("power_cycle", "n2", {})]
+
+
+def test_pickup_verifies_an_interrupted_action_first_and_does_not_run_it_again(store):
+    fleet = Fleet()
+    got = store.ingest([_alert()], "alertmanager")
+    inc_id = got[0].incident_id
+    # What a process killed mid-action leaves: acting, one action running.
+    assert store.update_incident(inc_id, event="claimed", state="acting", rule="unit-failed",
+                                 step=0, expect=["open"])
+    store.start_action(inc_id, "web1", "restart_service", 0)
+    fleet.healthy.add("web1")   # the restart had taken effect before the kill
+    eng = _engine(store, fleet)
+    eng.start()
+    try:
+        assert eng.wait_idle(5)
+    finally:
+        assert eng.stop(5)
+    assert store.incident(inc_id).state == "healed"
+    assert fleet.calls == []
+    [act] = store.actions(incident_id=inc_id)
+    assert act.outcome == "interrupted"
+    kinds = _kinds(store, inc_id)
+    assert kinds.index("picked_up") < kinds.index("verified") < kinds.index("healed")
+
+
+def test_pickup_runs_an_interrupted_action_once_more_when_it_had_not_taken_effect(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    got = store.ingest([_alert()], "alertmanager")
+    inc_id = got[0].incident_id
+    store.update_incident(inc_id, event="claimed", state="acting", rule="unit-failed",
+                          step=0, expect=["open"])
+    store.start_action(inc_id, "web1", "restart_service", 0)
+    eng = _engine(store, fleet)
+    eng.start()
+    try:
+        assert eng.wait_idle(5)
+    finally:
+        assert eng.stop(5)
+    assert store.incident(inc_id).state == "healed"
+    assert [c[0] for c in fleet.calls] == ["restart_service"]
+    assert [a.outcome for a in store.actions(incident_id=inc_id)] == ["interrupted", "ok"]
+
+
+def test_pickup_after_an_action_that_ended_but_was_not_verified_verifies_it(store):
+    fleet = Fleet()
+    fleet.fixes["apply_role"] = "heals"
+    got = store.ingest([_alert()], "alertmanager")
+    inc_id = got[0].incident_id
+    # Killed after the restart was recorded ok, before its verification ended.
+    store.update_incident(inc_id, event="claimed", state="acting", rule="unit-failed",
+                          step=0, expect=["open"])
+    aid = store.start_action(inc_id, "web1", "restart_service", 0)
+    store.finish_action(aid, "ok")
+    eng = _engine(store, fleet)
+    eng.start()
+    try:
+        assert eng.wait_idle(5)
+    finally:
+        assert eng.stop(5)
+    # Not in effect: the restart is not run again (it ran); the ladder goes on to step 2.
+    assert [c[0] for c in fleet.calls] == ["apply_role"]
+    assert store.incident(inc_id).state == "healed"
+
+
+def test_an_action_cut_short_twice_is_not_run_a_third_time(store):
+    fleet = Fleet()
+    fleet.fixes["apply_role"] = "heals"
+    got = store.ingest([_alert()], "alertmanager")
+    inc_id = got[0].incident_id
+    store.update_incident(inc_id, event="claimed", state="acting", rule="unit-failed",
+                          step=0, expect=["open"])
+    store.finish_action(store.start_action(inc_id, "web1", "restart_service", 0),
+                        "interrupted")
+    store.start_action(inc_id, "web1", "restart_service", 0)   # the re-run, killed too
+    eng = _engine(store, fleet)
+    eng.start()
+    try:
+        assert eng.wait_idle(5)
+    finally:
+        assert eng.stop(5)
+    assert [c[0] for c in fleet.calls] == ["apply_role"]
+    assert store.incident(inc_id).state == "healed"
+
+
+def test_a_second_live_engine_on_the_store_is_refused_a_dead_ones_record_is_taken_over(
+        store):
+    import os
+    import socket
+
+    from monitor.engine import RemediationBusy
+    from runtime.pidfile import process_stat
+
+    fleet = Fleet()
+    parent = os.getppid()   # a live process that is not this one
+    live = {"host": socket.gethostname(), "pid": parent, "start": process_stat(parent).start}
+    store.set_remediation_setting("engine", live, actor="test")
+    eng = _engine(store, fleet)
+    with pytest.raises(RemediationBusy, match=f"pid {parent}"):
+        eng.start()
+    store.set_remediation_setting("engine", {**live, "start": live["start"] + 1}, actor="t")
+    eng.start()   # that pid's process is not the one recorded: gone, its record is stale
+    try:
+        assert store.remediation_setting("engine")["pid"] == os.getpid()
+    finally:
+        assert eng.stop(5)
+    assert store.remediation_setting("engine") is None   # a clean stop lets the next one in
+
+
+def test_stop_during_an_action_leaves_it_for_the_next_start(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    fleet.hold.clear()
+    eng = _engine(store, fleet)
+    eng.start()
+    got = store.ingest([_alert()], "alertmanager")
+    eng.on_ingested(got)
+    assert fleet.started.wait(5)
+    stopper = threading.Thread(target=eng.stop, args=(5,))
+    stopper.start()
+    fleet.hold.set()
+    stopper.join(10)
+    again = _engine(store, fleet)
+    again.start()
+    try:
+        assert again.wait_idle(5)
+    finally:
+        again.stop(5)
+    assert store.incident(got[0].incident_id).state == "healed"
+    assert len(fleet.calls) == 1
+
+
+def test_one_incident_delivered_100_times_concurrently_is_acted_on_once(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet, workers=8)
+    eng.start()
+    try:
+        results: list[list[Ingested]] = []
+        lock = threading.Lock()
+        gate = threading.Barrier(100)
+
+        def deliver() -> None:
+            gate.wait(5)
+            got = store.ingest([_alert()], "alertmanager")
+            with lock:
+                results.append(got)
+            eng.on_ingested(got)
+
+        threads = [threading.Thread(target=deliver) for _ in range(100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert eng.wait_idle(10)
+    finally:
+        assert eng.stop(5)
+    ids = {r[0].incident_id for r in results}
+    assert len(ids) == 1 and sum(r[0].new for r in results) == 1
+    assert len(fleet.calls) == 1
+    assert store.incident(ids.pop()).state == "healed"
+    assert len(store.actions()) == 1
+
+
+def test_two_engines_on_one_store_never_both_act_on_an_incident(tmp_path):
+    """Two controllers sharing a state store (or a worker racing a restarted one): the
+    compare-and-set claim lets exactly one of them act."""
+    stores = [StateStore.open_file(tmp_path / "shared.db") for _ in range(2)]
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    engines = [_engine(s, fleet, workers=4) for s in stores]
+    try:
+        got = stores[0].ingest([_alert(f"h{n}", n) for n in range(20)], "alertmanager")
+        gate = threading.Barrier(2)
+
+        def run(engine: Remediator) -> None:
+            gate.wait(5)
+            for g in got:
+                engine.process(g.incident_id)
+
+        threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(c[1] for c in fleet.calls) == sorted(f"h{n}" for n in range(20))
+        assert all(stores[0].incident(g.incident_id).state == "healed" for g in got)
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_storm_respects_the_concurrency_cap_and_the_fleet_cap(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    hosts = [f"h{n:02d}" for n in range(40)]
+    fleet.groups = {h: ("a" if i < 20 else "b") for i, h in enumerate(hosts)}
+    rules = _rules(max_concurrent=6, fleet_cap=0.2, rate_count=1000, flap_count=100)
+    eng = _engine(store, fleet, rules, workers=16,
+                  group_sizes_fn=lambda: {"a": 20, "b": 20},
+                  groups_of_fn=lambda h: (fleet.groups[h],))
+    fleet.crowd = 6
+    eng.start()
+    try:
+        items = [_alert(hosts[i % 40], n=i // 40) for i in range(100)]
+        got = store.ingest(items, "alertmanager")
+        eng.on_ingested(got)
+        assert eng.wait_idle(60)
+    finally:
+        assert eng.stop(5)
+    assert fleet.max_running <= 6
+    assert fleet.max_by_group["a"] <= 4 and fleet.max_by_group["b"] <= 4   # 20 % of 20
+    states = Counter(store.incident(g.incident_id).state for g in got)
+    assert set(states) <= {"healed", "suppressed"}
+    assert states["healed"] >= 40    # every host was healed at least once
+    assert states["healed"] == len(fleet.calls)
+    assert fleet.max_running == 6 and fleet.max_by_group["a"] == 4   # the caps were reached
+
+
+def test_a_rule_built_by_hand_runs_too(store):
+    # Rules are plain data: the engine does not depend on the YAML loader. A rule with no
+    # matchers takes every incident.
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    rule = Rule("r", (), (RuleStep("restart_service", {"service": "x.service"},
+                                   verify=Verification("service_active", timeout=0)),))
+    eng = _engine(store, fleet, RuleSet(Policy(cooldown=0), (rule,)))
+    got = store.ingest([IncidentInput("f", "t", "firing", "Anything", "db1",
+                                      {"alertname": "Anything"})], "alertmanager")
+    eng.process(got[0].incident_id)
+    assert store.incident(got[0].incident_id).state == "healed"
+    assert fleet.calls == [("restart_service", "db1", {"service": "x.service"})]
