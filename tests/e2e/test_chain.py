@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.sshd import METALCHAIN
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +43,12 @@ def site(tmp_path_factory):
         assert r.returncode == 0, r.stderr
         serve = subprocess.Popen([METALCHAIN, "--site", str(root), "serve"],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = serve.stdout.readline()
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(serve.stdout), daemon=True)
+        reader.start()      # serve's output is read all along: a full pipe would block it
+        wait_for(lambda: any("serving" in ln for ln in lines) or serve.poll() is not None,
+                 120, "metalchain serve to start")
+        line = next((ln for ln in lines if "serving" in ln), "".join(lines))
         assert "serving" in line and "package mirror at" in line, line
         yield root
     finally:
