@@ -21,12 +21,12 @@ poller's repeats are the same incident and a later outage is a new one.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from inventory.state.incidents import IncidentInput, IncidentRecord
+from monitor.latest import LatestByHost
 
 POWERED_OFF = "NodePoweredOff"
 BMC_UNREACHABLE = "BmcUnreachable"
@@ -44,25 +44,8 @@ class PowerSample:
     error: str = ""
 
 
-class PowerCache:
-    """The latest sample per host; thread-safe (the poller writes, scrapes read)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._samples: dict[str, PowerSample] = {}
-
-    def record(self, sample: PowerSample) -> None:
-        with self._lock:
-            self._samples[sample.host] = sample
-
-    def forget(self, hosts: Iterable[str]) -> None:
-        with self._lock:
-            for host in hosts:
-                self._samples.pop(host, None)
-
-    def snapshot(self) -> dict[str, PowerSample]:
-        with self._lock:
-            return dict(self._samples)
+class PowerCache(LatestByHost[PowerSample]):
+    """The latest BMC poll per host (the poller writes, scrapes read)."""
 
 
 def power_fingerprint(alertname: str, host: str) -> str:

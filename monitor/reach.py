@@ -9,9 +9,9 @@ a host behind a black-holed route all read 0, and Prometheus's HostDown alert fi
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
+
+from monitor.latest import LatestByHost
 
 
 @dataclass(frozen=True)
@@ -27,22 +27,5 @@ def ssh_banner_ok(first_bytes: bytes) -> bool:
     return first_bytes.startswith(b"SSH-")
 
 
-class ReachCache:
-    """The latest sample per host; thread-safe (the prober writes, scrapes read)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._samples: dict[str, ReachSample] = {}
-
-    def record(self, sample: ReachSample) -> None:
-        with self._lock:
-            self._samples[sample.host] = sample
-
-    def forget(self, hosts: Iterable[str]) -> None:
-        with self._lock:
-            for host in hosts:
-                self._samples.pop(host, None)
-
-    def snapshot(self) -> dict[str, ReachSample]:
-        with self._lock:
-            return dict(self._samples)
+class ReachCache(LatestByHost[ReachSample]):
+    """The latest probe per host (the prober writes, scrapes read)."""

@@ -37,15 +37,13 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import socketserver
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from inventory.errors import MetalchainError
@@ -59,7 +57,7 @@ from monitor.ingest import (
     alert_inputs,
     received_detail,
 )
-from runtime.httpserver import ServerThread
+from runtime.httpserver import CappedHTTPServer, ServerThread
 
 log = logging.getLogger("metalchain.monitor.receiver")
 
@@ -107,78 +105,17 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _Server(CappedHTTPServer):
+    """Capped connections with a deadline each (runtime/httpserver.py), enforced by the
+    receiver's reaper thread (:meth:`CappedHTTPServer.cut_overdue`)."""
+
     request_queue_size = 128
+    status_line = b"HTTP/1.1"
 
     def __init__(self, app: Receiver, address: tuple[str, int]) -> None:
         self.app = app
-        self.slots = threading.BoundedSemaphore(app.limits.max_connections)
-        # Every open connection and the monotonic time by which it must have answered.
-        self.deadlines: dict[socket.socket, float] = {}
-        self.lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the FQDN (a DNS query that can hang on an isolated
-        # network); only the bound port is needed.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            log.warning("%s: connection refused, %d connections already open",
-                        client_address[0], self.app.limits.max_connections)
-            return
-        with self.lock:
-            self.deadlines[request] = time.monotonic() + self.app.limits.idle_timeout
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(request)
-
-    def _release(self, request: Any) -> None:
-        with self.lock:
-            if self.deadlines.pop(request, None) is not None:
-                self.slots.release()
-
-    def set_deadline(self, request: socket.socket, seconds: float) -> None:
-        with self.lock:
-            if request in self.deadlines:
-                self.deadlines[request] = time.monotonic() + seconds
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # The default prints a traceback to stderr; the client is answered or gone.
-        log.warning("%s: connection ended with an error", client_address[0])
-
-    def cut_overdue(self, *, everyone: bool = False) -> None:
-        """Shut down connections past their deadline (all of them with ``everyone``)."""
-        now = time.monotonic()
-        with self.lock:
-            late = [s for s, d in self.deadlines.items() if everyone or d <= now]
-        for sock in late:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        super().__init__(address, _Handler, max_connections=app.limits.max_connections,
+                         initial_deadline=app.limits.idle_timeout, log=log)
 
 
 class _Handler(BaseHTTPRequestHandler):

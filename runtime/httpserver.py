@@ -3,11 +3,14 @@ within a deadline: what the mirror server and the boot server's HTTP side both n
 
 from __future__ import annotations
 
+import logging
+import socket
 import socketserver
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Generic, TypeVar
 
 from runtime.errors import ErrorFactory, MechanismError
 
@@ -71,3 +74,89 @@ class ServerThread(Generic[S]):
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             raise self.error(f"{self.name} did not stop within {timeout:g} s")
+
+
+class CappedHTTPServer(ThreadingHTTPServer):
+    """A ``ThreadingHTTPServer`` with what both of metalchain's HTTP services need: a cap on
+    open connections (503 and close beyond it), every open connection tracked with the
+    monotonic time by which it must have answered (:meth:`set_deadline`, :meth:`cut_overdue`
+    shuts down the late ones, ``everyone=True`` all of them when stopping), no FQDN lookup
+    when binding (a DNS query that can hang on an isolated network) and one log line instead
+    of a traceback for a connection that ended with an error.
+
+    ``max_connections`` and ``initial_deadline`` (seconds, from accepting) are given by the
+    subclass's ``__init__``; ``status_line`` is the protocol of the 503 answer.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    status_line = b"HTTP/1.0"
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 max_connections: int, initial_deadline: float,
+                 log: logging.Logger) -> None:
+        self.max_connections = max_connections
+        self.initial_deadline = initial_deadline
+        self.log = log
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.deadlines: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+        super().__init__(address, handler)
+
+    def server_bind(self) -> None:
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(self.status_line + b" 503 Service Unavailable\r\n"
+                                b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            self.log.warning("%s: connection refused, %d connections already open",
+                             client_address[0], self.max_connections)
+            return
+        with self.lock:
+            self.deadlines[request] = time.monotonic() + self.initial_deadline
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(request)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(request)
+
+    def _release(self, request: Any) -> None:
+        with self.lock:
+            if self.deadlines.pop(request, None) is not None:
+                self.slots.release()
+
+    def set_deadline(self, request: socket.socket, seconds: float) -> None:
+        with self.lock:
+            if request in self.deadlines:
+                self.deadlines[request] = time.monotonic() + seconds
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The default prints a traceback to stderr; the client is answered or gone.
+        self.log.warning("%s: connection ended with an error", client_address[0])
+
+    def cut_overdue(self, *, everyone: bool = False) -> None:
+        """Shut down connections past their deadline (all of them with ``everyone``)."""
+        now = time.monotonic()
+        with self.lock:
+            late = [s for s, d in self.deadlines.items() if everyone or d <= now]
+        for sock in late:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

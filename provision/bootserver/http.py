@@ -26,9 +26,9 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
+import math
 import re
 import socket
-import socketserver
 import threading
 import time
 import urllib.parse
@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -51,7 +51,7 @@ from provision.bootserver.interfaces import (
     TokenStore,
 )
 from provision.templates import render
-from runtime.httpserver import ServerThread
+from runtime.httpserver import CappedHTTPServer, ServerThread
 
 log = logging.getLogger("metalchain.bootserver.http")
 
@@ -188,71 +188,14 @@ def render_config_env(config: NodeConfig, base_url: str) -> str:
     return "".join(f"{key}={shell_quote_value(value)}\n" for key, value in values.items())
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
+class _Server(CappedHTTPServer):
+    """Capped connections (runtime/httpserver.py); each request's deadline is kept by its
+    handler's own watchdog, so the tracked deadlines are only used to cut everyone at stop."""
 
     def __init__(self, app: BootHttpServer, address: tuple[str, int]) -> None:
         self.app = app
-        self.slots = threading.BoundedSemaphore(app.limits.max_connections)
-        self.active: set[socket.socket] = set()
-        self.active_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the FQDN of the address (a DNS query that can hang
-        # on an isolated network); we only need the bound port.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            try:
-                request.settimeout(1.0)
-                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                                b"Connection: close\r\n\r\n")
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            log.warning("%s: connection refused, %d connections already open",
-                        client_address[0], self.app.limits.max_connections)
-            return
-        with self.active_lock:
-            self.active.add(request)
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(request)
-
-    def _release(self, request: Any) -> None:
-        with self.active_lock:
-            if request in self.active:
-                self.active.discard(request)
-                self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # The default prints a traceback to stderr; one line in our log is enough, and the
-        # client has already been answered or is gone.
-        log.warning("%s: connection ended with an error", client_address[0], exc_info=False)
-
-    def close_active(self) -> None:
-        with self.active_lock:
-            sockets = list(self.active)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        super().__init__(address, _Handler, max_connections=app.limits.max_connections,
+                         initial_deadline=math.inf, log=log)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -604,7 +547,7 @@ class BootHttpServer:
         """Stop accepting, cut open connections (downloads included), join the loop thread."""
         serving, self._serving, self._server = self._serving, None, None
         if serving is not None:
-            serving.stop(timeout, after_shutdown=serving.server.close_active)
+            serving.stop(timeout, after_shutdown=lambda: serving.server.cut_overdue(everyone=True))
 
     @property
     def port(self) -> int:
