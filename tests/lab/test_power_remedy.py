@@ -1,7 +1,7 @@
 """A provisioned lab node powered off behind metalchain's back (ipmitool against its lab BMC),
 healed through the whole path of a running ``Serve`` (in this process): its BMC poller (every
 second) sees it at its next poll and ingests a ``NodePoweredOff`` incident; the remediation
-engine takes it (shipped rule ``host-down``: ``power_cycle``, allowed by the rule), the guards
+engine takes it (shipped rule ``powered-off``: ``power_cycle``, allowed by the rule), the guards
 say act, the ``power_cycle`` action powers it on (a run of kind ``remediation`` holding the
 node's lease), the verification sees SSH answer with the pinned key, and the incident ends
 ``healed`` with exactly one action. The poller's own "resolved" for the incident (the node is
@@ -159,7 +159,7 @@ def test_a_node_powered_off_through_its_bmc_is_healed_by_the_engine_with_one_act
     order = ["received", "claimed", "decision", "action_started", "action_finished",
              "verified", "healed"]
     assert [k for k in seen if k in order] == order, seen
-    assert healed.rule == "host-down"
+    assert healed.rule == "powered-off"
     decision = event(site, inc.id, "decision")["detail"]
     assert (decision["verdict"], decision["action"], decision["guard"]) == \
         ("act", "power_cycle", None)
@@ -169,6 +169,7 @@ def test_a_node_powered_off_through_its_bmc_is_healed_by_the_engine_with_one_act
     [action] = site.state.actions(incident_id=inc.id)
     assert (action.action, action.target, action.outcome) == ("power_cycle", NODE, "ok")
     assert "powered on (it was off)" in action.detail["message"], action.detail
+    assert action.detail["args"] == {"if_on": "leave"}
     assert [a.id for a in site.state.actions(since=off_at - 1)] == [action.id]
     new_runs = [r for r in site.state.list_runs(limit=1000) if r["uid"] not in runs_before]
     assert [(r["uid"], r["kind"], r["status"]) for r in new_runs] == \

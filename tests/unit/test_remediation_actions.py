@@ -165,7 +165,8 @@ def test_build_remediator_uses_the_sites_rules_and_groups(tmp_path, run_cli):
     try:
         eng = build_remediator(site)
         assert [r.name for r in eng.rules.rules] == ["unit-failed", "exporter-down",
-                                                     "host-down", "bmc-unreachable"]
+                                                     "powered-off", "host-down",
+                                                     "bmc-unreachable"]
         sizes = eng.group_sizes_fn()
         groups = tuple(eng.groups_of_fn("node2"))
         assert groups and all(sizes[g] >= 1 for g in groups)

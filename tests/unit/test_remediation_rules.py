@@ -16,8 +16,11 @@ def test_the_shipped_rules_load_and_match_the_alerts_they_are_for():
     assert rules.match({"alertname": "SystemdUnitFailed", "unit": "x.service"}).name \
         == "unit-failed"
     assert rules.match({"alertname": "ExporterDown", "job": "node"}).name == "exporter-down"
-    assert rules.match({"alertname": "NodePoweredOff"}).name == "host-down"
+    off = rules.match({"alertname": "NodePoweredOff"})
+    assert off.name == "powered-off" and off.steps[0].allow
+    assert (off.steps[0].action, off.steps[0].args) == ("power_cycle", {"if_on": "leave"})
     assert rules.match({"alertname": "HostDown"}).name == "host-down"
+    assert rules.rule("host-down").steps[0].args == {}    # a hung host is cycled
     assert rules.match({"alertname": "DiskFilling"}) is None
     unit = rules.rule("unit-failed")
     assert [s.action for s in unit.steps] == ["restart_service", "apply_role"]
