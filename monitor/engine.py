@@ -373,6 +373,9 @@ class Remediator:
                 self._end(inc, "escalated", "escalated",
                           f"its rule '{inc.rule}' is no longer in the rules")
                 return
+            if rule.escalate:
+                self._page_only(inc, rule)
+                return
             # Continued (picked up, or waited for a slot): an action this step already ran
             # (or that was cut short) is looked at, and verified, before anything runs again.
             self._ladder(inc, rule, inc.step, resume=True)
@@ -403,7 +406,22 @@ class Remediator:
                                           detail={"rule": rule.name,
                                                   "since_received": since}):
             return   # another worker (or process) has it
+        if rule.escalate:
+            self._page_only(inc, rule)
+            return
         self._ladder(inc, rule, 0, resume=False)
+
+    def _page_only(self, inc: IncidentRecord, rule: Rule) -> None:
+        """A rule with ``escalate:`` instead of steps: no guard to ask, no action; the
+        decision is recorded like any other, then the incident goes to a human."""
+        detail = {"step": None, "action": None, "verdict": ESCALATE, "guard": "rule",
+                  "reason": rule.escalate, "deferred": False, "decided_ms": 0.0,
+                  "since_received": round(time.time() - inc.created_at, 3)}
+        self.store.add_incident_event(inc.id, "decision", detail)
+        self.store.record_audit(ACTOR, f"remediation {ESCALATE}", inc.target,
+                                {"incident": inc.id, **detail})
+        self._notify("decision", detail)
+        self._end(inc, "escalated", "escalated", rule.escalate, guard="rule")
 
     def _ladder(self, inc: IncidentRecord, rule: Rule, first: int, *, resume: bool) -> None:
         for index in range(first, len(rule.steps)):

@@ -18,6 +18,10 @@ incident's labels (``alertname`` included) takes it::
             verify: {kind: service_active, args: {service: prometheus-node-exporter}}
             timeout: 300
 
+A rule may have ``escalate: REASON`` instead of ``steps``: nothing is tried, the incident
+goes to a human at once (``escalated``, with the pager), e.g. for a BMC that does not answer,
+which no power action could go through.
+
 A step's ``args`` (and its verification's, which default to the step's) may refer to the
 incident with one fixed syntax, ``{{ REF | REF ... }}``: the first reference that has a
 non-empty value wins; ``REF`` is ``labels.NAME``, ``target``, ``alertname`` or a quoted
@@ -52,7 +56,7 @@ TOP_KEYS = ("policy", "rules")
 POLICY_KEYS = ("cooldown", "rate_count", "rate_window", "max_concurrent", "fleet_cap",
                "flap_count", "flap_window", "dry_run", "approval_required", "page_webhook")
 PAGE_KEYS = ("url", "timeout")
-RULE_KEYS = ("name", "match", "steps")
+RULE_KEYS = ("name", "match", "steps", "escalate")
 STEP_KEYS = ("action", "args", "allow", "verify", "timeout")
 VERIFY_KEYS = ("kind", "args", "timeout")
 MAX_TIMEOUT = 86400.0
@@ -109,6 +113,8 @@ class Rule:
     steps: tuple[RuleStep, ...]
     file: str = ""
     line: int = 0
+    #: A rule that only pages a human (no steps): the reason an operator reads.
+    escalate: str = ""
 
     def fits(self, labels: Mapping[str, str]) -> bool:
         return all(m.fits(labels) for m in self.match)
@@ -348,10 +354,22 @@ def _rule(where: _Where, parent: Any, index: int, raw: Any, actions: Sequence[st
         raise where.fail(raw, "match", f"{what}: 'match' needs at least one label")
     matchers = tuple(_matcher(where, match, label, value, what)
                      for label, value in match.items())
+    if "escalate" in raw:
+        # Nothing a machine should try (e.g. a BMC that does not answer: power-cycling
+        # through it cannot work): the incident goes to a human at once.
+        reason = raw["escalate"]
+        if "steps" in raw:
+            raise where.fail(raw, "steps", f"{what} has both 'escalate' and 'steps': a rule "
+                                           "either pages a human or has a ladder")
+        if not isinstance(reason, str) or not reason.strip():
+            raise where.fail(raw, "escalate", f"{what}: 'escalate' needs the reason a human "
+                                              "reads (a non-empty string)")
+        return Rule(name=name, match=matchers, steps=(), file=where.source,
+                    line=getattr(raw, "line", 0), escalate=reason.strip()[:500])
     steps_raw = raw.get("steps")
     if not isinstance(steps_raw, list) or not steps_raw:
         raise where.fail(raw, "steps" if "steps" in raw else None,
-                         f"{what} needs 'steps': a non-empty list")
+                         f"{what} needs 'steps': a non-empty list (or 'escalate: REASON')")
     steps = tuple(_step(where, steps_raw, i, s, what, actions, verifiers)
                   for i, s in enumerate(steps_raw))
     return Rule(name=name, match=matchers, steps=steps, file=where.source,

@@ -5,9 +5,11 @@ What "power cycle" means depends on what the BMC says first: a node that is **of
 node that is **on** but hung (the reason we are asked) is **cycled**. The BMC action is an
 ordinary run (kind ``remediation``) of the ``power`` step, so it is journaled, takes the
 node's lease (serve's BMC poller leaves a leased node alone: one BMC session at a time) and
-shows in ``runs list``. Then the verification, bounded by what is left of ``timeout``: the node
-answers SSH with its pinned host key (the contract that made it ``active``) and the state
-store still has it ``active``.
+shows in ``runs list``. ``if_on="leave"`` (the shipped rule for ``NodePoweredOff``) does not
+cycle a node that is on again by the time we act (someone or something powered it on: cycling
+it would cut its boot short); it is only verified. Then the verification, bounded by what is
+left of ``timeout``: the node answers SSH with its pinned host key (the contract that made it
+``active``) and the state store still has it ``active``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ PROBE_INTERVAL = 1.0
 LEASE_WAIT = 10.0
 
 
-def power_cycle_node(site: Any, host: str, timeout: float, stop: Stop | None = None
-                     ) -> tuple[bool, str, str | None]:
-    """Power ``host`` on (if off) or cycle it (if on), then wait until it answers SSH with
-    its pinned key and is ``active``; returns ``(ok, message, run_uid)`` (``run_uid`` None
-    when no run was started: no BMC, BMC silent, node not in a state to act on).
+#: What ``power_cycle`` does to a node its BMC says is on: cycle it (a hung node) or leave it
+#: (only verify it: the node was reported off and is on again).
+IF_ON = ("cycle", "leave")
+
+
+def power_cycle_node(site: Any, host: str, timeout: float, stop: Stop | None = None,
+                     *, if_on: str = "cycle") -> tuple[bool, str, str | None]:
+    """Power ``host`` on (if off) or cycle it (if on; with ``if_on="leave"`` leave it as it
+    is), then wait until it answers SSH with its pinned key and is ``active``; returns
+    ``(ok, message, run_uid)`` (``run_uid`` None when no run was started: no BMC, BMC silent,
+    node not in a state to act on, on and left).
 
     Example::
 
@@ -41,6 +49,8 @@ def power_cycle_node(site: Any, host: str, timeout: float, stop: Stop | None = N
         # (True, "powered on (it was off); active, SSH answered with the pinned key 31.2 s
         #  after the power step", "3f2a...")
     """
+    if if_on not in IF_ON:
+        return False, f"if_on must be one of {', '.join(IF_ON)}, not {str(if_on)[:40]!r}", None
     start = time.monotonic()
     deadline = start + timeout
     node = site.inventory.hosts.get(host)
@@ -61,10 +71,15 @@ def power_cycle_node(site: Any, host: str, timeout: float, stop: Stop | None = N
     except MetalchainError as exc:
         return False, f"cannot read the power state: {exc}", None
     action = "on" if power == "off" else "cycle"
-    ok, message, uid = _power_run(site, host, action, min(BMC_TIMEOUT, _left(deadline)), stop)
-    if not ok:
-        return False, message, uid
-    done = "powered on (it was off)" if action == "on" else "power-cycled (it was on)"
+    uid = None
+    if action == "cycle" and if_on == "leave":
+        done = "not cycled (it is on again)"
+    else:
+        ok, message, uid = _power_run(site, host, action, min(BMC_TIMEOUT, _left(deadline)),
+                                      stop)
+        if not ok:
+            return False, message, uid
+        done = "powered on (it was off)" if action == "on" else "power-cycled (it was on)"
     acted = time.monotonic()
     why = _wait_back(site, host, address, node.ssh.port, pinned[0], deadline, stop)
     if why:

@@ -15,7 +15,8 @@ Actions: ``restart_service`` (``systemctl reset-failed``, then ``restart -- UNIT
 ``apply_role`` (the named role, or every role the inventory gives the host), ``playbook`` (a
 site playbook limited to the host), ``reprovision`` (install the node again; the approval
 guard stops it unless the rule allows it) and ``power_cycle`` (from
-:mod:`orchestrate.power_remedy` when it is there).
+:mod:`orchestrate.power_remedy` when it is there; ``args: {if_on: leave}`` leaves a node that
+is on again instead of cycling it).
 Verifications: ``service_active`` (``systemctl is-active -- UNIT``), ``host_ssh`` (SSH answers
 with the pinned host key), ``prometheus`` (an instant query is non-empty; by default
 ``up{instance="HOST"} == 1``).
@@ -236,8 +237,12 @@ class OrchestrateActions:
             return ActionResult(False, "power_cycle is not available in this version")
         try:
             host = _host(self.site, call.target)
+            if_on = call.args.get("if_on", "cycle")
+            if not isinstance(if_on, str) or if_on not in ("cycle", "leave"):
+                raise _Refused(f"power_cycle's if_on is cycle or leave, not {str(if_on)[:40]!r}")
             with _run_stop(call.stop) as stop:
-                ok, message, run_uid = power_cycle_node(self.site, host, call.timeout, stop)
+                ok, message, run_uid = power_cycle_node(self.site, host, call.timeout, stop,
+                                                        if_on=if_on)
         except (_Refused, MetalchainError) as exc:
             return ActionResult(False, str(exc))
         return ActionResult(bool(ok), str(message), run_uid)

@@ -151,3 +151,23 @@ def test_a_stop_request_ends_the_wait_and_one_before_starts_no_bmc_action(site):
     ok, message, _ = power_cycle_node(site, "node1", timeout=10, stop=stop)
     assert (ok, message) == (False, "power on did not run (interrupted)")
     assert site.world["calls"] == ["status"]
+
+
+def test_if_on_leave_does_not_cycle_a_node_that_is_on_again_and_only_verifies_it(site):
+    site.world["power"] = "on"      # reported off, powered on by someone before we act
+    runs_before = len(site.state.list_runs())
+    ok, message, uid = power_cycle_node(site, "node1", timeout=10, if_on="leave")
+    assert ok and message.startswith("not cycled (it is on again); active, SSH answered"), \
+        message
+    assert uid is None and site.world["calls"] == ["status"]
+    assert len(site.state.list_runs()) == runs_before
+    site.world.update(power="off", calls=[])        # still off: powered on as always
+    ok, message, uid = power_cycle_node(site, "node1", timeout=10, if_on="leave")
+    assert ok and message.startswith("powered on (it was off)") and uid is not None
+    assert site.world["calls"] == ["status", "on"]
+
+
+def test_an_unknown_if_on_is_refused_before_any_bmc_call(site):
+    ok, message, uid = power_cycle_node(site, "node1", timeout=10, if_on="reboot")
+    assert (ok, uid) == (False, None) and "if_on must be one of cycle, leave" in message
+    assert site.world["calls"] == []

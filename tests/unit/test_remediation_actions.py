@@ -165,7 +165,8 @@ def test_build_remediator_uses_the_sites_rules_and_groups(tmp_path, run_cli):
     try:
         eng = build_remediator(site)
         assert [r.name for r in eng.rules.rules] == ["unit-failed", "exporter-down",
-                                                     "host-down"]
+                                                     "powered-off", "host-down",
+                                                     "bmc-unreachable"]
         sizes = eng.group_sizes_fn()
         groups = tuple(eng.groups_of_fn("node2"))
         assert groups and all(sizes[g] >= 1 for g in groups)
@@ -194,3 +195,18 @@ def test_decisions_are_counted_by_guard_and_verdict():
                                                           "verdict": "act"}) == 1
     assert registry.get_sample_value("decisions_total", {"guard": "cooldown",
                                                           "verdict": "suppressed"}) == 1
+
+
+@pytest.mark.parametrize(("args", "want"), [({}, "cycle"), ({"if_on": "leave"}, "leave"),
+                                            ({"if_on": "cycle"}, "cycle")])
+def test_power_cycle_passes_if_on_and_refuses_anything_else(monkeypatch, args, want):
+    import orchestrate.power_remedy as power_remedy
+
+    seen = []
+    monkeypatch.setattr(power_remedy, "power_cycle_node",
+                        lambda site, host, timeout, stop, *, if_on: seen.append(if_on)
+                        or (True, "ok", "r1"))
+    impl = _impl(Runs())
+    assert impl.power_cycle(_call(**args)).ok and seen == [want]
+    bad = impl.power_cycle(_call(if_on="reboot; rm"))
+    assert not bad.ok and "if_on is cycle or leave" in bad.message and seen == [want]

@@ -232,6 +232,40 @@ def test_no_rule_means_unmatched_and_a_resolved_alert_means_nothing_to_do(store)
     assert fleet.calls == []
 
 
+def test_a_rule_that_only_escalates_pages_a_human_and_runs_nothing(store):
+    fleet = Fleet()
+    pages = []
+    text = LADDER + """
+  - name: bmc-unreachable
+    match: {alertname: BmcUnreachable}
+    escalate: the BMC does not answer
+"""
+    rules = _rules(text)
+    rules = RuleSet(rules.policy, rules.rules, Pager("http://127.0.0.1:1/x"))
+    eng = _engine(store, fleet, rules, pages=lambda pager, doc: pages.append(doc))
+    bmc = IncidentInput(fingerprint="b", starts_at="t", status="firing",
+                        alertname="BmcUnreachable", target="node1",
+                        labels={"alertname": "BmcUnreachable", "host": "node1"})
+    [got] = store.ingest([bmc], "event")
+    eng.process(got.incident_id)
+    inc = store.incident(got.incident_id)
+    assert (inc.state, inc.rule) == ("escalated", "bmc-unreachable")
+    assert fleet.calls == [] and store.actions() == []
+    assert _kinds(store, inc.id) == ["received", "claimed", "decision", "escalated", "paged"]
+    decision = store.incident_timeline(inc.id)[2]["detail"]
+    assert (decision["verdict"], decision["guard"]) == ("escalate", "rule")
+    assert pages[0]["reason"] == "the BMC does not answer"
+    # picked up by a restarted engine while acting: escalated again, still no action
+    [again] = store.ingest([IncidentInput(**{**bmc.__dict__, "starts_at": "u"})], "event")
+    assert store.update_incident(again.incident_id, event="claimed", state="acting",
+                                 rule="bmc-unreachable", step=0, expect=["open"])
+    eng2 = _engine(store, fleet, rules, pages=lambda pager, doc: pages.append(doc))
+    eng2.pickup()
+    eng2.process(again.incident_id)
+    assert store.incident(again.incident_id).state == "escalated"
+    assert fleet.calls == [] and store.actions() == []
+
+
 def test_the_kill_switch_means_zero_actions(store):
     fleet = Fleet()
     eng = _engine(store, fleet)

@@ -16,12 +16,19 @@ def test_the_shipped_rules_load_and_match_the_alerts_they_are_for():
     assert rules.match({"alertname": "SystemdUnitFailed", "unit": "x.service"}).name \
         == "unit-failed"
     assert rules.match({"alertname": "ExporterDown", "job": "node"}).name == "exporter-down"
-    assert rules.match({"alertname": "NodePoweredOff"}).name == "host-down"
+    off = rules.match({"alertname": "NodePoweredOff"})
+    assert off.name == "powered-off" and off.steps[0].allow
+    assert (off.steps[0].action, off.steps[0].args) == ("power_cycle", {"if_on": "leave"})
     assert rules.match({"alertname": "HostDown"}).name == "host-down"
+    assert rules.rule("host-down").steps[0].args == {}    # a hung host is cycled
     assert rules.match({"alertname": "DiskFilling"}) is None
     unit = rules.rule("unit-failed")
     assert [s.action for s in unit.steps] == ["restart_service", "apply_role"]
     assert rules.rule("host-down").steps[0].allow
+    # A BMC that does not answer is never power-cycled through: a human is paged at once.
+    for name in ("BmcUnreachable", "BMCUnreachable"):
+        bmc = rules.match({"alertname": name, "host": "node1"})
+        assert bmc.name == "bmc-unreachable" and bmc.steps == () and "BMC" in bmc.escalate
 
 
 BAD = [
@@ -46,6 +53,10 @@ BAD = [
      "[{action: restart_service}]\n", 3, "bad regex"),
     ("rules:\n  - name: a\n    match: {alertname: X}\n    steps: []\n", 4,
      "needs 'steps'"),
+    ("rules:\n  - name: a\n    match: {alertname: X}\n    escalate: ''\n", 4,
+     "'escalate' needs the reason"),
+    ("rules:\n  - name: a\n    match: {alertname: X}\n    escalate: why\n"
+     "    steps: [{action: apply_role}]\n", 5, "both 'escalate' and 'steps'"),
     ("rules:\n  - name: a\n    match: {alertname: X}\n    steps: [{action: playbook}]\n", 4,
      "needs args: {name: PLAYBOOK}"),
     ("rules:\n  - {name: a, match: {alertname: X}, steps: [{action: apply_role}]}\n"
