@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,16 +220,26 @@ class ChainLab:
                      if e["kind"] == kind), None)
 
     def breakdown(self, incident_id: int, fault: float) -> dict[str, float]:
-        """Fault -> healed and its parts, in seconds, from the incident's timeline:
-        ``detect`` fault -> received (committed in the store), ``to_action`` received ->
-        the action's start (engine: match, guards), ``action`` its run, ``verify`` the
-        verification, ``rest`` the remainder (store writes between them)."""
+        """Fault -> healed and its parts, in seconds, from the incident and its timeline:
+        ``detect`` fault -> the incident's startsAt (Prometheus's firing evaluation, or the
+        failure time systemd gave the pushed event), ``deliver`` -> received (Alertmanager
+        and the webhook, or the push; committed in the store), ``to_action`` -> the action's
+        start (engine: match, guards), ``action`` its run, ``verify`` the verification,
+        ``rest`` the remainder (store writes between them)."""
+        inc = self.store.incident(incident_id)
         timeline = self.store.incident_timeline(incident_id)
         at = {}
         for e in timeline:
             at.setdefault(e["kind"], e)
         healed = at["healed"]["at"]
-        out = {"fault_to_healed": healed - fault, "detect": at["received"]["at"] - fault}
+        received = at["received"]["at"]
+        out = {"fault_to_healed": healed - fault}
+        try:
+            starts = datetime.fromisoformat(inc.starts_at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            out["detect"] = received - fault
+        else:
+            out["detect"], out["deliver"] = starts - fault, received - starts
         if "action_started" in at and "action_finished" in at:
             out["to_action"] = at["action_started"]["at"] - at["received"]["at"]
             out["action"] = at["action_finished"]["at"] - at["action_started"]["at"]
@@ -236,7 +247,7 @@ class ChainLab:
         if verified is not None:
             out["verify"] = float(verified["detail"]["seconds"])
         out["rest"] = out["fault_to_healed"] - sum(out.get(k, 0.0) for k in (
-            "detect", "to_action", "action", "verify"))
+            "detect", "deliver", "to_action", "action", "verify"))
         return {k: round(v, 3) for k, v in out.items()}
 
     def close_store(self) -> None:
