@@ -37,13 +37,13 @@ Description=metalchain chain test: a service the test kills
 [Service]
 ExecStart=/bin/sleep infinity
 """
-# A unit whose start takes ~2.5 s and leaves one line per start on the host.
+# A unit whose start takes ~3 s and leaves one line per start on the host.
 SLOW = """\
 [Unit]
 Description=metalchain chain test: a slow starter that counts its starts
 [Service]
 ExecStartPre=/bin/sh -c 'echo start >> /var/lib/mc-slow.starts'
-ExecStartPre=/bin/sleep 2.5
+ExecStartPre=/bin/sleep 3
 ExecStart=/bin/sleep infinity
 """
 
