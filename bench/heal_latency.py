@@ -9,18 +9,30 @@ Paths:
   overhead  (no lab) the engine alone with instant fake actions and verifiers over a real
             state store: what the engine adds (store writes, guards, queueing), in ms.
 
-The pushed-event and Prometheus paths add detection in front of this (see LAB-NOTES.md for
-the stack's own fault -> webhook figures); they need the receiver and `monitor up`.
+  pushed    (as root; the whole chain of tests/lab/chainsite.py: 3 fleet hosts, `monitor up`,
+            `metalchain serve --no-boot`) the fault is a `kill -9` of a test service's main
+            process; the host's OnFailure companion posts the failure to /v1/events and the
+            engine restarts the unit.
+  prometheus (the same lab) the fault is a stopped prometheus-node-exporter: Prometheus
+            (1 s scrape and evaluation, `for: 0s`) -> the two Alertmanagers -> the webhook ->
+            the same engine.
+  For both: fault time = the host's own clock (`date +%s.%N`, the kernel clock the controller
+  shares) just before the fault command; healed = the incident's `healed` event in the store.
+  Breakdown from the incident's timeline: detect (fault -> committed in the store), to_action
+  (-> the action's start), action (its run), verify, rest.
 
 Usage (from the repository):
     .venv/bin/python bench/heal_latency.py --path overhead --trials 200
     flock /tmp/metalchain-lab.lock .venv/bin/python bench/heal_latency.py --path engine \\
         --trials 20 [--json FILE]
+    flock /tmp/metalchain-lab.lock .venv/bin/python bench/heal_latency.py --path pushed \\
+        --path prometheus --trials 20 [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import math
 import statistics
@@ -181,17 +193,134 @@ def engine_path(site: Path, trials: int) -> dict[str, Any]:
             "engine_rest": summary(engine_s)}
 
 
+#: The chain paths' cooldown: long enough that the same failure seen by the other path (a
+#: pushed kill also fails the unit in Prometheus's eyes) is verified instead of acted on
+#: again, short enough for the next trial on the host (trials wait for it to pass).
+CHAIN_COOLDOWN = 5
+VICTIM = "mc-bench-victim.service"
+VICTIM_UNIT = """\
+[Unit]
+Description=metalchain heal_latency: a service the benchmark kills
+[Service]
+ExecStart=/bin/sleep infinity
+"""
+
+
+def chain_paths(paths: list[str], trials: int, keep: bool) -> dict[str, Any]:
+    """The pushed and/or Prometheus paths on one chain lab (tests/lab/chainsite.py)."""
+    repo = Path(__file__).resolve().parents[1]
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from tests.lab import chainsite
+
+    root = Path(tempfile.mkdtemp(prefix="mc-heal-chain-")) / "lab"
+    setup: dict[str, Any] = {}
+    out: dict[str, Any] = {"hosts": len(chainsite.HOSTS), "cooldown_s": CHAIN_COOLDOWN,
+                           "setup": setup}
+    try:
+        with chainsite.chain_lab(root, setup) as lab:
+            (root / "playbooks" / "remediation.yml").write_text(
+                chainsite.rules_text(cooldown=CHAIN_COOLDOWN), encoding="utf-8")
+            lab.serve.stop()
+            lab.serve.start()
+            for path in paths:
+                out[path] = _chain_trials(lab, chainsite, path, trials)
+            if keep:
+                print(f"heal_latency: --keep has no effect on the chain lab ({root})",
+                      file=sys.stderr)
+    except AssertionError as exc:
+        raise BenchError(f"the chain lab failed: {exc}") from None
+    return out
+
+
+def _chain_trials(lab: Any, chainsite: Any, path: str, trials: int) -> dict[str, Any]:
+    hosts = chainsite.HOSTS
+    if path == "pushed":
+        for host in hosts:
+            lab.install_unit(host, VICTIM, VICTIM_UNIT, start=True)
+    parts: dict[str, list[float]] = {}
+    extra_actions = 0
+    for n in range(trials):
+        host = hosts[n % len(hosts)]
+        _cooled(lab, host)
+        if path == "pushed":
+            pid = lab.exec_(host, f"systemctl show -P MainPID {VICTIM}")
+            if not pid.isdigit() or pid == "0":
+                raise BenchError(f"trial {n}: {VICTIM} not running on {host} ({pid!r})")
+            fault = lab.fault(host, f"kill -9 {pid}")
+            inc = lab.wait_incident(lambda i, h=host, f=fault: i.target == h
+                                    and i.source == "event" and i.labels.get("unit") == VICTIM
+                                    and i.created_at >= f, 30, f"trial {n}: the pushed event")
+        else:
+            fault = lab.fault(host, f"systemctl stop {chainsite.EXPORTER}")
+            inc = lab.wait_incident(lambda i, h=host, f=fault: i.target == h
+                                    and i.alertname == "ExporterDown" and i.created_at >= f,
+                                    30, f"trial {n}: ExporterDown in the store")
+        ended = lab.wait_ended(inc.id, 60)
+        if ended.state != "healed":
+            raise BenchError(f"trial {n} on {host}: ended {ended.state}: "
+                             f"{lab.store.incident_timeline(inc.id)}")
+        for key, value in lab.breakdown(inc.id, fault).items():
+            parts.setdefault(key, []).append(value)
+        if path == "prometheus":
+            # The next stop on this host must start a new alert: this one resolved first.
+            with contextlib.suppress(AssertionError):
+                lab_wait(lambda i=inc.id: lab.store.incident(i).alert_status == "resolved",
+                         30, f"trial {n}: its alert resolved")
+    for inc in lab.incidents(lambda i: i.source == "alertmanager"):
+        acts = lab.store.actions(incident_id=inc.id)
+        if path == "pushed" and inc.labels.get("unit") == VICTIM and acts:
+            extra_actions += len(acts)
+    doc = {key: summary(values) for key, values in parts.items()}
+    if path == "pushed":
+        doc["prometheus_alerts_for_the_same_failures"] = len(lab.incidents(
+            lambda i: i.source == "alertmanager" and i.labels.get("unit") == VICTIM))
+        doc["actions_from_those_alerts"] = extra_actions
+    return doc
+
+
+def lab_wait(pred: Any, timeout: float, what: str) -> Any:
+    from tests.waiting import wait_for
+
+    return wait_for(pred, timeout, what)
+
+
+def _cooled(lab: Any, host: str) -> None:
+    """Until the host's last action ended at least the cooldown (+1 s) ago."""
+    deadline = time.monotonic() + 60
+    while True:
+        ends = [a.ended_at or time.time() for a in lab.store.actions(since=0)
+                if a.target == host]
+        left = (max(ends) + CHAIN_COOLDOWN + 1 - time.time()) if ends else 0
+        if left <= 0:
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{host}: an action still running after 60 s")
+        time.sleep(min(left, 1.0))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--path", choices=("engine", "overhead"), default="engine")
+    ap.add_argument("--path", choices=("engine", "overhead", "pushed", "prometheus"),
+                    action="append", help="Repeatable (pushed and prometheus share one lab).")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--hosts", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="Leave the lab up.")
     ap.add_argument("--json", type=Path, help="Also write the figures to this file.")
     args = ap.parse_args()
     figures: dict[str, Any] = {"trials": args.trials}
+    paths = args.path or ["engine"]
+    chain = [p for p in paths if p in ("pushed", "prometheus")]
+    if chain and len(chain) != len(paths):
+        ap.error("--path pushed/prometheus cannot be combined with engine or overhead")
+    if len(paths) > 1 and not chain:
+        ap.error("one --path at a time for engine and overhead")
     try:
-        if args.path == "overhead":
+        if chain:
+            figures.update(chain_paths(chain, args.trials, args.keep))
+            report(figures, args.json)
+            return 0
+        if paths[0] == "overhead":
             figures.update(overhead(args.trials))
             report(figures, args.json)
             return 0

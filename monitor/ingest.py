@@ -80,8 +80,11 @@ def alert_inputs(notification: Notification) -> list[IncidentInput]:
 
 def received_detail(notification: Notification, client: str) -> dict[str, Any]:
     """What the timeline records about a delivery (which sender, which receiver): enough to
-    tell the two Alertmanager replicas' copies apart, nothing from the body at large."""
-    return {"receiver": notification.receiver, "client": client}
+    tell the two Alertmanager replicas' copies apart (``sender``: the replica's externalURL;
+    two replicas on one machine share the client address and the receiver name), nothing
+    from the body at large."""
+    return {"receiver": notification.receiver, "client": client,
+            "sender": notification.external_url}
 
 
 def _held_lock() -> Any:

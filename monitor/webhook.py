@@ -68,6 +68,9 @@ class Notification:
     group_key: str
     alerts: tuple[Alert, ...]
     truncated_alerts: int = 0
+    #: The sending Alertmanager's own URL (``--web.external-url``): what tells the replicas
+    #: apart when they run on one machine with one receiver name ("" if absent).
+    external_url: str = ""
 
 
 def check_bearer(header: str | None, token: str) -> bool:
@@ -112,7 +115,9 @@ def parse_notification(body: bytes) -> Notification:
     return Notification(status=status, receiver=_text(doc, "receiver", "notification"),
                         group_key=_text(doc, "groupKey", "notification"),
                         alerts=tuple(_alert(a, i) for i, a in enumerate(alerts)),
-                        truncated_alerts=truncated)
+                        truncated_alerts=truncated,
+                        external_url=_printable(_text(doc, "externalURL", "notification",
+                                                      required=False)))
 
 
 def _alert(raw: Any, index: int) -> Alert:
@@ -172,6 +177,12 @@ def _timestamp(value: str, where: str) -> None:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise WebhookError(f"{where} is not an RFC 3339 time: {_shown(value)}") from None
+
+
+def _printable(text: str) -> str:
+    """``text`` with anything unprintable (escapes, newlines) replaced by "?": it is shown
+    in timelines and CLI output as data."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _shown(value: Any) -> str:

@@ -1,8 +1,7 @@
 """Remediation on real fleet hosts with orchestrate's real actions: a stopped exporter is
 restarted and verified; a removed package fails the restart and the next step (apply_role
-from the site's mirror) heals it without any repeat from Alertmanager; and a SIGKILL of the
-engine's process in the middle of an action ends, after a restart, healed with exactly one
-start counted on the host.
+from the site's mirror) heals it without any repeat from Alertmanager. (A SIGKILL in the
+middle of an action, with the real `metalchain serve`: tests/lab/test_monitor_chain.py.)
 
 The engine is driven as the receiver drives it (``store.ingest`` then ``on_ingested``); the
 site's rules are the shipped ones with no cooldown (the scenarios follow each other on the
@@ -14,10 +13,6 @@ import contextlib
 import http.server
 import ipaddress
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -49,15 +44,6 @@ ROLES = ("base", "node_exporter")
 REPO = Path(__file__).resolve().parents[2]
 EXPORTER = "prometheus-node-exporter"
 TERMINAL = ("healed", "escalated", "suppressed", "dry_run", "resolved", "unmatched")
-# A unit whose start takes ~3 s and leaves one line per start on the host.
-SLOW_UNIT = """\
-[Unit]
-Description=metalchain remediation test: a slow starter that counts its starts
-[Service]
-ExecStartPre=/bin/sh -c 'echo start >> /var/lib/mc-slow.starts'
-ExecStartPre=/bin/sleep 3
-ExecStart=/bin/sleep infinity
-"""
 FIGURES: dict[str, float] = {}
 
 
@@ -164,64 +150,6 @@ def test_a_removed_package_fails_the_restart_and_apply_role_heals_it(site):
     assert inc.deliveries == 1 and kinds.count("received") == 1   # nobody asked twice
     assert kinds.index("step_failed") < kinds.index("healed")
     assert stdout_of(site, "fleet02", f"systemctl is-active {EXPORTER}") == "active"
-
-
-def _proc(root: Path, incident: dict | None = None) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "tests.lab.remediation_proc", str(root)]
-    if incident is not None:
-        args.append(json.dumps(incident))
-    proc = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    return proc
-
-
-@contextlib.contextmanager
-def running(proc: subprocess.Popen[str]) -> Iterator[subprocess.Popen[str]]:
-    try:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.strip() == "ready", proc.stderr.read() if proc.stderr else ""
-        yield proc
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-
-
-def test_sigkill_during_an_action_ends_healed_with_one_start_on_the_host(site):
-    exec_(site, "fleet01", "cat > /etc/systemd/system/mc-slow.service <<'EOF'\n"
-          f"{SLOW_UNIT}EOF\n"
-          "systemctl daemon-reload && systemctl start mc-slow && "
-          "systemctl kill --signal=KILL mc-slow; rm -f /var/lib/mc-slow.starts")
-    wait_for(lambda: stdout_of(site, "fleet01", "systemctl is-active mc-slow || true")
-             == "failed", 30, "mc-slow to fail")
-    incident = {**alert("fleet01", "SystemdUnitFailed", 3, unit="mc-slow.service").__dict__}
-    opened = Site.open(site)
-    try:
-        store = opened.state
-        with running(_proc(site, incident)) as first:
-            action = wait_for(lambda: store.actions(running=True), 60,
-                              "the restart to start")[0]
-            wait_for(lambda: stdout_of(site, "fleet01",
-                                       "cat /var/lib/mc-slow.starts 2>/dev/null || true"),
-                     30, "the unit's start on the host")
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(30)
-        assert store.actions(running=True), "the action ended before the kill"
-        assert stdout_of(site, "fleet01", "systemctl is-active mc-slow || true") \
-            == "activating"
-        with running(_proc(site)):
-            inc = ended(store, action.incident_id, 60)
-        acts = store.actions(incident_id=inc.id)
-        kinds = [e["kind"] for e in store.incident_timeline(inc.id)]
-    finally:
-        opened.close()
-    assert inc.state == "healed", kinds
-    assert [(a.action, a.outcome) for a in acts] == [("restart_service", "interrupted")]
-    assert kinds.index("picked_up") < kinds.index("verified") < kinds.index("healed")
-    starts = stdout_of(site, "fleet01", "cat /var/lib/mc-slow.starts")
-    assert starts.splitlines() == ["start"]   # exactly one action on the host
-    assert stdout_of(site, "fleet01", "systemctl is-active mc-slow") == "active"
     print(f"\nremediation lab figures: {FIGURES}")
 
 

@@ -123,3 +123,22 @@ def test_bearer_token(header, ok):
 
 def test_no_configured_token_accepts_nothing():
     assert not check_bearer("Bearer ", "") and not check_bearer("Bearer x", "")
+
+
+def test_the_sending_replica_is_kept_printable_and_recorded_per_delivery():
+    """Two replicas on one machine post from one address with one receiver name: only their
+    externalURL tells their copies apart in an incident's timeline."""
+    from monitor.ingest import received_detail
+
+    one = parse_notification(body(externalURL="http://127.0.0.1:19691"))
+    two = parse_notification(body(externalURL="http://127.0.0.1:19692"))
+    assert one.alerts[0].key == two.alerts[0].key
+    assert received_detail(one, "127.0.0.1") == {"receiver": "remediation",
+                                                 "client": "127.0.0.1",
+                                                 "sender": "http://127.0.0.1:19691"}
+    assert received_detail(two, "127.0.0.1")["sender"] == "http://127.0.0.1:19692"
+    assert parse_notification(body(externalURL="http://x\x1b[31m\n")).external_url == \
+        "http://x?[31m?"
+    assert parse_notification(body(externalURL=None)).external_url == ""
+    with pytest.raises(WebhookError, match="'externalURL' must be a string"):
+        parse_notification(body(externalURL=7))
