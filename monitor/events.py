@@ -16,7 +16,7 @@ twice (the host retried) is one incident and a new failure later is a new one.
 
 **Tokens.** ``token = HMAC-SHA256(site key, "metalchain-event/v1:" + host)`` (hex), with the
 site key read from the secrets file (``MonitorSettings.event_key_secret``). Why derived rather
-than issued once (``StateStore.issue_event_token``) and kept:
+than issued once and stored:
 
 - ``apply`` stays idempotent and stateless: the same host always renders the same token file,
   so a converged host reports no change, a re-imaged host gets its token back with the next

@@ -1,4 +1,4 @@
-"""Incidents, their timeline, remediation actions, pushed-event tokens and remediation's switches.
+"""Incidents, their timeline, remediation actions and remediation's switches.
 
 An incident is one occurrence of an alert (or of a pushed event), keyed by ``(fingerprint,
 starts_at)``: :meth:`IncidentsMixin.ingest` writes a whole notification in one transaction —
@@ -16,10 +16,7 @@ restarted controller picks up again (:meth:`IncidentsMixin.unfinished_incidents`
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,10 +28,8 @@ from sqlalchemy.engine import Connection
 from inventory.state.audit import write_audit
 from inventory.state.base import StoreBase
 from inventory.state.schema import (
-    event_tokens,
     incident_events,
     incidents,
-    nodes,
     remediation_actions,
     remediation_settings,
 )
@@ -232,10 +227,6 @@ def _ingest_batch(conn: Connection, batches: Sequence[IngestBatch],
     return out
 
 
-def _token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
 class IncidentsMixin(StoreBase):
     # -- ingest ------------------------------------------------------------------------------
 
@@ -413,37 +404,6 @@ class IncidentsMixin(StoreBase):
         for act in found:
             self.finish_action(act.id, "interrupted", detail={"reason": reason})
         return found
-
-    # -- pushed-event tokens -----------------------------------------------------------------
-
-    def issue_event_token(self, host: str) -> str:
-        """A new event token for ``host`` (replacing its previous one); only its hash is
-        kept, the token itself is returned once."""
-        token = secrets.token_urlsafe(32)
-        with self._write(f"event token of '{host}'") as conn:
-            node_id = self._node_id(conn, host, create=True)
-            conn.execute(event_tokens.delete().where(event_tokens.c.node_id == node_id))
-            conn.execute(insert(event_tokens).values(node_id=node_id,
-                                                     token_sha256=_token_digest(token),
-                                                     issued_at=time.time()))
-        return token
-
-    def check_event_token(self, host: str, token: str) -> bool:
-        """Whether ``token`` is ``host``'s event token (constant-time compare of hashes)."""
-        q = select(event_tokens.c.token_sha256).join(nodes, nodes.c.id == event_tokens.c.node_id) \
-            .where(nodes.c.name == host)
-        with self._read() as conn:
-            row = conn.execute(q).first()
-        digest = _token_digest(token)
-        return row is not None and hmac.compare_digest(row[0], digest)
-
-    def revoke_event_token(self, host: str) -> bool:
-        with self._write(f"event token of '{host}'") as conn:
-            node_id = self._node_id(conn, host, create=False)
-            if node_id is None:
-                return False
-            res = conn.execute(event_tokens.delete().where(event_tokens.c.node_id == node_id))
-            return res.rowcount > 0
 
     # -- switches ----------------------------------------------------------------------------
 

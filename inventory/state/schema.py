@@ -160,8 +160,8 @@ leases = Table(
 
 # Schema 6: monitoring. An incident is one alert (or pushed event) occurrence, keyed by
 # (fingerprint, startsAt) so retries, resends and the second Alertmanager's copy are the same
-# row; its timeline, the remediation actions taken for it, per-host tokens for pushed events
-# (hashes only) and remediation's switches (kill switch, dry run).
+# row; its timeline, the remediation actions taken for it and remediation's switches (kill
+# switch, dry run). Pushed events' per-host tokens are derived, not stored (monitor/events.py).
 incidents = Table(
     "incidents", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
@@ -206,13 +206,6 @@ remediation_actions = Table(
     Column("outcome", String(16), nullable=False),
     Column("run_uid", String(36)),
     Column("detail", Text, nullable=False, default="{}"),
-)
-
-event_tokens = Table(
-    "event_tokens", metadata,
-    Column("node_id", Integer, ForeignKey("nodes.id"), primary_key=True),
-    Column("token_sha256", String(64), nullable=False, unique=True),
-    Column("issued_at", Float, nullable=False),
 )
 
 remediation_settings = Table(

@@ -89,16 +89,6 @@ def test_actions_are_recorded_with_their_timeline_and_interrupted_on_restart(sto
                      "action_finished"]
 
 
-def test_event_tokens_are_per_host_and_stored_hashed(store):
-    t1 = store.issue_event_token("web1")
-    t2 = store.issue_event_token("web2")
-    assert store.check_event_token("web1", t1) and not store.check_event_token("web1", t2)
-    assert not store.check_event_token("nosuch", t1)
-    t1b = store.issue_event_token("web1")
-    assert not store.check_event_token("web1", t1) and store.check_event_token("web1", t1b)
-    assert store.revoke_event_token("web1") and not store.check_event_token("web1", t1b)
-
-
 def test_switches_are_kept_and_audited(store):
     assert store.remediation_setting("paused", False) is False
     store.set_remediation_setting("paused", True, "alice")

@@ -31,11 +31,10 @@ ALTER TABLE runs ADD COLUMN pid_start VARCHAR(32);
 ALTER TABLE runs ADD COLUMN command TEXT;
 ALTER TABLE runs ADD COLUMN heartbeat_at FLOAT;
 ALTER TABLE runs ADD COLUMN outcome TEXT;
--- schema 6 (Alembic revision 0006: incidents, remediation actions, event tokens)
+-- schema 6 (Alembic revision 0006: incidents, remediation actions, remediation settings)
 CREATE TABLE incidents ( id INTEGER NOT NULL, fingerprint VARCHAR(64) NOT NULL, starts_at VARCHAR(40) NOT NULL, source VARCHAR(16) NOT NULL, alertname VARCHAR(200) NOT NULL, target VARCHAR(253) NOT NULL, labels TEXT NOT NULL, annotations TEXT NOT NULL, alert_status VARCHAR(16) NOT NULL, state VARCHAR(16) NOT NULL, step INTEGER NOT NULL, rule VARCHAR(200), deliveries INTEGER NOT NULL, created_at FLOAT NOT NULL, updated_at FLOAT NOT NULL, ended_at FLOAT, PRIMARY KEY (id), UNIQUE (fingerprint, starts_at) );
 CREATE TABLE incident_events ( id INTEGER NOT NULL, incident_id INTEGER NOT NULL, at FLOAT NOT NULL, kind VARCHAR(32) NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (id), FOREIGN KEY(incident_id) REFERENCES incidents (id) );
 CREATE INDEX ix_incident_events_incident_id ON incident_events (incident_id);
 CREATE TABLE remediation_actions ( id INTEGER NOT NULL, incident_id INTEGER NOT NULL, target VARCHAR(253) NOT NULL, action VARCHAR(64) NOT NULL, step INTEGER NOT NULL, groups TEXT NOT NULL, started_at FLOAT NOT NULL, ended_at FLOAT, outcome VARCHAR(16) NOT NULL, run_uid VARCHAR(36), detail TEXT NOT NULL, PRIMARY KEY (id), FOREIGN KEY(incident_id) REFERENCES incidents (id) );
 CREATE INDEX ix_remediation_actions_incident_id ON remediation_actions (incident_id);
-CREATE TABLE event_tokens ( node_id INTEGER NOT NULL, token_sha256 VARCHAR(64) NOT NULL, issued_at FLOAT NOT NULL, PRIMARY KEY (node_id), FOREIGN KEY(node_id) REFERENCES nodes (id), UNIQUE (token_sha256) );
 CREATE TABLE remediation_settings ( name VARCHAR(64) NOT NULL, value TEXT NOT NULL, actor VARCHAR(64) NOT NULL, updated_at FLOAT NOT NULL, PRIMARY KEY (name) );

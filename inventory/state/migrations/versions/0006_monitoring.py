@@ -1,5 +1,4 @@
-"""Schema 6: incidents and their timeline, remediation actions, pushed-event tokens and
-remediation's switches."""
+"""Schema 6: incidents and their timeline, remediation actions and remediation's switches."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -55,12 +54,6 @@ def upgrade() -> None:
     op.create_index("ix_remediation_actions_incident_id", "remediation_actions",
                     ["incident_id"])
     op.create_table(
-        "event_tokens",
-        sa.Column("node_id", sa.Integer, sa.ForeignKey("nodes.id"), primary_key=True),
-        sa.Column("token_sha256", sa.String(64), nullable=False, unique=True),
-        sa.Column("issued_at", sa.Float, nullable=False),
-    )
-    op.create_table(
         "remediation_settings",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("value", sa.Text, nullable=False),
@@ -70,6 +63,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("remediation_settings", "event_tokens", "remediation_actions",
+    for table in ("remediation_settings", "remediation_actions",
                   "incident_events", "incidents"):
         op.drop_table(table)
