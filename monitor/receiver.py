@@ -43,7 +43,6 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from inventory.errors import MetalchainError
@@ -57,7 +56,7 @@ from monitor.ingest import (
     alert_inputs,
     received_detail,
 )
-from runtime.httpserver import CappedHTTPServer, ServerThread
+from runtime.httpserver import CappedHTTPServer, DispatchingHandler, ServerThread
 
 log = logging.getLogger("metalchain.monitor.receiver")
 
@@ -118,7 +117,7 @@ class _Server(CappedHTTPServer):
                          initial_deadline=app.limits.idle_timeout, log=log)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DispatchingHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
     server_version = "metalchain-receiver/1"
@@ -155,38 +154,10 @@ class _Handler(BaseHTTPRequestHandler):
         # body of a request about to be refused; _body sends it once token and length pass.
         return True
 
-    # -- entry points --------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
+    # -- entry points (the others: runtime.httpserver.DispatchingHandler) --------------------
 
     def do_PATCH(self) -> None:
         self._dispatch("PATCH")
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _dispatch logs once per request, without anything secret
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.info("%s: %s", self.client_address[0], format % args)
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        # The stdlib's answer to a malformed request line or headers (it closes the
-        # connection): logged like every other answer.
-        super().send_error(code, message, None)
-        self._log(code)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -213,7 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
         seconds = time.perf_counter() - self._started
         if path in (ALERTS_PATH, EVENTS_PATH):
             app.observe(path, seconds, answer.status.value)
-        self._log(answer.status.value, seconds)
+        self._answered(answer.status.value, seconds)
         if after is not None:
             after()
 
@@ -335,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True
 
-    def _log(self, status: int, seconds: float | None = None) -> None:
+    def _answered(self, status: int, seconds: float | None = None) -> None:
         if self._logged:
             return
         self._logged = True

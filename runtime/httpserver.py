@@ -160,3 +160,44 @@ class CappedHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class DispatchingHandler(BaseHTTPRequestHandler):
+    """A request handler whose methods all go to ``_dispatch(method)``, that logs nothing by
+    itself (the subclass logs one line per request, without secrets: ``_answered(status)``)
+    and answers the stdlib's own refusals (a malformed request line or headers) without the
+    explanation page, recording them like every other answer."""
+
+    server: CappedHTTPServer
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _dispatch logs once per request, without anything secret
+
+    def log_error(self, format: str, *args: Any) -> None:
+        self.server.log.info("%s: %s", self.client_address[0], format % args)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        super().send_error(code, message, None)
+        self._answered(code)
+
+    def _dispatch(self, method: str) -> None:
+        raise NotImplementedError
+
+    def _answered(self, status: int) -> None:
+        raise NotImplementedError

@@ -36,9 +36,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from provision import contract
 from provision.bootserver.interfaces import (
@@ -51,7 +50,7 @@ from provision.bootserver.interfaces import (
     TokenStore,
 )
 from provision.templates import render
-from runtime.httpserver import CappedHTTPServer, ServerThread
+from runtime.httpserver import CappedHTTPServer, DispatchingHandler, ServerThread
 
 log = logging.getLogger("metalchain.bootserver.http")
 
@@ -198,7 +197,7 @@ class _Server(CappedHTTPServer):
                          initial_deadline=math.inf, log=log)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DispatchingHandler):
     server: _Server
     protocol_version = "HTTP/1.0"
     server_version = "metalchain-boot/1"
@@ -226,36 +225,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    # -- entry points --------------------------------------------------------------------------
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass  # _dispatch logs once per request, without anything secret
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.info("%s: %s", self.client_address[0], format % args)
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        # Used by the stdlib for malformed request lines and headers: record those too.
-        super().send_error(code, message, None)
-        self._record(code)
-
-    # -- dispatch ------------------------------------------------------------------------------
+    # -- dispatch (the entry points: runtime.httpserver.DispatchingHandler) ----------------
 
     @property
     def _path(self) -> str:
@@ -277,9 +247,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(response, head=method == "HEAD")
         except OSError as exc:
             log.info("%s %s: client went away (%s)", method, self._path, exc.__class__.__name__)
-        self._record(response.status.value)
+        self._answered(response.status.value)
 
-    def _record(self, status: int) -> None:
+    def _answered(self, status: int) -> None:
         if self._logged:
             return
         self._logged = True
