@@ -105,29 +105,24 @@ class Verifiers(_Registry[Verifier]):
 
 def call_action(actions: Actions, name: str, call: ActionCall) -> ActionResult:
     """Run action ``name``; an unknown name or an exception is a failed result."""
-    fn = actions.get(name)
-    if fn is None:
-        return ActionResult(False, f"no action '{name}' is registered")
-    try:
-        result = fn(call)
-    except Exception as exc:
-        log.warning("action %s on %s raised", name, call.target, exc_info=True)
-        return ActionResult(False, f"{name} failed: {exc.__class__.__name__}: {exc}")
-    if not isinstance(result, ActionResult):
-        return ActionResult(False, f"{name} returned {type(result).__name__}, not a result")
-    return result
+    return _call(actions, name, call, ActionResult)
 
 
 def call_verifier(verifiers: Verifiers, name: str, call: VerifyCall) -> VerifyResult:
     """Run verifier ``name`` once; an unknown name or an exception is a failed probe."""
-    fn = verifiers.get(name)
+    return _call(verifiers, name, call, VerifyResult)
+
+
+def _call(registry: Any, name: str, call: Any, result_type: Any) -> Any:
+    what = registry.what
+    fn = registry.get(name)
     if fn is None:
-        return VerifyResult(False, f"no verification '{name}' is registered")
+        return result_type(False, f"no {what} '{name}' is registered")
     try:
         result = fn(call)
-    except Exception as exc:
-        log.warning("verification %s of %s raised", name, call.target, exc_info=True)
-        return VerifyResult(False, f"{name} failed: {exc.__class__.__name__}: {exc}")
-    if not isinstance(result, VerifyResult):
-        return VerifyResult(False, f"{name} returned {type(result).__name__}, not a result")
+    except Exception as exc:   # a registered implementation's bug is a failed step, logged
+        log.warning("%s %s on %s raised", what, name, call.target, exc_info=True)
+        return result_type(False, f"{name} failed: {exc.__class__.__name__}: {exc}")
+    if not isinstance(result, result_type):
+        return result_type(False, f"{name} returned {type(result).__name__}, not a result")
     return result

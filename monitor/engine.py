@@ -319,7 +319,7 @@ class Remediator:
                 self._busy.add(incident_id)
             try:
                 self.process(incident_id)
-            except Exception:
+            except Exception:   # one incident's bug must not end the worker: logged, next
                 log.exception("remediation of incident %s failed", incident_id)
             finally:
                 with self._cond:

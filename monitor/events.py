@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from inventory.state.incidents import IncidentInput
+from monitor.webhook import PayloadError, json_object, shown
 
 #: The payload version this receiver reads.
 VERSION = "1"
@@ -68,12 +69,8 @@ _TOKEN_CONTEXT = b"metalchain-event/v1:"
 _EPOCH_RANGE = (1e9, 1e10)
 
 
-class EventError(ValueError):
-    """An event refused; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.status = status
+class EventError(PayloadError):
+    """An event refused."""
 
 
 @dataclass(frozen=True)
@@ -128,28 +125,16 @@ def token_matches(key: str, host: str, token: str) -> bool:
 
 def parse_event(body: bytes) -> PushedEvent:
     """The event in ``body``, or :class:`EventError` saying what is wrong with it."""
-    if len(body) > MAX_BODY:
-        raise EventError(f"body of {len(body)} bytes is over the limit of {MAX_BODY}", 413)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventError(f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EventError(f"body is not JSON: {exc.msg} at line {exc.lineno} column "
-                         f"{exc.colno}") from None
-    if not isinstance(doc, dict):
-        raise EventError("body is not a JSON object")
+    doc = json_object(body, MAX_BODY, EventError)
     if doc.get("version") != VERSION:
-        raise EventError(f"event version {_shown(doc.get('version'))}, expected \"{VERSION}\"")
+        raise EventError(f"event version {shown(doc.get('version'))}, expected \"{VERSION}\"")
     unknown = sorted(str(k) for k in doc if k not in _FIELDS)
     if unknown:
-        raise EventError(f"unknown field {_shown(unknown[0])}; allowed: {', '.join(_FIELDS)}")
+        raise EventError(f"unknown field {shown(unknown[0])}; allowed: {', '.join(_FIELDS)}")
     host = _matching(doc, "host", _HOST_RE, "an RFC 1123 host name")
     kind = doc.get("kind")
     if kind not in KINDS:
-        raise EventError(f"unknown kind {_shown(kind)} (expected {', '.join(KINDS)})")
+        raise EventError(f"unknown kind {shown(kind)} (expected {', '.join(KINDS)})")
     unit = _matching(doc, "unit", _UNIT_RE, "a systemd unit name")
     event_id = _matching(doc, "id", _ID_RE, "an id of letters, digits and _.:-") \
         if doc.get("id") not in (None, "") else ""
@@ -165,13 +150,13 @@ def normalise_time(value: Any) -> str:
     if isinstance(value, int | float):
         seconds = float(value)
         if not math.isfinite(seconds) or not _EPOCH_RANGE[0] <= seconds <= _EPOCH_RANGE[1]:
-            raise EventError(f"'at' {_shown(value)} is not a plausible time")
+            raise EventError(f"'at' {shown(value)} is not a plausible time")
         when = datetime.fromtimestamp(seconds, UTC)
     elif isinstance(value, str) and len(value) <= 64:
         try:
             when = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise EventError(f"'at' is not an RFC 3339 time: {_shown(value)}") from None
+            raise EventError(f"'at' is not an RFC 3339 time: {shown(value)}") from None
         if when.tzinfo is None:
             raise EventError("'at' has no time zone (add Z or an offset)")
         when = when.astimezone(UTC)
@@ -183,12 +168,5 @@ def normalise_time(value: Any) -> str:
 def _matching(doc: dict[str, Any], key: str, pattern: re.Pattern[str], what: str) -> str:
     value = doc.get(key)
     if not isinstance(value, str) or not pattern.match(value):
-        raise EventError(f"'{key}' must be {what}, got {_shown(value)}")
+        raise EventError(f"'{key}' must be {what}, got {shown(value)}")
     return value
-
-
-def _shown(value: Any) -> str:
-    """A value from the payload as an error message may quote it: short, printable only."""
-    text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else value
-    text = "".join(c if c.isprintable() else "?" for c in text)
-    return repr(text[:40] + ("..." if len(text) > 40 else ""))

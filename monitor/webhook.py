@@ -33,12 +33,35 @@ MAX_VALUE = 4096
 STATUSES = ("firing", "resolved")
 
 
-class WebhookError(ValueError):
-    """A notification refused; ``status`` is the HTTP status to answer with."""
+class PayloadError(ValueError):
+    """A request body refused; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, reason: str, status: int = 400) -> None:
         super().__init__(reason)
         self.status = status
+
+
+class WebhookError(PayloadError):
+    """A notification refused."""
+
+
+def json_object(body: bytes, limit: int, error: type[PayloadError]) -> dict[str, Any]:
+    """``body`` as a JSON object, or ``error`` (413 over ``limit`` bytes, 400 for a body that
+    is not UTF-8, not JSON or not an object) saying what is wrong with it."""
+    if len(body) > limit:
+        raise error(f"body of {len(body)} bytes is over the limit of {limit}", 413)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"body is not JSON: {exc.msg} at line {exc.lineno} column "
+                    f"{exc.colno}") from None
+    if not isinstance(doc, dict):
+        raise error("body is not a JSON object")
+    return doc
 
 
 @dataclass(frozen=True)
@@ -87,22 +110,10 @@ def check_bearer(header: str | None, token: str) -> bool:
 def parse_notification(body: bytes) -> Notification:
     """The notification in ``body``, or :class:`WebhookError` saying what is wrong with it
     (413 for a body over :data:`MAX_BODY`, 400 for everything else)."""
-    if len(body) > MAX_BODY:
-        raise WebhookError(f"body of {len(body)} bytes is over the limit of {MAX_BODY}", 413)
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WebhookError(f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WebhookError(f"body is not JSON: {exc.msg} at line {exc.lineno} column "
-                           f"{exc.colno}") from None
-    if not isinstance(doc, dict):
-        raise WebhookError("body is not a JSON object")
+    doc = json_object(body, MAX_BODY, WebhookError)
     version = doc.get("version")
     if version != VERSION:
-        raise WebhookError(f"payload version {_shown(version)}, expected \"{VERSION}\"")
+        raise WebhookError(f"payload version {shown(version)}, expected \"{VERSION}\"")
     status = _choice(doc, "status", "notification")
     alerts = doc.get("alerts")
     if not isinstance(alerts, list) or not alerts:
@@ -142,7 +153,7 @@ def _alert(raw: Any, index: int) -> Alert:
 def _choice(doc: dict[str, Any], key: str, where: str) -> str:
     value = doc.get(key)
     if value not in STATUSES:
-        raise WebhookError(f"{where}: unknown status {_shown(value)} (expected firing or "
+        raise WebhookError(f"{where}: unknown status {shown(value)} (expected firing or "
                            "resolved)")
     return str(value)
 
@@ -167,7 +178,7 @@ def _string_map(value: Any, where: str, *, required: bool = False) -> dict[str, 
         raise WebhookError(f"{where} has {len(value)} entries, over {MAX_LABELS}")
     for k, v in value.items():
         if not isinstance(v, str) or len(k) > MAX_VALUE or len(v) > MAX_VALUE:
-            raise WebhookError(f"{where}: {_shown(k)} must be a string of at most "
+            raise WebhookError(f"{where}: {shown(k)} must be a string of at most "
                                f"{MAX_VALUE} characters")
     return dict(value)
 
@@ -176,7 +187,7 @@ def _timestamp(value: str, where: str) -> None:
     try:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise WebhookError(f"{where} is not an RFC 3339 time: {_shown(value)}") from None
+        raise WebhookError(f"{where} is not an RFC 3339 time: {shown(value)}") from None
 
 
 def _printable(text: str) -> str:
@@ -185,7 +196,7 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     """A value from the payload as an error message may quote it: short, printable only."""
     text = json.dumps(value, ensure_ascii=True) if not isinstance(value, str) else value
     text = "".join(c if c.isprintable() else "?" for c in text)
