@@ -20,6 +20,16 @@ Format (every top-level key optional)::
         bmc: {address: 127.0.0.1, port: 6230, username: admin, password: {secret: bmc-node1}}
         provision: {mac: "52:54:00:00:00:01", ip: 10.77.0.11, image: debian-12}
         ssh: {user: root, port: 22, host_key: "ssh-ed25519 AAAA..."}
+      vm1:                           # a guest: no bmc/provision; address = vm.network's IP
+        vm:
+          hypervisor: node1          # an inventory host
+          image: lab-guest.qcow2     # a name in the site's image store
+          mac: "52:54:00:00:01:01"
+          network: {address: 10.77.0.31/24, gateway: 10.77.0.1, nameservers: [10.77.0.1]}
+          vcpus: 1
+          memory_mib: 256
+          disk_mib: 2048
+          state: running             # running | stopped | absent
 
 Every error is an InventoryError naming file, line and key.
 """
@@ -34,18 +44,37 @@ from pathlib import Path
 from typing import Any
 
 from inventory.errors import InventoryError, SecretError
-from inventory.model import ALL_GROUP, Bmc, Group, Host, Inventory, Provisioning, SshSettings
+from inventory.model import (
+    ALL_GROUP,
+    VM_DOMAIN_TYPES,
+    VM_STATES,
+    Bmc,
+    Group,
+    Host,
+    Inventory,
+    Provisioning,
+    SshSettings,
+    VmNetwork,
+    VmSpec,
+)
 from inventory.secrets import SecretStore, is_secret_ref
 from inventory.yamlsource import LocatedDict, LocatedList, read_yaml_file
 
 TOP_KEYS = ("vars", "groups", "hosts")
-HOST_KEYS = ("address", "groups", "roles", "labels", "vars", "bmc", "provision", "ssh")
+HOST_KEYS = ("address", "groups", "roles", "labels", "vars", "bmc", "provision", "ssh", "vm")
 GROUP_KEYS = ("children", "hosts", "roles", "vars")
 BMC_KEYS = ("address", "port", "username", "password", "driver")
 BMC_DRIVERS = ("ipmi",)
 IPMI_PASSWORD_MAX = 20
 PROVISION_KEYS = ("mac", "ip", "image", "console_log")
 SSH_KEYS = ("user", "port", "host_key", "proxy_command")
+VM_KEYS = ("hypervisor", "image", "mac", "network", "vcpus", "memory_mib", "disk_mib",
+           "hostname", "ssh_authorized_keys", "state", "autostart", "domain_type",
+           "console_log")
+VM_NETWORK_KEYS = ("address", "gateway", "nameservers")
+_AUTHORIZED_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) "
+                             r"[A-Za-z0-9+/=]+( [^\x00-\x1f\x7f]*)?$")
+_IMAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
@@ -125,6 +154,21 @@ class _Checker:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             raise self.fail(key, f"{self.path(key)} must be an integer 1-65535, "
+                                 f"got {_describe(value)}")
+        return value
+
+    def integer(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                minimum <= value <= maximum):
+            raise self.fail(key, f"{self.path(key)} must be an integer {minimum}-{maximum}, "
+                                 f"got {_describe(value)}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"{self.path(key)} must be true or false, "
                                  f"got {_describe(value)}")
         return value
 
@@ -283,9 +327,15 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
                           what="a public key line like 'ssh-ed25519 AAAA...'"),
         proxy_command=s.string("proxy_command"),
     )
+    vm = _vm(c, name) if "vm" in data else None
+    if vm is not None and (bmc is not None or prov is not None):
+        raise c.fail("vm", "a host with a vm section is a guest: it has no bmc or provision "
+                           "section (its hypervisor powers it through libvirt)")
     address = c.string("address", check=_address, what="an IP address or host name")
     if address is None and prov is not None:
         address = prov.ip
+    if address is None and vm is not None:
+        address = vm.network.ip
     return Host(
         name=name,
         address=address,
@@ -296,9 +346,61 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
         bmc=bmc,
         provision=prov,
         ssh=ssh,
+        vm=vm,
         file=data.file,
         line=where.line_of(name),
         key_lines={str(k): v for k, v in data.key_lines.items()},
+    )
+
+
+def _cidr(value: str) -> bool:
+    if "/" not in value:
+        return False
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        return False
+    return iface.version == 4 and iface.ip != iface.network.network_address
+
+
+def _vm(c: _Checker, name: str) -> VmSpec:
+    vd = c.mapping("vm")
+    v = _Checker(vd, "vm", name)
+    v.only_keys(VM_KEYS)
+    mac = v.string("mac", required=True, check=lambda m: normalize_mac(m) is not None,
+                   what="a MAC address like 52:54:00:12:34:56") or ""
+    if "network" not in vd:
+        raise c.fail("vm", "vm.network is required ({address: IP/PREFIX, gateway: IP})")
+    nd = v.mapping("network")
+    n = _Checker(nd, "vm.network", name)
+    n.only_keys(VM_NETWORK_KEYS)
+    network = VmNetwork(
+        address=n.string("address", required=True, check=_cidr,
+                         what="an IPv4 address with its prefix, like 10.77.0.31/24") or "",
+        gateway=n.string("gateway", check=_ip, what="an IP address"),
+        nameservers=n.names("nameservers", _ip, "IP address"),
+    )
+    keys = v.names("ssh_authorized_keys", lambda k: bool(_AUTHORIZED_KEY.match(k.strip())),
+                   "public key line like 'ssh-ed25519 AAAA...'")
+    return VmSpec(
+        hypervisor=v.string("hypervisor", required=True, check=valid_hostname,
+                            what="a host name") or "",
+        image=v.string("image", required=True, check=lambda i: bool(_IMAGE_NAME.match(i)),
+                       what="an image name (letters, digits, . _ -)") or "",
+        mac=normalize_mac(mac) or "",
+        network=network,
+        vcpus=v.integer("vcpus", 1, 1, 64),
+        memory_mib=v.integer("memory_mib", 256, 64, 1024 * 1024),
+        disk_mib=v.integer("disk_mib", 2048, 64, 64 * 1024 * 1024),
+        hostname=v.string("hostname", check=valid_hostname, what="an RFC 1123 host name"),
+        ssh_authorized_keys=tuple(k.strip() for k in keys),
+        state=v.string("state", check=lambda s: s in VM_STATES,
+                       what=f"one of {', '.join(VM_STATES)}") or "running",
+        autostart=v.boolean("autostart", True),
+        domain_type=v.string("domain_type", check=lambda t: t in VM_DOMAIN_TYPES,
+                             what=f"one of {', '.join(VM_DOMAIN_TYPES)}") or "auto",
+        console_log=v.string("console_log", check=lambda p: p.startswith("/"),
+                             what="an absolute path"),
     )
 
 
@@ -418,6 +520,26 @@ def _check_references(inv: Inventory) -> None:
                                      f"{_hint(h, inv.hosts)}", file=group.file,
                                      line=group.line_of("hosts"), key=f"groups.{group.name}.hosts")
     _check_cycles(inv)
+    _check_guests(inv)
+
+
+def _check_guests(inv: Inventory) -> None:
+    """A guest's hypervisor is an inventory host that is not itself a guest."""
+    for host in inv.hosts.values():
+        if host.vm is None:
+            continue
+        hv = host.vm.hypervisor
+        line = host.line_of("vm")
+        if hv == host.name:
+            raise InventoryError("vm.hypervisor: a guest cannot be its own hypervisor",
+                                 file=host.file, line=line, host=host.name, key="vm.hypervisor")
+        if hv not in inv.hosts:
+            raise InventoryError(f"vm.hypervisor: unknown host '{hv}'{_hint(hv, inv.hosts)}",
+                                 file=host.file, line=line, host=host.name, key="vm.hypervisor")
+        if inv.hosts[hv].vm is not None:
+            raise InventoryError(f"vm.hypervisor: '{hv}' is itself a guest; nested guests are "
+                                 "not supported", file=host.file, line=line, host=host.name,
+                                 key="vm.hypervisor")
 
 
 def _hint(name: str, known: Iterable[str]) -> str:
@@ -463,7 +585,12 @@ def _check_unique(inv: Inventory) -> None:
         if host.provision:
             claim("MAC", host.provision.mac, host, "provision.mac")
             claim("IP", host.provision.ip, host, "provision.ip")
-        if host.address and (not host.provision or host.address != host.provision.ip):
+        if host.vm:
+            claim("MAC", host.vm.mac, host, "vm.mac")
+            claim("IP", host.vm.network.ip, host, "vm.network")
+        own_ip = (host.provision.ip if host.provision else
+                  host.vm.network.ip if host.vm else None)
+        if host.address and host.address != own_ip:
             claim("IP", host.address if _ip(host.address) else None, host, "address")
         if host.bmc:
             claim("BMC", f"{host.bmc.address}:{host.bmc.port}", host, "bmc")

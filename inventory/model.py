@@ -36,6 +36,48 @@ class Provisioning:
     console_log: str | None = None
 
 
+VM_STATES = ("running", "stopped", "absent")
+VM_DOMAIN_TYPES = ("auto", "kvm", "qemu")
+
+
+@dataclass(frozen=True)
+class VmNetwork:
+    """A guest's static IPv4 network, handed to it in its cloud-init style seed."""
+
+    address: str                      #: CIDR, e.g. ``10.77.0.31/24``
+    gateway: str | None = None
+    nameservers: tuple[str, ...] = ()
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    """A host that is a guest: which hypervisor holds it and what it is made of.
+
+    The ``vm`` resource turns this into a libvirt domain on ``hypervisor``, with a qcow2
+    overlay on ``image`` (a name in the site's image store) and a seed with ``hostname``,
+    ``network``, the controller's SSH key and a host key the controller generated.
+    """
+
+    hypervisor: str
+    image: str
+    mac: str
+    network: VmNetwork
+    vcpus: int = 1
+    memory_mib: int = 256
+    disk_mib: int = 2048
+    hostname: str | None = None
+    ssh_authorized_keys: tuple[str, ...] = ()
+    state: str = "running"            #: running | stopped | absent
+    autostart: bool = True
+    domain_type: str = "auto"         #: auto (kvm where a test launch proves it) | kvm | qemu
+    #: where the hypervisor logs the guest's serial console (default chosen by the resource)
+    console_log: str | None = None
+
+
 @dataclass(frozen=True)
 class SshSettings:
     """How configure/ and orchestrate/ reach the host over SSH."""
@@ -70,6 +112,12 @@ class Host(Located):
     bmc: Bmc | None = None
     provision: Provisioning | None = None
     ssh: SshSettings = field(default_factory=SshSettings)
+    vm: VmSpec | None = None
+
+    @property
+    def is_vm(self) -> bool:
+        """A guest on one of the inventory's hypervisors (no BMC, no node lifecycle)."""
+        return self.vm is not None
 
     @property
     def managed(self) -> bool:
@@ -103,6 +151,10 @@ class Inventory:
             return self.hosts[name]
         except KeyError:
             raise InputError(f"no host named '{name}' in the inventory") from None
+
+    def guests_of(self, hypervisor: str) -> list[Host]:
+        """The VM hosts whose ``vm.hypervisor`` is ``hypervisor``, in inventory order."""
+        return [h for h in self.hosts.values() if h.vm and h.vm.hypervisor == hypervisor]
 
     def group_hosts(self, group: str) -> list[str]:
         """Every host in ``group`` or one of its descendants, in inventory order."""
