@@ -73,6 +73,14 @@ class ProvisionStep:
             raise ValueError("the provision step takes no arguments (the image, BMC and "
                              "MAC come from the inventory)")
 
+    @staticmethod
+    def host_problem(host: Host) -> str | None:
+        """Why ``host`` cannot be provisioned, known from the inventory (run validation
+        reports it before any host is contacted), or None."""
+        if host.bmc is None or host.provision is None or not host.provision.mac:
+            return "provision needs bmc and provision.mac in the inventory"
+        return None
+
     def run(self, ctx: HostContext, args: None) -> StepOutcome:
         inventory = ctx.options.get("inventory")
         if inventory is None:

@@ -55,3 +55,23 @@ def test_the_shipped_site_yml_passes_plan_on_a_lab_inventory(tmp_path):
         site.close()
     assert kinds(doc) == [["provision"], ["apply_roles"], ["monitor"]]
     assert [p["hosts"] for p in doc["plays"]] == [["node1", "node2"]] * 3
+
+
+def test_a_provision_play_on_hosts_without_a_bmc_is_refused_before_any_contact(tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "inventory.yml").write_text(
+        "hosts:\n  web1: {address: 10.0.0.5}\n  web2: {address: 10.0.0.6}\n"
+        "  node1:\n    bmc: {address: 127.0.0.1, port: 20031, username: a, password: {secret: b}}\n"
+        "    provision: {mac: '52:54:00:00:99:01', ip: 10.99.0.11}\n")
+    (root / "secrets.yml").write_text("b: pw\n")
+    (root / "secrets.yml").chmod(0o600)
+    (root / "pb.yml").write_text("- hosts: all\n  steps:\n    - provision: {}\n")
+    site = Site.open(root)
+    try:
+        problems = run_problems(site, load(site, str(root / "pb.yml")), RunOptions())
+    finally:
+        site.close()
+    assert [(p.message, p.hosts) for p in problems] == [
+        ("provision needs bmc and provision.mac in the inventory", ("web1", "web2"))]
+    assert problems[0].source.endswith("pb.yml:3")
