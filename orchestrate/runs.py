@@ -243,8 +243,11 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
     if on_event is not None:
         events.subscribe(on_event)
     # Nothing starts until a step needs it (a node to install, the monitoring stack).
+    # A node's lifecycle goes to the run's event log as it happens (node_state events).
     provisioning = provisioner if provisioner is not None else RunProvisioning(
-        site, ProvisionOptions(retry=options.retry))
+        site, ProvisionOptions(retry=options.retry),
+        on_change=lambda node, state, reason: events.emit(
+            "node_state", host=node, state=str(state), reason=reason[:2000]))
     backend = LocalBackend(
         inv, store, registry or build_registry(),
         connect or connector(inv, store, site.private_key()), parallelism=options.parallel,

@@ -17,6 +17,7 @@ import pytest
 
 from inventory.site import Site
 from orchestrate import provisioning
+from orchestrate.events import read_events
 from orchestrate.playbook import load_playbook
 from orchestrate.registry import build_registry
 from orchestrate.runs import RunOptions, start_run
@@ -90,8 +91,9 @@ class FakeProvisioner:
     calls: ClassVar[list[str]] = []
     hold: ClassVar[threading.Event | None] = None
 
-    def __init__(self, inventory: Any, store: Any, **_kw: Any) -> None:
+    def __init__(self, inventory: Any, store: Any, **kw: Any) -> None:
         self.store = store
+        self.on_change = kw["on_change"]
 
     def provision_one(self, host: Any, deadline: float | None = None) -> NodeResult:
         FakeProvisioner.calls.append(host.name)
@@ -103,6 +105,7 @@ class FakeProvisioner:
             return NodeResult(host.name, self.store.node(host.name).state, "held")
         for state in (lc.PXE_BOOTING, lc.INSTALLING, lc.INSTALLED, lc.REBOOTING, lc.ACTIVE):
             life.move(host.name, state, "fake")
+        self.on_change(host.name, lc.ACTIVE, "SSH answered")
         return NodeResult(host.name, lc.ACTIVE, "SSH answered", 0.1, {"active": 0.1})
 
 
@@ -144,6 +147,9 @@ def test_nodes_to_install_start_one_boot_server_for_the_run_and_it_stops_at_the_
     assert ctl.images == [{"debian-12"}]             # the image prepared once
     node = report.first_outcome("node1").data["node"]
     assert node["state"] == "active"
+    events = read_events(site.runs_dir / f"{report.uid}.jsonl")
+    assert sorted(e["host"] for e in events if e["event"] == "node_state"
+                  and e["state"] == "active") == ["node1", "node2"]
 
 
 def test_active_nodes_answering_with_their_pinned_key_are_ok_and_nothing_starts(
