@@ -155,6 +155,8 @@ def running_serve(site: Any) -> dict[str, Any] | None:
 
 #: Seconds a provision step may take beyond ``--timeout`` to fail its node and report.
 REPORT_GRACE = 30.0
+#: Seconds :meth:`RunProvisioning.close` waits for a step that is still preparing.
+CLOSE_WAIT = 10.0
 
 @dataclass(frozen=True)
 class ProvisionOptions:
@@ -297,6 +299,7 @@ class RunProvisioning:
         self._checked: set[str] = set()
         self._started: list[str] = []
         self._own_server = False
+        self._closing = False
         self.boot_url: str | None = None
 
     # -- what provision_nodes does up front ------------------------------------------------
@@ -328,6 +331,8 @@ class RunProvisioning:
         if host.name not in self._checked:
             self._check(host)
         with self._lock:
+            if self._closing:
+                raise MetalchainError(f"{host.name} not started: the run is ending")
             if self._fixed:
                 prov = self._prov
             else:
@@ -340,14 +345,22 @@ class RunProvisioning:
 
     def close(self, why: str = "the run ended") -> dict[str, str]:
         """Stop the boot server this run started (if any), first failing the nodes it left
-        in progress with ``why``; returns node -> reason of those failed. Idempotent."""
-        with self._lock:
+        in progress with ``why``; returns node -> reason of those failed. Idempotent.
+
+        No node starts once it is called. A step still preparing (an image build, under the
+        lock) is waited for :data:`CLOSE_WAIT` seconds at most: an aborted run ends now."""
+        self._closing = True
+        locked = self._lock.acquire(timeout=CLOSE_WAIT)
+        try:
             failed: dict[str, str] = {}
             if self._own_server and self.ctl is not None:
                 failed = _fail_cut_short(self.site, self.ctl.timeouts, self._started, why)
                 self.ctl.stop()
                 self._own_server = False
             return failed
+        finally:
+            if locked:
+                self._lock.release()
 
     # -- inside -------------------------------------------------------------------------
 
@@ -389,6 +402,8 @@ class RunProvisioning:
         from provision.drivers import driver_for
         from provision.provisioner import Provisioner
 
+        if self._closing:   # close() gave up waiting for this step: start nothing more
+            raise MetalchainError("not started: the run is ending")
         serving = None if self._given else running_serve(self.site)
         changes: NodeChanges | None = ctl.changes   # callbacks land in this process
         if not self._given and serving is None:

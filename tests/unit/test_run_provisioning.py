@@ -232,3 +232,40 @@ def test_check_mode_starts_nothing(site):
                                                              "node2": "changed"}
     assert report.first_outcome("node1").message == "would provision"
     assert FakeController.made == [] and FakeProvisioner.calls == []
+
+
+def test_closing_does_not_wait_for_an_image_build_and_nothing_starts_after_it(
+        site, monkeypatch):
+    """An aborted run ends at once even while a step builds an image (under the session's
+    lock); that step then starts no boot server."""
+    monkeypatch.setattr(provisioning, "CLOSE_WAIT", 0.2)
+    building, release = threading.Event(), threading.Event()
+
+    def slow_build(self: FakeController, images: set[str]) -> None:
+        building.set()
+        release.wait(10)
+
+    monkeypatch.setattr(FakeController, "prepare_images", slow_build)
+    session = provisioning.RunProvisioning(site)
+    errors: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            session.provision_one(site.inventory.host("node1"))
+        except Exception as exc:   # noqa: BLE001 - what the step saw is the result
+            errors.append(exc)
+
+    worker = threading.Thread(target=step)
+    worker.start()
+    try:
+        wait_for(building.is_set, 10, "the image build to start")
+        closer = threading.Thread(target=session.close, args=("aborted by a stop request",))
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive()          # close() did not wait for the build
+    finally:
+        release.set()
+        worker.join(10)
+    assert [str(e) for e in errors] == ["not started: the run is ending"]
+    [ctl] = FakeController.made
+    assert ctl.starts == 0 and FakeProvisioner.calls == []
