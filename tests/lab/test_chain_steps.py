@@ -162,3 +162,10 @@ def test_site_yml_provisions_configures_and_monitors_then_a_second_run_changes_n
           f"(stages: {[s['seconds'] for s in first['stages']]}), second run {second_s:.1f} s "
           f"(stages: {[s['seconds'] for s in second['stages']]})")
     assert second_s < first_s / 3
+    # The human summary: a row per stage and the chain line.
+    r = mc("--site", str(lab), "run", str(SITE_YML), timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    print(r.stdout)
+    assert "1 of 1 node active" in r.stdout
+    assert "chain: 1 of 1 node active; 1 host configured (roles applied: probe_exporter 1); " \
+        "1 of 1 target up in " in r.stdout
