@@ -293,8 +293,14 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
 
 
 def _end_provisioning(provisioning: Any, events: EventLog, why: str) -> None:
-    """Stop what the run's provisioning started; the nodes it failed become events."""
-    for node, reason in provisioning.close(why).items():
+    """Stop what the run's provisioning started; the nodes it failed become events. Never
+    raises: it runs on the way out of a run, maybe of one that failed for another reason."""
+    try:
+        failed = provisioning.close(why)
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome (or error) comes first
+        events.emit("provisioning_not_closed", error=f"{exc.__class__.__name__}: {exc}")
+        return
+    for node, reason in failed.items():
         events.emit("node_failed", host=node, reason=reason)
 
 
