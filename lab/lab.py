@@ -203,7 +203,8 @@ class Lab:
         hosts: dict[str, Any] = {}
         for node in config.nodes:
             hosts[node.name] = {
-                "groups": ["nodes"],
+                # Every lab node is a hypervisor of the chain (playbooks/site.yml).
+                "groups": ["nodes", "hypervisors"],
                 "bmc": {"address": "127.0.0.1", "port": node.bmc_port, "username": BMC_USER,
                         "password": {"secret": f"bmc-{node.name}"}},
                 "provision": {"mac": node.mac, "ip": node.ip, "image": NODE_IMAGE,
@@ -214,7 +215,7 @@ class Lab:
             key_type, key_b64 = rec.host_key.split()[:2]
             hosts[rec.name] = {"groups": ["fleet"], "address": rec.address,
                                "ssh": {"user": "root", "host_key": f"{key_type} {key_b64}"}}
-        doc = {"groups": {"nodes": {}, "fleet": {}}, "hosts": hosts}
+        doc = {"groups": {"nodes": {}, "hypervisors": {}, "fleet": {}}, "hosts": hosts}
         write_atomic(self.inventory_path, INVENTORY_HEADER + yaml.safe_dump(
             doc, sort_keys=False, default_flow_style=False))
         self.write_settings(config)

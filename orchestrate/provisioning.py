@@ -155,6 +155,8 @@ def running_serve(site: Any) -> dict[str, Any] | None:
 
 #: Seconds a provision step may take beyond ``--timeout`` to fail its node and report.
 REPORT_GRACE = 30.0
+#: Seconds :meth:`RunProvisioning.close` waits for a step that is still preparing.
+CLOSE_WAIT = 10.0
 
 @dataclass(frozen=True)
 class ProvisionOptions:
@@ -206,14 +208,14 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
     Code running inside ``serve`` (remediation) passes serve's ``controller``: its boot
     server is used and its callbacks wake the watchers in-process (:meth:`Serve.provision`).
 
+    A playbook's ``provision`` steps go through the same :class:`RunProvisioning` (there
+    without the up-front refusals: each node's step says what stops it).
+
     Example::
 
         report = provision_nodes(site, "node1", ProvisionOptions(force=True))
         report.nodes["node1"].state    # "active"
     """
-    from provision.drivers import driver_for
-    from provision.provisioner import Provisioner, preflight
-
     opts = options or ProvisionOptions()
     inv = site.inventory
     names = select_hosts(inv, target or "all")
@@ -226,40 +228,196 @@ def provision_nodes(site: Any, target: str | None, options: ProvisionOptions | N
         if not hosts:
             on_note("every node of the target is already active")
             return ProvisionReport(all_active=True)
-    ctl = controller or Controller(site)
-    preflight(site.state, hosts, ctl.timeouts, retry=opts.retry, force=opts.force)
-    if opts.image:
-        for h in hosts:
-            (ctl.hostkeys.dir / h.name).mkdir(parents=True, exist_ok=True)
-            ctl.hostkeys.set_image(h.name, opts.image)
-    for line in ctl.reconcile():
-        on_note(f"re-checked {line}")
-    ctl.prepare_images(ctl.images_for(hosts))
-    serving = None if controller is not None else running_serve(site)
-    started_here = controller is None and serving is None
-    changes: NodeChanges | None = ctl.changes   # callbacks land in this process
-    if started_here:
-        url = ctl.start()
-        on_note(f"boot server started for this run at {url}")
-    elif serving is not None:
-        on_note(f"using the running metalchain serve at {serving['url']}")
-        changes = None   # callbacks land in the serve process: watchers re-read the store
-    prov = Provisioner(inv, site.state, hostkeys=ctl.hostkeys, bmc_for=driver_for,
-                       timeouts=ctl.timeouts, on_change=on_change, changes=changes,
-                       token_ttl=ctl.settings.token_ttl)
+    session = RunProvisioning(site, opts, controller=controller, on_change=on_change,
+                              on_note=on_note)
+    session.preflight(hosts)
     names = [h.name for h in hosts]
     try:
-        results, interrupted = _run_provision(site, prov, names, opts, stop, on_note)
-        if interrupted == "aborted" and started_here:
-            _fail_cut_short(site, ctl, names, results, "aborted by a stop request")
+        session.prepare(hosts)
+        results, interrupted = _run_provision(site, session, names, opts, stop, on_note)
+        if interrupted == "aborted":
+            _update(results, session.close("aborted by a stop request"))
     except KeyboardInterrupt:   # a third Ctrl-C, or an embedder without a Stop
-        if started_here:
-            _fail_cut_short(site, ctl, names, {}, "interrupted (KeyboardInterrupt)")
+        session.close("interrupted (KeyboardInterrupt)")
         raise
     finally:
-        if started_here:
-            ctl.stop()
+        session.close()
     return ProvisionReport(nodes=results, interrupted=interrupted)
+
+
+def _update(results: dict[str, NodeResult], failed: dict[str, str]) -> None:
+    """The results of the nodes :meth:`RunProvisioning.close` failed, with its reason."""
+    for node, reason in failed.items():
+        if node in results:
+            old = results[node]
+            results[node] = NodeResult(node, lc.FAILED, reason, old.seconds, old.timings,
+                                       error=old.error)
+
+
+class RunProvisioning:
+    """The provisioning of one run: what its ``provision`` steps call
+    (:class:`provision.provision_step.NodeProvisioner`).
+
+    Nothing starts until a step needs a node provisioned: then, once (thread-safe), the
+    controller is built, nodes in progress are re-checked (:meth:`Controller.reconcile`), and
+    the site's running ``metalchain serve`` is used or a boot server started for this run;
+    each node's image is built (or taken from the cache) before its first node starts. A run
+    whose nodes are all active starts nothing. :meth:`close` (at the end of the run, also on
+    failure or Ctrl-C) stops the boot server this run started and fails, with the reason,
+    the nodes it left in progress (they cannot finish without it).
+
+    Each node is refused as ``metalchain provision`` would refuse it (provision_failed
+    without ``retry``, in maintenance, being provisioned by someone else), unless
+    :meth:`preflight` already judged it. ``provisioner`` replaces the one built here (tests).
+
+    Example::
+
+        session = RunProvisioning(site, ProvisionOptions(retry=True))
+        try:
+            session.provision_one(site.inventory.host("node1"))
+        finally:
+            session.close()
+    """
+
+    def __init__(self, site: Any, options: ProvisionOptions | None = None, *,
+                 controller: Controller | None = None, provisioner: Any = None,
+                 on_change: OnChange | None = None, on_note: OnNote = _quiet) -> None:
+        self.site = site
+        self.options = options or ProvisionOptions()
+        self.force = self.options.force
+        self.deadline = (time.time() + self.options.total_timeout
+                         if self.options.total_timeout else None)
+        self.ctl = controller
+        self._given = controller is not None
+        self._prov = provisioner
+        self._fixed = provisioner is not None
+        self._on_change = on_change
+        self._on_note = on_note
+        self._lock = threading.Lock()
+        self._reconciled = False
+        self._images: set[str] = set()
+        self._checked: set[str] = set()
+        self._started: list[str] = []
+        self._own_server = False
+        self._closing = False
+        self.boot_url: str | None = None
+
+    # -- what provision_nodes does up front ------------------------------------------------
+
+    def preflight(self, hosts: list[Any]) -> None:
+        """Refuse, before anything changes, every host whose state forbids starting it."""
+        from provision.provisioner import preflight
+
+        preflight(self.site.state, hosts, self._controller().timeouts,
+                  retry=self.options.retry, force=self.options.force)
+        self._checked.update(h.name for h in hosts)
+
+    def prepare(self, hosts: list[Any]) -> None:
+        """Image overrides, the re-check of nodes in progress and the images, before the
+        first node starts."""
+        with self._lock:
+            ctl = self._controller()
+            if self.options.image:
+                for h in hosts:
+                    (ctl.hostkeys.dir / h.name).mkdir(parents=True, exist_ok=True)
+                    ctl.hostkeys.set_image(h.name, self.options.image)
+            self._reconcile(ctl)
+            self._prepare_images(ctl, hosts)
+
+    # -- what a provision step calls -----------------------------------------------------
+
+    def provision_one(self, host: Any, deadline: float | None = None) -> NodeResult:
+        """Provision ``host`` to active (or failed); starts what it needs on first use."""
+        if host.name not in self._checked:
+            self._check(host)
+        with self._lock:
+            if self._closing:
+                raise MetalchainError(f"{host.name} not started: the run is ending")
+            if self._fixed:
+                prov = self._prov
+            else:
+                ctl = self._controller()
+                self._reconcile(ctl)
+                self._prepare_images(ctl, [host])
+                prov = self._provisioner(ctl)
+            self._started.append(host.name)
+        return prov.provision_one(host, deadline)
+
+    def close(self, why: str = "the run ended") -> dict[str, str]:
+        """Stop the boot server this run started (if any), first failing the nodes it left
+        in progress with ``why``; returns node -> reason of those failed. Idempotent.
+
+        No node starts once it is called. A step still preparing (an image build, under the
+        lock) is waited for :data:`CLOSE_WAIT` seconds at most: an aborted run ends now."""
+        self._closing = True
+        locked = self._lock.acquire(timeout=CLOSE_WAIT)
+        try:
+            failed: dict[str, str] = {}
+            if self._own_server and self.ctl is not None:
+                failed = _fail_cut_short(self.site, self.ctl.timeouts, self._started, why)
+                self.ctl.stop()
+                self._own_server = False
+            return failed
+        finally:
+            if locked:
+                self._lock.release()
+
+    # -- inside -------------------------------------------------------------------------
+
+    def _controller(self) -> Controller:
+        if self.ctl is None:
+            self.ctl = Controller(self.site)
+        return self.ctl
+
+    def _check(self, host: Any) -> None:
+        from provision.provisioner import preflight
+
+        timeouts = self.ctl.timeouts if self.ctl is not None else lc.DEFAULT_TIMEOUTS
+        try:
+            preflight(self.site.state, [host], timeouts, retry=self.options.retry,
+                      force=self.options.force)
+        except InputError as exc:
+            rec = self.site.state.node(host.name)
+            why = f" ({rec.reason[:300]})" if rec is not None and rec.state == lc.FAILED \
+                and rec.reason else ""
+            hint = ("; metalchain run --retry (or metalchain provision --retry) starts it "
+                    "over" if rec is not None and rec.state == lc.FAILED else "")
+            raise InputError(f"{exc}{why}{hint}") from None
+
+    def _reconcile(self, ctl: Controller) -> None:
+        if not self._reconciled:
+            self._reconciled = True
+            for line in ctl.reconcile():
+                self._on_note(f"re-checked {line}")
+
+    def _prepare_images(self, ctl: Controller, hosts: list[Any]) -> None:
+        wanted = ctl.images_for(hosts) - self._images
+        if wanted:
+            ctl.prepare_images(wanted)
+            self._images.update(wanted)
+
+    def _provisioner(self, ctl: Controller) -> Any:
+        if self._prov is not None:
+            return self._prov
+        from provision.drivers import driver_for
+        from provision.provisioner import Provisioner
+
+        if self._closing:   # close() gave up waiting for this step: start nothing more
+            raise MetalchainError("not started: the run is ending")
+        serving = None if self._given else running_serve(self.site)
+        changes: NodeChanges | None = ctl.changes   # callbacks land in this process
+        if not self._given and serving is None:
+            self.boot_url = ctl.start()
+            self._own_server = True
+            self._on_note(f"boot server started for this run at {self.boot_url}")
+        elif serving is not None:
+            self._on_note(f"using the running metalchain serve at {serving['url']}")
+            changes = None   # callbacks land in the serve process: watchers re-read the store
+        self._prov = Provisioner(self.site.inventory, self.site.state, hostkeys=ctl.hostkeys,
+                                 bmc_for=driver_for, timeouts=ctl.timeouts,
+                                 on_change=self._on_change, changes=changes,
+                                 token_ttl=ctl.settings.token_ttl)
+        return self._prov
 
 
 def _say_stopping(ev: dict[str, Any], on_note: OnNote) -> None:
@@ -271,19 +429,19 @@ def _say_stopping(ev: dict[str, Any], on_note: OnNote) -> None:
         on_note(stopping_line(ev))
 
 
-def _fail_cut_short(site: Any, ctl: Controller, names: list[str],
-                    results: dict[str, NodeResult], why: str) -> None:
-    """Fail the nodes still in progress: the boot server they need stops with this call."""
-    life = lc.Lifecycle(site.state, ctl.timeouts)
-    for node in names:
+def _fail_cut_short(site: Any, timeouts: Any, names: list[str], why: str) -> dict[str, str]:
+    """Fail the nodes still in progress: the boot server they need stops with this call.
+    Returns node -> the reason recorded."""
+    life = lc.Lifecycle(site.state, timeouts)
+    failed: dict[str, str] = {}
+    for node in dict.fromkeys(names):
         rec = site.state.node(node)
         state = rec.state if rec else None
-        reason = (f"{why} while {state}: the boot server of this provision stopped with it "
-                  "(provision --retry starts over)")
-        if state in lc.IN_PROGRESS and life.fail(node, reason) and node in results:
-            old = results[node]
-            results[node] = NodeResult(node, lc.FAILED, reason, old.seconds, old.timings,
-                                       error=old.error)
+        reason = (f"{why} while {state}: the boot server of this run stopped with it "
+                  "(provision --retry, or run --retry, starts over)")
+        if state in lc.IN_PROGRESS and life.fail(node, reason):
+            failed[node] = reason
+    return failed
 
 
 def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOptions,
@@ -292,21 +450,20 @@ def _run_provision(site: Any, prov: Any, nodes: list[str], opts: ProvisionOption
     """The nodes as a run of the ``provision`` step: fanned out ``opts.parallel`` at a time,
     journaled (``runs list`` shows it, ``@failed`` names the nodes that failed) and bounded by
     ``--timeout`` (plus a grace for the step to report) like any other run. The run holds
-    each node's lease while it provisions it: a node another run holds is not provisioned."""
-    from orchestrate.registry import build_registry
+    each node's lease while it provisions it: a node another run holds is not provisioned.
+    ``prov`` is the run's provisioner (a :class:`RunProvisioning`, or a test's fake)."""
     from orchestrate.runs import RunOptions, single_step_playbook, start_run
-    from provision.provision_step import ProvisionStep
     from provision.provisioner import timings
 
-    registry = build_registry()
-    deadline = time.time() + opts.total_timeout if opts.total_timeout else None
-    registry.register(ProvisionStep(prov, deadline=deadline))
+    if not isinstance(prov, RunProvisioning):
+        prov = RunProvisioning(site, opts, provisioner=prov)
     # The runner's bound is the backstop: the provisioner fails late nodes at the deadline.
     timeout = opts.total_timeout + REPORT_GRACE if opts.total_timeout else None
     pb = single_step_playbook("@provision", "provision", None, "provision", timeout=timeout)
     report = start_run(site, pb, RunOptions(kind="provision", parallel=opts.parallel,
-                                            named={"provision": nodes}), registry=registry,
-                       stop=stop, on_event=lambda ev: _say_stopping(ev, on_note))
+                                            named={"provision": nodes}, retry=opts.retry),
+                       provisioner=prov, stop=stop,
+                       on_event=lambda ev: _say_stopping(ev, on_note))
     results: dict[str, NodeResult] = {}
     for node in nodes:
         if node in report.held:   # another run holds the node: not touched, not ok

@@ -11,7 +11,9 @@ def build_registry() -> StepRegistry:
     from configure.command import CommandStep
     from configure.facts import GatherFactsStep
     from configure.verify import VerifyStep
+    from orchestrate.monitor_step import MonitorStep
     from provision.power_step import PowerStep
+    from provision.provision_step import ProvisionStep
 
     registry = StepRegistry()
     registry.register(CommandStep())
@@ -20,4 +22,8 @@ def build_registry() -> StepRegistry:
     registry.register(ApplyRoleStep())
     registry.register(VerifyStep())
     registry.register(PowerStep())
+    # The run's provisioner and monitoring (orchestrate.runs builds them per run; nothing
+    # starts until a step needs it).
+    registry.register(ProvisionStep())
+    registry.register(MonitorStep())
     return registry

@@ -91,6 +91,16 @@ class ItemCounts:
 
 
 @dataclass
+class PlayRun:
+    """A play as it ran: its position in the playbook, name, hosts and wall-clock time."""
+
+    index: int
+    name: str
+    hosts: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
 class RunReport:
     uid: str
     hosts: dict[str, HostReport] = field(default_factory=dict)
@@ -104,6 +114,8 @@ class RunReport:
     incomplete: list[str] = field(default_factory=list)
     #: host -> why it was not run: its lease is held by another run ("held by run X ...")
     held: dict[str, str] = field(default_factory=dict)
+    #: the plays that ran, in order, with their wall-clock times (the stage summary's)
+    plays: list[PlayRun] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:

@@ -27,6 +27,7 @@ from orchestrate.reports import (
     BatchJob,
     EventSink,
     HostReport,
+    PlayRun,
     RunReport,
     StepReport,
 )
@@ -73,6 +74,9 @@ class Runner:
                     _not_reached(report, hosts)
                     continue
                 events.emit("play_start", play=play.name, hosts=hosts)
+                played = PlayRun(play.index, play.name, list(hosts))
+                report.plays.append(played)
+                play_start = time.monotonic()
                 for n, batch in enumerate(batches(hosts, play.serial)):
                     if report.stopped_reason:
                         report.not_run.extend(h for h in batch if h not in report.not_run)
@@ -102,6 +106,7 @@ class Runner:
                             f"play '{play.name}': batch {n + 1} failed on {len(failed)} of "
                             f"{plural(len(batch), 'host')} ({pct:.0f}% > max_fail_percentage "
                             f"{play.max_fail_percentage:g}%); later batches not run")
+                played.seconds = time.monotonic() - play_start
                 events.emit("play_end", play=play.name)
                 if report.stopped_reason:
                     break

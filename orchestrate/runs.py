@@ -70,7 +70,8 @@ class RunOptions:
     besides ``@failed``. ``leases``: take the hosts' leases (when the run can change them);
     ``wait``: seconds to wait for hosts held by another run (None: skip them at once);
     ``command``: what other runs are told holds their hosts (default: this process's command
-    line without ``-e`` values)."""
+    line without ``-e`` values); ``retry``: ``provision`` steps start over nodes that are
+    provision_failed (as ``metalchain provision --retry`` does)."""
 
     kind: str = "playbook"
     limit: str | None = None
@@ -83,6 +84,7 @@ class RunOptions:
     leases: bool = True
     wait: float | None = None
     command: str | None = None
+    retry: bool = False
 
     @property
     def takes_leases(self) -> bool:
@@ -128,14 +130,15 @@ def _resumed(store: Any, playbook: Playbook, options: RunOptions
                         extra={**args.get("extra", {}), **options.extra},
                         check=options.check or bool(args.get("check")), diff=options.diff,
                         parallel=options.parallel, resume=uid, named=options.named,
-                        leases=options.leases, wait=options.wait, command=options.command)
+                        leases=options.leases, wait=options.wait, command=options.command,
+                        retry=options.retry)
     return merged, resume_state(store, uid)
 
 
 def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
               on_event: Listener | None = None, registry: StepRegistry | None = None,
               connect: Callable[[str], Any] | None = None,
-              stop: Stop | None = None) -> RunReport:
+              stop: Stop | None = None, provisioner: Any = None) -> RunReport:
     """Run ``playbook`` on the site (or resume ``options.resume``); returns the report.
 
     ``on_event`` gets every event as it happens (a progress display, a websocket).
@@ -143,9 +146,15 @@ def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
     step kinds (tests, embedders). ``stop.request()`` (from any thread, or a signal handler)
     ends the run early: first after the steps in progress, the second time at once; the
     report then says ``interrupted`` and the run's status is ``interrupted``/``aborted``.
+
+    ``provisioner`` is what the run's ``provision`` steps call; by default a
+    :class:`~orchestrate.provisioning.RunProvisioning` of the site that starts a boot server
+    only when a node needs one and stops it when the run ends. ``monitor`` steps share one
+    :class:`~orchestrate.monitor_step.RunMonitoring` per run.
     """
     preflight(site, playbook, options, registry=registry)
-    report = _run(site, playbook, options, on_event, registry, connect, stop or Stop())
+    report = _run(site, playbook, options, on_event, registry, connect, stop or Stop(),
+                  provisioner)
     after_run(site, options.kind, options.check)   # autodiscovery: newly applied hosts
     return report
 
@@ -208,7 +217,10 @@ def preflight(site: Any, playbook: Playbook, options: RunOptions, *,
 
 def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener | None,
          registry: StepRegistry | None, connect: Callable[[str], Any] | None,
-         stop: Stop) -> RunReport:
+         stop: Stop, provisioner: Any = None) -> RunReport:
+    from orchestrate.monitor_step import RunMonitoring
+    from orchestrate.provisioning import ProvisionOptions, RunProvisioning
+
     store = site.state
     inv = site.inventory
     # After the inventory: the {env: VAR} references it resolved are known values too.
@@ -230,21 +242,40 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
     events = EventLog(site.runs_dir / f"{uid}.jsonl", uid, mask)
     if on_event is not None:
         events.subscribe(on_event)
+    # Nothing starts until a step needs it (a node to install, the monitoring stack).
+    # A node's lifecycle goes to the run's event log as it happens (node_state events).
+    provisioning = provisioner if provisioner is not None else RunProvisioning(
+        site, ProvisionOptions(retry=options.retry),
+        on_change=lambda node, state, reason: events.emit(
+            "node_state", host=node, state=str(state), reason=reason[:2000]))
     backend = LocalBackend(
         inv, store, registry or build_registry(),
         connect or connector(inv, store, site.private_key()), parallelism=options.parallel,
         options={"playbooks_dir": site.playbooks_dir, "diff": options.diff,
                  "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)},
-                 "host_vars": event_vars(site)},
+                 "host_vars": event_vars(site), "provisioner": provisioning,
+                 "monitoring": RunMonitoring(site)},
         mask=mask)
     status, outcome = "failed", None
     try:
         with _heartbeat(store, uid), _leases(site, playbook, options, uid, named, facts,
                                              stop) as grant:
-            report = Runner(inv, backend).run(
-                playbook, events=events, run_uid=uid, limit=options.limit,
-                extra_vars=options.extra, check=options.check, named=named, done=done,
-                facts=facts, stop=stop, exclude=list(grant.held) if grant is not None else ())
+            try:
+                report = Runner(inv, backend).run(
+                    playbook, events=events, run_uid=uid, limit=options.limit,
+                    extra_vars=options.extra, check=options.check, named=named, done=done,
+                    facts=facts, stop=stop,
+                    exclude=list(grant.held) if grant is not None else ())
+            except BaseException as exc:
+                if provisioner is None:
+                    _end_provisioning(provisioning, events, "interrupted (KeyboardInterrupt)"
+                                      if isinstance(exc, KeyboardInterrupt) else
+                                      "the run ended with an error")
+                raise
+            if provisioner is None:   # the run's own: its boot server ends with it, while
+                # the run still holds the nodes' leases
+                _end_provisioning(provisioning, events, "aborted by a stop request"
+                                  if stop.aborting else "the run ended")
             if grant is not None:
                 report.held = {h: lease.describe() for h, lease in grant.held.items()}
         if report.interrupted == "interrupted" and stop.source == LEASE_LOST:
@@ -259,6 +290,18 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         events.close()
         store.end_run(uid, status, outcome)
     return report
+
+
+def _end_provisioning(provisioning: Any, events: EventLog, why: str) -> None:
+    """Stop what the run's provisioning started; the nodes it failed become events. Never
+    raises: it runs on the way out of a run, maybe of one that failed for another reason."""
+    try:
+        failed = provisioning.close(why)
+    except Exception as exc:  # noqa: BLE001 - the run's own outcome (or error) comes first
+        events.emit("provisioning_not_closed", error=f"{exc.__class__.__name__}: {exc}")
+        return
+    for node, reason in failed.items():
+        events.emit("node_failed", host=node, reason=reason)
 
 
 def _leases(site: Any, playbook: Playbook, options: RunOptions, uid: str,

@@ -219,6 +219,13 @@ def _check_step(step: Step, hosts: list[str], variables: Any, inputs: RunInputs,
             out.add(source, str(exc))
         return
     kind = inputs.registry.get(step.kind)
+    # A kind that can tell from the inventory alone that a host cannot run it (provision: a
+    # host without a BMC) says so here: host_problem(Host) -> message or None.
+    host_problem = getattr(kind, "host_problem", None)
+    if host_problem is not None:
+        for host in hosts:
+            if (message := host_problem(inputs.inventory.hosts[host])) is not None:
+                out.add(source, message, host)
     converges = getattr(kind, "roles_to_converge", None)
     if not step.templated:
         if converges is None:

@@ -23,6 +23,7 @@ from orchestrate.commands.common import (
 )
 from orchestrate.events import read_events
 from orchestrate.runs import RunOptions, load, plan_run, start_run
+from orchestrate.stage_summary import chain_line, stage_rows, stage_summary, summary_doc
 
 
 @click.command()
@@ -35,23 +36,29 @@ from orchestrate.runs import RunOptions, load, plan_run, start_run
 @click.option("--resume", metavar="RUN_ID", help="Continue a killed run.")
 @click.option("--parallel", type=click.IntRange(1, 10_000), default=DEFAULT_PARALLELISM,
               show_default=True, help="Hosts at once.")
+@click.option("--retry", is_flag=True, help="provision steps start over nodes that are "
+              "provision_failed (as `metalchain provision --retry`).")
 @wait_options
 @json_option
 @click.pass_obj
 def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], check: bool,
-        plan: bool, resume: str | None, parallel: int, wait: bool, wait_timeout: float | None,
-        as_json: bool) -> None:
+        plan: bool, resume: str | None, parallel: int, retry: bool, wait: bool,
+        wait_timeout: float | None, as_json: bool) -> None:
     """Run PLAYBOOK (a file, or a name under the site's playbooks/).
 
     Ctrl-C (or SIGTERM) stops after the steps in progress and prints the summary (exit
     130); a second Ctrl-C aborts them. Then `--limit @failed` runs the hosts that failed
     or were not reached, `--resume RUN_ID` the rest of the run.
 
+    The run ends with a summary per play (stage): its time, its hosts' outcomes, and what
+    its steps report (nodes active, roles applied, VMs running, scrape targets up).
+
     \b
     Examples:
       metalchain run site --plan
       metalchain run site --limit @failed -e release=2.1
       metalchain run site --resume RUN_ID
+      metalchain run site --limit @failed --retry
     """
     site = obj.site
     pb = load(site, playbook)
@@ -60,16 +67,28 @@ def run(obj: Any, playbook: str, limit: str | None, extra: tuple[str, ...], chec
         _print_plan(plan_run(site, pb, limit, extra=extra_vars), as_json)
         return
     options = RunOptions(kind="playbook", limit=limit, extra=extra_vars, check=check,
-                         parallel=parallel, resume=resume,
+                         parallel=parallel, resume=resume, retry=retry,
                          wait=wait_seconds(wait, wait_timeout))
     with stop_on_signals() as stop:
         report = output.with_progress(lambda on_event: start_run(
             site, pb, options, on_event=on_event, stop=stop))
     if as_json:
-        output.emit_json("run.result", report_doc(report))
+        output.emit_json("run.result", {**report_doc(report), **summary_doc(report)})
     else:
         output.print_summary(report)
+        _print_stages(report)
     raise click.exceptions.Exit(report.exit_code)
+
+
+def _print_stages(report: Any) -> None:
+    stages = stage_summary(report)
+    if not stages:
+        return
+    output.table("stages", ["stage", "play", "seconds", "hosts", "facts"],
+                 stage_rows(stages))
+    text = chain_line(stages)
+    if text:
+        output.line(text)
 
 
 def _print_plan(doc: dict[str, Any], as_json: bool) -> None:

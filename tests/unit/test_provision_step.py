@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 
 from inventory.site import Site
-from orchestrate.provisioning import ProvisionOptions, _fail_cut_short, _run_provision
+from orchestrate.provisioning import (
+    ProvisionOptions,
+    _fail_cut_short,
+    _run_provision,
+    _update,
+)
 from orchestrate.runner import last_failed_hosts
 from provision import lifecycle as lc
 from provision.provision_step import ProvisionStep
@@ -131,17 +136,17 @@ def test_a_stop_request_starts_no_further_node_and_finishes_the_one_in_progress(
 
 
 def test_nodes_cut_short_are_failed_with_the_reason_not_left_in_progress(site):
-    from types import SimpleNamespace
-
     site.state.set_node_state("node1", lc.ENROLLED, "enrolled")
     site.state.set_node_state("node1", lc.POWERING_ON, "power on")
     site.state.set_node_state("node1", lc.PXE_BOOTING, "pxe")
     site.state.set_node_state("node2", lc.ACTIVE, "installed earlier")
     results = {"node1": NodeResult("node1", lc.PXE_BOOTING, "pxe", 3.0, {})}
-    _fail_cut_short(site, SimpleNamespace(timeouts=dict(lc.DEFAULT_TIMEOUTS)),
-                    ["node1", "node2"], results, "aborted by a stop request")
+    failed = _fail_cut_short(site, dict(lc.DEFAULT_TIMEOUTS), ["node1", "node2"],
+                             "aborted by a stop request")
+    _update(results, failed)
     node1 = site.state.node("node1")
     assert node1.state == lc.FAILED and node1.reason.startswith(
         "aborted by a stop request while pxe_booting: the boot server")
+    assert failed == {"node1": node1.reason}
     assert results["node1"].state == lc.FAILED and results["node1"].reason == node1.reason
     assert site.state.node("node2").state == lc.ACTIVE     # not in progress: left alone

@@ -1,0 +1,77 @@
+"""The chain's playbooks validate against the real step registry: the scaffold's site.yml
+(``metalchain init``) on the scaffold's inventory, and the shipped playbooks/site.yml on the
+inventory `metalchain lab up` writes (its groups: nodes, hypervisors, fleet)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from inventory.site import Site
+from lab.lab import Lab, LabConfig, NodeConfig
+from orchestrate.commands.init_cmd import init
+from orchestrate.runs import RunOptions, load, plan_run, run_problems
+
+pytestmark = pytest.mark.unit
+
+SHIPPED = Path(__file__).resolve().parents[2] / "playbooks" / "site.yml"
+
+
+def kinds(doc: dict) -> list[list[str]]:
+    return [[s["kind"] for s in p["steps"]] for p in doc["plays"]]
+
+
+def test_the_scaffolds_site_yml_passes_plan(tmp_path):
+    root = tmp_path / "site"
+    result = CliRunner().invoke(init, [str(root)])
+    assert result.exit_code == 0, result.output
+    site = Site.open(root)
+    try:
+        pb = load(site, "site.yml")
+        assert run_problems(site, pb, RunOptions()) == []
+        doc = plan_run(site, pb)
+    finally:
+        site.close()
+    assert kinds(doc) == [["provision"], ["apply_roles"], ["monitor"]]
+    assert [p["hosts"] for p in doc["plays"]] == [["node1", "node2", "store1"]] * 3
+
+
+def test_the_shipped_site_yml_passes_plan_on_a_lab_inventory(tmp_path):
+    lab = Lab(tmp_path)
+    config = LabConfig(name="t", netns="mclab-t", ipv4="10.99.0.0/24", ipv6="fd00:99::/64",
+                       nodes=[NodeConfig(f"node{i}", f"52:54:00:00:99:0{i}", f"10.99.0.1{i}",
+                                         f"tap{i}", 20030 + i) for i in (1, 2)])
+    lab.ensure_secrets(config)
+    lab.write_inventory(config, [])
+    site = Site.open(tmp_path)
+    try:
+        assert site.inventory.group_hosts("hypervisors") == ["node1", "node2"]
+        pb = load(site, str(SHIPPED))
+        assert run_problems(site, pb, RunOptions()) == []
+        doc = plan_run(site, pb)
+    finally:
+        site.close()
+    assert kinds(doc) == [["provision"], ["apply_roles"], ["monitor"]]
+    assert [p["hosts"] for p in doc["plays"]] == [["node1", "node2"]] * 3
+
+
+def test_a_provision_play_on_hosts_without_a_bmc_is_refused_before_any_contact(tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "inventory.yml").write_text(
+        "hosts:\n  web1: {address: 10.0.0.5}\n  web2: {address: 10.0.0.6}\n"
+        "  node1:\n    bmc: {address: 127.0.0.1, port: 20031, username: a, password: {secret: b}}\n"
+        "    provision: {mac: '52:54:00:00:99:01', ip: 10.99.0.11}\n")
+    (root / "secrets.yml").write_text("b: pw\n")
+    (root / "secrets.yml").chmod(0o600)
+    (root / "pb.yml").write_text("- hosts: all\n  steps:\n    - provision: {}\n")
+    site = Site.open(root)
+    try:
+        problems = run_problems(site, load(site, str(root / "pb.yml")), RunOptions())
+    finally:
+        site.close()
+    assert [(p.message, p.hosts) for p in problems] == [
+        ("provision needs bmc and provision.mac in the inventory", ("web1", "web2"))]
+    assert problems[0].source.endswith("pb.yml:3")
