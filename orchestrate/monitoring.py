@@ -3,7 +3,8 @@
 Autodiscovery (:func:`refresh_targets`): every inventory host with an address whose roles (and
 their dependencies) declare ``scrape_targets`` in meta.yml, from the moment its roles have
 been applied, is written to the file_sd file ``SITE/monitor/targets/metalchain.json`` with
-its inventory labels, groups and roles. "Applied" is what the state store's journal can tell:
+its inventory labels, groups and roles (a guest also with ``hypervisor`` and ``kind="vm"``:
+:mod:`monitor.targets`). "Applied" is what the state store's journal can tell:
 the host has had a step end ok/changed in a non-check ``apply``, ``playbook`` or ``drift
 --fix`` run (the journal does not record which roles a step converged, so a host whose roles
 were assigned after its last apply counts from that apply on). A host that leaves the
@@ -108,7 +109,8 @@ def scrape_hosts(site: Any) -> list[ScrapeHost]:
         if by_roles[roles]:
             out.append(ScrapeHost(name=name, address=host.address,
                                   groups=tuple(inv.groups_of(name)), roles=roles,
-                                  labels=dict(host.labels), targets=by_roles[roles]))
+                                  labels=dict(host.labels), targets=by_roles[roles],
+                                  hypervisor=host.vm.hypervisor if host.vm else None))
     return out
 
 

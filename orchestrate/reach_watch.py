@@ -4,7 +4,9 @@ What :mod:`monitor.reach` caches for ``metalchain_host_reachable`` (Prometheus's
 alert). One short TCP connection per host and interval (connect, read the identification line,
 close: no authentication, nothing logged on the host beyond a dropped connection), in
 parallel with a timeout each, so one black-holed host never delays the others. Hosts reached
-through a ProxyCommand are not probed (there is no direct route to test).
+through a ProxyCommand are not probed (there is no direct route to test). Guests (hosts with a
+``vm:`` section) are probed like any host, at their address; their samples name their
+hypervisor (the ``VmDown`` alert's ``hypervisor`` label).
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class ReachWatch:
 
     def _one(self, host: Host) -> ReachSample:
         ok, why = self.probe(str(host.address), host.ssh.port, self.timeout)
-        return ReachSample(host.name, ok, self.clock(), why)
+        return ReachSample(host.name, ok, self.clock(), why,
+                           hypervisor=host.vm.hypervisor if host.vm else "")
 
     def start(self) -> ReachWatch:
         self._thread = threading.Thread(target=self._loop, name="ssh-prober", daemon=True)
