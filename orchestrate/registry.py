@@ -11,6 +11,7 @@ def build_registry() -> StepRegistry:
     from configure.command import CommandStep
     from configure.facts import GatherFactsStep
     from configure.verify import VerifyStep
+    from configure.virsh_power import VmPowerStep
     from provision.power_step import PowerStep
 
     registry = StepRegistry()
@@ -20,4 +21,5 @@ def build_registry() -> StepRegistry:
     registry.register(ApplyRoleStep())
     registry.register(VerifyStep())
     registry.register(PowerStep())
+    registry.register(VmPowerStep())
     return registry
