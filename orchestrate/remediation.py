@@ -109,6 +109,8 @@ def _guest(site: Any, target: str) -> tuple[str, str]:
                        "their hypervisor; a machine is power-cycled through its BMC")
     if vm.hypervisor not in site.inventory.hosts:
         raise _Refused(f"{name}: its hypervisor '{vm.hypervisor}' is not in the inventory")
+    if vm.state != "running":
+        raise _Refused(f"{name}: the inventory wants it {vm.state}: not started")
     return name, vm.hypervisor
 
 

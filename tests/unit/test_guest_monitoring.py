@@ -36,7 +36,16 @@ hosts:
       image: lab-guest
       mac: "52:54:00:98:00:31"
       network: {address: 10.98.0.31/24, gateway: 10.98.0.1}
+  vm2:
+    groups: [guests]
+    vm:
+      hypervisor: node1
+      image: lab-guest
+      mac: "52:54:00:98:00:32"
+      network: {address: 10.98.0.32/24}
+      state: stopped
 """
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC" + "C" * 43
 NODE = ScrapeTarget(port=9100, job="node", role="node_exporter")
 
 
@@ -71,6 +80,16 @@ def test_a_guest_is_discovered_like_any_host_with_its_labels_and_hypervisor(site
     assert "hypervisor" not in node and "kind" not in node and node["rack"] == "r1"
 
 
+def test_a_guest_the_vm_step_made_is_scraped_before_any_apply_but_not_a_stopped_one(site):
+    """A tiny guest image brings its exporter itself: the guest is a target once the vm step
+    pinned its host key; a guest the inventory wants stopped is never one."""
+    site.state.pin_host_key("vm2", KEY, "vm step")
+    _applied(site, "vm2")
+    assert scrape_hosts(site) == []
+    site.state.pin_host_key("vm1", KEY, "vm step")
+    assert [h.name for h in scrape_hosts(site)] == ["vm1"]
+
+
 @pytest.mark.parametrize("label", ["hypervisor", "kind"])
 def test_an_inventory_label_cannot_pose_as_the_guest_labels(label):
     with pytest.raises(TargetError, match=f"host web1: label '{label}' is one metalchain sets"):
@@ -85,8 +104,18 @@ def test_the_prober_probes_guests_and_their_series_names_the_hypervisor(site):
         return address != "10.98.0.31", "" if address != "10.98.0.31" else "timed out"
 
     cache = ReachCache()
-    watch = ReachWatch(lambda: site.inventory, cache, probe=probe, clock=lambda: 7.0)
+    ready = {"vm1", "vm2"}
+    watch = ReachWatch(lambda: site.inventory, cache, probe=probe, clock=lambda: 7.0,
+                       guest_ready=lambda name: name in ready)
     try:
+        watch.probe_once()
+        assert sorted(asked) == ["10.98.0.11", "10.98.0.31"]   # vm2 is to be stopped
+        ready.clear()                                            # vm1 not made yet
+        asked.clear()
+        watch.probe_once()
+        assert asked == ["10.98.0.11"] and set(cache.snapshot()) == {"node1"}
+        ready.add("vm1")
+        asked.clear()
         watch.probe_once()
     finally:
         watch.stop()
@@ -99,6 +128,15 @@ def test_the_prober_probes_guests_and_their_series_names_the_hypervisor(site):
         "host": "vm1", "kind": "vm", "hypervisor": "node1"}) == 0.0
     assert registry.get_sample_value("metalchain_host_reachable", {
         "host": "node1", "kind": "", "hypervisor": ""}) == 1.0
+
+
+def test_serve_takes_a_guest_as_made_once_its_host_key_is_pinned(site):
+    from orchestrate.reach_watch import pinned_in
+
+    ready = pinned_in(site.state)
+    assert not ready("vm1")
+    site.state.pin_host_key("vm1", KEY, "vm step")
+    assert ready("vm1") and not ready("vm2")
 
 
 def test_the_bmc_poller_skips_guests_without_an_error(site):

@@ -38,6 +38,9 @@ hosts:
   vm1:
     vm: {hypervisor: node1, image: lab-guest, mac: "52:54:00:98:00:31",
          network: {address: 10.98.0.31/24}}
+  vm2:
+    vm: {hypervisor: node1, image: lab-guest, mac: "52:54:00:98:00:32",
+         network: {address: 10.98.0.32/24}, state: stopped}
 """
 GUEST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB" + "B" * 43
 VM_DOWN = {"alertname": "VmDown", "host": "vm1", "hypervisor": "node1", "kind": "vm",
@@ -148,6 +151,8 @@ def test_power_cycle_refuses_a_guest_and_restart_vm_a_machine(world):
     assert not cycled.ok and "vm1 is a guest on node1: it has no BMC" in cycled.message
     started = impl.restart_vm(_call("node1"))
     assert not started.ok and "node1 is not a guest" in started.message
+    stopped = impl.restart_vm(_call("vm2"))
+    assert not stopped.ok and "vm2: the inventory wants it stopped" in stopped.message
     for target in ("all", "vm*", "nosuch"):
         assert "not a host of the inventory" in impl.restart_vm(_call(target)).message
     assert world["vm_steps"] == [] and world["site"].state.list_runs() == []
