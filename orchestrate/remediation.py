@@ -36,6 +36,7 @@ import json
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -69,6 +70,8 @@ ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 PROBE_TIMEOUT = 10.0
 #: Seconds the hard stop of a hung guest may take before restart_vm starts it again.
 RESET_TIMEOUT = 60.0
+#: Seconds between two probes of a guest's hypervisor that does not answer yet.
+HYPERVISOR_PROBE_INTERVAL = 1.0
 #: Engine workers in ``serve`` (the concurrency guard caps actions; these cap threads).
 SERVE_WORKERS = 8
 
@@ -278,7 +281,8 @@ class OrchestrateActions:
     def restart_vm(self, call: ActionCall) -> ActionResult:
         """The guest's ``vm`` step on its hypervisor, for that guest only (an ordinary
         remediation run holding the hypervisor's lease); with ``reset: true``, a hard stop
-        through libvirt first (``vm_power off``), so a hung guest boots afresh."""
+        through libvirt first (``vm_power off``), so a hung guest boots afresh. A hypervisor
+        that does not answer SSH is waited for first, within the step's timeout."""
         try:
             guest, hypervisor = _guest(self.site, call.target)
             reset = _flag(call.args, "reset")
@@ -290,6 +294,10 @@ class OrchestrateActions:
             if "vm" not in kinds:
                 raise _Refused("the vm step kind is not in this version: a guest cannot be "
                                "started by metalchain")
+            deadline = time.monotonic() + call.timeout
+            down = self._hypervisor_answers(hypervisor, deadline, call.stop)
+            if down is not None:
+                raise _Refused(f"{guest}: {down}")
             plays = []
             if reset:
                 from configure.virsh_power import parse_vm_power
@@ -347,23 +355,48 @@ class OrchestrateActions:
                                                     else f"is not active ({result.message})"))
 
     def host_ssh(self, call: VerifyCall) -> VerifyResult:
-        from provision.sshcheck import ssh_answers_with
-
         try:
-            host = self.site.inventory.hosts[_host(self.site, call.target)]
+            name = _host(self.site, call.target)
         except _Refused as exc:
             return VerifyResult(False, str(exc))
+        ok, why = self._answers_ssh(name, min(call.timeout, PROBE_TIMEOUT))
+        if ok:
+            return VerifyResult(True, f"{name} answers SSH with its pinned key")
+        return VerifyResult(False, f"{name} has {why}" if why.startswith("no address")
+                            else f"{name}: {why}")
+
+    def _answers_ssh(self, name: str, timeout: float) -> tuple[bool, str]:
+        """One probe: ``name`` answers SSH with a key pinned for it (or why not)."""
+        from provision.sshcheck import ssh_answers_with
+
+        host = self.site.inventory.hosts[name]
         address = host.address or (host.provision.ip if host.provision else None)
         keys = self.site.state.host_keys_of(host.name)
         if not address or not keys:
-            return VerifyResult(False, f"{host.name} has no address or no pinned host key")
+            return False, "no address or no pinned host key"   # host_ssh: "NAME has ..."
         why = ""
         for key in keys:
-            ok, why = ssh_answers_with(address, key, port=host.ssh.port,
-                                       timeout=min(call.timeout, PROBE_TIMEOUT))
+            ok, why = ssh_answers_with(address, key, port=host.ssh.port, timeout=timeout)
             if ok:
-                return VerifyResult(True, f"{host.name} answers SSH with its pinned key")
-        return VerifyResult(False, f"{host.name}: {why}")
+                return True, ""
+        return False, why
+
+    def _hypervisor_answers(self, hypervisor: str, deadline: float,
+                            stop: threading.Event) -> str | None:
+        """Wait until ``hypervisor`` answers SSH with its pinned key (a dead hypervisor is
+        brought back by its own incident; its guests wait for it instead of failing their
+        ladders at once); None when it does, else why not by ``deadline``. A hypervisor with
+        no pinned key is not waited for (the run finds out)."""
+        if not self.site.state.host_keys_of(hypervisor):
+            return None
+        why = ""
+        while True:
+            left = deadline - time.monotonic()
+            ok, why = self._answers_ssh(hypervisor, max(0.1, min(PROBE_TIMEOUT, left)))
+            if ok:
+                return None
+            if left <= 0 or stop.wait(min(HYPERVISOR_PROBE_INTERVAL, max(0.0, left))):
+                return f"its hypervisor {hypervisor} does not answer SSH ({why})"
 
     def prometheus(self, call: VerifyCall) -> VerifyResult:
         """Passes when the query returns series (``empty: true``: when it returns none).

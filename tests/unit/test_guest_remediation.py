@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+import orchestrate.remediation
 import provision.sshcheck
 from configure.ssh import CommandResult
 from configure.virsh_power import VmPowerStep
@@ -99,14 +100,18 @@ class Hypervisor:
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     w: dict[str, Any] = {"domains": {"vm1": "shut off"}, "vm_steps": [], "virsh": [],
-                         "starts": True, "probes": []}
+                         "starts": True, "probes": [], "hypervisor_down": 0}
 
     def probe(address: str, pinned: str, *, port: int = 22, timeout: float = 3.0):
         w["probes"].append((address, pinned))
+        if address == "10.98.0.11":                  # the hypervisor
+            w["hypervisor_down"] -= 1
+            return (w["hypervisor_down"] < 0, "no route to host")
         up = w["domains"]["vm1"] == "running"
         return (True, "") if up else (False, f"no SSH at {address}:22: timed out")
 
     monkeypatch.setattr(provision.sshcheck, "ssh_answers_with", probe)
+    monkeypatch.setattr(orchestrate.remediation, "HYPERVISOR_PROBE_INTERVAL", 0.01)
     site = Site.open(write_site(tmp_path / "site", INVENTORY, secrets="bmc: pw\n"))
     site.state.set_node_state("node1", "active")
     site.state.pin_host_key("vm1", GUEST_KEY, "test")
@@ -182,6 +187,24 @@ def test_reset_stops_the_domain_hard_through_libvirt_then_starts_it(world):
     steps = [e.step for e in world["site"].state.journal_entries(result.run_uid)]
     assert steps == ["vm_power / stop vm1 hard", "vm / start vm1"]
     assert not world["impl"].restart_vm(_call(reset="maybe")).ok
+
+
+HV_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAID" + "D" * 43
+
+
+def test_a_hypervisor_that_does_not_answer_is_waited_for_within_the_timeout(world):
+    site = world["site"]
+    site.state.pin_host_key("node1", HV_KEY, "test")
+    world["hypervisor_down"] = 3                     # back after its own incident's cycle
+    result = world["impl"].restart_vm(_call())
+    assert result.ok, result.message
+    assert [p for p in world["probes"] if p[0] == "10.98.0.11"] == [("10.98.0.11", HV_KEY)] * 4
+    world["hypervisor_down"] = 10 ** 6               # it does not come back
+    world["vm_steps"].clear()
+    call = ActionCall(target="vm1", args={}, incident_id=3, timeout=0.2)
+    failed = world["impl"].restart_vm(call)
+    assert not failed.ok and world["vm_steps"] == []
+    assert failed.message == "vm1: its hypervisor node1 does not answer SSH (no route to host)"
 
 
 def test_without_the_vm_step_kind_restart_vm_fails_cleanly(world):
