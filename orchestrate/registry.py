@@ -20,6 +20,6 @@ def build_registry() -> StepRegistry:
     registry.register(ApplyRolesStep())
     registry.register(ApplyRoleStep())
     registry.register(VerifyStep())
-    registry.register(PowerStep())
     registry.register(VmPowerStep())
+    registry.register(PowerStep())
     return registry
