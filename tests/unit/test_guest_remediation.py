@@ -139,6 +139,14 @@ def test_the_shipped_rules_send_a_dead_guest_to_restart_vm_and_a_dead_machine_to
     assert [(s.action, dict(s.args), s.verify.kind) for s in vm.steps] == [
         ("restart_vm", {}, "host_ssh"), ("restart_vm", {"reset": True}, "host_ssh")]
     assert rules.match({"alertname": "VmDown", "host": "vm1"}) is None   # no hypervisor
+    exporter = rules.match({"alertname": "ExporterDown", "job": "node", "instance": "vm1",
+                            "kind": "vm", "hypervisor": "node1"})
+    assert exporter.name == "guest-exporter-down"
+    assert [(s.action, dict(s.args), s.verify.kind) for s in exporter.steps] == [
+        ("restart_service", {"service": "prometheus-node-exporter"}, "prometheus"),
+        ("restart_vm", {"reset": True}, "prometheus")]
+    assert rules.match({"alertname": "ExporterDown", "job": "node",
+                        "instance": "web1"}).name == "exporter-down"
     node = rules.match({"alertname": "HostDown", "host": "node1"})
     assert node.name == "host-down" and node.steps[0].action == "power_cycle"
     # nothing that goes through a BMC takes a guest's alert, whatever else it carries

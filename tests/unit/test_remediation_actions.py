@@ -164,8 +164,9 @@ def test_build_remediator_uses_the_sites_rules_and_groups(tmp_path, run_cli):
     site = Site.open(tmp_path / "s")
     try:
         eng = build_remediator(site)
-        assert [r.name for r in eng.rules.rules] == ["unit-failed", "exporter-down",
-                                                     "powered-off", "host-down", "vm-down",
+        assert [r.name for r in eng.rules.rules] == ["unit-failed", "guest-exporter-down",
+                                                     "exporter-down", "powered-off",
+                                                     "host-down", "vm-down",
                                                      "bmc-unreachable"]
         sizes = eng.group_sizes_fn()
         groups = tuple(eng.groups_of_fn("node2"))
