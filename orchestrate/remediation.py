@@ -306,16 +306,17 @@ class OrchestrateActions:
                 plays += single_step_playbook(hypervisor, "vm_power", off,
                                               f"stop {guest} hard",
                                               timeout=min(RESET_TIMEOUT, call.timeout)).plays
+            left = max(1.0, deadline - time.monotonic())   # what the wait left of it
             start = kinds.get("vm").parse({"guests": [guest]})
             plays += single_step_playbook(hypervisor, "vm", start, f"start {guest}",
-                                          timeout=call.timeout).plays
+                                          timeout=left).plays
             pb = Playbook(path=Path("<restart_vm>"),
                           plays=[dataclasses.replace(p, index=i) for i, p in enumerate(plays)])
             what = f"restart_vm {guest} on {hypervisor}" + (" (reset)" if reset else "")
             extra = {} if self.registry is None else {"registry": self.registry}
             with _run_stop(call.stop) as stop:
-                report = self._start_run(self.site, pb, _options(call, what), stop=stop,
-                                         **extra)
+                options = dataclasses.replace(_options(call, what), wait=left)
+                report = self._start_run(self.site, pb, options, stop=stop, **extra)
         except (_Refused, MetalchainError, ValueError) as exc:
             return ActionResult(False, str(exc))
         result = _result(report, hypervisor)
@@ -395,8 +396,10 @@ class OrchestrateActions:
             ok, why = self._answers_ssh(hypervisor, max(0.1, min(PROBE_TIMEOUT, left)))
             if ok:
                 return None
-            if left <= 0 or stop.wait(min(HYPERVISOR_PROBE_INTERVAL, max(0.0, left))):
+            if left <= 0:
                 return f"its hypervisor {hypervisor} does not answer SSH ({why})"
+            if stop.wait(min(HYPERVISOR_PROBE_INTERVAL, left)):
+                return f"remediation stopping while waiting for its hypervisor {hypervisor}"
 
     def prometheus(self, call: VerifyCall) -> VerifyResult:
         """Passes when the query returns series (``empty: true``: when it returns none).
