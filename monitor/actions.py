@@ -2,7 +2,8 @@
 
 monitor/ decides *what* to do; it cannot do it (it imports neither configure nor orchestrate).
 orchestrate registers implementations here — ``restart_service`` as an ordinary journaled
-run, ``apply_role``, ``power_cycle`` through the BMC, ... — and the engine
+run, ``apply_role``, ``power_cycle`` through the BMC, ``restart_vm`` for a guest on its
+hypervisor, ... — and the engine
 (:mod:`monitor.engine`) calls them by name::
 
     actions = Actions()
@@ -31,7 +32,8 @@ from typing import Any, Generic, TypeVar
 log = logging.getLogger(__name__)
 
 #: The actions rules may name (the registry may hold others; these are the documented ones).
-KNOWN_ACTIONS = ("restart_service", "apply_role", "power_cycle", "reprovision", "playbook")
+KNOWN_ACTIONS = ("restart_service", "apply_role", "power_cycle", "reprovision", "playbook",
+                 "restart_vm")
 #: The verifications rules may name.
 KNOWN_VERIFIERS = ("service_active", "host_ssh", "prometheus")
 

@@ -24,7 +24,9 @@ Series (all names exact; the alert rules are written against them)::
     metalchain_bmc_reachable{host}                     1 if the BMC answered the last poll
     metalchain_node_power_on{host}                     1 on, 0 off (absent if the BMC is silent)
     metalchain_bmc_poll_timestamp_seconds{host}        when that poll was made
-    metalchain_host_reachable{host}                    1 if the host answered SSH (serve's prober)
+    metalchain_host_reachable{host,kind,hypervisor}    1 if the host answered SSH (serve's prober);
+                                                       a guest: kind="vm", hypervisor=its host
+                                                       (others: both "", i.e. absent)
     metalchain_incidents{state}                        incidents per state
     metalchain_remediation_actions_total{action,outcome}   finished actions
     metalchain_remediation_actions_running{action}
@@ -62,6 +64,7 @@ from inventory.state import StateStore
 from inventory.state.incidents import INCIDENT_STATES
 from inventory.state.states import NodeState
 from monitor.power import PowerSample
+from monitor.targets import GUEST_KIND
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 PROVISIONING_BUCKETS = (30.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -281,10 +284,13 @@ class ReachCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         reachable = GaugeMetricFamily("metalchain_host_reachable", "1 if the host answered "
-                                      "SSH (its identification string) at the latest probe",
-                                      labels=["host"])
+                                      "SSH (its identification string) at the latest probe; "
+                                      "a guest has kind=\"vm\" and its hypervisor",
+                                      labels=["host", "kind", "hypervisor"])
         for host, sample in sorted(self.status().items()):
-            reachable.add_metric([host], 1.0 if sample.reachable else 0.0)
+            hypervisor = getattr(sample, "hypervisor", "") or ""
+            reachable.add_metric([host, GUEST_KIND if hypervisor else "", hypervisor],
+                                 1.0 if sample.reachable else 0.0)
         yield reachable
 
 

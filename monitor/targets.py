@@ -15,6 +15,9 @@ renumbered host keeps its series), ``metalchain_host``, ``metalchain_groups`` an
 ``metalchain_roles`` (``,a,b,``: one regex ``.*,web,.*`` matches a member), and every
 inventory label under its own name when it is a valid Prometheus label name that does not
 clash with those (a clash or an invalid name is an error naming the host, never a silent drop).
+A guest (a host with a ``vm:`` section) also has ``hypervisor`` (the host that holds it) and
+``kind="vm"``, so a rule or a dashboard tells a dead VM from a dead machine; other hosts have
+neither (Prometheus reads an absent label as ``""``: ``{kind!="vm"}`` selects them).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _JOB = re.compile(r"^[a-zA-Z0-9_.:-]{1,100}$")
 #: Labels metalchain sets itself; inventory labels may not use these names.
 OWN_LABELS = frozenset({"job", "instance", "metalchain_host", "metalchain_groups",
-                        "metalchain_roles"})
+                        "metalchain_roles", "hypervisor", "kind"})
+#: ``kind`` of a guest's targets (other hosts have no ``kind`` label).
+GUEST_KIND = "vm"
 
 
 class TargetError(ValueError):
@@ -55,6 +60,8 @@ class ScrapeHost:
     roles: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     targets: tuple[ScrapeTarget, ...] = ()
+    #: the host holding this one when it is a guest (its inventory ``vm.hypervisor``)
+    hypervisor: str | None = None
 
 
 def scrape_targets(role: str, raw: Any) -> tuple[ScrapeTarget, ...]:
@@ -110,6 +117,8 @@ def _host_labels(host: ScrapeHost) -> dict[str, str]:
     labels = {"instance": host.name, "metalchain_host": host.name,
               "metalchain_groups": _members(host.groups),
               "metalchain_roles": _members(host.roles)}
+    if host.hypervisor:
+        labels |= {"hypervisor": host.hypervisor, "kind": GUEST_KIND}
     for name, value in sorted(host.labels.items()):
         if not _LABEL_NAME.match(name) or name.startswith("__"):
             raise TargetError(f"host {host.name}: label {name!r} is not a Prometheus label "

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from configure.verify import DEFAULT_PARALLEL, DEFAULT_TIMEOUT, VerifyReport, report_of
 from inventory.errors import InputError
 from inventory.variables import host_variables
+from orchestrate.playbook import Play, Playbook
 from orchestrate.reports import FAILED, RunReport
 from orchestrate.runs import (
     Listener,
@@ -234,7 +236,9 @@ def hosts_without_roles(site: Any, hosts: Sequence[str]) -> list[str]:
 
 @dataclass
 class PowerResult:
-    """One power action over hosts: per host ``{host, ok, result, error}`` in target order."""
+    """One power action over hosts: per host ``{host, ok, result, error}`` in target order;
+    a guest's row also has ``via`` (``libvirt on HYPERVISOR``) and, for ``status``,
+    ``state`` (libvirt's word for it: ``running``, ``shut off``, ...)."""
 
     action: str
     run: str
@@ -250,42 +254,87 @@ class PowerResult:
 def power(site: Any, target: str, action: str, *, limit: str | None = None,
           device: str | None = None, persistent: bool = True, wait: float | None = None,
           on_event: Listener | None = None) -> PowerResult:
-    """A BMC action (status, on, off, cycle, soft-off, bootdev) on ``target``'s hosts.
+    """A power action (status, on, off, cycle, soft-off, bootdev) on ``target``'s hosts.
 
-    ``status`` is read-only and skips the selected hosts that have no BMC (they are listed
+    A machine's goes through its BMC (the ``power`` step); a guest's (a host with a ``vm:``
+    section) through libvirt on its hypervisor (the ``vm_power`` step, run on the hypervisor
+    over SSH: :mod:`configure.virsh_power`) -- one run for both. ``bootdev`` is for machines
+    only: a guest boots from its disk image, which the ``vm`` step defines.
+
+    ``status`` is read-only and skips the selected hosts that have neither (they are listed
     in ``PowerResult.skipped``), so ``power status all`` works on a site with SSH-only
-    hosts; every other action refuses the whole target if a host in it has no BMC, naming
-    it, so nothing is powered on a target the operator did not mean.
+    hosts; every other action refuses the whole target if a host in it has no BMC and is
+    not a guest, naming it, so nothing is powered on a target the operator did not mean.
     """
     inv = site.inventory
     selected = select(site, target, limit)
-    missing = [h for h in selected if inv.hosts[h].bmc is None]
+    guests = [h for h in selected if inv.hosts[h].vm is not None]
     hosts = [h for h in selected if inv.hosts[h].bmc is not None]
+    missing = [h for h in selected if h not in guests and h not in hosts]
     if missing and action != "status":
         raise InputError(f"power {action}: no BMC in the inventory for {', '.join(missing)}"
                          " (narrow the target, e.g. with --limit)")
-    if not hosts:
+    if guests and action == "bootdev":
+        raise InputError(f"power bootdev: {', '.join(guests)} "
+                         f"{'is a guest' if len(guests) == 1 else 'are guests'}: a guest "
+                         "boots from its disk image, which the vm step defines (narrow the "
+                         "target, e.g. with --limit)")
+    if not hosts and not guests:
         raise InputError(f"power {action}: no host in '{target}' has a BMC "
                          f"({', '.join(missing)})")
-    args: dict[str, Any] = {"action": action}
-    if action == "bootdev":
-        args.update(device=device, persistent=persistent)
-    from provision.power_step import parse_power
+    plays: list[Play] = []
+    if hosts:
+        args: dict[str, Any] = {"action": action}
+        if action == "bootdev":
+            args.update(device=device, persistent=persistent)
+        from provision.power_step import parse_power
 
-    pb = single_step_playbook("@power", "power", parse_power(args), f"power {action}")
+        plays += single_step_playbook("@power", "power", parse_power(args),
+                                      f"power {action}").plays
+    hypervisors = list(dict.fromkeys(inv.hosts[g].vm.hypervisor for g in guests))
+    if guests:
+        from configure.virsh_power import parse_vm_power
+
+        vm_args = parse_vm_power({"action": action, "guests": guests})
+        plays += single_step_playbook("@vm_power", "vm_power", vm_args,
+                                      f"power {action} (libvirt)").plays
+    pb = Playbook(path=Path("<power>"), plays=[replace(p, index=i) for i, p in
+                                               enumerate(plays)])
     # status changes nothing: it takes no lease (and answers while another run holds one).
     report = start_run(site, pb, RunOptions(kind="power", parallel=POWER_PARALLEL,
-                                            named={"power": hosts}, leases=action != "status",
-                                            wait=wait), on_event=on_event)
+                                            named={"power": hosts, "vm_power": hypervisors},
+                                            leases=action != "status", wait=wait),
+                       on_event=on_event)
     result = PowerResult(action, report.uid, skipped=missing)
-    for h in hosts:
-        outcome = report.first_outcome(h)
-        ok = outcome is not None and outcome.status not in FAILED
-        result.hosts.append({"host": h, "ok": ok,
-                             "result": outcome.data.get("result") if ok and outcome else None,
-                             "error": None if ok else (outcome.message if outcome
-                                                       else report.held.get(h, "not run"))})
+    for h in selected:
+        if h in hosts:
+            outcome = report.first_outcome(h)
+            ok = outcome is not None and outcome.status not in FAILED
+            result.hosts.append({
+                "host": h, "ok": ok,
+                "result": outcome.data.get("result") if ok and outcome else None,
+                "error": None if ok else (outcome.message if outcome
+                                          else report.held.get(h, "not run"))})
+        elif h in guests:
+            result.hosts.append(_guest_power(report, h, inv.hosts[h].vm.hypervisor))
     return result
+
+
+def _guest_power(report: RunReport, guest: str, hypervisor: str) -> dict[str, Any]:
+    """A guest's row of a power result, from its hypervisor's ``vm_power`` step."""
+    row: dict[str, Any] = {"host": guest, "ok": False, "via": f"libvirt on {hypervisor}",
+                           "result": None, "error": None}
+    r = report.hosts.get(hypervisor)
+    step = next((s for s in (r.steps if r else []) if s.play == "vm_power"), None)
+    mine = (step.outcome.data.get("guests") or {}).get(guest) if step else None
+    if mine is None:
+        row["error"] = (step.outcome.message if step else
+                        report.held.get(hypervisor, f"not run on its hypervisor {hypervisor}"))
+        return row
+    row.update(ok=bool(mine.get("ok")), result=mine.get("result"), error=mine.get("error"))
+    if mine.get("state"):
+        row["state"] = mine["state"]
+    return row
 
 
 def verify_hosts(site: Any, hosts: Sequence[str], roles: Sequence[str] | None = None, *,

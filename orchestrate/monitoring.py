@@ -1,13 +1,15 @@
 """The monitoring stack of a site: autodiscovered targets, and ``monitor up|down|status``.
 
 Autodiscovery (:func:`refresh_targets`): every inventory host with an address whose roles (and
-their dependencies) declare ``scrape_targets`` in meta.yml, from the moment its roles have
-been applied, is written to the file_sd file ``SITE/monitor/targets/metalchain.json`` with
-its inventory labels, groups and roles. "Applied" is what the state store's journal can tell:
-the host has had a step end ok/changed in a non-check ``apply``, ``playbook`` or ``drift
---fix`` run (the journal does not record which roles a step converged, so a host whose roles
-were assigned after its last apply counts from that apply on). A host that leaves the
-inventory is not in the next file; Prometheus re-reads the file by itself (file_sd), no
+their dependencies) declare ``scrape_targets`` in meta.yml, from the moment its roles have been
+applied, is written to the file_sd file ``SITE/monitor/targets/metalchain.json`` with its
+inventory labels, groups and roles (a guest also with ``hypervisor`` and ``kind="vm"``:
+:mod:`monitor.targets`; a guest is scraped from the moment the ``vm`` step pinned its host key,
+as long as its inventory ``vm.state`` is ``running``). "Applied" is what the state store's
+journal can tell: the host has had a step end ok/changed in a non-check ``apply``, ``playbook``
+or ``drift --fix`` run (the journal does not record which roles a step converged, so a host
+whose roles were assigned after its last apply counts from that apply on). A host that leaves
+the inventory is not in the next file; Prometheus re-reads the file by itself (file_sd), no
 restart. It is refreshed by ``monitor up``, after every converging run (:func:`after_run`,
 called by :func:`orchestrate.runs.start_run`), and by ``metalchain serve`` on SIGHUP
 (:func:`refresh_if_set_up`, for whoever wires it).
@@ -95,7 +97,7 @@ def scrape_hosts(site: Any) -> list[ScrapeHost]:
     out = []
     for name, host in inv.hosts.items():
         roles = tuple(inv.roles_of(name))
-        if not roles or not host.address or name not in applied:
+        if not roles or not host.address or not _discovered(site, host, applied):
             continue
         if roles not in by_roles:
             found = []
@@ -108,8 +110,20 @@ def scrape_hosts(site: Any) -> list[ScrapeHost]:
         if by_roles[roles]:
             out.append(ScrapeHost(name=name, address=host.address,
                                   groups=tuple(inv.groups_of(name)), roles=roles,
-                                  labels=dict(host.labels), targets=by_roles[roles]))
+                                  labels=dict(host.labels), targets=by_roles[roles],
+                                  hypervisor=host.vm.hypervisor if host.vm else None))
     return out
+
+
+def _discovered(site: Any, host: Any, applied: set[str]) -> bool:
+    """Whether a host with roles is scraped: its roles have been applied; a guest also once
+    the ``vm`` step made it (its host key is pinned), since a small guest image may bring its
+    exporter itself -- and never a guest the inventory wants stopped or absent."""
+    if host.vm is None:
+        return host.name in applied
+    if host.vm.state != "running":
+        return False
+    return host.name in applied or bool(site.state.host_keys_of(host.name))
 
 
 def refresh_targets(site: Any) -> Path:

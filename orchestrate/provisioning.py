@@ -561,7 +561,7 @@ class Serve:
         from monitor.reach import ReachCache
         from monitor.settings import MonitorSettings
         from orchestrate.power_watch import PowerWatch
-        from orchestrate.reach_watch import ReachWatch
+        from orchestrate.reach_watch import ReachWatch, pinned_in
         from provision.drivers import driver_for
 
         monitor = MonitorSettings.from_site(self.site)
@@ -573,7 +573,8 @@ class Serve:
         self.reach_cache = ReachCache()
         self.reach_watch = ReachWatch(self._inventory, self.reach_cache,
                                       interval=monitor.bmc_poll_interval,
-                                      timeout=monitor.bmc_poll_timeout)
+                                      timeout=monitor.bmc_poll_timeout,
+                                      guest_ready=pinned_in(self.site.state))
         self.metrics_registry, self.metrics = build_registry(
             self.site.state, bmc_status=self.power_cache.snapshot,
             reach_status=self.reach_cache.snapshot)

@@ -4,7 +4,12 @@ What :mod:`monitor.reach` caches for ``metalchain_host_reachable`` (Prometheus's
 alert). One short TCP connection per host and interval (connect, read the identification line,
 close: no authentication, nothing logged on the host beyond a dropped connection), in
 parallel with a timeout each, so one black-holed host never delays the others. Hosts reached
-through a ProxyCommand are not probed (there is no direct route to test).
+through a ProxyCommand are not probed (there is no direct route to test). Guests (hosts with a
+``vm:`` section) are probed like any host, at their address, once they exist and are meant to
+run: their inventory ``vm.state`` is ``running`` (a guest the inventory stops is not "down")
+and ``guest_ready(name)`` (serve: the ``vm`` step has pinned its host key, so a guest that
+site.yml has not created yet is not "down" either). Their samples name their hypervisor (the
+``VmDown`` alert's ``hypervisor`` label).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from inventory.model import Host, Inventory
+from inventory.state import StateStore
 from monitor.reach import ReachCache, ReachSample, ssh_banner_ok
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,20 @@ def probe_ssh(address: str, port: int, timeout: float) -> tuple[bool, str]:
     return True, ""
 
 
+def guest_watched(host: Host, ready: Callable[[str], bool]) -> bool:
+    """Whether a host is probed as far as being a guest goes: any host that is not one; a
+    guest the inventory wants ``running`` and that ``ready`` says exists."""
+    if host.vm is None:
+        return True
+    return host.vm.state == "running" and ready(host.name)
+
+
+def pinned_in(store: StateStore) -> Callable[[str], bool]:
+    """``guest_ready`` for serve: the guest's host key is pinned (the vm step generated it
+    and pinned it when it made the guest's seed)."""
+    return lambda name: bool(store.host_keys_of(name))
+
+
 class ReachWatch:
     """Probe every host of ``inventory()`` every ``interval`` s (``start``/``stop``), or once
     (:meth:`probe_once`)."""
@@ -44,8 +64,10 @@ class ReachWatch:
     def __init__(self, inventory: Callable[[], Inventory], cache: ReachCache, *,
                  interval: float = 5.0, timeout: float = 2.0,
                  probe: Callable[[str, int, float], tuple[bool, str]] = probe_ssh,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 guest_ready: Callable[[str], bool] = lambda _name: True) -> None:
         self.inventory = inventory
+        self.guest_ready = guest_ready
         self.cache = cache
         self.interval = interval
         self.timeout = timeout
@@ -58,7 +80,8 @@ class ReachWatch:
 
     def probe_once(self) -> list[ReachSample]:
         hosts = [h for h in self.inventory().hosts.values()
-                 if h.address and not h.ssh.proxy_command]
+                 if h.address and not h.ssh.proxy_command
+                 and guest_watched(h, self.guest_ready)]
         names = {h.name for h in hosts}
         self.cache.forget(self._known - names)
         self._known = names
@@ -69,7 +92,8 @@ class ReachWatch:
 
     def _one(self, host: Host) -> ReachSample:
         ok, why = self.probe(str(host.address), host.ssh.port, self.timeout)
-        return ReachSample(host.name, ok, self.clock(), why)
+        return ReachSample(host.name, ok, self.clock(), why,
+                           hypervisor=host.vm.hypervisor if host.vm else "")
 
     def start(self) -> ReachWatch:
         self._thread = threading.Thread(target=self._loop, name="ssh-prober", daemon=True)

@@ -11,6 +11,7 @@ def build_registry() -> StepRegistry:
     from configure.command import CommandStep
     from configure.facts import GatherFactsStep
     from configure.verify import VerifyStep
+    from configure.virsh_power import VmPowerStep
     from orchestrate.monitor_step import MonitorStep
     from provision.power_step import PowerStep
     from provision.provision_step import ProvisionStep
@@ -21,6 +22,7 @@ def build_registry() -> StepRegistry:
     registry.register(ApplyRolesStep())
     registry.register(ApplyRoleStep())
     registry.register(VerifyStep())
+    registry.register(VmPowerStep())
     registry.register(PowerStep())
     # The run's provisioner and monitoring (orchestrate.runs builds them per run; nothing
     # starts until a step needs it).

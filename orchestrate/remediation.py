@@ -14,9 +14,12 @@ change one host at once (the action waits for the lease up to its timeout)::
 Actions: ``restart_service`` (``systemctl reset-failed``, then ``restart -- UNIT``),
 ``apply_role`` (the named role, or every role the inventory gives the host), ``playbook`` (a
 site playbook limited to the host), ``reprovision`` (install the node again; the approval
-guard stops it unless the rule allows it) and ``power_cycle`` (from
+guard stops it unless the rule allows it), ``power_cycle`` (from
 :mod:`orchestrate.power_remedy` when it is there; ``args: {if_on: leave}`` leaves a node that
-is on again instead of cycling it).
+is on again instead of cycling it; machines only: a guest has no BMC) and ``restart_vm`` (a
+guest only: the ``vm`` step for that one guest, run on its hypervisor, which starts a domain
+that is shut off or defines one that is gone; ``args: {reset: true}`` first stops the domain
+hard through libvirt, for a hung guest whose domain still runs).
 Verifications: ``service_active`` (``systemctl is-active -- UNIT``), ``host_ssh`` (SSH answers
 with the pinned host key), ``prometheus`` (an instant query is non-empty; by default
 ``up{instance="HOST"} == 1``).
@@ -33,10 +36,12 @@ import json
 import re
 import socket
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from inventory.errors import MetalchainError
@@ -51,8 +56,10 @@ from monitor.actions import (
 from monitor.engine import Remediator
 from monitor.rules import load_rules, rules_path
 from monitor.settings import MonitorSettings
+from orchestrate.playbook import Playbook
 from orchestrate.reports import RunReport
 from orchestrate.runs import RunOptions, load, single_step_playbook, start_run
+from orchestrate.steps import StepRegistry
 from orchestrate.stop import Stop
 from runtime.pidfile import same_process
 
@@ -61,6 +68,10 @@ UNIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_.@\\-]{0,254}$")
 ROLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 #: Seconds one probe of a verification may take at most (the engine polls until its timeout).
 PROBE_TIMEOUT = 10.0
+#: Seconds the hard stop of a hung guest may take before restart_vm starts it again.
+RESET_TIMEOUT = 60.0
+#: Seconds between two probes of a guest's hypervisor that does not answer yet.
+HYPERVISOR_PROBE_INTERVAL = 1.0
 #: Engine workers in ``serve`` (the concurrency guard caps actions; these cap threads).
 SERVE_WORKERS = 8
 
@@ -90,6 +101,39 @@ def _host(site: Any, target: str) -> str:
     if target not in site.inventory.hosts:
         raise _Refused(f"'{target}' is not a host of the inventory")
     return target
+
+
+def _guest(site: Any, target: str) -> tuple[str, str]:
+    """(guest, its hypervisor) for a target that is a guest of the inventory."""
+    name = _host(site, target)
+    vm = getattr(site.inventory.hosts[name], "vm", None)
+    if vm is None:
+        raise _Refused(f"{name} is not a guest (no vm: section): restart_vm starts guests on "
+                       "their hypervisor; a machine is power-cycled through its BMC")
+    if vm.hypervisor not in site.inventory.hosts:
+        raise _Refused(f"{name}: its hypervisor '{vm.hypervisor}' is not in the inventory")
+    if vm.state != "running":
+        raise _Refused(f"{name}: the inventory wants it {vm.state}: not started")
+    return name, vm.hypervisor
+
+
+def _machine(site: Any, target: str) -> str:
+    """A target that may go through a BMC: not a guest (a guest has none)."""
+    name = _host(site, target)
+    vm = getattr(site.inventory.hosts[name], "vm", None)
+    if vm is not None:
+        raise _Refused(f"{name} is a guest on {vm.hypervisor}: it has no BMC to power-cycle "
+                       "through (restart_vm starts it on its hypervisor)")
+    return name
+
+
+def _flag(args: Mapping[str, Any], name: str) -> bool:
+    value = args.get(name, False)
+    if isinstance(value, str) and value.lower() in ("true", "false", ""):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise _Refused(f"'{name}' is true or false, not {str(value)[:40]!r}")
+    return value
 
 
 def _unit(args: Mapping[str, Any]) -> str:
@@ -140,10 +184,14 @@ class OrchestrateActions:
     """The implementations, bound to one site (and, inside ``serve``, its controller)."""
 
     def __init__(self, site: Any, *, serve: Any = None,
-                 run: Callable[..., RunReport] = start_run) -> None:
+                 run: Callable[..., RunReport] = start_run,
+                 registry: StepRegistry | None = None) -> None:
         self.site = site
         self.serve = serve
         self._start_run = run
+        #: the step kinds (None: :func:`orchestrate.registry.build_registry`'s); tests and
+        #: embedders pass their own, and it is then handed to the runs too
+        self.registry = registry
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -230,13 +278,58 @@ class OrchestrateActions:
         state = getattr(node, "state", None)
         return ActionResult(state == "active", f"node is {state or 'unknown'}")
 
+    def restart_vm(self, call: ActionCall) -> ActionResult:
+        """The guest's ``vm`` step on its hypervisor, for that guest only (an ordinary
+        remediation run holding the hypervisor's lease); with ``reset: true``, a hard stop
+        through libvirt first (``vm_power off``), so a hung guest boots afresh. A hypervisor
+        that does not answer SSH is waited for first, within the step's timeout."""
+        try:
+            guest, hypervisor = _guest(self.site, call.target)
+            reset = _flag(call.args, "reset")
+            kinds = self.registry
+            if kinds is None:
+                from orchestrate.registry import build_registry
+
+                kinds = build_registry()
+            if "vm" not in kinds:
+                raise _Refused("the vm step kind is not in this version: a guest cannot be "
+                               "started by metalchain")
+            deadline = time.monotonic() + call.timeout
+            down = self._hypervisor_answers(hypervisor, deadline, call.stop)
+            if down is not None:
+                raise _Refused(f"{guest}: {down}")
+            plays = []
+            if reset:
+                from configure.virsh_power import parse_vm_power
+
+                off = parse_vm_power({"action": "off", "guests": [guest]})
+                plays += single_step_playbook(hypervisor, "vm_power", off,
+                                              f"stop {guest} hard",
+                                              timeout=min(RESET_TIMEOUT, call.timeout)).plays
+            left = max(1.0, deadline - time.monotonic())   # what the wait left of it
+            start = kinds.get("vm").parse({"guests": [guest]})
+            plays += single_step_playbook(hypervisor, "vm", start, f"start {guest}",
+                                          timeout=left).plays
+            pb = Playbook(path=Path("<restart_vm>"),
+                          plays=[dataclasses.replace(p, index=i) for i, p in enumerate(plays)])
+            what = f"restart_vm {guest} on {hypervisor}" + (" (reset)" if reset else "")
+            extra = {} if self.registry is None else {"registry": self.registry}
+            with _run_stop(call.stop) as stop:
+                options = dataclasses.replace(_options(call, what), wait=left)
+                report = self._start_run(self.site, pb, options, stop=stop, **extra)
+        except (_Refused, MetalchainError, ValueError) as exc:
+            return ActionResult(False, str(exc))
+        result = _result(report, hypervisor)
+        return ActionResult(result.ok, f"{guest} on {hypervisor}: {result.message}"[:500],
+                            result.run_uid)
+
     def power_cycle(self, call: ActionCall) -> ActionResult:
         try:
             from orchestrate.power_remedy import power_cycle_node  # type: ignore[import-not-found]
         except ImportError:
             return ActionResult(False, "power_cycle is not available in this version")
         try:
-            host = _host(self.site, call.target)
+            host = _machine(self.site, call.target)
             if_on = call.args.get("if_on", "cycle")
             if not isinstance(if_on, str) or if_on not in ("cycle", "leave"):
                 raise _Refused(f"power_cycle's if_on is cycle or leave, not {str(if_on)[:40]!r}")
@@ -263,23 +356,50 @@ class OrchestrateActions:
                                                     else f"is not active ({result.message})"))
 
     def host_ssh(self, call: VerifyCall) -> VerifyResult:
-        from provision.sshcheck import ssh_answers_with
-
         try:
-            host = self.site.inventory.hosts[_host(self.site, call.target)]
+            name = _host(self.site, call.target)
         except _Refused as exc:
             return VerifyResult(False, str(exc))
+        ok, why = self._answers_ssh(name, min(call.timeout, PROBE_TIMEOUT))
+        if ok:
+            return VerifyResult(True, f"{name} answers SSH with its pinned key")
+        return VerifyResult(False, f"{name} has {why}" if why.startswith("no address")
+                            else f"{name}: {why}")
+
+    def _answers_ssh(self, name: str, timeout: float) -> tuple[bool, str]:
+        """One probe: ``name`` answers SSH with a key pinned for it (or why not)."""
+        from provision.sshcheck import ssh_answers_with
+
+        host = self.site.inventory.hosts[name]
         address = host.address or (host.provision.ip if host.provision else None)
         keys = self.site.state.host_keys_of(host.name)
         if not address or not keys:
-            return VerifyResult(False, f"{host.name} has no address or no pinned host key")
+            return False, "no address or no pinned host key"   # host_ssh: "NAME has ..."
         why = ""
         for key in keys:
-            ok, why = ssh_answers_with(address, key, port=host.ssh.port,
-                                       timeout=min(call.timeout, PROBE_TIMEOUT))
+            ok, why = ssh_answers_with(address, key, port=host.ssh.port, timeout=timeout)
             if ok:
-                return VerifyResult(True, f"{host.name} answers SSH with its pinned key")
-        return VerifyResult(False, f"{host.name}: {why}")
+                return True, ""
+        return False, why
+
+    def _hypervisor_answers(self, hypervisor: str, deadline: float,
+                            stop: threading.Event) -> str | None:
+        """Wait until ``hypervisor`` answers SSH with its pinned key (a dead hypervisor is
+        brought back by its own incident; its guests wait for it instead of failing their
+        ladders at once); None when it does, else why not by ``deadline``. A hypervisor with
+        no pinned key is not waited for (the run finds out)."""
+        if not self.site.state.host_keys_of(hypervisor):
+            return None
+        why = ""
+        while True:
+            left = deadline - time.monotonic()
+            ok, why = self._answers_ssh(hypervisor, max(0.1, min(PROBE_TIMEOUT, left)))
+            if ok:
+                return None
+            if left <= 0:
+                return f"its hypervisor {hypervisor} does not answer SSH ({why})"
+            if stop.wait(min(HYPERVISOR_PROBE_INTERVAL, left)):
+                return f"remediation stopping while waiting for its hypervisor {hypervisor}"
 
     def prometheus(self, call: VerifyCall) -> VerifyResult:
         """Passes when the query returns series (``empty: true``: when it returns none).
@@ -324,6 +444,7 @@ def register(actions: Actions, verifiers: Verifiers, impl: OrchestrateActions) -
     actions.register("playbook", impl.playbook)
     actions.register("reprovision", impl.reprovision)
     actions.register("power_cycle", impl.power_cycle)
+    actions.register("restart_vm", impl.restart_vm)
     verifiers.register("service_active", impl.service_active)
     verifiers.register("host_ssh", impl.host_ssh)
     verifiers.register("prometheus", impl.prometheus)

@@ -30,8 +30,38 @@ def host_doc(h: Host) -> dict[str, Any]:
             "mac": h.provision.mac, "ip": h.provision.ip, "image": h.provision.image},
         "ssh": {"user": h.ssh.user, "port": h.ssh.port, "host_key": h.ssh.host_key,
                 "proxy_command": h.ssh.proxy_command},
+        "vm": vm_doc(h),
         "source": f"{h.file}:{h.line}",
     }
+
+
+def vm_doc(h: Host) -> dict[str, Any] | None:
+    """A guest's ``vm:`` section as the inventory gives it (no secret lives there: the
+    controller's host key for the guest is in the state store, its private half never shown)."""
+    vm = h.vm
+    if vm is None:
+        return None
+    return {"hypervisor": vm.hypervisor, "image": vm.image, "mac": vm.mac,
+            "network": {"address": vm.network.address, "gateway": vm.network.gateway,
+                        "nameservers": list(vm.network.nameservers)},
+            "vcpus": vm.vcpus, "memory_mib": vm.memory_mib, "disk_mib": vm.disk_mib,
+            "hostname": vm.hostname or h.name, "state": vm.state, "autostart": vm.autostart,
+            "domain_type": vm.domain_type, "console_log": vm.console_log,
+            "ssh_authorized_keys": list(vm.ssh_authorized_keys)}
+
+
+def placement(inv: Inventory, h: Host) -> dict[str, Any]:
+    """Where a host sits among hypervisors and guests: ``hypervisor`` (the host holding this
+    guest, else None) and ``guests`` (the guests this host holds, in inventory order)."""
+    return {"hypervisor": h.vm.hypervisor if h.vm else None,
+            "guests": [g.name for g in inv.guests_of(h.name)]}
+
+
+def _placement_text(inv: Inventory, h: Host) -> str:
+    if h.vm:
+        return f"guest on {h.vm.hypervisor}"
+    guests = [g.name for g in inv.guests_of(h.name)]
+    return f"holds {', '.join(guests)}" if guests else ""
 
 
 
@@ -93,11 +123,15 @@ def list_(obj: Any, target: str, limit: str | None, as_json: bool) -> None:
     names = select_hosts(inv, target, limit)
     hosts = [inv.hosts[n] for n in names]
     if as_json:
-        output.emit_json("inventory.list", {"hosts": [host_doc(h) for h in hosts]})
+        output.emit_json("inventory.list", {"hosts": [{**host_doc(h), **placement(inv, h)}
+                                                       for h in hosts]})
         return
-    output.table("hosts", ["host", "address", "groups", "roles", "labels", "bmc", "mac"], [
+    output.table("hosts", ["host", "address", "groups", "roles", "labels", "bmc", "mac",
+                           "vm"], [
         [h.name, h.address, inv.groups_of(h.name), inv.roles_of(h.name), h.labels,
-         h.bmc.describe() if h.bmc else None, h.provision.mac if h.provision else None]
+         h.bmc.describe() if h.bmc else None,
+         h.provision.mac if h.provision else h.vm.mac if h.vm else None,
+         _placement_text(inv, h) or None]
         for h in hosts])
 
 
@@ -113,7 +147,8 @@ def show(obj: Any, host: str, as_json: bool) -> None:
       metalchain inventory show node1
     """
     inv: Inventory = obj.site.inventory
-    doc = host_doc(inv.host(host))
+    h = inv.host(host)
+    doc = {**host_doc(h), **placement(inv, h)}
     doc["all_groups"] = inv.groups_of(host)
     doc["all_roles"] = inv.roles_of(host)
     if as_json:
@@ -125,7 +160,7 @@ def show(obj: Any, host: str, as_json: bool) -> None:
 def _flatten(doc: dict[str, Any], prefix: str = "") -> list[list[Any]]:
     rows: list[list[Any]] = []
     for k, v in doc.items():
-        if isinstance(v, dict) and v and k != "vars" and k != "labels":
+        if isinstance(v, dict) and v and k not in ("vars", "labels"):
             rows.extend(_flatten(v, f"{prefix}{k}."))
         else:
             rows.append([f"{prefix}{k}", v])
@@ -164,7 +199,7 @@ def vars_(obj: Any, host: str, extra: tuple[str, ...], as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def graph(obj: Any, as_json: bool) -> None:
-    """The group tree with its hosts.
+    """The group tree with its hosts, and each hypervisor's guests.
 
     \b
     Examples:
@@ -184,8 +219,10 @@ def graph(obj: Any, as_json: bool) -> None:
 
     ungrouped = [h for h in inv.hosts if not inv.groups_of(h)]
     tree = {"group": ALL_GROUP, "hosts": ungrouped, "children": [node(g) for g in tops]}
+    guests = {h.name: [g.name for g in inv.guests_of(h.name)] for h in inv.hosts.values()
+              if inv.guests_of(h.name)}
     if as_json:
-        output.emit_json("inventory.graph", {"graph": tree})
+        output.emit_json("inventory.graph", {"graph": tree, "guests": guests})
         return
 
     def render(n: dict[str, Any], depth: int) -> None:
@@ -194,6 +231,13 @@ def graph(obj: Any, as_json: bool) -> None:
         for c in n["children"]:
             render(c, depth + 1)
         for h in n["hosts"]:
-            output.line(f"{pad}  |-- {h}")
+            where = _placement_text(inv, inv.hosts[h])
+            output.line(f"{pad}  |-- {h}" + (f" ({where})" if where else ""))
 
     render(tree, 0)
+    if guests:
+        output.line("hypervisors:")
+        for hv, names in guests.items():
+            output.line(f"  {hv}")
+            for g in names:
+                output.line(f"    |-- {g} (vm)")

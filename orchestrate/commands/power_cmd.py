@@ -23,8 +23,9 @@ def _each(obj: Any, target: str, limit: str | None, action: str, as_json: bool,
         output.emit_json(f"power.{action}", {"hosts": result.hosts,
                                              "skipped": result.skipped})
     else:
-        output.table(f"power {action}", ["host", "result", "error"],
-                     [[r["host"], r["result"], r["error"]] for r in result.hosts])
+        output.table(f"power {action}", ["host", "result", "error", "via"],
+                     [[r["host"], r["result"], r["error"], r.get("via", "bmc")]
+                      for r in result.hosts])
         if result.skipped:
             n = len(result.skipped)
             output.line(f"skipped {output.plural(n, 'host')} without a BMC: "
@@ -34,7 +35,8 @@ def _each(obj: Any, target: str, limit: str | None, action: str, as_json: bool,
 
 @click.group()
 def power() -> None:
-    """Power and boot device through each host's BMC.
+    """Power and boot device through each host's BMC (a guest's power: through libvirt
+    on its hypervisor).
 
     \b
     Examples:

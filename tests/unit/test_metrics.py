@@ -252,8 +252,8 @@ def test_host_reachability_from_the_prober_cache():
     cache.record(ReachSample("web2", False, 1.0, "no route to host"))
     cache.forget(["gone"])
     m = scrape(build_registry_no_store(cache))
-    assert value(m, "metalchain_host_reachable", host="web1") == 1
-    assert value(m, "metalchain_host_reachable", host="web2") == 0
+    assert value(m, "metalchain_host_reachable", host="web1", kind="", hypervisor="") == 1
+    assert value(m, "metalchain_host_reachable", host="web2", kind="", hypervisor="") == 0
     assert ssh_banner_ok(b"SSH-2.0-OpenSSH_9.2p1\r\n") and not ssh_banner_ok(b"HTTP/1.1 400")
 
 

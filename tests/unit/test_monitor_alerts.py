@@ -23,7 +23,7 @@ from monitor.alerts import (
 pytestmark = pytest.mark.unit
 
 WANTED = {"ExporterDown", "HostDown", "SystemdUnitFailed", "DiskFilling", "DriftDetected",
-          "BmcUnreachable", "ProvisioningStuck", "NodePoweredOff"}
+          "BmcUnreachable", "ProvisioningStuck", "NodePoweredOff", "VmDown"}
 
 
 def rules(text: str) -> list[dict]:
@@ -38,7 +38,7 @@ def test_the_shipped_alerts_are_all_there_with_the_label_contract():
     for name, rule in by_name.items():
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         assert rule["labels"]["host"].startswith("{{ $labels."), name
-    assert by_name["ExporterDown"]["expr"] == 'up{job="node"} == 0'
+    assert by_name["ExporterDown"]["expr"].startswith('up{job="node"} == 0 unless on(instance)')
     assert by_name["ExporterDown"]["labels"]["host"] == "{{ $labels.instance }}"
     assert by_name["BmcUnreachable"]["labels"]["host"] == "{{ $labels.host }}"
     assert by_name["SystemdUnitFailed"]["labels"]["unit"] == "{{ $labels.name }}"
@@ -131,3 +131,16 @@ def test_rules_file_is_yaml_prometheus_reads():
 def test_durations_round_trip(seconds, text):
     assert prometheus_duration(seconds) == text
     assert duration_seconds(text) == seconds
+
+
+def test_a_dead_guest_is_vm_down_and_a_dead_machine_host_down_never_both():
+    """The two read one series; the guest's has kind="vm" (monitor/metrics.py), so each
+    down host fires exactly one of them and rules can tell them apart by name and label."""
+    by_name = {r["alert"]: r for r in rule_document(load_alerts(SHIPPED_ALERTS))[
+        "groups"][0]["rules"]}
+    assert by_name["HostDown"]["expr"] == 'metalchain_host_reachable{kind!="vm"} == 0'
+    assert by_name["VmDown"]["expr"] == 'metalchain_host_reachable{kind="vm"} == 0'
+    assert by_name["VmDown"]["labels"]["host"] == "{{ $labels.host }}"
+    # an exporter on a host that does not answer SSH at all is that host's alert, not its own
+    assert "unless on(instance)" in by_name["ExporterDown"]["expr"]
+    assert "metalchain_host_reachable == 0" in by_name["ExporterDown"]["expr"]

@@ -61,7 +61,7 @@ def world(tmp_path):
         return ActionResult(True, "powered on (it was off)", "run-1")
 
     actions, verifiers = Actions(), Verifiers()
-    for name in ("restart_service", "apply_role", "playbook", "reprovision"):
+    for name in ("restart_service", "apply_role", "playbook", "reprovision", "restart_vm"):
         actions.register(name, lambda call: ActionResult(False, "not in this test"))
     actions.register("power_cycle", power_cycle)
     verifiers.register("host_ssh", lambda call: VerifyResult(bmcs.power == "on", "ssh"))

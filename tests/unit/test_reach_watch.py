@@ -19,6 +19,7 @@ class FakeHost:
     name: str
     address: str | None
     ssh: SshSettings = field(default_factory=SshSettings)
+    vm: None = None
 
 
 @dataclass

@@ -104,7 +104,7 @@ def test_service_active_takes_no_lease_and_power_cycle_without_its_helper_fails_
     actions, verifiers = Actions(), Verifiers()
     register(actions, verifiers, impl)
     assert set(actions.names()) == {"restart_service", "apply_role", "playbook",
-                                    "reprovision", "power_cycle"}
+                                    "reprovision", "power_cycle", "restart_vm"}
     assert set(verifiers.names()) == {"service_active", "host_ssh", "prometheus"}
     try:
         import orchestrate.power_remedy  # noqa: F401
@@ -164,8 +164,9 @@ def test_build_remediator_uses_the_sites_rules_and_groups(tmp_path, run_cli):
     site = Site.open(tmp_path / "s")
     try:
         eng = build_remediator(site)
-        assert [r.name for r in eng.rules.rules] == ["unit-failed", "exporter-down",
-                                                     "powered-off", "host-down",
+        assert [r.name for r in eng.rules.rules] == ["unit-failed", "guest-exporter-down",
+                                                     "exporter-down", "powered-off",
+                                                     "host-down", "vm-down",
                                                      "bmc-unreachable"]
         sizes = eng.group_sizes_fn()
         groups = tuple(eng.groups_of_fn("node2"))
