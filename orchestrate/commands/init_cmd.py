@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import secrets as pysecrets
+import sys
 from importlib.resources import files
 from pathlib import Path
 
 import click
 
 from inventory.errors import InputError
+from orchestrate.serve_unit import UNIT_NAME, installed_executable, render_serve_unit
 
 SCAFFOLD_FILES = ("inventory.yml", "playbooks/site.yml")
 
@@ -53,3 +55,21 @@ def init(directory: Path) -> None:
     click.echo(f"  inventory: {directory / 'inventory.yml'}")
     click.echo(f"  secrets:   {directory / 'secrets.yml'} (mode 0600)")
     click.echo(f"  playbooks: {directory / 'playbooks'}")
+    _write_serve_unit(directory)
+
+
+def _write_serve_unit(directory: Path) -> None:
+    """SITE/metalchain-serve.service: the systemd unit for this site and installation."""
+    executable = installed_executable()
+    if executable is None:
+        click.echo(f"  no {UNIT_NAME}: no metalchain executable found next to "
+                   f"{sys.executable} or on PATH")
+        return
+    try:
+        text = render_serve_unit(executable, Path(os.path.abspath(directory)))
+    except InputError as exc:
+        click.echo(f"  no {UNIT_NAME}: {exc}")
+        return
+    (directory / UNIT_NAME).write_text(text, encoding="utf-8")
+    click.echo(f"  serve unit: {directory / UNIT_NAME} (install -m 0644 it into "
+               "/etc/systemd/system/)")
