@@ -245,7 +245,11 @@ class Dnsmasq:
             return "unchanged"
         proc = self._proc
         if proc is not None:
-            proc.send_signal(signal.SIGHUP)
+            try:
+                proc.send_signal(signal.SIGHUP)
+            except OSError as exc:   # e.g. no CAP_KILL over a dnsmasq that runs as nobody
+                raise BootServerError(f"cannot signal dnsmasq (pid {proc.pid}) to re-read "
+                                      f"its hosts file: {exc.strerror or exc}") from None
             log.info("dnsmasq: hosts file changed (%d nodes), sent SIGHUP", len(nodes))
         return "hosts"
 
