@@ -37,6 +37,14 @@ FIRST_NODE_HOST = 11
 FIRST_FLEET_HOST = 100
 FIRST_BMC_PORT = 6230
 NODE_IMAGE = "debian-12"
+FIRST_GUEST_HOST = 200
+#: the image guests boot (provision/guestimage.py STORE_NAME: the name the image store serves)
+GUEST_IMAGE = "metalchain-guest.qcow2"
+GUEST_MEMORY_MIB = 256
+#: the roles of the whole chain (playbooks/site.yml), by group, for `lab up --chain`
+CHAIN_ROLES = {"nodes": ["base", "node_exporter"], "hypervisors": ["hypervisor"],
+               "fleet": ["base", "node_exporter"], "storage": ["image_store"],
+               "guests": ["lab_guest"]}
 
 
 @dataclass
@@ -59,6 +67,12 @@ class LabConfig:
     http_port: int = 0
     nodes: list[NodeConfig] = field(default_factory=list)
     fleet: int = 0
+    #: the whole chain's inventory (roles, an image store, guests): ``lab up --chain``
+    chain: bool = False
+    vms: int = 0
+    #: the image store's catalogue (``image_store_images``), set once the guest image is
+    #: published
+    images: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabConfig:
@@ -111,7 +125,8 @@ class Lab:
         write_json(self.config_path, asdict(config))
 
     def plan(self, nodes: int, fleet: int, *, ipv4: str | None, name: str | None,
-             memory_mib: int, disk_gib: int) -> LabConfig:
+             memory_mib: int, disk_gib: int, chain: bool = False, vms: int = 0
+             ) -> LabConfig:
         """The configuration for ``nodes``/``fleet``, keeping what an earlier run chose."""
         old = self.load()
         netns = old.netns if old else (f"mclab-{name}" if name else default_netns(self.root))
@@ -120,6 +135,12 @@ class Lab:
             raise LabError(f"this lab uses {old.ipv4}; run lab down --purge to change it")
         if nodes > FIRST_FLEET_HOST - FIRST_NODE_HOST:
             raise LabError(f"at most {FIRST_FLEET_HOST - FIRST_NODE_HOST} nodes")
+        if vms and not chain:
+            raise LabError("guests (--vms) are part of the chain's inventory: add --chain")
+        if vms and not nodes:
+            raise LabError("guests (--vms) need at least one node to be their hypervisor")
+        if vms > 250 - FIRST_GUEST_HOST:
+            raise LabError(f"at most {250 - FIRST_GUEST_HOST} guests")
         tag = hashlib.sha256(netns.encode()).digest()
         kept = {n.name: n for n in (old.nodes if old else [])}
         used_ports = {n.bmc_port for n in kept.values()}
@@ -139,7 +160,8 @@ class Lab:
         http_port = old.http_port if old and old.http_port else _free_tcp_port()
         return LabConfig(name=netns.removeprefix("mclab-"), netns=netns, ipv4=str(net.ipv4),
                          ipv6=str(net.ipv6), memory_mib=memory_mib, disk_gib=disk_gib,
-                         nodes=out, fleet=fleet, http_port=http_port)
+                         nodes=out, fleet=fleet, http_port=http_port, chain=chain, vms=vms,
+                         images=old.images if old else [])
 
     def network(self, config: LabConfig) -> LabNetwork:
         return LabNetwork(config.netns, ipv4=config.ipv4, ipv6=config.ipv6)
@@ -215,10 +237,53 @@ class Lab:
             key_type, key_b64 = rec.host_key.split()[:2]
             hosts[rec.name] = {"groups": ["fleet"], "address": rec.address,
                                "ssh": {"user": "root", "host_key": f"{key_type} {key_b64}"}}
-        doc = {"groups": {"nodes": {}, "hypervisors": {}, "fleet": {}}, "hosts": hosts}
+        groups: dict[str, Any] = {"nodes": {}, "hypervisors": {}, "fleet": {}}
+        doc: dict[str, Any] = {"groups": groups, "hosts": hosts}
+        if config.chain:
+            self._chain_inventory(config, doc, [r.name for r in sorted(
+                fleet_records, key=lambda r: r.name)])
         write_atomic(self.inventory_path, INVENTORY_HEADER + yaml.safe_dump(
             doc, sort_keys=False, default_flow_style=False))
         self.write_settings(config)
+
+    def _chain_inventory(self, config: LabConfig, doc: dict[str, Any], fleet: list[str]
+                         ) -> None:
+        """The whole chain's inventory: every group's roles, the first fleet host as the
+        image store (with the published guest image), and ``config.vms`` guests spread
+        over the nodes, on the provisioning network."""
+        # The lab's nodes are emulated (TCG): no hardware virtualization to demand.
+        doc["vars"] = {"hypervisor_require_kvm": False}
+        groups = doc["groups"]
+        for group, roles in CHAIN_ROLES.items():
+            groups.setdefault(group, {})["roles"] = list(roles)
+        if fleet:
+            groups["storage"]["hosts"] = fleet[:1]
+            groups["storage"]["vars"] = {"image_store_images": list(config.images)}
+        else:
+            del groups["storage"]
+        net = self.network(config)
+        tag = hashlib.sha256(config.netns.encode()).digest()
+        for i in range(1, config.vms + 1):
+            hypervisor = config.nodes[(i - 1) % len(config.nodes)].name
+            ip = net.ipv4[FIRST_GUEST_HOST + i - 1]
+            doc["hosts"][f"vm{i}"] = {
+                "groups": ["guests"],
+                "labels": {"service": "demo"},
+                "vm": {"hypervisor": hypervisor, "image": GUEST_IMAGE,
+                       "mac": f"52:54:{tag[0]:02x}:{tag[1]:02x}:01:{i:02x}",
+                       "network": {"address": f"{ip}/{net.ipv4.prefixlen}",
+                                   "gateway": str(net.controller_ipv4.ip)},
+                       "memory_mib": GUEST_MEMORY_MIB, "disk_mib": 512},
+            }
+
+    def set_images(self, images: list[dict[str, str]]) -> None:
+        """Record the image store's catalogue and rewrite the inventory with it."""
+        config = self.load()
+        if config is None:
+            raise LabError(f"no lab in {self.root}")
+        config.images = list(images)
+        self.save(config)
+        self.write_inventory(config, fleetmod.load_records(self.dir))
 
     def write_settings(self, config: LabConfig) -> None:
         """The boot server's settings for the lab's provisioning network (metalchain.yml)."""

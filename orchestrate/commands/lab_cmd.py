@@ -53,22 +53,42 @@ def lab() -> None:
               show_default=True, help="MiB of RAM per node.")
 @click.option("--disk", "disk_gib", type=click.IntRange(1, 1024), default=4, show_default=True,
               help="GiB of (sparse) disk per node.")
+@click.option("--chain", is_flag=True,
+              help="Write the whole chain's inventory (playbooks/site.yml): roles per group, "
+                   "the first fleet host as image store with the lab's guest image, guests.")
+@click.option("--vms", type=click.IntRange(0, 50), default=None,
+              help="Guests (VMs) on the nodes, with --chain.  [default: 1 with --chain]")
 @dir_option
 @json_option
 @click.pass_obj
 def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
-       memory_mib: int, disk_gib: int, directory: Path | None, as_json: bool) -> None:
+       memory_mib: int, disk_gib: int, chain: bool, vms: int | None, directory: Path | None,
+       as_json: bool) -> None:
     """Bring the lab up (idempotent; re-run to resize).
+
+    With --chain the inventory also carries what playbooks/site.yml needs: roles for every
+    group, an image store (the first fleet host) serving the lab's guest image, which is
+    built (cached by content hash) and published next to the package mirror, and guests.
 
     \b
     Examples:
       metalchain lab up --dir lab1 --nodes 2 --fleet 3 --subnet 10.77.0.0/24
+      metalchain lab up --dir demo --nodes 2 --fleet 3 --chain --vms 1
     """
     lb = _lab(obj, directory)
     started = time.monotonic()
+    if vms is None:
+        vms = 1 if chain else 0
     config = lb.plan(nodes, fleet, ipv4=subnet, name=name, memory_mib=memory_mib,
-                     disk_gib=disk_gib)
+                     disk_gib=disk_gib, chain=chain, vms=vms)
     result = lb.up(config)
+    if chain and vms:
+        from orchestrate.guest_image import publish_guest_image
+
+        published = publish_guest_image(Site.open(lb.root))
+        lb.set_images([published.store_entry()])
+        result["guests"] = [f"vm{i}" for i in range(1, vms + 1)]
+        result["guest_image"] = published.store_entry()
     took = time.monotonic() - started
     if as_json:
         output.emit_json("lab.up", {"site": str(lb.root), "netns": config.netns,
@@ -76,7 +96,9 @@ def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
                                     **result})
         return
     output.line(f"lab up in {took:.1f}s: {output.plural(len(result['nodes']), 'node')}, "
-                f"{output.plural(len(result['fleet']), 'fleet host')}; site {lb.root} "
+                f"{output.plural(len(result['fleet']), 'fleet host')}"
+                + (f", {output.plural(len(result['guests']), 'guest')}"
+                   if result.get("guests") else "") + f"; site {lb.root} "
                 f"(network {config.ipv4}, namespace {config.netns})")
 
 
