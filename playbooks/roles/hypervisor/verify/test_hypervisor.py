@@ -66,6 +66,9 @@ def test_libvirt(host, role_vars):
         return
     assert host.package("libvirt-daemon-system").is_installed
     assert host.service("libvirtd").is_running and host.service("libvirtd").is_enabled
+    # ...for good: not with Debian's --timeout 120, after which an idle libvirtd exits.
+    pid = host.check_output("systemctl show -P MainPID libvirtd")
+    assert "--timeout" not in host.file(f"/proc/{pid}/cmdline").content_string
     listed = host.run("timeout 60 virsh -c qemu:///system list --all")
     assert listed.rc == 0, listed.stderr
     assert "Name" in listed.stdout and "State" in listed.stdout
