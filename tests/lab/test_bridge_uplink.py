@@ -97,7 +97,8 @@ def changes(doc: dict) -> list[str]:
 
 
 def address(root: Path) -> str:
-    return yaml.safe_load((root / "inventory.yml").read_text())["hosts"][NODE]["address"]
+    r = mc("--site", str(root), "inventory", "show", NODE, "--json")
+    return json.loads(r.stdout)["host"]["address"]
 
 
 LINKS = ("for l in /sys/class/net/*; do n=${l##*/}; printf '%s %s %s %s\\n' \"$n\" "
