@@ -93,7 +93,8 @@ def on_node(root: Path, script: str) -> str:
 
 
 def changes(doc: dict) -> list[str]:
-    return [c for h in doc["hosts"].values() for c in h.get("changes", [])]
+    return [c for h in doc["hosts"].values() for step in h.get("steps", [])
+            for c in step.get("changes", [])]
 
 
 def address(root: Path) -> str:
