@@ -12,7 +12,11 @@ What stays per resource:
 * check mode, changes and diffs: they come from each resource's own decision (untouched);
 * failures: if the joined transaction fails, the first resource says so and installs only its
   own packages, and every later one installs its own where it stands, so the resource whose
-  package is broken is the one that fails (the others keep their ordinary outcome);
+  package is broken is the one that fails (the others keep their ordinary outcome). That
+  holds for what apt refuses before dpkg runs (a package the mirror lacks, a conflict); a
+  maintainer script that fails leaves a half-configured package that every later apt-get
+  tries to configure again, so there the first resource fails, with apt's output naming the
+  package;
 * handlers: each resource still notifies its own, when its own action succeeds.
 
 A join never moves an install across something that changes what apt or dpkg would do: a
