@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from configure.apt_batch import Step, join_installs
 from configure.resources.base import Decision, Resource, ResourceSpecError
 from inventory.contracts import time_left
 from inventory.errors import TransportError
@@ -302,6 +303,21 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
                                                      [f"handler '{name}'"], handler=name,
                                                      source=it.source)
         return report(round_trips, owed)
+
+    # The package installs of the apply share one apt transaction where that is safe.
+    steps = []
+    for b in blocks:
+        for it in b.items:
+            n = plan.n(it)
+            if first_failure is not None and n >= first_failure:
+                break
+            d = decisions[n]
+            if isinstance(d, Decision):
+                steps.append(Step(n, plan.label(n), it.resource, d))
+        steps += [Step(plan.n(it), plan.label(plan.n(it)), it.resource, d, handler=True)
+                  for it in b.handlers.values()
+                  if isinstance(d := decisions[plan.n(it)], Decision)]
+    decisions.update(join_installs(steps))
 
     act_blocks = []
     for b in blocks:

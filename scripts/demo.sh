@@ -19,7 +19,7 @@ $MC --site "$site" lab status
 
 step "package mirror (signed)"
 $MC --site "$site" mirror build --sign \
-  --packages sudo,systemd-timesyncd,prometheus-node-exporter,qemu-system-x86,qemu-utils
+  --packages sudo,systemd-timesyncd,prometheus-node-exporter,qemu-system-x86,qemu-utils,libvirt-daemon-system
 $MC --site "$site" mirror stop >/dev/null   # a re-run restarts it on the current release
 $MC --site "$site" mirror serve --daemon
 

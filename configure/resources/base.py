@@ -39,6 +39,20 @@ class Action:
     script: str
 
 
+@dataclass(frozen=True)
+class AptInstall:
+    """What a package resource's install action does, so the engine may join it with the
+    installs of later package resources into one apt transaction (configure/apt_batch.py).
+
+    ``names`` are the packages this resource found missing; ``update`` says whether it
+    refreshes the package lists first; ``check`` is shell that exits 0 when all of ``names``
+    are installed."""
+
+    names: tuple[str, ...]
+    update: bool
+    check: str
+
+
 @dataclass
 class Decision:
     """What ``decide`` found: nothing to do, actions to run, or unknown (check mode only)."""
@@ -47,6 +61,8 @@ class Decision:
     changes: list[str] = field(default_factory=list)
     diff: str = ""
     unknown: str = ""      # set when the outcome cannot be predicted without acting
+    #: set by a package install that may share one apt transaction with others
+    apt_install: AptInstall | None = None
 
     @property
     def changed(self) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from configure.resources.base import (
     Action,
+    AptInstall,
     Decision,
     Probe,
     Resource,
@@ -19,6 +20,8 @@ from configure.resources.files import write_file_script
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.:@_-]*$")
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+#: apt options for metalchain's own installs only (role base writes it: dpkg_unsafe_io)
+INSTALL_CONF = "/etc/metalchain/apt.conf"
 APT_OPTS = ("-y", "-q", "-o", "Dpkg::Options::=--force-confdef", "-o",
             "Dpkg::Options::=--force-confold")
 
@@ -32,11 +35,38 @@ def _names(spec: Mapping[str, Any], kind: str, key: str = "name") -> list[str]:
     return items
 
 
+def installed_check(names: list[str] | tuple[str, ...]) -> str:
+    """Shell that exits 0 when every one of ``names`` is installed ("ii")."""
+    return " && ".join(f"dpkg-query -W -f='${{db:Status-Abbrev}}' {q(n)} 2>/dev/null "
+                       f"| grep -q '^ii'" for n in names)
+
+
+def apt_update_script(always: bool) -> str:
+    """Refresh the package lists: always, or only when the host has none yet."""
+    if always:
+        return f"{APT_ENV} apt-get update -q"
+    return (f"ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || "
+            f"{APT_ENV} apt-get update -q")
+
+
+def apt_install_script(names: list[str] | tuple[str, ...]) -> str:
+    """One ``apt-get install`` of ``names``: no recommends, config files kept (confold), and
+    the options of :data:`INSTALL_CONF` when the host has that file."""
+    return (f"if [ -r {INSTALL_CONF} ]; then set -- -c {INSTALL_CONF}; else set --; fi\n"
+            + APT_ENV + " apt-get \"$@\" " + cmd("install", *APT_OPTS,
+                                                  "--no-install-recommends", *names))
+
+
 class Package(Resource):
-    """Debian packages (apt). ``update_cache`` refreshes the lists before installing."""
+    """Debian packages (apt). ``update_cache`` refreshes the lists before installing.
+
+    Installs of several package resources in one apply share one apt transaction
+    (configure/apt_batch.py) unless ``batch: false``: say so for a package that needs
+    something a command resource between it and the previous package resource does first
+    (a debconf preseed, a repository added by a script)."""
 
     kind = "package"
-    KEYS = ("name", "state", "update_cache", "purge")
+    KEYS = ("name", "state", "update_cache", "purge", "batch")
     STATES = ("present", "absent")
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
@@ -44,6 +74,10 @@ class Package(Resource):
         self.names = _names(spec, self.kind)
         self.update_cache = bool(spec.get("update_cache", False))
         self.purge = bool(spec.get("purge", False))
+        batch = spec.get("batch", True)
+        if not isinstance(batch, bool):
+            raise ResourceSpecError("package: batch must be true or false")
+        self.batch = batch
         self.identity = f"package:{','.join(self.names)}"
 
     def probes(self) -> list[Probe]:
@@ -66,13 +100,12 @@ class Package(Resource):
             missing = [n for n, ok in have.items() if not ok]
             if not missing:
                 return Decision()
-            update = (f"{APT_ENV} apt-get update -q" if self.update_cache else
-                      f"ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || "
-                      f"{APT_ENV} apt-get update -q")
-            return Decision([Action(f"install {' '.join(missing)}", update + "\n" + APT_ENV + " "
-                                    + cmd("apt-get", "install", *APT_OPTS,
-                                          "--no-install-recommends", *missing))],
-                            [f"install package {n}" for n in missing])
+            script = apt_update_script(self.update_cache) + "\n" + apt_install_script(missing)
+            return Decision([Action(f"install {' '.join(missing)}", script)],
+                            [f"install package {n}" for n in missing],
+                            apt_install=AptInstall(tuple(missing), self.update_cache,
+                                                   installed_check(missing))
+                            if self.batch else None)
         present = [n for n, ok in have.items() if ok]
         if not present:
             return Decision()

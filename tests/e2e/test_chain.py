@@ -21,7 +21,8 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.e2e
 
 SUBNET = "10.92.0.0/24"
-PACKAGES = "sudo,systemd-timesyncd,prometheus-node-exporter,qemu-system-x86,qemu-utils"
+PACKAGES = ("sudo,systemd-timesyncd,prometheus-node-exporter,qemu-system-x86,qemu-utils,"
+            "libvirt-daemon-system")
 ROLES = ("--role", "base", "--role", "node_exporter", "--role", "hypervisor")
 # The lab's nodes are emulated (TCG): no hardware virtualization to demand.
 TCG = ("-e", "hypervisor_require_kvm=false")

@@ -160,3 +160,27 @@ def test_failed_build_keeps_the_served_mirror(tmp_path, fake_apt):
 def test_signing_needs_a_keyring_home(tmp_path, fake_apt):
     with pytest.raises(InputError, match="gnupg_home"):
         build_mirror(["aa"], tmp_path / "m", sign=True, cache_dir=tmp_path, runner=fake_apt)
+
+
+def test_compression_is_part_of_what_makes_a_mirror_the_same(tmp_path, fake_apt):
+    out, cache = tmp_path / "mirror", tmp_path / "cache"
+    kept = build_mirror(["aa"], out, sign=False, cache_dir=cache, runner=fake_apt)
+    assert kept.compression == "keep"
+    assert kept.sources == {"aa_1.0_all.deb": hashlib.sha256(b"aa 1.0").hexdigest(),
+                            "cc_1.0_all.deb": hashlib.sha256(b"cc 1.0").hexdigest()}
+    assert read_mirror(out).sources == kept.sources
+    # The fake packages are no ar archives: asking for zstd rebuilds, and refuses them.
+    with pytest.raises(mirror.MirrorError, match=r"aa_1\.0_all\.deb: not an ar archive"):
+        build_mirror(["aa"], out, sign=False, cache_dir=cache, runner=fake_apt,
+                     compression="zstd")
+    with pytest.raises(InputError, match="compression must be one of"):
+        build_mirror(["aa"], out, sign=False, cache_dir=cache, runner=fake_apt,
+                     compression="lz4")
+
+
+def test_a_manifest_from_before_compression_reads_as_kept_files(tmp_path):
+    doc = {"requested": ["aa"], "signed": False, "built_at": "x", "size_bytes": 1,
+           "packages": [{"package": "aa", "version": "1", "architecture": "all",
+                         "filename": "aa_1_all.deb", "sha256": "ab" * 32, "size": 1}]}
+    info = MirrorInfo.from_manifest(tmp_path, doc)
+    assert info.compression == "keep" and info.sources == {"aa_1_all.deb": "ab" * 32}
