@@ -11,7 +11,9 @@ def build_registry() -> StepRegistry:
     from configure.command import CommandStep
     from configure.facts import GatherFactsStep
     from configure.verify import VerifyStep
+    from configure.vmstep import VmStep
     from provision.power_step import PowerStep
+    from provision.sshcheck import ssh_answers_with
 
     registry = StepRegistry()
     registry.register(CommandStep())
@@ -20,4 +22,6 @@ def build_registry() -> StepRegistry:
     registry.register(ApplyRoleStep())
     registry.register(VerifyStep())
     registry.register(PowerStep())
+    # A guest is up when its SSH answers with the key pinned for it (provision's probe).
+    registry.register(VmStep(host_key_probe=ssh_answers_with))
     return registry
