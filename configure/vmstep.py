@@ -375,7 +375,7 @@ class VmStep:
         try:
             if d.needs_seed:
                 g.host_key = self._stage_seed(ctx, conn, g)
-            script = "set -e\n" + "\n".join(a.script for a in d.actions) + "\n"
+            script = "set -e\numask 022\n" + "\n".join(a.script for a in d.actions) + "\n"
             result = conn.run(["sh", "-s"], stdin=script.encode(),
                               timeout=time_left(ctx.deadline, ACT_TIMEOUT_S), become=True)
         except (TransportError, InputError) as exc:
@@ -407,10 +407,11 @@ class VmStep:
             "host_key_pub": key.public, "authorized_keys": tuple(authorized)})
         public = key.public
         del key  # only the public half is kept from here on
-        # umask 077: the seed holds the private key; its directory is opened up (0711, for
-        # libvirt's qemu user) by the overlay action, the seed itself stays 0600.
-        stage = ('umask 077 && mkdir -p -- "$1" && cat > "$2.tmp" && '
-                 'mv -f -- "$2.tmp" "$2"')
+        # The directories must be traversable by libvirt's qemu user (it checks access as
+        # that user before it hands it the files): 0755 parents, a 0711 guest directory.
+        # The seed holds the private key: written under umask 077, it stays 0600.
+        stage = ('umask 022 && mkdir -p -- "$1" && chmod 0711 -- "$1" && umask 077 && '
+                 'cat > "$2.tmp" && mv -f -- "$2.tmp" "$2"')
         for path, data in ((want.staged_seed, iso),
                            (want.staged_seed_meta, seed_meta_doc(want, public, instance_id))):
             result = conn.run(["sh", "-c", stage, "sh", want.guest_dir, path], stdin=data,
