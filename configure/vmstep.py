@@ -386,11 +386,17 @@ class VmStep:
             g.message = (f"{g.host.name}: {'; '.join(a.describe for a in d.actions)}: "
                          f"exit {result.exit_code}: {result.tail(8)}")
             return
+        if d.needs_seed and g.host_key and ctx.state is not None:
+            # Pinned once the guest holds the key, before anything connects to it: its first
+            # SSH answer is checked against it. A rebuilt guest's pin replaces the old one
+            # (one key per type and host). Lost between here and the act (a crash), it is
+            # pinned again from the seed's record on the hypervisor by the next run.
+            ctx.state.pin_host_key(g.host.name, g.host_key, source=f"vm seed on {ctx.host}")
         ctx.emit("vm_changed", guest=g.host.name, changes=list(d.changes))
 
     def _stage_seed(self, ctx: HostContext, conn: Any, g: _Guest) -> str:
-        """A new host key, its seed on the hypervisor (mode 0600), its pin. Returns the
-        public key."""
+        """A new host key and its seed staged on the hypervisor (mode 0600). Returns the
+        public key (pinned once the actions succeed)."""
         host, vm, want = g.host, g.host.vm, g.want
         if vm is None:
             raise InputError(f"{host.name} is not a guest")
@@ -419,10 +425,6 @@ class VmStep:
             if result.exit_code != 0:
                 raise InputError(f"staging {path} failed (exit {result.exit_code}): "
                                  f"{result.tail(3)}")
-        if ctx.state is not None:
-            # Pinned before the guest boots: its first SSH answer is checked against it. A
-            # rebuilt guest's pin replaces the old one (one key per type and host).
-            ctx.state.pin_host_key(host.name, public, source=f"vm seed on {ctx.host}")
         return public
 
     def _wait_ssh(self, ctx: HostContext, guests: list[_Guest],

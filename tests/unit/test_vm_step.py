@@ -57,6 +57,7 @@ class FakeHypervisor:
     files: dict[str, bytes] = field(default_factory=dict)
     calls: list[tuple[list[str], bytes | None]] = field(default_factory=list)
     host: str = "node1"
+    fail_act: bool = False
 
     def run(self, argv, *, timeout, become=False, stdin=None):
         assert timeout > 0
@@ -97,6 +98,8 @@ class FakeHypervisor:
         return "\n".join(out) + "\n"
 
     def _act(self, script: str) -> Result:
+        if self.fail_act:
+            return Result(1, "", "vm1: sha256 0000 does not match the image store's: refused")
         if "sha256sum" in script:
             self.files[f"/var/lib/metalchain/images/{SHA}"] = b"image"
         for overlay in re.findall(r"-b \S+ (\S+disk\.qcow2)", script):
@@ -299,3 +302,14 @@ def test_bad_args_are_refused(raw):
 def test_args_parse():
     assert VmStep().parse(None) == VmArgs()
     assert VmStep().parse({"guests": ["vm1"], "replace": True}) == VmArgs(("vm1",), True)
+
+
+def test_no_pin_for_a_guest_whose_creation_failed(world):
+    step, ctx, seeds, _ = world
+    ctx.conn.fail_act = True
+    out = step.run(ctx, VmArgs())
+    assert out.status == "failed" and "does not match" in out.message
+    assert len(seeds) == 1 and not ctx.state.pins
+    ctx.conn.fail_act = False
+    assert step.run(ctx, VmArgs()).status == "changed"
+    assert len(seeds) == 2 and ctx.state.host_keys_of("vm1") == [seeds[1]["host_key_pub"]]
