@@ -179,12 +179,13 @@ def guest_extlinux_conf(kernel: str, initrd: str, fs_uuid: str) -> str:
 
 def ensure_guest_image(images_dir: Path, golden: GoldenImage | None = None, *,
                        spec: ImageSpec | None = None, cache_dir: Path | None = None,
-                       exporter_deb: Path | None = None,
+                       exporter_deb: Path | None = None, guest_cache: Path | None = None,
                        timeout: float = BUILD_TIMEOUT_S) -> tuple[GuestImage, float | None]:
     """Return the published guest image (and its build time, None when cached).
 
     ``exporter_deb`` is Debian's prometheus-node-exporter package; by default it is fetched
-    with ``apt-get download`` into ``<cache>/guest-debs`` (once per version).
+    with ``apt-get download`` into ``<cache>/guest-debs`` (once per version). ``guest_cache``
+    is where built images are kept (default: next to the golden image).
 
     Example::
 
@@ -192,8 +193,9 @@ def ensure_guest_image(images_dir: Path, golden: GoldenImage | None = None, *,
         # image.path -> .../metalchain-guest-0f3a....qcow2, image.sha256 -> "9c1e..."
     """
     golden = golden or ensure_image(spec, cache_dir)
-    cache = golden.path.parent
-    deb = Path(exporter_deb) if exporter_deb else fetch_exporter_deb(cache / "guest-debs")
+    cache = Path(guest_cache) if guest_cache else golden.path.parent
+    deb = Path(exporter_deb) if exporter_deb else fetch_exporter_deb(
+        golden.path.parent / "guest-debs")
     kernel, version = kernel_of(golden.rootfs)
     modules = module_paths(golden.rootfs / "lib/modules" / version, GUEST_MODULES)
     if not BUSYBOX.is_file() or not SSHD.is_file():
@@ -212,6 +214,7 @@ def ensure_guest_image(images_dir: Path, golden: GoldenImage | None = None, *,
     info = _cached(image)
     seconds = None
     if info is None:
+        cache.mkdir(parents=True, exist_ok=True)
         with file_lock(cache / f"guest-{key}.lock", LOCK_TIMEOUT_S, ImageBuildError):
             info = _cached(image)
             if info is None:
