@@ -38,7 +38,7 @@ def test_a_running_mirror_server_decides_the_url(tmp_path: Path) -> None:
 
 
 def test_no_address_is_an_input_error(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="mirror.address"):
+    with pytest.raises(InputError, match=r"mirror\.address"):
         image_url(_site(tmp_path, {}), "g.qcow2")
 
 

@@ -313,3 +313,13 @@ def test_no_pin_for_a_guest_whose_creation_failed(world):
     ctx.conn.fail_act = False
     assert step.run(ctx, VmArgs()).status == "changed"
     assert len(seeds) == 2 and ctx.state.host_keys_of("vm1") == [seeds[1]["host_key_pub"]]
+
+
+def test_the_real_seed_builder_takes_the_steps_fields(world):
+    from configure.vmstep import vmseed_iso
+
+    step, ctx, seeds, _ = world
+    step.run(ctx, VmArgs())
+    iso = vmseed_iso(seeds[0])
+    assert iso[0x8001:0x8006] == b"CD001"        # an ISO 9660 volume
+    assert b"cidata" in iso[0x8000:0x8800].lower()
