@@ -139,12 +139,13 @@ class Lab:
         path = self.work / "inventory.yml"
         path.write_text(INVENTORY.format(image=image, memory=memory, state=state))
         inv = load_inventory(path, SecretStore({}))
-        ctx = Ctx(self.conn, {"inventory": inv, "ssh_public_key": "ssh-ed25519 AAAActl mc"},
+        ctx = Ctx(self.conn, {"inventory": inv,
+                              "ssh_public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIctl mc"},
                   self.store, check=check,
                   vars={"vm_image_store_url": f"http://127.0.0.1:{PORT}",
                         "vm_stop_timeout": 3})
-        step = VmStep(seed_builder=lambda fields: b"placeholder seed, no OS reads it\n",
-                      index_fetcher=lambda url, timeout: self.index)
+        # The real seed (configure.vmseed's ISO), on a disk no OS reads.
+        step = VmStep(index_fetcher=lambda url, timeout: self.index)
         return step.run(ctx, VmArgs(replace=replace))
 
     def virsh(self, *args: str) -> str:
@@ -217,7 +218,9 @@ def test_creates_a_running_guest_on_the_verified_image(lab):
     backing = info["full-backing-filename"]
     assert backing == f"/var/lib/metalchain/images/{lab.sha}"
     assert lab.conn.sh(f"sha256sum {backing}").split()[0] == lab.sha
-    assert lab.conn.sh("stat -c %a /var/lib/metalchain/guests/vm1/seed.iso").strip() == "600"
+    seed = "/var/lib/metalchain/guests/vm1/seed.iso"
+    assert lab.conn.sh(f"stat -c %a {seed}").strip() == "600"
+    assert lab.conn.sh(f"dd if={seed} bs=1 skip=32769 count=5 2>/dev/null") == "CD001"
     # the serial console is logged on the hypervisor
     wait_for(lambda: "SeaBIOS" in lab.conn.sh(
         "cat /var/log/metalchain/guests/vm1.console.log 2>/dev/null || true"), 60,
