@@ -11,6 +11,11 @@ In-process (tests, ``metalchain serve``)::
     with MirrorServer(site.root / "mirror" / "current", "10.77.0.1", 8081) as server:
         ...
 
+Images (the lab's guest image, for the image_store role to download) are served at
+``/images/NAME`` from ``images_dir``, by default the ``images`` directory next to the served
+``current`` link (``SITE/mirror/images``); the apt repository itself never has an ``images``
+path, so the two never overlap.
+
 As a daemon: ``python -m configure.mirror_server --dir D --address A --port P --pidfile F``,
 started and stopped with :func:`start_daemon` / :func:`stop_daemon`, which wait (with deadlines)
 until it answers or is gone.
@@ -45,6 +50,8 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 CHUNK = 1 << 16
 DAEMON_MODULE = "configure.mirror_server"
+IMAGES_PREFIX = "images"
+IMAGES_DIR_NAME = "images"
 CONTENT_TYPES = {".deb": "application/vnd.debian.binary-package", ".gz": "application/gzip",
                  ".gpg": "application/pgp-keys", ".json": "application/json"}
 
@@ -96,8 +103,12 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
 
     def _serve(self, *, body: bool) -> None:
+        root, path = self.server.root, self.path
+        prefix = f"/{IMAGES_PREFIX}/"
+        if path.startswith(prefix):
+            root, path = self.server.images_dir, path[len(prefix) - 1:]
         try:
-            target = resolve_request(self.server.root, self.path)
+            target = resolve_request(root, path)
         except UnicodeDecodeError:
             target = None
         if target is None:
@@ -128,9 +139,19 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a slow client never blocks stop()
     allow_reuse_address = True
 
-    def __init__(self, root: Path, address: tuple[str, int]) -> None:
+    def __init__(self, root: Path, images_dir: Path, address: tuple[str, int]) -> None:
         self.root = root
+        self.images_dir = images_dir
         super().__init__(address, _Handler)
+
+
+def default_images_dir(root: Path) -> Path:
+    """Where images are served from when nobody says: ``images`` next to ``root``.
+
+    >>> default_images_dir(Path("/site/mirror/current"))
+    PosixPath('/site/mirror/images')
+    """
+    return Path(root).parent / IMAGES_DIR_NAME
 
 
 def wait_until_answering(url: str, timeout: float) -> None:
@@ -161,8 +182,10 @@ def wait_until_answering(url: str, timeout: float) -> None:
 class MirrorServer:
     """The mirror's HTTP server in a background thread of this process."""
 
-    def __init__(self, root: Path, address: str, port: int = DEFAULT_PORT) -> None:
+    def __init__(self, root: Path, address: str, port: int = DEFAULT_PORT, *,
+                 images_dir: Path | None = None) -> None:
         self.root = Path(root)
+        self.images_dir = Path(images_dir) if images_dir else default_images_dir(self.root)
         self.address = address
         self.requested_port = port
         self._serving: ServerThread[_Server] | None = None
@@ -179,7 +202,8 @@ class MirrorServer:
         """Bind, serve in a thread, and return once the server answers."""
         if self._serving is not None:
             return self
-        self._serving = ServerThread.start(lambda addr: _Server(self.root, addr),
+        self._serving = ServerThread.start(lambda addr: _Server(self.root, self.images_dir,
+                                                                addr),
                                            (self.address, self.requested_port),
                                            name="mirror-http", error=MirrorError)
         try:

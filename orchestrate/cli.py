@@ -163,6 +163,7 @@ def cli(ctx: click.Context) -> None:
 def _register() -> None:
     from orchestrate.commands import (
         apply_cmd,
+        image_cmd,
         incidents_cmd,
         init_cmd,
         inventory_cmd,
@@ -193,6 +194,7 @@ def _register() -> None:
     cli.add_command(provision_cmd.serve)
     cli.add_command(provision_cmd.provision)
     cli.add_command(mirror_cmd.mirror)
+    cli.add_command(image_cmd.image)
     cli.add_command(monitor_cmd.monitor)
     cli.add_command(verify_cmd.verify)
     cli.add_command(incidents_cmd.incidents)

@@ -12,9 +12,11 @@ def build_registry() -> StepRegistry:
     from configure.facts import GatherFactsStep
     from configure.verify import VerifyStep
     from configure.virsh_power import VmPowerStep
+    from configure.vmstep import VmStep
     from orchestrate.monitor_step import MonitorStep
     from provision.power_step import PowerStep
     from provision.provision_step import ProvisionStep
+    from provision.sshcheck import ssh_answers_with
 
     registry = StepRegistry()
     registry.register(CommandStep())
@@ -28,4 +30,6 @@ def build_registry() -> StepRegistry:
     # starts until a step needs it).
     registry.register(ProvisionStep())
     registry.register(MonitorStep())
+    # A guest is up when its SSH answers with the key pinned for it (provision's probe).
+    registry.register(VmStep(host_key_probe=ssh_answers_with))
     return registry

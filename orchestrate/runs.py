@@ -159,6 +159,15 @@ def start_run(site: Any, playbook: Playbook, options: RunOptions, *,
     return report
 
 
+def _public_key(site: Any) -> str | None:
+    """The controller's public SSH key (what new guests authorize), if the site has one."""
+    path = site.ssh_key_path.with_suffix(".pub") if site.ssh_key_path else None
+    try:
+        return path.read_text(encoding="utf-8") if path is not None else None
+    except OSError:
+        return None
+
+
 def _command(site: Any, options: RunOptions) -> str:
     """The owner's command as the state store shows it (in the run and in its leases): this
     process's command line without ``-e`` values, masked with the site's secrets."""
@@ -253,6 +262,7 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         connect or connector(inv, store, site.private_key()), parallelism=options.parallel,
         options={"playbooks_dir": site.playbooks_dir, "diff": options.diff,
                  "inventory": inv, "vars": {"metalchain_mirror": mirror_var(site)},
+                 "ssh_public_key": _public_key(site),
                  "host_vars": event_vars(site), "provisioner": provisioning,
                  "monitoring": RunMonitoring(site)},
         mask=mask)

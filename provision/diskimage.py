@@ -63,7 +63,7 @@ HASH_CHUNK = 4 * MIB
 # Units the golden image masks for containers; an installed node has a serial console.
 UNMASK_UNITS: tuple[str, ...] = ("getty@.service", "serial-getty@.service")
 
-# Runs inside a private mount namespace (see _install_bootloader): the loop mount vanishes with
+# Runs inside a private mount namespace (see install_bootloader): the loop mount vanishes with
 # the namespace if we are killed, and `mount -o loop` sets autoclear, so the loop device is
 # released too. Arguments come in as positional parameters, never interpolated.
 _BOOTLOADER_SCRIPT = """\
@@ -262,7 +262,7 @@ def ensure_disk_image(images_dir: Path, golden: GoldenImage | None = None, *,
                     stale.unlink(missing_ok=True)
                 info = _build(golden, raw, timeout=timeout)
                 seconds = float(info["build_seconds"])
-    return _publish(raw, info, Path(images_dir), name, seconds)
+    return publish_image(raw, info, Path(images_dir), name, seconds)
 
 
 def _cached(raw: Path) -> dict[str, object] | None:
@@ -299,7 +299,7 @@ def _build(golden: GoldenImage, raw: Path, *, timeout: float) -> dict[str, objec
         with open(tmp, "r+b") as image:
             image.write(mbr_sector(boot_code, PARTITION_OFFSET // SECTOR,
                                    (size - PARTITION_OFFSET) // SECTOR))
-        _install_bootloader(tmp, extlinux_conf(kernel, initrd, fs_uuid), fstab(fs_uuid),
+        install_bootloader(tmp, extlinux_conf(kernel, initrd, fs_uuid), fstab(fs_uuid),
                             deadline)
         # A check after the bootloader mount: the installer's resize2fs then sees a
         # filesystem checked after its last mount, and a broken build never gets cached.
@@ -321,7 +321,7 @@ def _build(golden: GoldenImage, raw: Path, *, timeout: float) -> dict[str, objec
     return info
 
 
-def _install_bootloader(image: Path, conf: str, fstab_text: str, deadline: float) -> None:
+def install_bootloader(image: Path, conf: str, fstab_text: str, deadline: float) -> None:
     with tempfile.TemporaryDirectory(prefix="mc-diskimage-") as work:
         mnt = Path(work, "mnt")
         overlay = Path(work, "overlay")
@@ -351,15 +351,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _publish(raw: Path, info: dict[str, object], images_dir: Path, name: str,
-             seconds: float | None) -> DiskImage:
-    """Put ``<name>.raw`` and its checksum into the served directory, atomically each."""
+def publish_image(raw: Path, info: dict[str, object], images_dir: Path, name: str,
+                  seconds: float | None, suffix: str = ".raw") -> DiskImage:
+    """Put ``<name><suffix>`` and its checksum into the served directory, atomically each.
+
+    ``info`` is the build's provenance (``size``, ``sha256``, ``fs_uuid``); the file is a hard
+    link to ``raw`` when the cache is on the same filesystem, a sparse copy otherwise.
+    """
     images_dir.mkdir(parents=True, exist_ok=True)
-    target = images_dir / f"{name}.raw"
+    target = images_dir / f"{name}{suffix}"
     size = int(str(info["size"]))
     digest = str(info["sha256"])
     if not (target.is_file() and _same_file(target, raw, size)):
-        tmp = images_dir / f".{name}.raw.tmp-{os.getpid()}"
+        tmp = images_dir / f".{name}{suffix}.tmp-{os.getpid()}"
         tmp.unlink(missing_ok=True)
         try:
             try:
@@ -373,7 +377,7 @@ def _publish(raw: Path, info: dict[str, object], images_dir: Path, name: str,
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    write_atomic(images_dir / f"{name}.raw.sha256", sha256_line(digest, target.name))
+    write_atomic(images_dir / f"{name}{suffix}.sha256", sha256_line(digest, target.name))
     return DiskImage(name=name, path=target, sha256=digest, size=size,
                      fs_uuid=str(info["fs_uuid"]), build_seconds=seconds)
 

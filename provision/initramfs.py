@@ -155,8 +155,8 @@ def ensure_installer(out_dir: Path, golden: GoldenImage | None = None, *,
     kernel, version = kernel_of(golden.rootfs)
     modules = module_paths(golden.rootfs / "lib/modules" / version)
     host_files = _host_files(timeout=CMD_TIMEOUT_S)
-    digests = {str(p): _digest(p) for p in (init_script, *host_files)}
-    digests["kernel"] = _digest(kernel)
+    digests = {str(p): file_digest(p) for p in (init_script, *host_files)}
+    digests["kernel"] = file_digest(kernel)
     key = installer_key(golden.path.name, digests)
     found = _cached(out_dir, key, version)
     if found:
@@ -172,7 +172,7 @@ def ensure_installer(out_dir: Path, golden: GoldenImage | None = None, *,
             tree = Path(work, "tree")
             _build_tree(tree, init_script, modules, host_files)
             initrd_tmp = Path(work, "initrd.img")
-            _cpio(tree, initrd_tmp, deadline)
+            write_cpio(tree, initrd_tmp, deadline)
             kernel_tmp = Path(work, "vmlinuz")
             shutil.copyfile(kernel, kernel_tmp)
             for tmp in (kernel_tmp, initrd_tmp):
@@ -208,17 +208,23 @@ def _cached(out_dir: Path, key: str, version: str) -> Installer | None:
 
 def _host_files(*, timeout: float) -> list[Path]:
     """busybox, the tools, and every library they load (with the dynamic loader)."""
-    files: list[Path] = [BUSYBOX, *TOOLS]
     for tool in TOOLS:
         if not tool.is_file():
             raise ImageBuildError(f"{tool} is missing on this host "
                                   f"(packages fdisk, e2fsprogs, openssl)")
-        proc = process.run(["ldd", str(tool)], timeout=timeout, error=ImageBuildError)
+    if not BUSYBOX.is_file():
+        raise ImageBuildError(f"{BUSYBOX} is missing on this host (package busybox-static)")
+    return [BUSYBOX, *with_libraries(TOOLS, timeout=timeout)]
+
+
+def with_libraries(binaries: tuple[Path, ...] | list[Path], *, timeout: float) -> list[Path]:
+    """The binaries followed by every shared library they load (``ldd``), each once."""
+    files: list[Path] = list(binaries)
+    for binary in binaries:
+        proc = process.run(["ldd", str(binary)], timeout=timeout, error=ImageBuildError)
         for lib in parse_ldd(proc.stdout):
             if lib not in files:
                 files.append(lib)
-    if not BUSYBOX.is_file():
-        raise ImageBuildError(f"{BUSYBOX} is missing on this host (package busybox-static)")
     return files
 
 
@@ -247,7 +253,7 @@ def _build_tree(tree: Path, init_script: Path, modules: list[Path],
         (tree / "lib64").symlink_to("usr/lib64")
 
 
-def _cpio(tree: Path, out: Path, deadline: float) -> None:
+def write_cpio(tree: Path, out: Path, deadline: float) -> None:
     """newc archive of the tree, entries sorted, owned by root: reproducible for a given tree."""
     names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
     listing = ("\n".join(names) + "\n").encode()
@@ -261,7 +267,7 @@ def _cpio(tree: Path, out: Path, deadline: float) -> None:
                     what="installer build: cpio")
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         while chunk := stream.read(1024 * 1024):

@@ -93,3 +93,22 @@ def test_stop_releases_the_port(tree):
     server.stop()
     again = MirrorServer(tree, "127.0.0.1", port).start()
     again.stop()
+
+
+def test_serves_images_next_to_the_repository(tree):
+    images = tree.parent / "images"
+    images.mkdir()
+    (images / "guest.qcow2").write_bytes(b"QFI\xfb" + bytes(100))
+    with MirrorServer(tree, "127.0.0.1", 0) as server:
+        status, _headers, body = _request(server, "GET", "/images/guest.qcow2")
+        assert status == 200 and body == b"QFI\xfb" + bytes(100)
+        assert _request(server, "GET", "/Packages")[2] == b"Package: a\n"
+        for path in ("/images/../Packages", "/images/%2e%2e/secret", "/images/",
+                     "/images/missing", "/guest.qcow2"):
+            assert _request(server, "GET", path)[0] == 404, path
+    elsewhere = tree.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "x.img").write_text("x")
+    with MirrorServer(tree, "127.0.0.1", 0, images_dir=elsewhere) as server:
+        assert _request(server, "GET", "/images/x.img")[2] == b"x"
+        assert _request(server, "GET", "/images/guest.qcow2")[0] == 404
