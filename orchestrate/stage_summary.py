@@ -1,7 +1,7 @@
 """The end of a run, per stage: each play's time and host outcomes, and what the chain's
 steps report in their outcome data — nodes active (``provision``: ``data["node"]``), roles
 applied (``apply_roles``/``apply_role``: ``data["results"]``), VMs running (``vm``:
-``data["vm"]``: one guest ``{"name", "state"}`` or a list of them, counted by name), scrape
+``data["vms"]``, else ``data["vm"]``: one guest ``{"name", "state"}`` or a list of them, counted by name), scrape
 targets up (``monitor``: ``data["targets"]``). Pure: a
 :class:`~orchestrate.reports.RunReport` in, plain data and lines out.
 
@@ -87,7 +87,8 @@ def _facts(steps_by_host: Mapping[str, Sequence[StepReport]]) -> StageFacts:
             data, ok = s.outcome.data, s.outcome.status in DONE
             if isinstance(data.get("node"), Mapping):
                 node = ok and data["node"].get("state") == "active"
-            for guest in _guests(data.get("vm")):
+            # The vm step reports every guest in data["vms"] (and the one in data["vm"]).
+            for guest in _guests(data.get("vms", data.get("vm"))):
                 guests[str(guest.get("name") or host)] = guest.get("state") == "running"
             if isinstance(data.get("results"), list):
                 configured = configured or ok

@@ -115,3 +115,14 @@ def test_a_run_without_chain_steps_has_no_chain_line():
     r.hosts["a"].add(step("p", "changed"))
     assert chain_line(stage_summary(r)) is None
     assert stage_rows(stage_summary(r)) == [[1, "p", "1.0", "1 host: 1 changed", "-"]]
+
+
+def test_the_vm_steps_list_of_every_guest_is_counted():
+    r = RunReport(uid="r3")
+    r.plays = [PlayRun(0, "vms", ["node1"], 5.0)]
+    r.hosts["node1"] = HostReport("node1")
+    r.hosts["node1"].add(step("vms", "changed",
+                              vms=[{"name": "vm1", "state": "running"},
+                                   {"name": "vm2", "state": "stopped"}]))
+    [stage] = stage_summary(r)
+    assert stage.facts.to_json() == {"vms_running": 1, "vms": 2}
