@@ -26,6 +26,7 @@ from lab import fleet as fleetmod
 from lab.bmc import BmcProcessSpec, bmc_pid, start_bmc, stop_bmc
 from lab.machine import Machine, MachineSpec, TapNetwork
 from lab.network import LabNetwork, netns_exists
+from provision.guestimage import STORE_NAME as GUEST_STORE_NAME
 from runtime import process
 from runtime.atomicfile import write_atomic
 from runtime.jsondoc import write_json
@@ -38,8 +39,6 @@ FIRST_FLEET_HOST = 100
 FIRST_BMC_PORT = 6230
 NODE_IMAGE = "debian-12"
 FIRST_GUEST_HOST = 200
-#: the image guests boot (provision/guestimage.py STORE_NAME: the name the image store serves)
-GUEST_IMAGE = "metalchain-guest.qcow2"
 GUEST_MEMORY_MIB = 256
 #: the roles of the whole chain (playbooks/site.yml), by group, for `lab up --chain`
 CHAIN_ROLES = {"nodes": ["base", "node_exporter"], "hypervisors": ["hypervisor"],
@@ -237,7 +236,8 @@ class Lab:
             key_type, key_b64 = rec.host_key.split()[:2]
             hosts[rec.name] = {"groups": ["fleet"], "address": rec.address,
                                "ssh": {"user": "root", "host_key": f"{key_type} {key_b64}"}}
-        groups: dict[str, Any] = {"nodes": {}, "hypervisors": {}, "fleet": {}}
+        # playbooks/site.yml's groups, always there (empty ones select no host)
+        groups: dict[str, Any] = {"nodes": {}, "hypervisors": {}, "fleet": {}, "guests": {}}
         doc: dict[str, Any] = {"groups": groups, "hosts": hosts}
         if config.chain:
             self._chain_inventory(config, doc, [r.name for r in sorted(
@@ -269,7 +269,7 @@ class Lab:
             doc["hosts"][f"vm{i}"] = {
                 "groups": ["guests"],
                 "labels": {"service": "demo"},
-                "vm": {"hypervisor": hypervisor, "image": GUEST_IMAGE,
+                "vm": {"hypervisor": hypervisor, "image": GUEST_STORE_NAME,
                        "mac": f"52:54:{tag[0]:02x}:{tag[1]:02x}:01:{i:02x}",
                        "network": {"address": f"{ip}/{net.ipv4.prefixlen}",
                                    "gateway": str(net.controller_ipv4.ip)},
