@@ -1,8 +1,8 @@
 """The end of a run, per stage: each play's time and host outcomes, and what the chain's
 steps report in their outcome data — nodes active (``provision``: ``data["node"]``), roles
 applied (``apply_roles``/``apply_role``: ``data["results"]``), VMs running (``vm``:
-``data["vms"]``, else ``data["vm"]``: one guest ``{"name", "state"}`` or a list of them, counted by name), scrape
-targets up (``monitor``: ``data["targets"]``). Pure: a
+``data["vms"]``, else ``data["vm"]``: one guest ``{"name", "state"}`` or a list of them,
+counted by name), scrape targets up (``monitor``: ``data["targets"]``). Pure: a
 :class:`~orchestrate.reports.RunReport` in, plain data and lines out.
 
 ::
