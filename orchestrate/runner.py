@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from inventory.model import Inventory
-from inventory.select import select_hosts
+from inventory.select import select_play_hosts
 from orchestrate.backend import DEFAULT_PARALLELISM, Backend
 from orchestrate.hostrun import STEP_STRIDE, journal_index
 from orchestrate.playbook import Playbook, batches
@@ -67,8 +67,8 @@ class Runner:
         excluded: set[str] = set(exclude)
         try:
             for play in playbook.plays:
-                hosts = [h for h in select_hosts(self.inventory, play.hosts, limit, named,
-                                                 job.facts) if h not in excluded]
+                hosts = [h for h in select_play_hosts(self.inventory, play.hosts, limit, named,
+                                                      job.facts) if h not in excluded]
                 if stop.stopping:
                     announce(stop, events, {})
                     _not_reached(report, hosts)

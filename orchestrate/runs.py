@@ -35,7 +35,7 @@ from typing import Any
 from configure.connect import connector
 from inventory.errors import InputError, MetalchainError
 from inventory.model import Inventory
-from inventory.select import select_hosts
+from inventory.select import select_hosts, select_play_hosts
 from inventory.state.leases import HEARTBEAT_INTERVAL
 from inventory.state.runowner import HEARTBEAT_EVERY, this_process
 from orchestrate.backend import DEFAULT_PARALLELISM, LocalBackend
@@ -335,7 +335,7 @@ def selected_hosts(inv: Inventory, playbook: Playbook, limit: str | None,
     """Every host some play of ``playbook`` selects, in first-seen order."""
     hosts: dict[str, None] = {}
     for play in playbook.plays:
-        hosts.update(dict.fromkeys(select_hosts(inv, play.hosts, limit, named, facts)))
+        hosts.update(dict.fromkeys(select_play_hosts(inv, play.hosts, limit, named, facts)))
     return list(hosts)
 
 
@@ -349,7 +349,7 @@ def plan_run(site: Any, playbook: Playbook, limit: str | None = None, *,
     facts = site.state.all_facts()
     plays = []
     for play in playbook.plays:
-        hosts = select_hosts(site.inventory, play.hosts, limit, named, facts)
+        hosts = select_play_hosts(site.inventory, play.hosts, limit, named, facts)
         plays.append({"play": play.name, "hosts": hosts,
                       "batches": batches(hosts, play.serial),
                       "max_fail_percentage": play.max_fail_percentage,

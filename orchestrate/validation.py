@@ -188,14 +188,23 @@ def check_run(playbook: Playbook, inputs: RunInputs) -> list[Problem]:
                                              extra=inputs.extra, context=inputs.context)
         return host_vars[host]
 
+    # A play whose (correctly spelled) target selects no host is skipped, as long as some
+    # play of the run selects one: a site without guests runs site.yml's VM plays on nobody.
+    empty: list[tuple[str, str]] = []
+    selected = False
     for play in playbook.plays:
-        hosts = [] if bad_limit else _play_hosts(play, inputs, out)
+        hosts = [] if bad_limit else _play_hosts(play, inputs, out, empty)
+        selected = selected or bool(hosts)
         for step in play.steps:
             _check_step(step, hosts, variables, inputs, roles, out)
+    if not selected:
+        for source, message in empty:
+            out.add(source, message)
     return out.problems()
 
 
-def _play_hosts(play: Play, inputs: RunInputs, out: _Collector) -> list[str]:
+def _play_hosts(play: Play, inputs: RunInputs, out: _Collector,
+                empty: list[tuple[str, str]]) -> list[str]:
     terms = target_problems(inputs.inventory, play.hosts, inputs.named)
     for message in terms:
         out.add(play_source(play), message)
@@ -205,7 +214,10 @@ def _play_hosts(play: Play, inputs: RunInputs, out: _Collector) -> list[str]:
         return select_hosts(inputs.inventory, play.hosts, inputs.limit, inputs.named,
                             inputs.facts)
     except InputError as exc:
-        out.add(play_source(play), str(exc))
+        if "selects no hosts" in str(exc):
+            empty.append((play_source(play), str(exc)))
+        else:
+            out.add(play_source(play), str(exc))
         return []
 
 

@@ -53,8 +53,38 @@ def test_the_shipped_site_yml_passes_plan_on_a_lab_inventory(tmp_path):
         doc = plan_run(site, pb)
     finally:
         site.close()
-    assert kinds(doc) == [["provision"], ["apply_roles"], ["monitor"]]
-    assert [p["hosts"] for p in doc["plays"]] == [["node1", "node2"]] * 3
+    # no guests in this lab: the VM plays select nobody and are skipped, not refused
+    assert kinds(doc) == [["provision"], ["apply_roles"], ["vm"], ["apply_roles"], ["monitor"]]
+    assert [p["hosts"] for p in doc["plays"]] == [["node1", "node2"]] * 3 + [[]] + [
+        ["node1", "node2"]]
+
+
+def test_the_shipped_site_yml_on_the_chain_lab_inventory(tmp_path):
+    lab = Lab(tmp_path)
+    config = LabConfig(name="t", netns="mclab-t", ipv4="10.99.0.0/24", ipv6="fd00:99::/64",
+                       nodes=[NodeConfig(f"node{i}", f"52:54:00:00:99:0{i}", f"10.99.0.1{i}",
+                                         f"tap{i}", 20030 + i) for i in (1, 2)],
+                       chain=True, vms=3,
+                       images=[{"name": "lab-guest.qcow2", "sha256": "0" * 64,
+                                "url": "http://10.99.0.1:8080/images/lab-guest-x.qcow2"}])
+    lab.ensure_secrets(config)
+    lab.write_inventory(config, [])
+    site = Site.open(tmp_path)
+    try:
+        inv = site.inventory
+        assert [h.name for h in inv.guests_of("node1")] == ["vm1", "vm3"]
+        assert inv.host("vm2").vm.hypervisor == "node2"
+        assert inv.host("vm1").address == "10.99.0.200"
+        assert set(inv.roles_of("node1")) == {"base", "node_exporter", "hypervisor"}
+        assert inv.roles_of("vm1") == ["lab_guest"]
+        assert "storage" not in inv.groups     # no fleet host to be the image store
+        pb = load(site, str(SHIPPED))
+        assert run_problems(site, pb, RunOptions()) == []
+        doc = plan_run(site, pb)
+    finally:
+        site.close()
+    assert [p["hosts"] for p in doc["plays"]][2:4] == [["node1", "node2"],
+                                                       ["vm1", "vm2", "vm3"]]
 
 
 def test_a_provision_play_on_hosts_without_a_bmc_is_refused_before_any_contact(tmp_path):

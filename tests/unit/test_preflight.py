@@ -7,6 +7,7 @@ fail them as unreachable (rc 1), never rc 2."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -259,3 +260,13 @@ def test_fact_keys_are_what_the_probe_prints():
                                                                           PROBE.script))
     assert printed == set(FACT_KEYS)
     assert could_be_fact("ansible_distribution") and not could_be_fact("fail_host")
+
+
+def test_a_play_that_selects_no_host_is_skipped_when_another_play_runs(tmp_path, run_cli):
+    site = site_with(tmp_path, "- hosts: fleet\n  steps:\n    - command: [echo]\n"
+                               "- hosts: fleet,!h01,!h02\n  steps:\n    - command: [echo]\n")
+    r = run_cli("--site", str(site), "run", "site", "--plan", "--json")
+    assert r.code == 0, r.err
+    plays = json.loads(r.out)["plays"] if "plays" in json.loads(r.out) else \
+        json.loads(r.out)["plan"]["plays"]
+    assert [p["hosts"] for p in plays][1] == []
