@@ -3,7 +3,7 @@ described as an ``image_store_images`` entry hypervisors download it by.
 
 The image (provision/guestimage.py) goes to ``SITE/mirror/images/``, which the site's mirror
 server serves at ``/images/`` on the controller's lab address (configure/mirror_server.py).
-The entry's ``name`` is stable (``metalchain-guest.qcow2``: what a VM's ``vm.image`` names);
+The entry's ``name`` is stable (``lab-guest.qcow2``: what a VM's ``vm.image`` names);
 its ``url`` carries the content key, so a rebuilt image is a new URL and the image store's
 sha256 check sees the change.
 """

@@ -96,7 +96,7 @@ EXPORTER_PACKAGE = "prometheus-node-exporter"
 EXPORTER_IN_DEB = "usr/bin/prometheus-node-exporter"
 
 #: The name the image store and the inventory use; the URL carries the key.
-STORE_NAME = "metalchain-guest.qcow2"
+STORE_NAME = "lab-guest.qcow2"
 FS_LABEL = "mcguest"
 #: Every timestamp in the image (2024-01-01T00:00:00Z) unless SOURCE_DATE_EPOCH says otherwise.
 DEFAULT_EPOCH = 1704067200
