@@ -3,7 +3,7 @@ described as an ``image_store_images`` entry hypervisors download it by.
 
 The image (provision/guestimage.py) goes to ``SITE/mirror/images/``, which the site's mirror
 server serves at ``/images/`` on the controller's lab address (configure/mirror_server.py).
-The entry's ``name`` is stable (``metalchain-guest.qcow2``: what a VM's ``vm.image`` names);
+The entry's ``name`` is stable (``lab-guest.qcow2``: what a VM's ``vm.image`` names);
 its ``url`` carries the content key, so a rebuilt image is a new URL and the image store's
 sha256 check sees the change.
 """
@@ -14,11 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from configure.mirror import mirror_url
+from configure.mirror import DEFAULT_CACHE_DIR, mirror_url
 from configure.mirror_server import IMAGES_DIR_NAME, IMAGES_PREFIX
 from inventory.errors import InputError
-from orchestrate.mirror_site import default_address, default_port, mirror_dir, server_state
-from provision.guestimage import STORE_NAME, GuestImage, ensure_guest_image
+from orchestrate.mirror_site import (
+    default_address,
+    default_port,
+    mirror_dir,
+    server_state,
+    settings,
+)
+from provision.guestimage import STORE_NAME, GuestImage, ensure_guest_image, fetch_exporter_deb
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,11 @@ def publish_guest_image(site: Any, *, exporter_deb: Path | None = None) -> Publi
         vars["image_store_images"] = [published.store_entry()]
     """
     image_url(site, STORE_NAME)  # no address: fail before spending a build
+    if exporter_deb is None:
+        # The mirror's download cache: the node_exporter role mirrors the same package, so
+        # the .deb is usually there already (checked against the archive's SHA256 either way).
+        exporter_deb = fetch_exporter_deb(site.root / settings(site).get("cache_dir",
+                                                                          DEFAULT_CACHE_DIR))
     image, seconds = ensure_guest_image(images_dir(site), exporter_deb=exporter_deb)
     return PublishedGuest(image=image, url=image_url(site, image.path.name),
                           build_seconds=seconds)

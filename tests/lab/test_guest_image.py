@@ -169,10 +169,10 @@ def published(golden, tmp_path_factory):
 def network():
     net = LabNetwork(NETNS, ipv4=SUBNET, ipv6="fd6d:6c61:6296::/64", uplink=UPLINK)
     with contextlib.suppress(Exception):
-        net.down()
-    net.up()
-    net.add_tap(TAP)
+        net.down()  # the remains of an interrupted run
     try:
+        net.up()
+        net.add_tap(TAP)
         yield net
     finally:
         net.down()

@@ -48,7 +48,7 @@ def test_store_entry_has_the_stable_name_and_the_keyed_url(tmp_path: Path) -> No
     published = PublishedGuest(GuestImage(disk, "abc", "6.1.0", 100),
                                "http://10.96.0.1:8081/images/metalchain-guest-abc.qcow2", None)
     assert published.store_entry() == {
-        "name": "metalchain-guest.qcow2",
+        "name": "lab-guest.qcow2",
         "url": "http://10.96.0.1:8081/images/metalchain-guest-abc.qcow2", "sha256": "5" * 64}
     doc = published.to_json()
     assert doc["built"] is False and doc["image"] == published.store_entry()
