@@ -12,6 +12,7 @@ APT_PACKAGES=(
   fdisk e2fsprogs iproute2 cpio apt-utils curl debconf
   openssh-client openssh-server ipmitool
   prometheus prometheus-alertmanager
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 )
 
 missing=()
