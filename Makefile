@@ -12,8 +12,7 @@ demo: bootstrap
 	@./scripts/demo.sh "$(DEMO_SITE)"
 
 demo-down: bootstrap
-	-$(MC) --site "$(DEMO_SITE)" mirror stop
-	$(MC) lab down --dir "$(DEMO_SITE)"
+	@./scripts/demo-down.sh "$(DEMO_SITE)"
 
 test: bootstrap
 	$(VENV)/bin/ruff check .

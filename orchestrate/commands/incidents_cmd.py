@@ -101,6 +101,43 @@ def show(obj: Any, incident_id: int, as_json: bool) -> None:
                    _summary(e["kind"], e["detail"])] for e in doc["timeline"]])
 
 
+@incidents.command("wait")
+@click.option("--target", required=True, help="The host the incident is about.")
+@click.option("--alert", "alertname", help="Only an incident of this alert (e.g. VmDown).")
+@click.option("--since", type=float, default=None,
+              help="Only incidents received at or after this time (epoch seconds; default: "
+                   "now, i.e. the next incident).")
+@click.option("--timeout", type=click.FloatRange(0, 86400), default=600, show_default=True,
+              help="Seconds to wait for it to arrive and end.")
+@json_option
+@click.pass_obj
+def wait(obj: Any, target: str, alertname: str | None, since: float | None, timeout: float,
+         as_json: bool) -> None:
+    """Wait until the first incident on a host (since a time) has ended; print it. Exit 0
+    when it ended healed (or resolved by itself), 1 when it ended otherwise or the timeout
+    passed.
+
+    \b
+    Examples:
+      t=$(date +%s); ...cause a fault...; metalchain incidents wait --target vm1 --since "$t"
+      metalchain incidents wait --target node1 --alert ExporterDown --timeout 120 --json
+    """
+    import time
+
+    from orchestrate.incident_wait import wait_incident
+
+    rec = wait_incident(obj.site.state, target, since=time.time() if since is None else since,
+                        timeout=timeout, alertname=alertname)
+    if as_json:
+        output.emit_json("incidents.wait", {"incident": rec.to_json()})
+    else:
+        took = (rec.ended_at or rec.updated_at) - rec.created_at
+        output.line(printable(f"incident {rec.id}: {rec.alertname} on {rec.target} ended "
+                              f"{rec.state} after {took:.1f} s (rule {rec.rule or '-'})"))
+    if rec.state not in ("healed", "resolved"):
+        raise click.exceptions.Exit(1)
+
+
 @click.group()
 def remediation() -> None:
     """Automatic remediation: the kill switch and what is running.
