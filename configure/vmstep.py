@@ -187,6 +187,8 @@ class _Guest:
     host_key: str | None = None   # the public key pinned for it (new or from its seed)
     ssh_seconds: float | None = None
     state: str | None = None      # observed at the end
+    #: a new guest's key, pinned once its boot was waited for (see VmStep._pin_new)
+    pin_pending: bool = False
 
     def doc(self, check: bool) -> dict[str, Any]:
         d = self.decision
@@ -262,8 +264,11 @@ class VmStep:
             for g in guests:
                 if g.status != "failed" and g.decision and g.decision.actions:
                     self._act(ctx, conn, g)
-            self._wait_ssh(ctx, [g for g in guests if g.status == "changed" and
-                                 g.decision and g.decision.starts], settings)
+            try:
+                self._wait_ssh(ctx, [g for g in guests if g.status == "changed" and
+                                     g.decision and g.decision.starts], settings)
+            finally:
+                self._pin_new(ctx, guests)
             if any(g.decision and g.decision.actions for g in guests):
                 self._observe(ctx, conn, guests)
         return _outcome(ctx, guests)
@@ -386,13 +391,24 @@ class VmStep:
             g.message = (f"{g.host.name}: {'; '.join(a.describe for a in d.actions)}: "
                          f"exit {result.exit_code}: {result.tail(8)}")
             return
-        if d.needs_seed and g.host_key and ctx.state is not None:
-            # Pinned once the guest holds the key, before anything connects to it: its first
-            # SSH answer is checked against it. A rebuilt guest's pin replaces the old one
-            # (one key per type and host). Lost between here and the act (a crash), it is
-            # pinned again from the seed's record on the hypervisor by the next run.
-            ctx.state.pin_host_key(g.host.name, g.host_key, source=f"vm seed on {ctx.host}")
+        # A new guest's key is pinned after its boot was waited for (_pin_new): serve watches
+        # (probes, scrapes, alerts on) a guest from its pin on, and a guest still booting is
+        # not down. Its first SSH answer is checked against this key all the same.
+        g.pin_pending = bool(d.needs_seed and g.host_key)
         ctx.emit("vm_changed", guest=g.host.name, changes=list(d.changes))
+
+    @staticmethod
+    def _pin_new(ctx: HostContext, guests: list[_Guest]) -> None:
+        """Pin the keys of the guests this run created, whether or not their SSH answered in
+        time (the key is what the guest holds; one that did not come up is then watched,
+        alerted on and remediated). A rebuilt guest's pin replaces the old one (one key per
+        type and host). Lost before this (a crash), it is pinned again from the seed's
+        record on the hypervisor by the next run."""
+        for g in guests:
+            if g.pin_pending and g.host_key and ctx.state is not None:
+                ctx.state.pin_host_key(g.host.name, g.host_key,
+                                       source=f"vm seed on {ctx.host}")
+                g.pin_pending = False
 
     def _stage_seed(self, ctx: HostContext, conn: Any, g: _Guest) -> str:
         """A new host key and its seed staged on the hypervisor (mode 0600). Returns the
@@ -441,7 +457,9 @@ class VmStep:
         why: dict[str, str] = {}
         while pending:
             for name, g in list(pending.items()):
-                pins = [k for k in _pinned(ctx, name) if k.startswith("ssh-ed25519 ")] or (
+                # a guest made by this run answers with its new key (pinned after the wait)
+                pins = [g.host_key] if g.pin_pending and g.host_key else [
+                    k for k in _pinned(ctx, name) if k.startswith("ssh-ed25519 ")] or (
                     [g.host_key] if g.host_key else [])
                 if not pins or not g.host.address:
                     why[name] = "no pinned key or no address"

@@ -25,11 +25,13 @@ from inventory.errors import InputError
 from inventory.model import Host
 from provision import lifecycle as lc
 from provision.provisioner import NodeResult
-from provision.watch import ssh_ok
+from provision.sshcheck import ssh_answers_with
 
 #: Of a step's own ``timeout:``, the part kept for the step to fail its node and report
 #: before the runner gives up on it (the provisioner's deadline comes first).
 REPORT_GRACE = 30.0
+#: seconds one SSH probe of an active node may take (a key exchange on a busy TCG node)
+ACTIVE_PROBE_TIMEOUT_S = 10.0
 
 
 class NodeProvisioner(Protocol):
@@ -53,8 +55,18 @@ def answers_as_active(host: Host, store: Any) -> bool:
     rec = store.node(host.name)
     if rec is None or rec.state != lc.ACTIVE:
         return False
+    # A busy emulated node can take seconds for a key exchange: a patient probe with one
+    # retry, against every pinned key (a node is never reinstalled by a playbook anyway).
     keys = store.host_keys_of(host.name)
-    return ssh_ok(host, keys[0] if keys else None)
+    if not keys or not host.address:
+        return False
+    for _attempt in range(2):
+        for key in keys:
+            ok, _why = ssh_answers_with(host.address, key, port=host.ssh.port,
+                                        timeout=ACTIVE_PROBE_TIMEOUT_S)
+            if ok:
+                return True
+    return False
 
 
 class ProvisionStep:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo-down`: stop what `make demo` started (serve, the monitoring stack, the mirror
-# server) and remove the lab (QEMU nodes, BMCs, fleet, network namespace). Idempotent.
+# server) and remove the lab (QEMU nodes, BMCs, fleet, network namespace, its disks and
+# files: --purge). Idempotent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 site=${1:-demo-site}
@@ -18,4 +19,4 @@ if [ -f "$pid_file" ]; then
 fi
 $MC --site "$site" monitor down || true
 $MC --site "$site" mirror stop || true
-$MC lab down --dir "$site"
+$MC lab down --purge --dir "$site"

@@ -28,10 +28,10 @@ $MC --site "$site" mirror stop >/dev/null   # a re-run restarts it on the curren
 $MC --site "$site" mirror serve --daemon
 
 # The shipped alerts wait 1 minute before they fire (a flapping scrape is not an outage); the
-# demo's copy waits 5 s so the faults below are seen at once. A site's playbooks/alerts.yml
+# demo's copy waits 15 s so the faults below are seen soon. A site's playbooks/alerts.yml
 # replaces the shipped one.
 mkdir -p "$site/playbooks"
-sed 's/^  for: 1m /  for: 5s /' playbooks/alerts.yml > "$site/playbooks/alerts.yml"
+sed 's/^  for: 1m /  for: 15s /' playbooks/alerts.yml > "$site/playbooks/alerts.yml"
 
 step "metalchain serve: boot server, callbacks, webhook receiver, remediation (background)"
 serve_pid_file="$site/serve.pid"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -169,11 +170,18 @@ def parse_found(text: str) -> GuestFound:
         except ValueError:
             doc = None
         if isinstance(doc, dict) and isinstance(doc.get("host_key_pub"), str):
-            seed_pub = doc["host_key_pub"]
+            seed_pub = doc["host_key_pub"].strip()
+            # It is pinned from here when the store lost the pin: only a well-formed key.
+            if not _SEED_KEY.match(seed_pub):
+                raise VmProbeError("the seed's record on the hypervisor holds no valid "
+                                   "ssh-ed25519 public key")
     return GuestFound(defined=defined, state=state, autostart=autostart, hash=spec_hash,
                       spec=spec, overlay=facts.get("overlay") == "yes",
                       seed=facts.get("seed") == "yes", seed_pub=seed_pub,
                       image_ok=facts.get("image") == "ok")
+
+
+_SEED_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{16,}={0,3}$")
 
 
 def virsh(*args: object) -> str:

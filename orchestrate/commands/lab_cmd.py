@@ -85,7 +85,11 @@ def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
     if chain and vms:
         from orchestrate.guest_image import publish_guest_image
 
-        published = publish_guest_image(Site.open(lb.root))
+        guest_site = Site.open(lb.root)
+        try:
+            published = publish_guest_image(guest_site)
+        finally:
+            guest_site.close()
         lb.set_images([published.store_entry()])
         result["guests"] = [f"vm{i}" for i in range(1, vms + 1)]
         result["guest_image"] = published.store_entry()

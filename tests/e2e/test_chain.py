@@ -55,7 +55,7 @@ def must(r: subprocess.CompletedProcess[str], what: str) -> str:
 
 
 def _configure(root: Path) -> None:
-    """The e2e's own ports, and the shipped alerts with `for: 5s` (the demo does the same)."""
+    """The e2e's own ports, and the shipped alerts with `for: 15s` (as the demo has them)."""
     settings_file = root / "metalchain.yml"
     settings = yaml.safe_load(settings_file.read_text())
     settings["monitor"].update({"prometheus_port": PROM, "alertmanager_ports": [AM1, AM2],
@@ -64,7 +64,7 @@ def _configure(root: Path) -> None:
     shipped = (Path(SITE_YML).parent / "alerts.yml").read_text(encoding="utf-8")
     assert "  for: 1m " in shipped
     (root / "playbooks").mkdir(exist_ok=True)
-    (root / "playbooks" / "alerts.yml").write_text(shipped.replace("  for: 1m ", "  for: 5s ",
+    (root / "playbooks" / "alerts.yml").write_text(shipped.replace("  for: 1m ", "  for: 15s ",
                                                                    1), encoding="utf-8")
 
 
@@ -216,7 +216,7 @@ def test_each_stage_checked_independently(site: Path):
     [entry] = inv.groups["storage"].vars["image_store_images"]
     assert sha == entry["sha256"], (sha, entry)
     store = inv.hosts["fleet01"].address
-    index = exec_(site, "node1", f"wget -q -O- http://{store}:9292/images/index.json")
+    index = exec_(site, "node1", f"wget -q -O- http://{store}:9292/index.json")
     assert entry["sha256"] in index, index[:2000]
     # the guest's NIC is on the hypervisor's bridge, which carries the node's own NIC
     assert "master br-guests" in exec_(site, "node1", "ip -o link show")
@@ -236,7 +236,7 @@ def test_a_second_run_changes_nothing(site: Path):
     result = run_site(site)
     FIGURES["second_run_s"] = round(time.monotonic() - t0, 1)
     assert result["counts"]["changed"] == 0, result["counts"]
-    assert FIGURES["second_run_s"] < FIGURES["first_run_s"] / 3, FIGURES
+    assert FIGURES["second_run_s"] < FIGURES["first_run_s"] / 2, FIGURES
     assert pinned(site, "vm1") == keys
 
 
@@ -277,8 +277,8 @@ def test_a_killed_vm_is_started_again(site: Path):
     # the audit log: remediation's actions, each ok
     s = Site.open(site)
     try:
-        actions = s.state.actions(since=t)
+        actions = s.state.actions(incident_id=doc["incident"]["id"])
     finally:
         s.close()
-    assert [a.action for a in actions if a.target == "vm1"] == ["restart_vm"], actions
-    assert all(a.outcome == "ok" for a in actions if a.target == "vm1"), actions
+    assert [(a.action, a.target, a.outcome) for a in actions] == [
+        ("restart_vm", "vm1", "ok")], actions

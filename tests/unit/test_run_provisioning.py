@@ -134,6 +134,8 @@ def activate(site: Site, node: str) -> None:
     for state in (lc.ENROLLED, lc.POWERING_ON, lc.PXE_BOOTING, lc.INSTALLING, lc.INSTALLED,
                   lc.REBOOTING, lc.ACTIVE):
         site.state.set_node_state(node, state, "earlier")
+    site.state.pin_host_key(node, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyOf" + node,
+                            source="test")
 
 
 def test_nodes_to_install_start_one_boot_server_for_the_run_and_it_stops_at_the_end(site):
@@ -158,8 +160,10 @@ def test_active_nodes_answering_with_their_pinned_key_are_ok_and_nothing_starts(
     activate(site, "node1")
     activate(site, "node2")
     asked: list[str] = []
-    monkeypatch.setattr(provision_step, "ssh_ok",
-                        lambda host, pinned: asked.append(host.name) or True)
+    by_address = {h.address: h.name for h in site.inventory.hosts.values()}
+    monkeypatch.setattr(provision_step, "ssh_answers_with",
+                        lambda address, key, **kw: (asked.append(by_address[address]) or True,
+                                                    ""))
     report = run(site)
     assert report.exit_code == 0
     assert {h: r.status for h, r in report.hosts.items()} == {"node1": "ok", "node2": "ok"}
@@ -171,7 +175,9 @@ def test_active_nodes_answering_with_their_pinned_key_are_ok_and_nothing_starts(
 def test_an_active_node_that_does_not_answer_fails_and_is_not_reinstalled(site, monkeypatch):
     activate(site, "node1")
     activate(site, "node2")
-    monkeypatch.setattr(provision_step, "ssh_ok", lambda host, pinned: host.name == "node2")
+    node2 = site.inventory.hosts["node2"].address
+    monkeypatch.setattr(provision_step, "ssh_answers_with",
+                        lambda address, key, **kw: (address == node2, "refused"))
     report = run(site)
     assert report.exit_code == 1
     out = report.first_outcome("node1")
@@ -181,7 +187,7 @@ def test_an_active_node_that_does_not_answer_fails_and_is_not_reinstalled(site, 
 
 def test_a_failed_node_is_started_over_only_with_retry(site, monkeypatch):
     activate(site, "node2")
-    monkeypatch.setattr(provision_step, "ssh_ok", lambda host, pinned: True)
+    monkeypatch.setattr(provision_step, "ssh_answers_with", lambda address, key, **kw: (True, ""))
     site.state.set_node_state("node1", lc.ENROLLED, "lab")
     site.state.set_node_state("node1", lc.POWERING_ON, "earlier")
     site.state.set_node_state("node1", lc.FAILED, "timed out after 25s in powering_on")

@@ -145,6 +145,9 @@ def test_parse_found_reads_the_probe():
     "virsh=failed:error: failed to connect to the hypervisor",  # libvirtd down
     _probe_output(virsh="ok", defined="yes", domstate="running", xml=""),
     _probe_output(virsh="ok", defined="yes", domstate="weird", xml="PGE+"),
+    # the seed's record would be pinned: a tampered one is refused, never pinned
+    _probe_output(virsh="ok", defined="no", seedmeta=json.dumps(
+        {"host_key_pub": "ssh-ed25519 AAAA;rm -rf /\nssh-rsa AAAA"})),
 ])
 def test_a_probe_that_cannot_tell_is_an_error_not_absent(text):
     with pytest.raises(VmProbeError):

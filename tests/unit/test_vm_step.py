@@ -323,3 +323,22 @@ def test_the_real_seed_builder_takes_the_steps_fields(world):
     iso = vmseed_iso(seeds[0])
     assert iso[0x8001:0x8006] == b"CD001"        # an ISO 9660 volume
     assert b"cidata" in iso[0x8000:0x8800].lower()
+
+
+def test_a_new_guest_is_pinned_only_after_its_boot_was_waited_for(world):
+    """serve watches a guest from its pin on: a guest still booting must not be pinned yet
+    (else it is 'down' and remediated while it boots). The wait uses the new key."""
+    step, ctx, seeds, probed = world
+    pinned_while_probing: list[list[str]] = []
+    inner = step.host_key_probe
+
+    def probe(address, key, port=22, timeout=3.0):
+        pinned_while_probing.append(ctx.state.host_keys_of("vm1"))
+        return inner(address, key, port=port, timeout=timeout)
+
+    step.host_key_probe = probe
+    out = step.run(ctx, VmArgs())
+    assert out.status == "changed", out.message
+    assert pinned_while_probing and all(p == [] for p in pinned_while_probing)
+    assert {k for _, k in probed} == {seeds[0]["host_key_pub"]}
+    assert ctx.state.host_keys_of("vm1") == [seeds[0]["host_key_pub"]]
