@@ -79,6 +79,14 @@ class LabConfig:
         return cls(nodes=nodes, **data)
 
 
+def guest_hypervisors(config: LabConfig) -> dict[str, str]:
+    """The lab's guests (``vm1`` ...) and the node each runs on, spread over the nodes."""
+    if not config.nodes:
+        return {}
+    return {f"vm{i}": config.nodes[(i - 1) % len(config.nodes)].name
+            for i in range(1, config.vms + 1)}
+
+
 def default_netns(site_root: Path) -> str:
     """One namespace name per site directory, short enough to name the uplink too."""
     return "mclab-" + hashlib.sha256(str(site_root.resolve()).encode()).hexdigest()[:6]
@@ -269,10 +277,9 @@ class Lab:
             del groups["storage"]
         net = self.network(config)
         tag = hashlib.sha256(config.netns.encode()).digest()
-        for i in range(1, config.vms + 1):
-            hypervisor = config.nodes[(i - 1) % len(config.nodes)].name
+        for i, (guest, hypervisor) in enumerate(guest_hypervisors(config).items(), start=1):
             ip = net.ipv4[FIRST_GUEST_HOST + i - 1]
-            doc["hosts"][f"vm{i}"] = {
+            doc["hosts"][guest] = {
                 "groups": ["guests"],
                 "labels": {"service": "demo"},
                 "vm": {"hypervisor": hypervisor, "image": GUEST_STORE_NAME,
@@ -311,9 +318,21 @@ class Lab:
                               "bmc_poll_timeout": 5}
         write_atomic(settings, SETTINGS_HEADER + yaml.safe_dump(doc, sort_keys=False))
 
-    def record_state(self, config: LabConfig, fleet_records: list[fleetmod.HostRecord]) -> None:
+    def record_state(self, config: LabConfig, fleet_records: list[fleetmod.HostRecord], *,
+                     blank: list[str] | None = None) -> None:
+        """Pin the fleet's keys and enroll new nodes. A node whose disk lab up just created
+        (a new lab, or one purged) is a blank machine: whatever the store knew of an earlier
+        one of that name (active, its pinned key) and of the guests it held is forgotten, so
+        the chain installs it again instead of calling it active but unreachable."""
         store = StateStore.open_file(self.root / "state" / "metalchain.db")
         try:
+            gone = set(blank or ())
+            stale = [n for n in sorted(gone) if store.node(n) is not None] + [
+                g for g, hv in guest_hypervisors(config).items()
+                if hv in gone and store.node(g) is not None]
+            for name in stale:
+                store.forget_node(name, actor="lab", detail={
+                    "reason": "lab up: a new blank disk (an earlier machine was purged)"})
             for rec in fleet_records:
                 key = " ".join(rec.host_key.split()[:2])
                 if key not in store.host_keys_of(rec.name):
@@ -347,16 +366,19 @@ class Lab:
         for node in (old.nodes if old else []):
             if node.name not in wanted:
                 self._stop_node(config, node)
+        blank: list[str] = []
         for node in config.nodes:
             net.add_tap(node.tap)
             machine = self.machine(config, node)
+            if not machine.disk.exists():
+                blank.append(node.name)
             machine.start()
             spec = self.bmc_spec(node)
             write_atomic(spec.password_file, passwords[f"bmc-{node.name}"] + "\n", 0o600)
             start_bmc(spec)
         records = self._fleet_up(config, net, pub, fleet_timeout)
         self.write_inventory(config, records)
-        self.record_state(config, records)
+        self.record_state(config, records, blank=blank)
         return {"nodes": [n.name for n in config.nodes], "fleet": [r.name for r in records]}
 
     def _fleet_up(self, config: LabConfig, net: LabNetwork, pub: str,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo-down`: stop what `make demo` started (serve, the monitoring stack, the mirror
 # server) and remove the lab (QEMU nodes, BMCs, fleet, network namespace, its disks and
-# files: --purge). Idempotent.
+# files: --purge), then the demo's site directory. Idempotent.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 site=${1:-demo-site}
@@ -19,4 +19,9 @@ if [ -f "$pid_file" ]; then
 fi
 $MC --site "$site" monitor down || true
 $MC --site "$site" mirror stop || true
-$MC lab down --purge --dir "$site"
+$MC lab down --purge --dir "$site" || exit 1
+# The site itself (inventory, state, mirror, keys) was written by lab up for the demo.
+if head -n 1 "$site/inventory.yml" 2>/dev/null | grep -q "Written by \`metalchain lab up\`"; then
+  rm -rf -- "$site"
+  echo "removed $site"
+fi

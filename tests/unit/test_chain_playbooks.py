@@ -105,3 +105,38 @@ def test_a_provision_play_on_hosts_without_a_bmc_is_refused_before_any_contact(t
     assert [(p.message, p.hosts) for p in problems] == [
         ("provision needs bmc and provision.mac in the inventory", ("web1", "web2"))]
     assert problems[0].source.endswith("pb.yml:3")
+
+
+def test_a_node_with_a_new_blank_disk_is_forgotten_and_enrolled_again(tmp_path):
+    """lab down --purge, then lab up: the machines are blank again, whatever the store
+    remembers (active, pinned keys; the guests they held) is forgotten, not trusted."""
+    from inventory.state import StateStore
+
+    lab = Lab(tmp_path)
+    config = LabConfig(name="t", netns="mclab-t", ipv4="10.99.0.0/24", ipv6="fd00:99::/64",
+                       nodes=[NodeConfig("node1", "52:54:00:00:99:01", "10.99.0.11", "tap1",
+                                         20031)], chain=True, vms=1)
+    (tmp_path / "state").mkdir()
+    store = StateStore.open_file(tmp_path / "state" / "metalchain.db")
+    try:
+        for state in ("enrolled", "powering_on", "pxe_booting", "installing", "installed",
+                      "rebooting", "active"):
+            store.set_node_state("node1", state, "earlier")
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEarlierMachine"
+        store.pin_host_key("node1", key, "install")
+        store.pin_host_key("vm1", key, "vm seed on node1")
+    finally:
+        store.close()
+    lab.record_state(config, [], blank=["node1"])
+    store = StateStore.open_file(tmp_path / "state" / "metalchain.db")
+    try:
+        assert store.node("node1").state == "enrolled"
+        assert store.host_keys_of("node1") == [] and store.host_keys_of("vm1") == []
+    finally:
+        store.close()
+    lab.record_state(config, [], blank=[])     # an existing disk: nothing forgotten
+    store = StateStore.open_file(tmp_path / "state" / "metalchain.db")
+    try:
+        assert store.node("node1").state == "enrolled"
+    finally:
+        store.close()
