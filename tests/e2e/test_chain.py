@@ -29,6 +29,8 @@ import pytest
 import yaml
 
 from inventory.site import Site
+from lab.bmc import start_bmc
+from lab.lab import Lab
 from tests.lab.ipmi import ipmitool
 from tests.lab.sshd import METALCHAIN
 from tests.waiting import wait_for
@@ -231,10 +233,19 @@ def test_each_stage_checked_independently(site: Path):
 
 
 def test_a_second_run_changes_nothing(site: Path):
+    """... and never asks the active node's BMC: it is killed for the run (any BMC call would
+    fail the node), and started again afterwards."""
     keys = pinned(site, "vm1")
-    t0 = time.monotonic()
-    result = run_site(site)
-    FIGURES["second_run_s"] = round(time.monotonic() - t0, 1)
+    lab = Lab(site)
+    [node] = lab.load().nodes
+    spec = lab.bmc_spec(node)
+    os.kill(int((site / "lab" / "nodes" / "node1" / "bmc.pid").read_text()), signal.SIGKILL)
+    try:
+        t0 = time.monotonic()
+        result = run_site(site)
+        FIGURES["second_run_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        start_bmc(spec)
     assert result["counts"]["changed"] == 0, result["counts"]
     assert FIGURES["second_run_s"] < FIGURES["first_run_s"] / 2, FIGURES
     assert pinned(site, "vm1") == keys
