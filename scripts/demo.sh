@@ -54,6 +54,11 @@ $MC --site "$site" run playbooks/site.yml
 t_chain_done=$(date +%s)
 
 step "monitoring: Prometheus targets (hypervisors, fleet and the VM)"
+# serve's own metrics target is new to Prometheus until its first scrape: wait for that.
+for _ in $(seq 1 30); do
+  $MC --site "$site" monitor status >/dev/null 2>&1 && break
+  sleep 2
+done
 $MC --site "$site" monitor status
 
 # healed TARGET ALERT SINCE: wait for that incident to end, show its timeline; fail unless healed.
