@@ -25,6 +25,9 @@ import paramiko
 from inventory.errors import InputError, TransportError
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a connected host may take to open a session channel: sshd forks and sets up the
+#: session first, which took over 10 s on an emulated hypervisor running an emulated guest.
+CHANNEL_OPEN_TIMEOUT = 30.0
 DEFAULT_COMMAND_TIMEOUT = 600.0
 
 OutputSink = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text chunk)
@@ -280,7 +283,8 @@ class SshConnection:
             transport = client.get_transport()
             if transport is None:
                 raise TransportError(f"host '{self.host}': connection lost")
-            chan = transport.open_session(timeout=self.connect_timeout)
+            chan = transport.open_session(timeout=max(self.connect_timeout,
+                                                      CHANNEL_OPEN_TIMEOUT))
             chan.settimeout(1.0)
             chan.exec_command(line)
             if stdin is not None:
