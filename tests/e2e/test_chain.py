@@ -219,7 +219,9 @@ def test_each_stage_checked_independently(site: Path):
     [entry] = inv.groups["storage"].vars["image_store_images"]
     assert sha == entry["sha256"], (sha, entry)
     store = inv.hosts["fleet01"].address
-    index = exec_(site, "node1", f"wget -q -O- http://{store}:9292/index.json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{store}:9292/index.json", timeout=10) as resp:
+        index = resp.read().decode()
     assert entry["sha256"] in index, index[:2000]
     # the guest's NIC is on the hypervisor's bridge, which carries the node's own NIC
     assert "master br-guests" in exec_(site, "node1", "ip -o link show")
