@@ -28,6 +28,7 @@ from inventory.errors import InputError, MetalchainError
 from inventory.select import select_hosts
 from orchestrate.stop import Stop
 from provision import lifecycle as lc
+from provision.provision_step import REPORT_GRACE
 from provision.provisioner import NodeResult
 from provision.watch import POWER_SYNC_INTERVAL, NodeChanges, WatchSet
 from runtime.jsondoc import write_json
@@ -153,8 +154,6 @@ def running_serve(site: Any) -> dict[str, Any] | None:
 
 # -- provision ---------------------------------------------------------------------------------
 
-#: Seconds a provision step may take beyond ``--timeout`` to fail its node and report.
-REPORT_GRACE = 30.0
 #: Seconds :meth:`RunProvisioning.close` waits for a step that is still preparing.
 CLOSE_WAIT = 10.0
 
