@@ -270,6 +270,11 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
             decisions[n] = it.resource.decide(found)
         except ResourceSpecError as exc:
             decisions[n] = exc
+        except (ValueError, LookupError, TypeError) as exc:
+            # decide() parses what the host printed: a malformed answer fails this item,
+            # as the host's problem, not the run.
+            decisions[n] = ResourceSpecError(f"malformed answer from host '{conn.host}': "
+                                             f"{exc.__class__.__name__}: {str(exc)[:200]!r}")
 
     results: dict[int, ItemResult] = {}
     owed_now = set(owed)

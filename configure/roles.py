@@ -48,6 +48,7 @@ ENTRY_COMMON = ("name", "notify", "when")
 KINDS = (*RESOURCE_KINDS, "template")
 META_KEYS = ("depends", "description", "scrape_targets")
 _ROLE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SHIPPED_ROLES = Path(__file__).resolve().parents[1] / "playbooks" / "roles"
 
 
@@ -135,7 +136,13 @@ def _check_entry(entry: Entry, role_dir: Path) -> None:
     if entry.kind in ("template", "file") and isinstance(spec, dict) and "source" in spec:
         sub = "templates" if entry.kind == "template" else "files"
         src = role_dir / sub / str(spec["source"])
-        if not src.is_file():
+        try:
+            found = src.is_file()
+        except (OSError, ValueError) as exc:   # a name longer than 255 bytes, a NUL byte
+            raise RoleError(f"{entry.kind}: bad source name ({exc.__class__.__name__}: "
+                            f"{getattr(exc, 'strerror', None) or exc})", file=entry.file,
+                            line=entry.line) from None
+        if not found:
             raise RoleError(f"{entry.kind}: source not found: {src}", file=entry.file,
                             line=entry.line)
     if entry.kind == "template" and not (isinstance(spec, dict) and "source" in spec):
@@ -156,11 +163,16 @@ def _resource(entry: Entry, role_dir: Path, variables: Mapping[str, Any],
         spec = dict(spec)
         src = role_dir / ("templates" if entry.kind == "template" else "files") / str(
             spec.pop("source"))
+        try:
+            if entry.kind == "template":
+                text = src.read_text(encoding="utf-8")
+            else:
+                spec["content"] = src.read_bytes()
+        except (OSError, ValueError) as exc:   # unreadable, not UTF-8, a bad name
+            raise ResourceSpecError(f"{entry.kind}: cannot read {src.name[:80]}: "
+                                    f"{getattr(exc, 'strerror', None) or exc}") from None
         if entry.kind == "template":
-            text = src.read_text(encoding="utf-8")
             spec["content"] = "" if validate_only else render_text(text, variables, str(src))
-        else:
-            spec["content"] = src.read_bytes()
     kind = "file" if entry.kind == "template" else entry.kind
     return parse_resource(kind, spec)
 
@@ -207,6 +219,10 @@ def load_role(name: str, search: Sequence[Path]) -> Role:
         if not isinstance(ddoc, dict):
             raise RoleError("defaults.yml must be a mapping of variables", file=str(dfile),
                             line=1)
+        for k in ddoc:
+            if not isinstance(k, str) or not _VARIABLE.match(k):
+                raise RoleError(f"{str(k)[:40]!r} is not a valid variable name (letters, "
+                                "digits, _)", file=str(dfile), line=ddoc.line_of(k))
         defaults = dict(ddoc)
     meta: dict[str, Any] = {}
     mfile = path / "meta.yml"

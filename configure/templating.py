@@ -8,16 +8,17 @@ variable name is an error naming the template, not an empty string.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
 from jinja2.exceptions import UndefinedError
 from jinja2.parser import Parser
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import missing
 
-from inventory.errors import InputError
+from inventory.errors import InputError, MetalchainError
 from inventory.secrets import Secret
 
 
@@ -53,8 +54,60 @@ class UndefinedVariable(InputError):
         self.name = name
 
 
-_ENV = SandboxedEnvironment(undefined=_Undefined, autoescape=False,
-                            keep_trailing_newline=True)
+#: The longest string or list one ``*`` may build (``{{ "x" * 10**10 }}`` would take 10 GB).
+MAX_REPEAT = 1_000_000
+#: The largest integer ``**`` may build, in bits (``{{ 9 ** 9 ** 9 }}`` would run for hours).
+MAX_POWER_BITS = 100_000
+
+
+class _Environment(SandboxedEnvironment):
+    """The sandbox (which already caps ``range`` at 100,000 items) with caps on the two
+    operators that build huge values from small ones."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and \
+                        len(seq) * times > MAX_REPEAT:
+                    raise SecurityError(f"'*' would build more than {MAX_REPEAT} items")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and \
+                right > 0 and abs(left) > 1 and \
+                right * abs(left).bit_length() > MAX_POWER_BITS:
+            raise SecurityError(f"'**' would build a number of more than {MAX_POWER_BITS} "
+                                "bits")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = _Environment(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
+
+
+def _template_line(exc: BaseException) -> int | None:
+    """The template line an exception raised inside a render was at (jinja2 rewrites the
+    traceback so that its frames carry the template's lines)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _where(source: str, line: int | None) -> str:
+    """``source:line`` for a template file; a value's source (``recipe.yml:4``) is already the
+    line that holds it."""
+    if not line or re.search(r":\d+$", source):
+        return source
+    return f"{source}:{line}"
+
+
+def _runtime_error(exc: Exception) -> str:
+    """What a template's expression raised (``1/0``, ``1 + "a"``, ``range(10**30)``), as
+    one line."""
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
 
 def _reveal(value: Any) -> Any:
@@ -73,11 +126,19 @@ def render_text(text: str, variables: Mapping[str, Any], source: str) -> str:
         return _ENV.from_string(text).render(_reveal(dict(variables)))
     except TemplateError as exc:
         line = getattr(exc, "lineno", None)
-        where = f"{source}:{line}" if line else source
+        if line is None and isinstance(exc, SecurityError):
+            line = _template_line(exc)
+        where = _where(source, line)
         message = f"{where}: template error: {exc.message or exc}"
         if isinstance(exc, _VariableUndefinedError):
             raise UndefinedVariable(message, where=where, name=exc.variable) from None
         raise InputError(message) from None
+    except MetalchainError:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError,
+            MemoryError) as exc:
+        where = _where(source, _template_line(exc))
+        raise InputError(f"{where}: template error: {_runtime_error(exc)}") from None
 
 
 def is_templated(value: Any) -> bool:
@@ -113,6 +174,11 @@ def evaluate_condition(expression: str, variables: Mapping[str, Any], source: st
         if isinstance(exc, _VariableUndefinedError):
             raise UndefinedVariable(message, where=source, name=exc.variable) from None
         raise InputError(message) from None
+    except MetalchainError:
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError,
+            MemoryError) as exc:
+        raise InputError(f"{source}: when: {_runtime_error(exc)}") from None
 
 
 # -- what a template needs, known without rendering it ------------------------------------------

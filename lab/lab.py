@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
-from inventory.errors import InputError, LabError
+from inventory.errors import InputError, InventoryError, LabError
 from inventory.state import StateStore
+from inventory.yamlsource import read_yaml_file
 from lab import fleet as fleetmod
 from lab.bmc import BmcProcessSpec, bmc_pid, start_bmc, stop_bmc
 from lab.machine import Machine, MachineSpec, TapNetwork
@@ -202,11 +203,10 @@ class Lab:
         current: dict[str, str] = {}
         if self.secrets_path.exists():
             try:
-                data = yaml.safe_load(self.secrets_path.read_text("utf-8")) or {}
-            except yaml.YAMLError as exc:
-                # Never yaml's own message: it quotes the offending line of the secrets file.
-                mark = getattr(exc, "problem_mark", None)
-                where = f":{mark.line + 1}" if mark is not None else ""
+                data = read_yaml_file(self.secrets_path) or {}
+            except InventoryError as exc:
+                # Never yaml's own message: it may quote the offending line of the secrets file.
+                where = f":{exc.line}" if exc.line else ""
                 raise LabError(f"{self.secrets_path}{where}: not valid YAML") from None
             if not isinstance(data, dict):
                 raise LabError(f"{self.secrets_path}: not a mapping of name: value")

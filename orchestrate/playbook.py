@@ -37,6 +37,8 @@ PLAY_KEYS = ("name", "hosts", "serial", "max_fail_percentage", "retries",
 STEP_COMMON_KEYS = ("name", "retries", "delay", "timeout")
 _PERCENT = re.compile(r"^(\d{1,3})%$")
 MAX_INCLUDE_DEPTH = 10
+#: Steps of a whole playbook once its includes are inlined.
+MAX_STEPS = 5000
 
 
 class PlaybookError(InventoryError):
@@ -163,19 +165,41 @@ def _parse_step(data: Any, where: LocatedList, pos: int, index: int, registry: S
                 file=data.file, line=data.line, raw=data[kind_name])
 
 
+@dataclass
+class _Expansion:
+    """What one playbook's includes have expanded to so far: the step count is capped across
+    the whole playbook, since includes that fan out multiply (10 files of 4 includes each
+    are 714 bytes and 4**9 steps)."""
+
+    steps: int = 0
+    files: dict[Path, Any] = field(default_factory=dict)   # each included file read once
+
+    def read(self, path: Path) -> Any:
+        if path not in self.files:
+            self.files[path] = read_yaml_file(path)
+        return self.files[path]
+
+
+def _chain(chain: tuple[str, ...]) -> str:
+    return " -> ".join(chain)
+
+
 def _steps(where: LocatedDict, registry: StepRegistry, defaults: tuple[int, float], base: Path,
-           depth: int, seen: tuple[Path, ...]) -> list[tuple[Any, LocatedList, int]]:
+           seen: tuple[Path, ...], expansion: _Expansion) -> list[tuple[Any, LocatedList, int]]:
     """Flatten the steps of a play, inlining includes; returns (data, list, position)."""
     raw = where.get("steps")
     if raw is None:
         raise _fail(where, None, "a play needs 'steps'")
     if not isinstance(raw, list) or not raw:
         raise _fail(where, "steps", "steps must be a non-empty list")
-    return _flatten(raw, registry, defaults, base, depth, seen)
+    return _flatten(raw, registry, defaults, base, seen, (), expansion)
 
 
 def _flatten(raw: LocatedList, registry: StepRegistry, defaults: tuple[int, float], base: Path,
-             depth: int, seen: tuple[Path, ...]) -> list[tuple[Any, LocatedList, int]]:
+             seen: tuple[Path, ...], chain: tuple[str, ...],
+             expansion: _Expansion) -> list[tuple[Any, LocatedList, int]]:
+    """``seen``: the files being included (for loops); ``chain``: file:line of each include
+    on the way here (for errors)."""
     out: list[tuple[Any, LocatedList, int]] = []
     for pos, item in enumerate(raw):
         if isinstance(item, dict) and "include" in item:
@@ -184,24 +208,38 @@ def _flatten(raw: LocatedList, registry: StepRegistry, defaults: tuple[int, floa
             target = item["include"]
             if not isinstance(target, str):
                 raise _fail(item, "include", "include must be a file name")
-            path = (base / target).resolve()
-            if path in seen or depth >= MAX_INCLUDE_DEPTH:
-                raise _fail(item, "include", f"include loop: {target}")
-            if not path.is_file():
+            here = (*chain, f"{item.file}:{item.line_of('include')}")
+            try:
+                path = (base / target).resolve()
+                found = path.is_file()
+            except (OSError, ValueError) as exc:   # a name too long, a NUL byte
+                raise _fail(item, "include", f"include: bad file name ({exc})") from None
+            if path in seen:
+                raise _fail(item, "include", f"include loop: {target} "
+                                             f"(via {_chain(here)})")
+            if len(chain) >= MAX_INCLUDE_DEPTH:
+                raise _fail(item, "include", f"includes nested more than {MAX_INCLUDE_DEPTH}"
+                                             f" deep (via {_chain(here)})")
+            if not found:
                 raise _fail(item, "include", f"included file not found: {path}")
-            inc = read_yaml_file(path)
+            inc = expansion.read(path)
             if not isinstance(inc, list) or not inc:
                 raise PlaybookError("an included file must be a non-empty list of steps",
                                     file=str(path), line=1)
-            out.extend(_flatten(inc, registry, defaults, path.parent, depth + 1,
-                                (*seen, path)))
+            out.extend(_flatten(inc, registry, defaults, path.parent, (*seen, path), here,
+                                expansion))
         else:
+            expansion.steps += 1
+            if expansion.steps > MAX_STEPS:
+                via = f" (via {_chain(chain)})" if chain else ""
+                raise _fail(raw, pos, f"the playbook expands to more than {MAX_STEPS} steps"
+                                      f"{via}")
             out.append((item, raw, pos))
     return out
 
 
 def _parse_play(play: Any, doc: LocatedList, i: int, registry: StepRegistry, path: Path,
-                errors: list[PlaybookError]) -> Play | None:
+                errors: list[PlaybookError], expansion: _Expansion) -> Play | None:
     """One play; a bad step is added to ``errors`` (the others are still checked)."""
     if not isinstance(play, dict):
         raise _fail(doc, i, "a play must be a mapping")
@@ -219,7 +257,7 @@ def _parse_play(play: Any, doc: LocatedList, i: int, registry: StepRegistry, pat
     defaults = (int(_number(play, "retries", 0, 0, 100, integer=True)),
                 _number(play, "retry_delay", 1, 0, 3600))
     serial = _serial(play)
-    flat = _steps(play, registry, defaults, path.parent, 0, (path,))
+    flat = _steps(play, registry, defaults, path.parent, (path,), expansion)
     steps = []
     bad = False
     for n, (d, where, pos) in enumerate(flat):
@@ -248,11 +286,14 @@ def load_playbook(path: Path, registry: StepRegistry) -> Playbook:
         raise PlaybookError("a playbook must be a list of plays", file=str(path), line=1)
     pb = Playbook(path=path)
     errors: list[PlaybookError] = []
+    expansion = _Expansion()
     for i, play in enumerate(doc):
         try:
-            parsed = _parse_play(play, doc, i, registry, path, errors)
+            parsed = _parse_play(play, doc, i, registry, path, errors, expansion)
         except PlaybookError as exc:
             errors.append(exc)
+            if expansion.steps > MAX_STEPS:
+                break   # every later play would say the same
             continue
         if parsed is not None:
             pb.plays.append(parsed)

@@ -92,6 +92,16 @@ def unified_diff(old: bytes | None, new: bytes | None, path: str) -> str:
                                         else "/dev/null"))
 
 
+def _host_base64(text: str, path: str) -> bytes:
+    """A file's content as the host sent it (``base64 -w0``); what is not base64 is the
+    host's fault, reported as such (the item fails, the run goes on)."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ResourceSpecError(f"the host's answer for {path} is not valid base64 "
+                                "(its probe output is malformed)") from None
+
+
 def _check_path(spec: Mapping[str, Any], kind: str) -> str:
     path = Resource.require(spec, "path", kind)
     if not path.startswith("/") or "\n" in path:
@@ -157,7 +167,8 @@ class File(Resource):
         if have is not None and have["type"] not in ("regular file", "regular empty file"):
             raise ResourceSpecError(f"file: {self.path} exists and is a {have['type']}")
         sha = lines[1].strip() if len(lines) > 1 else ""
-        old = base64.b64decode(lines[2]) if len(lines) > 2 and lines[2].strip() else None
+        old = _host_base64(lines[2].strip(), self.path) if len(lines) > 2 and lines[2].strip() \
+            else None
         if have is None or sha != self.sha:
             action = Action(f"write {self.path}", write_file_script(
                 self.path, self.content or b"", self.mode, self.owner, self.group,
@@ -272,7 +283,7 @@ class Line(Resource):
             old = b""
             exists = False
         else:
-            old = base64.b64decode(raw) if raw else b""
+            old = _host_base64(raw, self.path) if raw else b""
             exists = True
         text = old.decode("utf-8", "replace")
         new = self.wanted(text)
