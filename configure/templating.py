@@ -125,10 +125,7 @@ def render_text(text: str, variables: Mapping[str, Any], source: str) -> str:
     try:
         return _ENV.from_string(text).render(_reveal(dict(variables)))
     except TemplateError as exc:
-        line = getattr(exc, "lineno", None)
-        if line is None and isinstance(exc, SecurityError):
-            line = _template_line(exc)
-        where = _where(source, line)
+        where = _where(source, getattr(exc, "lineno", None) or _template_line(exc))
         message = f"{where}: template error: {exc.message or exc}"
         if isinstance(exc, _VariableUndefinedError):
             raise UndefinedVariable(message, where=where, name=exc.variable) from None

@@ -217,7 +217,12 @@ def read_yaml_file(path: Path, display_name: str | None = None) -> Any:
     name = display_name or str(path)
     try:
         with path.open("rb") as f:
-            raw = f.read(MAX_YAML_BYTES + 1)
+            # In pieces: read(MAX_YAML_BYTES + 1) would allocate 16 MiB for every small file.
+            pieces, size = [], 0
+            while size <= MAX_YAML_BYTES and (piece := f.read(1 << 16)):
+                pieces.append(piece)
+                size += len(piece)
+            raw = b"".join(pieces)
     except OSError as exc:
         raise InventoryError(f"cannot read file: {exc.strerror}", file=name) from None
     if len(raw) > MAX_YAML_BYTES:

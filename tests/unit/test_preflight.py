@@ -189,7 +189,7 @@ def test_variables_a_role_needs(tmp_path, run_cli):
     r = run_cli("--site", str(site), "run", "site", "--plan")
     assert r.code == 2
     # demo_name comes from the role's defaults; kvm_opt is only read where when: is true.
-    assert errors(r) == [f"{role / 'templates' / 'demo.j2'}: 'demo_port' is undefined "
+    assert errors(r) == [f"{role / 'templates' / 'demo.j2'}:2: 'demo_port' is undefined "
                          "(hosts h01, h02)",
                          f"{role / 'recipe.yml'}:4: when: 'typo_var' is undefined "
                          "(hosts h01, h02)"]
