@@ -6,8 +6,10 @@ examples, random seeds, and memory measured for every example.
     nice -n 10 .venv/bin/python bench/fuzz.py --cpu-hours 1 --jobs 2   # 30 min on 2 cores
 
 The time is shared equally by the parsers (``--targets`` picks some). Prints a table (parser,
-examples, accepted, rejected, failures, max time per example, peak memory of one example) and
-one JSON document with the same figures and, for each distinct failure, its first input.
+examples, accepted, rejected, failures, max time per example, peak memory of one example as
+tracemalloc saw it on every ``--trace-every``-th example, largest input) and one JSON document
+with the same figures and, for each distinct failure, its first input. Each worker's address
+space is capped (ADDRESS_SPACE_HEADROOM), so an untraced bomb fails as MemoryError.
 Exit status 1 if any example broke the property.
 """
 
@@ -18,9 +20,11 @@ import base64
 import multiprocessing
 import random
 import re
+import resource
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from tests.operator_fuzz import PEAK_BYTES, SECONDS, judge, targets
 
 CHUNK = 200   # examples per hypothesis run (each with a fresh seed)
+#: Address space a worker may grow by: past it, allocation fails with MemoryError (an
+#: "unhandled" failure), so a bomb cannot take the machine even where tracemalloc is off.
+ADDRESS_SPACE_HEADROOM = 2 * 2 ** 30
 
 
 def _signature(outcome: str, detail: str) -> str:
@@ -42,20 +49,34 @@ def _signature(outcome: str, detail: str) -> str:
     return f"{outcome}: {re.sub(r'[0-9]+', 'N', text)[:160]}"
 
 
-def fuzz_target(name: str, seconds: float, rng_seed: int) -> dict[str, Any]:
+def _limit_memory() -> None:
+    with open("/proc/self/statm") as f:
+        used = int(f.read().split()[0]) * resource.getpagesize()
+    resource.setrlimit(resource.RLIMIT_AS, (used + ADDRESS_SPACE_HEADROOM,
+                                            resource.RLIM_INFINITY))
+
+
+def fuzz_target(name: str, seconds: float, rng_seed: int, trace_every: int = 4
+                ) -> dict[str, Any]:
+    warnings.simplefilter("ignore")
+    _limit_memory()
     target = next(t for t in targets() if t.name == name)
     rng = random.Random(rng_seed)
     stats: dict[str, Any] = {"parser": name, "examples": 0, "accepted": 0, "rejected": 0,
                              "failures": 0, "max_seconds": 0.0, "peak_bytes": 0,
-                             "distinct_failures": {}}
+                             "traced": 0, "max_input_bytes": 0, "distinct_failures": {}}
     deadline = time.monotonic() + seconds
 
     def record(data: bytes) -> None:
         if time.monotonic() > deadline:
             return
+        trace = stats["examples"] % trace_every == 0
         with tempfile.TemporaryDirectory(prefix="mc-fuzz-") as root:
-            v = judge(target, Path(root), data, seconds=SECONDS, peak_bytes=PEAK_BYTES)
+            v = judge(target, Path(root), data, seconds=SECONDS, peak_bytes=PEAK_BYTES,
+                      trace_memory=trace)
         stats["examples"] += 1
+        stats["traced"] += trace
+        stats["max_input_bytes"] = max(stats["max_input_bytes"], len(data))
         stats["max_seconds"] = max(stats["max_seconds"], v.seconds)
         stats["peak_bytes"] = max(stats["peak_bytes"], v.peak_bytes)
         if v.ok:
@@ -65,7 +86,7 @@ def fuzz_target(name: str, seconds: float, rng_seed: int) -> dict[str, Any]:
         sig = _signature(v.outcome, v.detail)
         seen = stats["distinct_failures"].setdefault(sig, {
             "count": 0, "detail": v.detail, "input_base64": base64.b64encode(
-                data[:20000]).decode()})
+                data[:1_000_000]).decode()})
         seen["count"] += 1
 
     while time.monotonic() < deadline:
@@ -76,7 +97,7 @@ def fuzz_target(name: str, seconds: float, rng_seed: int) -> dict[str, Any]:
     return stats
 
 
-def _worker(job: tuple[str, float, int]) -> dict[str, Any]:
+def _worker(job: tuple[str, float, int, int]) -> dict[str, Any]:
     return fuzz_target(*job)
 
 
@@ -90,6 +111,8 @@ def main() -> int:
     parser.add_argument("--targets", default=",".join(names),
                         help=f"comma-separated, of: {', '.join(names)}")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--trace-every", type=int, default=4,
+                        help="measure memory (tracemalloc, ~3x slower) on every Nth example")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
     chosen = [n for n in args.targets.split(",") if n]
@@ -100,22 +123,24 @@ def main() -> int:
     cpu_seconds = args.cpu_hours * 3600 if args.cpu_hours else (args.minutes or 5) * 60 * jobs
     per_target = cpu_seconds / len(chosen)
     base_seed = args.seed if args.seed is not None else random.SystemRandom().getrandbits(32)
-    work = [(n, per_target, base_seed + i) for i, n in enumerate(chosen)]
+    work = [(n, per_target, base_seed + i, max(1, args.trace_every))
+            for i, n in enumerate(chosen)]
     start = time.monotonic()
-    if jobs == 1:
-        rows = [_worker(w) for w in work]
+    if jobs == 1:   # in a child all the same: the memory limit is the worker's alone
+        with multiprocessing.get_context("fork").Pool(1, maxtasksperchild=1) as pool:
+            rows = pool.map(_worker, work, chunksize=1)
     else:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        with multiprocessing.get_context("fork").Pool(jobs, maxtasksperchild=1) as pool:
             rows = pool.map(_worker, work, chunksize=1)
     wall = time.monotonic() - start
 
     header = f"{'parser':<16}{'examples':>10}{'accepted':>10}{'rejected':>10}" \
-             f"{'failures':>10}{'max s/ex':>10}{'peak MiB':>10}"
+             f"{'failures':>10}{'max s/ex':>10}{'peak MiB':>10}{'max KiB in':>12}"
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['parser']:<16}{r['examples']:>10}{r['accepted']:>10}"
                      f"{r['rejected']:>10}{r['failures']:>10}{r['max_seconds']:>10.2f}"
-                     f"{r['peak_bytes'] / 2 ** 20:>10.1f}")
+                     f"{r['peak_bytes'] / 2 ** 20:>10.1f}{r['max_input_bytes'] / 1024:>12.0f}")
     total = sum(r["examples"] for r in rows)
     failures = sum(r["failures"] for r in rows)
     lines.append(f"{'all':<16}{total:>10}{'':>10}{'':>10}{failures:>10}")
@@ -125,7 +150,9 @@ def main() -> int:
             sys.stderr.write(f"  {r['parser']}: {f['count']} x {sig}\n")
     report({"kind": "bench.fuzz", "version": 1, "seed": base_seed, "jobs": jobs,
             "cpu_seconds": round(cpu_seconds), "wall_seconds": round(wall, 1),
-            "limits": {"seconds_per_example": SECONDS, "peak_bytes": PEAK_BYTES},
+            "limits": {"seconds_per_example": SECONDS, "peak_bytes": PEAK_BYTES,
+                       "address_space_headroom": ADDRESS_SPACE_HEADROOM},
+            "memory_traced_every": max(1, args.trace_every),
             "examples": total, "failures": failures, "parsers": rows}, args.json)
     return 1 if failures else 0
 

@@ -235,13 +235,24 @@ def load_role(name: str, search: Sequence[Path]) -> Role:
                 raise RoleError(f"unknown key '{k}'; allowed: {', '.join(META_KEYS)}",
                                 file=str(mfile), line=mdoc.line_of(k))
         meta = dict(mdoc)
+    def meta_line(key: str) -> int:
+        return mdoc.line_of(key) if meta else 1
+
     depends = meta.get("depends") or []
     if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
-        raise RoleError("depends must be a list of role names", file=str(mfile), line=1)
+        raise RoleError("depends must be a list of role names", file=str(mfile),
+                        line=meta_line("depends"))
+    targets = meta.get("scrape_targets") or []
+    if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+        raise RoleError("scrape_targets must be a list of mappings like {port: 9100, job: "
+                        "node}", file=str(mfile), line=meta_line("scrape_targets"))
+    if not isinstance(meta.get("description", ""), str):
+        raise RoleError("description must be a string", file=str(mfile),
+                        line=meta_line("description"))
     for e in [*entries, *handlers.values()]:
         _check_entry(e, path)
     return Role(name=name, path=path, entries=entries, handlers=handlers, defaults=defaults,
-                depends=list(depends), scrape_targets=list(meta.get("scrape_targets") or []),
+                depends=list(depends), scrape_targets=list(targets),
                 description=str(meta.get("description", "")))
 
 

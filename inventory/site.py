@@ -82,6 +82,9 @@ class Site:
             inv = root / "inventory"
         else:
             inv = root / "inventory.yml"
+        if not inv.exists() and "inventory" in settings:
+            raise InventoryError(f"inventory: {inv} does not exist", file=str(settings_file),
+                                 line=data.line_of("inventory"))
         if not inv.exists():
             raise InputError(f"{root} is not a metalchain site: no inventory.yml or inventory/ "
                              "(use --site DIR or $METALCHAIN_SITE, or create one with "

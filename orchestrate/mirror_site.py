@@ -19,7 +19,7 @@ from typing import Any
 
 from configure.mirror import KEYRING_PATH, MirrorError, mirror_url, read_mirror
 from configure.mirror_server import DEFAULT_PORT, daemon_pid, wait_until_answering
-from inventory.errors import InputError
+from inventory.errors import InputError, InventoryError
 from runtime.jsondoc import write_json
 
 SERVER_STATE = "server.json"
@@ -27,9 +27,20 @@ ANSWER_TIMEOUT = 3.0
 
 
 def settings(site: Any) -> dict[str, Any]:
+    """The ``mirror:`` mapping of metalchain.yml, its values' types checked (file:line)."""
     raw = site.settings.get("mirror") or {}
     if not isinstance(raw, dict):
         raise InputError("metalchain.yml: mirror must be a mapping")
+    line_of = getattr(raw, "line_of", lambda _key: None)
+    source = str(site.settings_file or "metalchain.yml")
+    for key in ("dir", "cache_dir", "address"):
+        if key in raw and (not isinstance(raw[key], str) or not raw[key] or "\0" in raw[key]):
+            raise InventoryError(f"mirror.{key} must be a non-empty string", file=source,
+                                 line=line_of(key))
+    port = raw.get("port", DEFAULT_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InventoryError(f"mirror.port must be a port number 1-65535, got {port!r}"[:120],
+                             file=source, line=line_of("port"))
     return raw
 
 

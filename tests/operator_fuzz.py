@@ -29,6 +29,7 @@ SCAFFOLD = REPO / "orchestrate" / "scaffold"
 PLAYBOOKS = REPO / "playbooks"
 SECONDS = 10.0
 PEAK_BYTES = 256 * 2 ** 20
+TRACED_SLOWDOWN = 5
 
 SECRETS = ("bmc-node1: pw1\nbmc-node2: pw2\nbmc-store1: pw3\n"
            "monitor_webhook_token: tok-123456\nmonitor_event_key: key-123456\n")
@@ -246,7 +247,9 @@ def judge(target: Target, root: Path, data: bytes, *, seconds: float = SECONDS,
           peak_bytes: int = PEAK_BYTES, trace_memory: bool = True) -> Verdict:
     from inventory.errors import MetalchainError
 
-    run: Bounded = bounded(lambda: target.call(root, data), seconds=seconds,
+    # tracemalloc makes a big parse up to 10 times slower: a traced example gets longer.
+    run: Bounded = bounded(lambda: target.call(root, data),
+                           seconds=seconds * (TRACED_SLOWDOWN if trace_memory else 1),
                            trace_memory=trace_memory)
 
     def verdict(ok: bool, outcome: str, detail: str = "") -> Verdict:

@@ -276,3 +276,44 @@ def test_file_decision_on_malformed_host_output_is_a_host_error():
     line = Line({"path": "/etc/y", "line": "a=1"})
     with pytest.raises(ResourceSpecError, match=r"host's answer for /etc/y is not valid base64"):
         line.decide({line.identity: "abc"})
+
+
+# -- found by the fuzzer (bench/fuzz.py) ----------------------------------------------------
+
+@pytest.mark.parametrize("mirror,expect,line", [
+    ("{port: abc}", "mirror.port must be a port number 1-65535, got 'abc'", 2),
+    ("{dir: 5}", "mirror.dir must be a non-empty string", 2),
+    ("\n  address: [1]", "mirror.address must be a non-empty string", 3),
+], ids=["port", "dir", "address"])
+def test_mirror_settings_of_the_wrong_type(mirror, expect, line, tmp_path):
+    from inventory.site import Site
+    from orchestrate import mirror_site
+
+    site_dir = write_site(tmp_path / "site", HOSTS)
+    (site_dir / "metalchain.yml").write_text(f"# settings\nmirror: {mirror}\n")
+    site = Site.open(site_dir)
+    with pytest.raises(InventoryError) as info:
+        mirror_site.default_port(site)
+    assert str(info.value) == f"{site_dir / 'metalchain.yml'}:{line}: {expect}"
+
+
+def test_an_inventory_setting_naming_a_missing_file(tmp_path, run_cli):
+    site = write_site(tmp_path / "site", HOSTS)
+    (site / "metalchain.yml").write_text("# settings\ninventory: nope.yml\n")
+    message = one_error(run_cli("--site", str(site), "inventory", "validate"),
+                        site / "metalchain.yml", 2)
+    assert "inventory: " in message and "nope.yml does not exist" in message
+
+
+@pytest.mark.parametrize("meta,expect", [
+    ("scrape_targets: 5", "scrape_targets must be a list of mappings"),
+    ("scrape_targets: [9100]", "scrape_targets must be a list of mappings"),
+    ("description: [a]", "description must be a string"),
+    ("depends: base", "depends must be a list of role names"),
+], ids=["targets not a list", "target not a mapping", "description", "depends"])
+def test_role_meta_of_the_wrong_type(meta, expect, tmp_path, run_cli):
+    site = role_site(tmp_path, {"recipe.yml": "- package: {name: curl}\n",
+                                "meta.yml": f"# meta\n{meta}\n"})
+    result = run_cli("--site", str(site), "inventory", "validate")
+    assert result.code == 2 and "internal error" not in result.err, result.err
+    assert f"{site / 'playbooks' / 'roles' / 'r' / 'meta.yml'}:2: {expect}" in result.err
