@@ -127,11 +127,12 @@ class _LocatingLoader(yaml.SafeLoader):
             return super().construct_object(node, deep=deep)
         except yaml.YAMLError:
             raise
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            # e.g. an integer of more than 4300 digits (Python's int() limit).
+        except (ValueError, TypeError, ArithmeticError):
+            # e.g. an integer of more than 4300 digits (Python's int() limit), !!float abc.
+            # Python's message would quote the value, which may be a secret's.
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read this value ({node.tag.rsplit(':', 1)[-1]}): "
-                f"{str(exc).split(';')[0][:100]}", node.start_mark) from None
+                None, None, f"cannot read this value as {node.tag.rsplit(':', 1)[-1]}",
+                node.start_mark) from None
 
     def construct_not_data(self, node: yaml.Node) -> Any:
         tag = node.tag.rsplit(":", 1)[-1]

@@ -109,14 +109,34 @@ def test_control_characters_in_every_operator_file(where, tmp_path, run_cli):
     ("!!timestamp nonsense", "the tag !!timestamp is not supported"),
     ("!!binary 'zz'", "the tag !!binary is not supported"),
     ("!!set {a}", "the tag !!set is not supported"),
-    ("1" * 5000, "cannot read this value (int)"),
-    ("!!float abc", "cannot read this value (float)"),
+    ("1" * 5000, "cannot read this value as int"),
+    ("!!float abc", "cannot read this value as float"),
 ], ids=["bad timestamp", "timestamp", "binary", "set", "huge int", "bad float"])
 def test_values_that_are_not_plain_data(value, expect, tmp_path, run_cli):
     site = write_site(tmp_path / "site", f"vars:\n  v: {value}\n" + HOSTS)
     message = one_error(run_cli("--site", str(site), "inventory", "validate"),
                         site / "inventory.yml", 2)
     assert expect in message
+
+
+def test_a_secret_that_is_not_a_number_is_not_echoed(tmp_path, run_cli):
+    site = write_site(tmp_path / "site", HOSTS, secrets="# secrets\npw: !!float hunter2\n")
+    message = one_error(run_cli("--site", str(site), "inventory", "validate"),
+                        site / "secrets.yml", 2)
+    assert "hunter2" not in message and "cannot read this value as float" in message
+
+
+def test_every_yaml_reader_is_yamlsource():
+    """No package reads YAML past the bounded loader (dumping is fine)."""
+    root = Path(__file__).resolve().parents[2]
+    calls = ("yaml.safe_load(", "yaml.load(", "yaml.full_load(", "yaml.unsafe_load(",
+             "yaml.compose(", "yaml.safe_load_all(", "yaml.load_all(", "yaml.parse(")
+    found = [f"{path.relative_to(root)}: {call}"
+             for package in ("runtime", "inventory", "provision", "configure", "monitor",
+                             "orchestrate", "lab")
+             for path in (root / package).rglob("*.py")
+             for call in calls if call in path.read_text(encoding="utf-8")]
+    assert found == []
 
 
 def test_a_date_stays_the_string_it_looks_like():
