@@ -23,6 +23,7 @@ Every failure is an :class:`InventoryError` naming ``file:line``.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,9 @@ def read_yaml_file(path: Path, display_name: str | None = None) -> Any:
     """Read a UTF-8 YAML file. Binary or non-UTF-8 content is a clear InventoryError."""
     name = display_name or str(path)
     try:
+        # A FIFO or a device would block the open or never end: only regular files.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise InventoryError("not a regular file", file=name, line=1)
         with path.open("rb") as f:
             # In pieces: read(MAX_YAML_BYTES + 1) would allocate 16 MiB for every small file.
             pieces, size = [], 0

@@ -139,6 +139,15 @@ def test_every_yaml_reader_is_yamlsource():
     assert found == []
 
 
+def test_a_fifo_is_refused_not_waited_for(tmp_path, run_cli):
+    import os
+
+    site = write_site(tmp_path / "site", HOSTS)
+    os.mkfifo(site / "fifo.yml")
+    (site / "metalchain.yml").write_text("inventory: fifo.yml\n")
+    one_error(run_cli("--site", str(site), "inventory", "validate"), site / "fifo.yml", 1)
+
+
 def test_a_date_stays_the_string_it_looks_like():
     doc = parse_yaml("a: 2024-01-31\nb: 2024-13-45\nc: 2001-12-14t21:59:43.10-05:00\n", "x")
     assert doc == {"a": "2024-01-31", "b": "2024-13-45", "c": "2001-12-14t21:59:43.10-05:00"}
