@@ -84,7 +84,7 @@ class _LocatingLoader(yaml.SafeLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
-        self._sizes: dict[int, int] = {}   # id(node) -> nodes in it, aliases expanded
+        self._sizes: dict[int, int] = {}   # id(node) -> values in it, aliases expanded
         self._alias_nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
@@ -92,12 +92,11 @@ class _LocatingLoader(yaml.SafeLoader):
             event = self.peek_event()
             node = self.anchors.get(event.anchor)
             if node is not None:   # else PyYAML reports the undefined alias
-                size = self._sizes.get(id(node))
-                if size is None:
+                if node.end_mark is None:   # PyYAML sets it when the collection is complete
                     raise yaml.composer.ComposerError(
                         None, None, f"alias *{event.anchor} is inside its own anchor "
                         "(a recursive structure)", event.start_mark)
-                self._alias_nodes += size
+                self._alias_nodes += self._expanded_size(node)
                 if self._alias_nodes > MAX_ALIAS_NODES:
                     raise yaml.composer.ComposerError(
                         None, None, f"aliases expand to more than {MAX_ALIAS_NODES} values "
@@ -110,18 +109,33 @@ class _LocatingLoader(yaml.SafeLoader):
                 raise yaml.composer.ComposerError(
                     None, None, f"nested more than {MAX_NESTING} levels deep",
                     self.peek_event().start_mark)
-            node = super().compose_node(parent, index)
+            return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def _expanded_size(self, root: yaml.Node) -> int:
+        """The values under ``root`` with every alias inside it counted as a copy; computed
+        only when an alias is met (files without aliases pay nothing), each node once."""
         sizes = self._sizes
-        if isinstance(node, yaml.SequenceNode):
-            size = 1 + sum(sizes.get(id(item), 1) for item in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            size = 1 + sum(sizes.get(id(k), 1) + sizes.get(id(v), 1) for k, v in node.value)
-        else:
-            size = 1
-        sizes[id(node)] = size
-        return node
+        stack = [root]
+        while stack:
+            node = stack[-1]
+            if id(node) in sizes:
+                stack.pop()
+                continue
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = []
+            todo = [c for c in children if id(c) not in sizes]
+            if todo:
+                stack.extend(todo)
+                continue
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            stack.pop()
+        return sizes[id(root)]
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
