@@ -4,6 +4,7 @@ examples, random seeds, and memory measured for every example.
 
     nice -n 10 .venv/bin/python bench/fuzz.py --minutes 30 --json /tmp/fuzz.json
     nice -n 10 .venv/bin/python bench/fuzz.py --cpu-hours 1 --jobs 2   # 30 min on 2 cores
+    .venv/bin/python bench/fuzz.py --replay /tmp/fuzz.json    # are its failures fixed?
 
 The time is shared equally by the parsers (``--targets`` picks some). Prints a table (parser,
 examples, accepted, rejected, failures, max time per example, peak memory of one example as
@@ -101,6 +102,24 @@ def _worker(job: tuple[str, float, int, int]) -> dict[str, Any]:
     return fuzz_target(*job)
 
 
+def replay(path: Path) -> int:
+    """Judge again every distinct failure a previous run wrote (``--json``)."""
+    import json
+
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    by_name = {t.name: t for t in targets()}
+    still = 0
+    for row in doc["parsers"]:
+        for sig, failure in row["distinct_failures"].items():
+            data = base64.b64decode(failure["input_base64"])
+            with tempfile.TemporaryDirectory(prefix="mc-fuzz-") as root:
+                v = judge(by_name[row["parser"]], Path(root), data, seconds=SECONDS)
+            still += not v.ok
+            sys.stdout.write(f"{row['parser']}: {'STILL ' + v.outcome if not v.ok else 'fixed'}"
+                             f" ({v.seconds:.2f} s): {sig}\n")
+    return 1 if still else 0
+
+
 def main() -> int:
     names = [t.name for t in targets()]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -114,7 +133,11 @@ def main() -> int:
     parser.add_argument("--trace-every", type=int, default=4,
                         help="measure memory (tracemalloc, ~3x slower) on every Nth example")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--replay", type=Path, default=None, metavar="JSON",
+                        help="judge again the failures a previous --json file holds, and stop")
     args = parser.parse_args()
+    if args.replay is not None:
+        return replay(args.replay)
     chosen = [n for n in args.targets.split(",") if n]
     unknown = sorted(set(chosen) - set(names))
     if unknown:
