@@ -90,11 +90,13 @@ def fuzz_target(name: str, seconds: float, rng_seed: int, trace_every: int = 4
                 data[:1_000_000]).decode()})
         seen["count"] += 1
 
+    cpu_start = time.process_time()
     while time.monotonic() < deadline:
         run = settings(max_examples=CHUNK, deadline=None, database=None,
                        phases=[Phase.generate], suppress_health_check=list(HealthCheck))(
             given(data=target.inputs())(record))
         seed(rng.getrandbits(64))(run)()
+    stats["cpu_seconds_used"] = round(time.process_time() - cpu_start, 1)
     return stats
 
 
@@ -167,6 +169,9 @@ def main() -> int:
     total = sum(r["examples"] for r in rows)
     failures = sum(r["failures"] for r in rows)
     lines.append(f"{'all':<16}{total:>10}{'':>10}{'':>10}{failures:>10}")
+    used = sum(r["cpu_seconds_used"] for r in rows)
+    lines.append(f"CPU time used by the parsers' workers: {used / 3600:.2f} h "
+                 f"(wall {wall / 60:.1f} min)")
     sys.stderr.write("\n".join(lines) + "\n")
     for r in rows:
         for sig, f in r["distinct_failures"].items():
@@ -176,6 +181,7 @@ def main() -> int:
             "limits": {"seconds_per_example": SECONDS, "peak_bytes": PEAK_BYTES,
                        "address_space_headroom": ADDRESS_SPACE_HEADROOM},
             "memory_traced_every": max(1, args.trace_every),
+            "cpu_seconds_used": round(sum(r["cpu_seconds_used"] for r in rows), 1),
             "examples": total, "failures": failures, "parsers": rows}, args.json)
     return 1 if failures else 0
 
