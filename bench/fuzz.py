@@ -5,6 +5,7 @@ examples, random seeds, and memory measured for every example.
     nice -n 10 .venv/bin/python bench/fuzz.py --minutes 30 --json /tmp/fuzz.json
     nice -n 10 .venv/bin/python bench/fuzz.py --cpu-hours 1 --jobs 2   # 30 min on 2 cores
     .venv/bin/python bench/fuzz.py --replay /tmp/fuzz.json    # are its failures fixed?
+    .venv/bin/python bench/fuzz.py --sweep     # each value of each example, replaced in turn
 
 The time is shared equally by the parsers (``--targets`` picks some). Prints a table (parser,
 examples, accepted, rejected, failures, max time per example, peak memory of one example as
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import report
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from tests.operator_fuzz import PEAK_BYTES, SECONDS, judge, targets
+from tests.operator_fuzz import PEAK_BYTES, SECONDS, judge, sweep, targets
 
 CHUNK = 200   # examples per hypothesis run (each with a fresh seed)
 #: Address space a worker may grow by: past it, allocation fails with MemoryError (an
@@ -104,6 +105,27 @@ def _worker(job: tuple[str, float, int, int]) -> dict[str, Any]:
     return fuzz_target(*job)
 
 
+def run_sweep(names: list[str]) -> int:
+    """Every value of every example file replaced by each of SWEEP_VALUES (and removed)."""
+    warnings.simplefilter("ignore")
+    by_name = {t.name: t for t in targets()}
+    bad = 0
+    for name in names:
+        cases = sweep(by_name[name])
+        counts: dict[str, int] = {}
+        start = time.monotonic()
+        for where, data in cases:
+            with tempfile.TemporaryDirectory(prefix="mc-fuzz-") as root:
+                v = judge(by_name[name], Path(root), data, seconds=SECONDS, trace_memory=False)
+            counts[v.outcome] = counts.get(v.outcome, 0) + 1
+            if not v.ok:
+                bad += 1
+                sys.stdout.write(f"{name}: {where}: {v.outcome}: {v.detail[:200]}\n")
+        sys.stdout.write(f"{name}: {len(cases)} cases in {time.monotonic() - start:.0f} s: "
+                         f"{counts}\n")
+    return 1 if bad else 0
+
+
 def replay(path: Path) -> int:
     """Judge again every distinct failure a previous run wrote (``--json``)."""
     import json
@@ -135,6 +157,9 @@ def main() -> int:
     parser.add_argument("--trace-every", type=int, default=4,
                         help="measure memory (tracemalloc, ~3x slower) on every Nth example")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead of random examples: every value of every example file "
+                             "replaced by each odd value in turn (type confusion)")
     parser.add_argument("--replay", type=Path, default=None, metavar="JSON",
                         help="judge again the failures a previous --json file holds, and stop")
     args = parser.parse_args()
@@ -144,6 +169,8 @@ def main() -> int:
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         parser.error(f"unknown targets: {', '.join(unknown)}")
+    if args.sweep:
+        return run_sweep(chosen)
     jobs = max(1, args.jobs)
     cpu_seconds = args.cpu_hours * 3600 if args.cpu_hours else (args.minutes or 5) * 60 * jobs
     per_target = cpu_seconds / len(chosen)

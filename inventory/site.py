@@ -32,6 +32,13 @@ SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "
 MAPPING_SETTINGS = ("boot", "mirror", "monitor")
 
 
+def _usable_path(text: str) -> bool:
+    """A path the OS can look up (``Path.exists`` raises for a name of more than 255 bytes)."""
+    raw = text.encode("utf-8", "surrogatepass")
+    return bool(raw) and b"\0" not in raw and len(raw) < 4096 and \
+        all(len(part) <= 255 for part in raw.split(b"/"))
+
+
 def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:
     env = os.environ if environ is None else environ
     raw = option or env.get("METALCHAIN_SITE") or os.getcwd()
@@ -74,6 +81,10 @@ class Site:
                 if not isinstance(data[key], want):
                     kind = "mapping" if want is dict else "string"
                     raise InventoryError(f"{key} must be a {kind}", file=str(settings_file),
+                                         line=data.line_of(key))
+                if want is str and "://" not in data[key] and not _usable_path(data[key]):
+                    raise InventoryError(f"{key} must be a path (no NUL byte, names of at "
+                                         "most 255 bytes)", file=str(settings_file),
                                          line=data.line_of(key))
             settings = dict(data or {})
         if "inventory" in settings:

@@ -268,3 +268,45 @@ def judge(target: Target, root: Path, data: bytes, *, seconds: float = SECONDS,
     if not re.search(re.escape(str(root)) + r"/[^\n]*?:\d+", message):
         return verdict(False, "no file:line", message[:500])
     return verdict(True, "rejected")
+
+
+# -- a systematic complement: every value of every example file replaced by each odd value ----
+
+SWEEP_VALUES: tuple[Any, ...] = (None, True, 0, -1, 2 ** 64, 1.5, float("nan"), "", "x",
+                                 "\x00", "a" * 300, "{{ 7*7 }}", "-x", [], [1], ["x"], {},
+                                 {"a": 1}, {"secret": "nope"}, [[[]]])
+
+
+def sweep(target: Target) -> list[tuple[str, bytes]]:
+    """``(where, file)`` for every path of every seed of ``target`` and every one of
+    :data:`SWEEP_VALUES` put there, plus the path removed: type confusion, value by value."""
+    import copy
+
+    import yaml
+
+    out: list[tuple[str, bytes]] = []
+    for n, text in enumerate(target.seeds):
+        doc = yaml.safe_load(text)
+
+        def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+            found = [prefix]
+            items = node.items() if isinstance(node, dict) else \
+                enumerate(node) if isinstance(node, list) else ()
+            for k, v in items:
+                found += paths(v, (*prefix, k))
+            return found
+
+        for path in paths(doc)[1:]:
+            for value in (*SWEEP_VALUES, "<drop>"):
+                mutated = copy.deepcopy(doc)
+                parent = mutated
+                for step in path[:-1]:
+                    parent = parent[step]
+                if value == "<drop>":
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = value
+                data = yaml.safe_dump(mutated, allow_unicode=True, sort_keys=False)
+                out.append((f"seed {n} {'.'.join(map(str, path))} = {value!r:.20}",
+                            data.encode("utf-8")))
+    return out

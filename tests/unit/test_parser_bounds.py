@@ -346,3 +346,12 @@ def test_role_meta_of_the_wrong_type(meta, expect, tmp_path, run_cli):
     result = run_cli("--site", str(site), "inventory", "validate")
     assert result.code == 2 and "internal error" not in result.err, result.err
     assert f"{site / 'playbooks' / 'roles' / 'r' / 'meta.yml'}:2: {expect}" in result.err
+
+
+@pytest.mark.parametrize("key", ["inventory", "secrets", "state", "ssh_key"])
+def test_a_path_setting_the_os_cannot_look_up(key, tmp_path, run_cli):
+    site = write_site(tmp_path / "site", HOSTS)
+    (site / "metalchain.yml").write_text(f"# settings\n{key}: {'a' * 300}\n")
+    message = one_error(run_cli("--site", str(site), "inventory", "validate"),
+                        site / "metalchain.yml", 2)
+    assert f"{key} must be a path" in message
