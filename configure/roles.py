@@ -146,7 +146,10 @@ def _check_entry(entry: Entry, role_dir: Path) -> None:
     try:
         _resource(entry, role_dir, {}, validate_only=True)
     except ResourceSpecError as exc:
-        raise RoleError(str(exc), file=entry.file, line=entry.line) from None
+        line = entry.line
+        if exc.key is not None and isinstance(spec, LocatedDict) and exc.key in spec:
+            line = spec.line_of(exc.key)
+        raise RoleError(str(exc), file=entry.file, line=line) from None
 
 
 def _resource(entry: Entry, role_dir: Path, variables: Mapping[str, Any],
