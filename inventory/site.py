@@ -26,10 +26,14 @@ from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
 
 SETTINGS_FILE = "metalchain.yml"
-SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "monitor")
+SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "monitor",
+                 "role_sources")
 # Settings that are mappings, validated by the stage that owns them (boot: provision/,
 # mirror: configure/, monitor: monitor/).
 MAPPING_SETTINGS = ("boot", "mirror", "monitor")
+# Settings that are lists of strings (role_sources: directories outside the roles that a
+# role's source: may name; configure/roles.py reads it).
+LIST_SETTINGS = ("role_sources",)
 
 
 def find_site_dir(option: str | None, environ: dict[str, str] | None = None) -> Path:
@@ -70,9 +74,11 @@ class Site:
                     raise InventoryError(f"unknown key '{key}'; allowed: "
                                          f"{', '.join(SETTINGS_KEYS)}", file=str(settings_file),
                                          line=data.line_of(key))
-                want = dict if key in MAPPING_SETTINGS else str
-                if not isinstance(data[key], want):
-                    kind = "mapping" if want is dict else "string"
+                want = dict if key in MAPPING_SETTINGS else list if key in LIST_SETTINGS \
+                    else str
+                if not isinstance(data[key], want) or (want is list and not all(
+                        isinstance(v, str) and v for v in data[key])):
+                    kind = {dict: "mapping", list: "list of strings", str: "string"}[want]
                     raise InventoryError(f"{key} must be a {kind}", file=str(settings_file),
                                          line=data.line_of(key))
             settings = dict(data or {})
