@@ -24,6 +24,7 @@ from inventory.model import Inventory
 from inventory.secrets import Masker, SecretStore, env_refs_in
 from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
+from runtime.private import private_dir
 
 SETTINGS_FILE = "metalchain.yml"
 SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "monitor",
@@ -156,8 +157,7 @@ class Site:
     def state(self) -> StateStore:
         if self._state is None:
             if self.state_url.startswith("sqlite:///"):
-                Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(
-                    parents=True, exist_ok=True)
+                private_dir(Path(self.state_url.removeprefix("sqlite:///")).parent)
             self._state = StateStore(self.state_url)
         return self._state
 
