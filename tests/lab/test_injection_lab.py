@@ -9,7 +9,9 @@ from __future__ import annotations
 import collections
 import json
 import os
+import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,7 @@ from configure.resources import RESOURCE_KINDS, ResourceSpecError, parse_resourc
 from configure.ssh import Shell, SshConnection
 from inventory.site import Site
 from tests.hostile import ARGUMENTS, LITERAL_DIR, MARKER_DIR, cases
-from tests.lab.fleetsite import fleet_site
+from tests.lab.fleetsite import fleet_site, metalchain
 
 pytestmark = pytest.mark.lab
 
@@ -28,19 +30,24 @@ FIGURES: dict[str, object] = {}
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def site_root(tmp_path_factory):
     with fleet_site(tmp_path_factory.mktemp("inject") / "site", 1, SUBNET) as root:
-        site = Site.open(root)
-        conn = SshConnection(ssh_target(site.inventory, site.state, "fleet01",
-                                        site.private_key()))
-        try:
-            r = conn.run(Shell(f"rm -rf {MARKER_DIR} {LITERAL_DIR} && "
-                               f"mkdir -p {MARKER_DIR} {LITERAL_DIR}"), timeout=30)
-            assert r.ok, r.stderr
-            yield conn
-        finally:
-            conn.close()
-            site.close()
+        yield root
+
+
+@pytest.fixture(scope="module")
+def host(site_root):
+    site = Site.open(site_root)
+    conn = SshConnection(ssh_target(site.inventory, site.state, "fleet01",
+                                    site.private_key()))
+    try:
+        r = conn.run(Shell(f"rm -rf {MARKER_DIR} {LITERAL_DIR} && "
+                           f"mkdir -p {MARKER_DIR} {LITERAL_DIR}"), timeout=30)
+        assert r.ok, r.stderr
+        yield conn
+    finally:
+        conn.close()
+        site.close()
 
 
 def _literal_on_host(conn: SshConnection, case, res) -> bool | None:
@@ -108,3 +115,41 @@ def test_the_marker_would_have_been_seen(host):
     assert r.ok
     host.run(["rm", "-f", "--", probe.marker], timeout=30)
 
+
+
+
+#: files under a site that may be readable by others: the operator's own inputs and public
+#: keys (the lab's machinery under lab/ is no part of the product's files)
+PUBLIC = ("inventory.yml", "metalchain.yml", "playbooks/", "inventory/", "lab/")
+
+
+def test_what_commands_write_under_the_site_is_private(host, site_root):
+    """After real commands (a run with a host's output and arguments, listings), every file
+    metalchain wrote under the site that is not an operator input or a public key is 0600,
+    every such directory 0700."""
+    role = site_root / "playbooks" / "roles" / "inj"
+    role.mkdir(parents=True, exist_ok=True)
+    (role / "recipe.yml").write_text(f"- file: {{path: {LITERAL_DIR}/applied, content: x}}\n")
+    for args in (["exec", "fleet01", "--", "echo", "host-output"], ["facts", "fleet01"],
+                 ["apply", "--role", "inj", "fleet01", "--diff"], ["inventory", "list"],
+                 ["runs", "list"], ["state", "show"]):
+        r = metalchain("--site", str(site_root), *args, timeout=120)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+    loose, checked = [], []
+    for dirpath, dirnames, filenames in os.walk(site_root):
+        rel_dir = Path(dirpath).relative_to(site_root)
+        if rel_dir.parts and any(f"{rel_dir.parts[0]}/" == p for p in PUBLIC):
+            dirnames.clear()
+            continue
+        for name in [*filenames, *dirnames]:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(site_root)) + ("/" if path.is_dir() else "")
+            if rel in PUBLIC or rel.endswith(".pub") or path.is_symlink():
+                continue
+            checked.append(rel)
+            want = 0o700 if path.is_dir() else 0o600
+            if stat.S_IMODE(path.stat().st_mode) & 0o077:
+                loose.append(f"{rel} {stat.S_IMODE(path.stat().st_mode):o} (want {want:o})")
+    print(f"\nsite files checked: {len(checked)} {checked}; readable by others: {loose}")
+    assert len(checked) >= 5
+    assert not loose, loose
