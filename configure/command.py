@@ -59,6 +59,9 @@ def _argv(value: Any, what: str) -> tuple[str, ...]:
         if isinstance(a, bool) or not isinstance(a, (str, int, float)):
             raise ValueError(f"{what} must be a non-empty list of arguments; item {i} is a "
                              f"{type(a).__name__}")
+        if isinstance(a, str) and "\x00" in a:
+            raise ValueError(f"{what}: item {i} has a NUL byte, which no command argument "
+                             "can hold")
     return tuple(str(a) for a in value)
 
 
@@ -78,12 +81,15 @@ def parse_command(raw: Any) -> CommandArgs:
     if "shell" in raw:
         if not isinstance(raw["shell"], str) or not raw["shell"].strip():
             raise ValueError("shell must be a non-empty string")
+        if "\x00" in raw["shell"]:
+            raise ValueError("shell has a NUL byte, which sh cannot read")
         command: tuple[str, ...] | Shell = Shell(raw["shell"])
     else:
         command = _argv(raw["argv"], "argv")
     creates = raw.get("creates")
-    if creates is not None and (not isinstance(creates, str) or not creates.startswith("/")):
-        raise ValueError("creates must be an absolute path")
+    if creates is not None and (not isinstance(creates, str) or not creates.startswith("/")
+                                or any(c in creates for c in "\x00\n")):
+        raise ValueError("creates must be an absolute path (one line, no NUL byte)")
     timeout = raw.get("timeout", 600)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ValueError("timeout must be a positive number of seconds")

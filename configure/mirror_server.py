@@ -41,6 +41,7 @@ from pathlib import Path
 from configure.mirror import MirrorError, mirror_url
 from runtime.httpserver import ServerThread
 from runtime.pidfile import live_pid, terminate, write_pidfile
+from runtime.private import open_private
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +248,7 @@ def start_daemon(directory: Path, address: str, port: int, pidfile: Path, *,
     log_file.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", DAEMON_MODULE, "--dir", str(directory), "--address", address,
             "--port", str(port), "--pidfile", str(pidfile)]
-    with log_file.open("ab") as out:
+    with open_private(log_file, "ab") as out:     # its requests name the hosts
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 start_new_session=True, close_fds=True,
                                 cwd="/", env={**os.environ, "PYTHONPATH": _import_root()})

@@ -11,6 +11,11 @@
       files/*           # file: {path: /etc/x, source: x}
       verify/test_*.py  # testinfra checks of the outcome
 
+A ``source:`` is read from the controller and shipped to hosts, so it must stay inside its
+role's directory (after resolving symlinks): an absolute name or a ``../`` out of the role
+is refused at load, unless it falls under a directory the site lists in ``role_sources:``
+of metalchain.yml (the operator's opt-in; a role cannot widen it).
+
 Recipes are validated when loaded (file:line errors); values may use ``{{ var }}`` with the
 host's variables and facts, rendered per host (values themselves are data, never templates).
 ``when: EXPRESSION`` (a Jinja expression without braces, e.g. ``facts.virtualization !=
@@ -43,6 +48,9 @@ from configure.templating import (
 )
 from inventory.errors import InputError, InventoryError
 from inventory.yamlsource import LocatedDict, read_yaml_file
+
+#: the site setting (metalchain.yml) listing directories a role's ``source:`` may also name
+SOURCE_ROOTS_SETTING = "role_sources"
 
 ENTRY_COMMON = ("name", "notify", "when")
 KINDS = (*RESOURCE_KINDS, "template")
@@ -81,6 +89,8 @@ class Role:
     depends: list[str]
     scrape_targets: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
+    #: directories outside the role that ``source:`` may name (the site's opt-in)
+    source_roots: tuple[Path, ...] = ()
 
     @property
     def verify_dir(self) -> Path:
@@ -130,45 +140,72 @@ def _entry(data: Any, where: Any, pos: Any, role: str) -> Entry:
                  None if when is None else str(when))
 
 
-def _check_entry(entry: Entry, role_dir: Path) -> None:
+class RoleSearch(list[Path]):
+    """The directories roles are looked up in, first first, and ``source_roots``: the
+    directories outside a role that its ``source:`` may name (the site's opt-in)."""
+
+    def __init__(self, paths: Sequence[Path], source_roots: Sequence[Path] = ()) -> None:
+        super().__init__(paths)
+        self.source_roots = tuple(source_roots)
+
+
+def source_path(entry: Entry, name: Any, role_dir: Path,
+                roots: Sequence[Path] = ()) -> Path:
+    """The controller file a ``source:`` names, resolved (symlinks followed): inside the
+    role's directory or under one of ``roots``, else a RoleError naming the entry."""
+    sub = "templates" if entry.kind == "template" else "files"
+    where = {"file": entry.file, "line": entry.line}
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise RoleError(f"{entry.kind}: source must be a file name in {sub}/", **where)
+    try:
+        src = (role_dir / sub / name).resolve()
+        inside = [role_dir.resolve(), *(r.resolve() for r in roots)]
+        if not any(src.is_relative_to(base) for base in inside):
+            raise RoleError(f"{entry.kind}: source {name!r} is outside the role ({src}); a "
+                            f"role ships only its own {sub}/, unless metalchain.yml lists "
+                            f"the directory in {SOURCE_ROOTS_SETTING}", **where)
+        if not src.is_file():
+            raise RoleError(f"{entry.kind}: source not found: {role_dir / sub / name}",
+                            **where)
+    except (OSError, ValueError) as exc:      # a name too long, a symlink loop
+        raise RoleError(f"{entry.kind}: source {name[:60]!r}: "
+                        f"{getattr(exc, 'strerror', None) or exc}",
+                        **where) from None
+    return src
+
+
+def _check_entry(entry: Entry, role_dir: Path, roots: Sequence[Path] = ()) -> None:
     """Validate an entry before any host is involved (templates are checked unrendered)."""
     spec = entry.spec
     if entry.kind in ("template", "file") and isinstance(spec, dict) and "source" in spec:
-        sub = "templates" if entry.kind == "template" else "files"
-        src = role_dir / sub / str(spec["source"])
-        try:
-            found = src.is_file()
-        except (OSError, ValueError) as exc:   # a name longer than 255 bytes, a NUL byte
-            raise RoleError(f"{entry.kind}: bad source name ({exc.__class__.__name__}: "
-                            f"{getattr(exc, 'strerror', None) or exc})", file=entry.file,
-                            line=entry.line) from None
-        if not found:
-            raise RoleError(f"{entry.kind}: source not found: {src}", file=entry.file,
-                            line=entry.line)
+        source_path(entry, spec["source"], role_dir, roots)
     if entry.kind == "template" and not (isinstance(spec, dict) and "source" in spec):
         raise RoleError("template: 'source' (a file in templates/) is required",
                         file=entry.file, line=entry.line)
     if is_templated(spec):
         return  # validated after rendering, per host
     try:
-        _resource(entry, role_dir, {}, validate_only=True)
+        _resource(entry, role_dir, {}, validate_only=True, roots=roots)
     except ResourceSpecError as exc:
-        raise RoleError(str(exc), file=entry.file, line=entry.line) from None
+        line = entry.line
+        if exc.key is not None and isinstance(spec, LocatedDict) and exc.key in spec:
+            line = spec.line_of(exc.key)
+        raise RoleError(str(exc), file=entry.file, line=line) from None
 
 
 def _resource(entry: Entry, role_dir: Path, variables: Mapping[str, Any],
-              validate_only: bool = False) -> Any:
+              validate_only: bool = False, roots: Sequence[Path] = ()) -> Any:
     spec = render_value(entry.spec, variables, entry.source) if not validate_only else entry.spec
     if entry.kind in ("template", "file") and isinstance(spec, dict) and "source" in spec:
         spec = dict(spec)
-        src = role_dir / ("templates" if entry.kind == "template" else "files") / str(
-            spec.pop("source"))
+        # checked again as read: the file may have become a symlink since the load
+        src = source_path(entry, spec.pop("source"), role_dir, roots)
         try:
             if entry.kind == "template":
                 text = src.read_text(encoding="utf-8")
             else:
                 spec["content"] = src.read_bytes()
-        except (OSError, ValueError) as exc:   # unreadable, not UTF-8, a bad name
+        except (OSError, ValueError) as exc:   # unreadable, not UTF-8
             raise ResourceSpecError(f"{entry.kind}: cannot read {src.name[:80]}: "
                                     f"{getattr(exc, 'strerror', None) or exc}") from None
         if entry.kind == "template":
@@ -178,6 +215,9 @@ def _resource(entry: Entry, role_dir: Path, variables: Mapping[str, Any],
 
 
 def load_role(name: str, search: Sequence[Path]) -> Role:
+    """The role ``name`` from the first directory of ``search`` that has it (a
+    :class:`RoleSearch` also carries the site's ``source_roots``)."""
+    roots = tuple(getattr(search, "source_roots", ()))
     if not _ROLE.match(name):
         raise InputError(f"'{name}' is not a valid role name")
     for base in search:
@@ -250,10 +290,10 @@ def load_role(name: str, search: Sequence[Path]) -> Role:
         raise RoleError("description must be a string", file=str(mfile),
                         line=meta_line("description"))
     for e in [*entries, *handlers.values()]:
-        _check_entry(e, path)
+        _check_entry(e, path, roots)
     return Role(name=name, path=path, entries=entries, handlers=handlers, defaults=defaults,
                 depends=list(depends), scrape_targets=list(targets),
-                description=str(meta.get("description", "")))
+                description=str(meta.get("description", "")), source_roots=roots)
 
 
 def available_roles(search: Sequence[Path]) -> list[str]:
@@ -265,13 +305,33 @@ def available_roles(search: Sequence[Path]) -> list[str]:
     return sorted(names)
 
 
-def role_search_path(site_playbooks: Path | None) -> list[Path]:
-    """Site roles first (an operator's role overrides a shipped one of the same name)."""
+def role_search_path(site_playbooks: Path | None) -> RoleSearch:
+    """Site roles first (an operator's role overrides a shipped one of the same name), with
+    the site's ``role_sources`` (read from the metalchain.yml beside ``site_playbooks``)."""
     paths = []
     if site_playbooks is not None:
         paths.append(site_playbooks / "roles")
     paths.append(SHIPPED_ROLES)
-    return paths
+    return RoleSearch(paths, site_source_roots(site_playbooks.parent)
+                      if site_playbooks is not None else ())
+
+
+def site_source_roots(site_root: Path) -> tuple[Path, ...]:
+    """The directories a site's metalchain.yml lists in ``role_sources`` (relative to the
+    site), () without the file or the setting. Site.open has checked the setting's shape;
+    this is read again here so that every caller of :func:`role_search_path` sees it."""
+    settings = site_root / "metalchain.yml"
+    if not settings.is_file():
+        return ()
+    doc = read_yaml_file(settings)
+    raw = doc.get(SOURCE_ROOTS_SETTING) if isinstance(doc, dict) else None
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(r, str) and r for r in raw):
+        line = doc.line_of(SOURCE_ROOTS_SETTING) if isinstance(doc, LocatedDict) else 1
+        raise RoleError(f"{SOURCE_ROOTS_SETTING} must be a list of directories",
+                        file=str(settings), line=line)
+    return tuple(site_root / r for r in raw)
 
 
 def resolve(names: Sequence[str], search: Sequence[Path]) -> list[Role]:
@@ -322,14 +382,14 @@ def blocks_for_host(roles: Sequence[Role], variables: Mapping[str, Any]) -> list
             if e.when is not None and not evaluate_condition(e.when, merged, e.source):
                 continue
             try:
-                res = _resource(e, role.path, merged)
+                res = _resource(e, role.path, merged, roots=role.source_roots)
             except ResourceSpecError as exc:
                 raise InputError(f"{e.source}: {exc}") from None
             items.append(Item(role.name, res, e.notify, e.source))
         handlers = {}
         for hname, e in role.handlers.items():
             try:
-                res = _resource(e, role.path, merged)
+                res = _resource(e, role.path, merged, roots=role.source_roots)
             except ResourceSpecError as exc:
                 raise InputError(f"{e.source}: {exc}") from None
             handlers[hname] = Item(role.name, res, (), e.source, handler=hname)
@@ -337,15 +397,15 @@ def blocks_for_host(roles: Sequence[Role], variables: Mapping[str, Any]) -> list
     return blocks
 
 
-def _template_text(entry: Entry, role_dir: Path) -> tuple[str, str] | None:
+def _template_text(entry: Entry, role: Role) -> tuple[str, str] | None:
     """(path, text) of a template entry's source file."""
     spec = entry.spec
     if entry.kind != "template" or not isinstance(spec, dict) or "source" not in spec:
         return None
-    src = role_dir / "templates" / str(spec["source"])
     try:
+        src = source_path(entry, spec["source"], role.path, role.source_roots)
         return str(src), _read_text(str(src), src.stat().st_mtime_ns)
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, RoleError):
         return None
 
 
@@ -374,7 +434,7 @@ def role_needs(roles: Sequence[Role]) -> list[EntryNeeds]:
     for role in roles:
         handlers = {id(e) for e in role.handlers.values()}
         for e in [*role.entries, *role.handlers.values()]:
-            template = _template_text(e, role.path)
+            template = _template_text(e, role)
             body = names_in_value(e.spec) | (names_in_text(template[1]) if template
                                              else frozenset())
             when = e.when if id(e) not in handlers else None
@@ -412,7 +472,8 @@ def undefined_for_host(roles: Sequence[Role], variables: Mapping[str, Any],
                         e.source) is not True:
                 continue    # false here, or only the host can tell
         if body_lacking:
-            _confirm(found, "", _resource, e, n.role.path, merged)
+            _confirm(found, "", _resource, e, n.role.path, merged, False,
+                     n.role.source_roots)
     return found
 
 

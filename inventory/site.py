@@ -24,12 +24,17 @@ from inventory.model import Inventory
 from inventory.secrets import Masker, SecretStore, env_refs_in
 from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
+from runtime.private import private_dir
 
 SETTINGS_FILE = "metalchain.yml"
-SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "monitor")
+SETTINGS_KEYS = ("inventory", "secrets", "state", "ssh_key", "boot", "mirror", "monitor",
+                 "role_sources")
 # Settings that are mappings, validated by the stage that owns them (boot: provision/,
 # mirror: configure/, monitor: monitor/).
 MAPPING_SETTINGS = ("boot", "mirror", "monitor")
+# Settings that are lists of strings (role_sources: directories outside the roles that a
+# role's source: may name; configure/roles.py reads it).
+LIST_SETTINGS = ("role_sources",)
 
 
 def _usable_path(text: str) -> bool:
@@ -77,9 +82,11 @@ class Site:
                     raise InventoryError(f"unknown key '{key}'; allowed: "
                                          f"{', '.join(SETTINGS_KEYS)}", file=str(settings_file),
                                          line=data.line_of(key))
-                want = dict if key in MAPPING_SETTINGS else str
-                if not isinstance(data[key], want):
-                    kind = "mapping" if want is dict else "string"
+                want = dict if key in MAPPING_SETTINGS else list if key in LIST_SETTINGS \
+                    else str
+                if not isinstance(data[key], want) or (want is list and not all(
+                        isinstance(v, str) and v for v in data[key])):
+                    kind = {dict: "mapping", list: "list of strings", str: "string"}[want]
                     raise InventoryError(f"{key} must be a {kind}", file=str(settings_file),
                                          line=data.line_of(key))
                 if want is str and "://" not in data[key] and not _usable_path(data[key]):
@@ -164,8 +171,7 @@ class Site:
     def state(self) -> StateStore:
         if self._state is None:
             if self.state_url.startswith("sqlite:///"):
-                Path(self.state_url.removeprefix("sqlite:///")).parent.mkdir(
-                    parents=True, exist_ok=True)
+                private_dir(Path(self.state_url.removeprefix("sqlite:///")).parent)
             self._state = StateStore(self.state_url)
         return self._state
 

@@ -31,6 +31,7 @@ from provision.guestimage import STORE_NAME as GUEST_STORE_NAME
 from runtime import process
 from runtime.atomicfile import write_atomic
 from runtime.jsondoc import write_json
+from runtime.private import private_dir
 
 INVENTORY_HEADER = "# Written by `metalchain lab up`: the lab's inventory. lab up rewrites it.\n"
 SETTINGS_HEADER = "# Written by `metalchain lab up`: the lab's settings. lab up rewrites it.\n"
@@ -191,8 +192,8 @@ class Lab:
 
     def ensure_key(self) -> str:
         """The controller's SSH key pair (generated once); returns the public key line."""
+        private_dir(self.key_path.parent)     # the site's private keys: 0700
         if not self.key_path.exists():
-            self.key_path.parent.mkdir(parents=True, exist_ok=True)
             process.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
                          "metalchain-controller", "-f", str(self.key_path)],
                         timeout=30, error=LabError)

@@ -47,6 +47,7 @@ from monitor.alerts import AlertRule, Notifications, prometheus_duration, rule_t
 from monitor.settings import MonitorSettings
 from runtime import pidfile
 from runtime.atomicfile import write_atomic
+from runtime.private import open_private
 from runtime.process import output_tail, run
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
@@ -341,7 +342,8 @@ def _spawn(comp: Component) -> int:
     try:
         for d in (comp.log_file.parent, comp.pid_file.parent, comp.data_dir):
             d.mkdir(parents=True, exist_ok=True)
-        with comp.log_file.open("ab") as log:
+        # the logs hold alert labels and receiver errors: 0600, like the token
+        with open_private(comp.log_file, "ab") as log:
             proc = subprocess.Popen(list(comp.argv), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=log, start_new_session=True, close_fds=True,
                                     cwd=str(comp.data_dir))

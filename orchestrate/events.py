@@ -16,13 +16,15 @@ from typing import Any, TextIO
 
 from inventory.secrets import Masker
 from orchestrate.output import to_json
+from runtime.private import open_private, private_dir
 
 Listener = Callable[[dict[str, Any]], None]
 
 
 class EventLog:
     """A run's event log. With ``mask``, every known secret value in an event is replaced by
-    ``***`` before it is written or handed to a listener."""
+    ``***`` before it is written or handed to a listener. The file is 0600 in a 0700
+    directory (it holds host output and run arguments)."""
 
     def __init__(self, path: Path | None, run_uid: str, mask: Masker | None = None) -> None:
         self.path = path
@@ -32,8 +34,8 @@ class EventLog:
         self._fh: TextIO | None = None
         self._listeners: list[Listener] = []
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(path, "a", encoding="utf-8")  # closed in close()
+            private_dir(path.parent)
+            self._fh = open_private(path, "a")  # closed in close()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

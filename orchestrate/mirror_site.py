@@ -21,6 +21,7 @@ from configure.mirror import KEYRING_PATH, MirrorError, mirror_url, read_mirror
 from configure.mirror_server import DEFAULT_PORT, daemon_pid, wait_until_answering
 from inventory.errors import InputError, InventoryError
 from runtime.jsondoc import write_json
+from runtime.private import private_dir
 
 SERVER_STATE = "server.json"
 ANSWER_TIMEOUT = 3.0
@@ -50,6 +51,8 @@ def mirror_dir(site: Any) -> Path:
 
 
 def gnupg_home(site: Any) -> Path:
+    """SITE/keys/mirror-gnupg (SITE/keys made 0700: it holds the site's private keys)."""
+    private_dir(site.root / "keys")
     return site.root / "keys" / "mirror-gnupg"
 
 

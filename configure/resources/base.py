@@ -10,7 +10,12 @@ from typing import Any
 
 
 class ResourceSpecError(ValueError):
-    """A resource written wrongly in a recipe (the role loader adds file:line)."""
+    """A resource written wrongly in a recipe (the role loader adds file:line; ``key``, when
+    set, is the setting at fault, so the line can be that setting's)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def q(value: object) -> str:
@@ -130,6 +135,20 @@ def state_of(spec: Mapping[str, Any], kind: str,
         raise ResourceSpecError(f"{kind}: state must be one of {', '.join(allowed)}, "
                                 f"got {state!r}")
     return state
+
+
+def flag(spec: Mapping[str, Any], key: str, kind: str, default: bool) -> bool:
+    """A true/false setting. A rendered template gives the text 'True' or 'False', which
+    counts as that; anything else (other text, a number) is refused."""
+    value = spec.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ResourceSpecError(f"{kind}: {key} must be true or false, got "
+                                f"{type(value).__name__}", key)
+    return value
 
 
 def mode_string(value: Any, kind: str) -> str | None:

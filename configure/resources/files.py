@@ -16,9 +16,11 @@ from configure.resources.base import (
     Resource,
     ResourceSpecError,
     cmd,
+    flag,
     mode_string,
     q,
 )
+from configure.resources.names import abs_path, account
 
 MAX_DIFF_BYTES = 256 * 1024
 
@@ -44,13 +46,13 @@ def _ownership_actions(path: str, have: Mapping[str, str] | None, mode: str | No
     lines: list[str] = []
     changes: list[str] = []
     if mode is not None and (have is None or have["mode"] != mode):
-        lines.append(cmd("chmod", mode, "--", path))
+        lines.append(cmd("chmod", "--", mode, path))
         changes.append(f"mode {have['mode'] if have else '-'} -> {mode}")
     owner_differs = owner is not None and (have is None or have["owner"] != owner)
     group_differs = group is not None and (have is None or have["group"] != group)
     if owner_differs or group_differs:
         spec = f"{owner or ''}:{group or ''}".rstrip(":")
-        lines.append(cmd("chown", spec, "--", path))
+        lines.append(cmd("chown", "--", spec, path))
         changes.append(f"owner {have['owner'] if have else '-'}:{have['group'] if have else '-'}"
                        f" -> {owner or '(same)'}:{group or '(same)'}")
     return lines, changes
@@ -61,20 +63,20 @@ def write_file_script(path: str, content: bytes, mode: str | None, owner: str | 
     """Write atomically: a temp file in the same directory, then rename over the target."""
     b64 = base64.b64encode(content).decode()
     lines = [
-        f"mc_tmp=$(mktemp {q(path + '.mc-XXXXXX')})",
+        f"mc_tmp=$(mktemp -- {q(path + '.mc-XXXXXX')})",
         f"printf '%s' {q(b64)} | base64 -d > \"$mc_tmp\"",
     ]
     if exists:
-        lines.append(f"chmod --reference={q(path)} \"$mc_tmp\"")
-        lines.append(f"chown --reference={q(path)} \"$mc_tmp\"")
+        lines.append(f"chmod --reference={q(path)} -- \"$mc_tmp\"")
+        lines.append(f"chown --reference={q(path)} -- \"$mc_tmp\"")
     else:
-        lines.append("chmod 644 \"$mc_tmp\"")
+        lines.append("chmod -- 644 \"$mc_tmp\"")
     if mode is not None:
-        lines.append(f"chmod {q(mode)} \"$mc_tmp\"")
+        lines.append(f"chmod -- {q(mode)} \"$mc_tmp\"")
     if owner is not None or group is not None:
         ownership = f"{owner or ''}:{group or ''}".rstrip(":")
-        lines.append(f"chown {q(ownership)} \"$mc_tmp\"")
-    lines.append(f"mv -f \"$mc_tmp\" {q(path)}")
+        lines.append(f"chown -- {q(ownership)} \"$mc_tmp\"")
+    lines.append(f"mv -f -- \"$mc_tmp\" {q(path)}")
     return "\n".join(lines)
 
 
@@ -103,10 +105,13 @@ def _host_base64(text: str, path: str) -> bytes:
 
 
 def _check_path(spec: Mapping[str, Any], kind: str) -> str:
-    path = Resource.require(spec, "path", kind)
-    if not path.startswith("/") or "\n" in path:
-        raise ResourceSpecError(f"{kind}: path must be absolute, got {path!r}")
-    return path
+    return abs_path(Resource.require(spec, "path", kind), kind)
+
+
+def _owner_group(spec: Mapping[str, Any], kind: str) -> tuple[str | None, str | None]:
+    owner, group = spec.get("owner"), spec.get("group")
+    return (None if owner is None else account(owner, kind, "owner"),
+            None if group is None else account(group, kind, "group"))
 
 
 class File(Resource):
@@ -138,8 +143,7 @@ class File(Resource):
                 raise ResourceSpecError("file: content must be text")
         self.content = content.encode("utf-8") if isinstance(content, str) else content
         self.mode = mode_string(spec.get("mode"), self.kind)
-        self.owner = spec.get("owner")
-        self.group = spec.get("group")
+        self.owner, self.group = _owner_group(spec, self.kind)
         self.sha = hashlib.sha256(self.content or b"").hexdigest()
         self.show_diff = spec.get("diff", True)
         if not isinstance(self.show_diff, bool):
@@ -193,8 +197,7 @@ class Directory(Resource):
         super().__init__(spec)
         self.path = _check_path(spec, self.kind)
         self.mode = mode_string(spec.get("mode"), self.kind)
-        self.owner = spec.get("owner")
-        self.group = spec.get("group")
+        self.owner, self.group = _owner_group(spec, self.kind)
         self.identity = f"directory:{self.path}"
 
     def probes(self) -> list[Probe]:
@@ -245,7 +248,7 @@ class Line(Resource):
             raise ResourceSpecError(f"line: bad regexp {regexp!r}: {exc}") from None
         if self.state == "absent" and self.line is None and self.regexp is None:
             raise ResourceSpecError("line: absent needs 'line' or 'regexp'")
-        self.create = bool(spec.get("create", False))
+        self.create = flag(spec, "create", self.kind, False)
         self.identity = f"line:{self.path}:{self.regexp.pattern if self.regexp else self.line}"
 
     def probes(self) -> list[Probe]:

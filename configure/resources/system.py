@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from configure.resources import names as valid
 from configure.resources.base import (
     Action,
     AptInstall,
@@ -14,11 +14,11 @@ from configure.resources.base import (
     Resource,
     ResourceSpecError,
     cmd,
+    flag,
     q,
 )
 from configure.resources.files import write_file_script
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9+.:@_-]*$")
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 #: apt options for metalchain's own installs only (role base writes it: dpkg_unsafe_io)
 INSTALL_CONF = "/etc/metalchain/apt.conf"
@@ -26,18 +26,19 @@ APT_OPTS = ("-y", "-q", "-o", "Dpkg::Options::=--force-confdef", "-o",
             "Dpkg::Options::=--force-confold")
 
 
-def _names(spec: Mapping[str, Any], kind: str, key: str = "name") -> list[str]:
+def _names(spec: Mapping[str, Any], kind: str, check: Any, key: str = "name") -> list[str]:
+    """``spec[key]``: one name or a list of them, each passed through ``check``."""
     raw = spec.get(key)
     items = raw if isinstance(raw, list) else [raw]
-    if not items or not all(isinstance(i, str) and _NAME.match(i) for i in items):
+    if not items:
         raise ResourceSpecError(f"{kind}: '{key}' must be a name or a list of names, got "
-                                f"{raw!r}")
-    return items
+                                "an empty list")
+    return [check(i, kind, key) for i in items]
 
 
 def installed_check(names: list[str] | tuple[str, ...]) -> str:
     """Shell that exits 0 when every one of ``names`` is installed ("ii")."""
-    return " && ".join(f"dpkg-query -W -f='${{db:Status-Abbrev}}' {q(n)} 2>/dev/null "
+    return " && ".join(f"dpkg-query -W -f='${{db:Status-Abbrev}}' -- {q(n)} 2>/dev/null "
                        f"| grep -q '^ii'" for n in names)
 
 
@@ -54,7 +55,7 @@ def apt_install_script(names: list[str] | tuple[str, ...]) -> str:
     the options of :data:`INSTALL_CONF` when the host has that file."""
     return (f"if [ -r {INSTALL_CONF} ]; then set -- -c {INSTALL_CONF}; else set --; fi\n"
             + APT_ENV + " apt-get \"$@\" " + cmd("install", *APT_OPTS,
-                                                  "--no-install-recommends", *names))
+                                                  "--no-install-recommends", "--", *names))
 
 
 class Package(Resource):
@@ -71,9 +72,9 @@ class Package(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.names = _names(spec, self.kind)
-        self.update_cache = bool(spec.get("update_cache", False))
-        self.purge = bool(spec.get("purge", False))
+        self.names = _names(spec, self.kind, valid.package)
+        self.update_cache = flag(spec, "update_cache", self.kind, False)
+        self.purge = flag(spec, "purge", self.kind, False)
         batch = spec.get("batch", True)
         if not isinstance(batch, bool):
             raise ResourceSpecError("package: batch must be true or false")
@@ -83,7 +84,7 @@ class Package(Resource):
     def probes(self) -> list[Probe]:
         # One line per package: "NAME STATUS-ABBREV VERSION" ("ii " = installed).
         lines = [f"printf '%s ' {q(n)}; dpkg-query -W -f='${{db:Status-Abbrev}}|${{Version}}\\n'"
-                 f" {q(n)} 2>/dev/null || echo 'un|'" for n in self.names]
+                 f" -- {q(n)} 2>/dev/null || echo 'un|'" for n in self.names]
         return [Probe(self.identity, "\n".join(lines))]
 
     def installed(self, found: Mapping[str, str]) -> dict[str, bool]:
@@ -111,7 +112,7 @@ class Package(Resource):
             return Decision()
         verb = "purge" if self.purge else "remove"
         return Decision([Action(f"{verb} {' '.join(present)}", APT_ENV + " " + cmd(
-            "apt-get", verb, *APT_OPTS, *present))], [f"{verb} package {n}" for n in present])
+            "apt-get", verb, *APT_OPTS, "--", *present))], [f"{verb} package {n}" for n in present])
 
 
 class Service(Resource):
@@ -123,7 +124,9 @@ class Service(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.unit = _names(spec, self.kind)[0]
+        if isinstance(spec.get("name"), list):
+            raise ResourceSpecError("service: name is one unit name")
+        self.unit = valid.unit(spec.get("name"), self.kind)
         enabled = spec.get("enabled")
         if enabled is not None and not isinstance(enabled, bool):
             raise ResourceSpecError("service: enabled must be true or false")
@@ -132,8 +135,9 @@ class Service(Resource):
 
     def probes(self) -> list[Probe]:
         u = q(self.unit)
-        return [Probe(self.identity, f"echo \"enabled=$(systemctl is-enabled {u} 2>/dev/null)\""
-                                     f"\necho \"active=$(systemctl is-active {u} 2>/dev/null)\"")]
+        return [Probe(self.identity,
+                      f"echo \"enabled=$(systemctl is-enabled -- {u} 2>/dev/null)\"\n"
+                      f"echo \"active=$(systemctl is-active -- {u} 2>/dev/null)\"")]
 
     def decide(self, found: Mapping[str, str]) -> Decision:
         facts = dict(ln.split("=", 1) for ln in found.get(self.identity, "").splitlines()
@@ -143,20 +147,20 @@ class Service(Resource):
         changes: list[str] = []
         if self.enabled is True and enabled not in ("enabled", "static", "alias", "indirect",
                                                     "generated"):
-            lines.append(cmd("systemctl", "enable", self.unit))
+            lines.append(cmd("systemctl", "enable", "--", self.unit))
             changes.append(f"enable {self.unit}")
         elif self.enabled is False and enabled == "enabled":
-            lines.append(cmd("systemctl", "disable", self.unit))
+            lines.append(cmd("systemctl", "disable", "--", self.unit))
             changes.append(f"disable {self.unit}")
         if self.state == "started" and active != "active":
-            lines.append(cmd("systemctl", "start", self.unit))
+            lines.append(cmd("systemctl", "start", "--", self.unit))
             changes.append(f"start {self.unit}")
         elif self.state == "stopped" and active in ("active", "activating", "reloading"):
-            lines.append(cmd("systemctl", "stop", self.unit))
+            lines.append(cmd("systemctl", "stop", "--", self.unit))
             changes.append(f"stop {self.unit}")
         elif self.state in ("restarted", "reloaded"):
             verb = "restart" if self.state == "restarted" else "reload-or-restart"
-            lines.append(cmd("systemctl", verb, self.unit))
+            lines.append(cmd("systemctl", verb, "--", self.unit))
             changes.append(f"{verb} {self.unit}")
         if not lines:
             return Decision()
@@ -170,21 +174,23 @@ class User(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.user = _names(spec, self.kind)[0]
-        self.uid = spec.get("uid")
-        if self.uid is not None and (isinstance(self.uid, bool) or not isinstance(self.uid, int)):
-            raise ResourceSpecError("user: uid must be an integer")
-        self.groups = _names(spec, self.kind, "groups") if spec.get("groups") else []
-        self.shell = spec.get("shell")
-        self.home = spec.get("home")
-        self.system = bool(spec.get("system", False))
-        self.comment = spec.get("comment")
+        self.user = valid.account(spec.get("name"), self.kind)
+        self.uid = valid.number_id(spec.get("uid"), self.kind, "uid")
+        self.groups = _names(spec, self.kind, valid.account, "groups") \
+            if spec.get("groups") else []
+        shell, home, comment = spec.get("shell"), spec.get("home"), spec.get("comment")
+        self.shell = valid.abs_path(shell, self.kind, "shell") if shell else None
+        self.home = valid.abs_path(home, self.kind, "home") if home else None
+        self.system = flag(spec, "system", self.kind, False)
+        # ':' separates /etc/passwd fields; useradd refuses it, so refuse it here first
+        self.comment = valid.text(comment, self.kind, "comment", forbid=":") \
+            if comment else None
         self.identity = f"user:{self.user}"
 
     def probes(self) -> list[Probe]:
         u = q(self.user)
-        return [Probe(self.identity, f"getent passwd {u} || echo absent\n"
-                                     f"id -nG {u} 2>/dev/null || echo")]
+        return [Probe(self.identity, f"getent passwd -- {u} || echo absent\n"
+                                     f"id -nG -- {u} 2>/dev/null || echo")]
 
     def decide(self, found: Mapping[str, str]) -> Decision:
         lines = found.get(self.identity, "").splitlines()
@@ -208,12 +214,12 @@ class User(Resource):
                 argv += ["--groups", ",".join(self.groups)]
             # A group named like the user (made earlier, e.g. by a group resource) becomes
             # its primary group; otherwise useradd refuses to create one of that name.
-            script = (f"if getent group {q(self.user)} >/dev/null; then set -- --gid "
-                      f"{q(self.user)}; else set --; fi\n{cmd(*argv)} \"$@\" {q(self.user)}")
+            script = (f"if getent group -- {q(self.user)} >/dev/null; then set -- --gid "
+                      f"{q(self.user)}; else set --; fi\n{cmd(*argv)} \"$@\" -- {q(self.user)}")
             return Decision([Action(f"create user {self.user}", script)],
                             [f"create user {self.user}"])
         if self.state == "absent":
-            return Decision([Action(f"remove user {self.user}", cmd("userdel", self.user))],
+            return Decision([Action(f"remove user {self.user}", cmd("userdel", "--", self.user))],
                             [f"remove user {self.user}"])
         fields = entry.split(":")
         argv = ["usermod"]
@@ -233,7 +239,7 @@ class User(Resource):
             changes.append(f"add to groups {', '.join(missing)}")
         if not changes:
             return Decision()
-        return Decision([Action(f"modify user {self.user}", cmd(*argv, self.user))],
+        return Decision([Action(f"modify user {self.user}", cmd(*argv, "--", self.user))],
                         [f"user {self.user}: {c}" for c in changes])
 
 
@@ -244,13 +250,13 @@ class Group(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.group = _names(spec, self.kind)[0]
-        self.gid = spec.get("gid")
-        self.system = bool(spec.get("system", False))
+        self.group = valid.account(spec.get("name"), self.kind)
+        self.gid = valid.number_id(spec.get("gid"), self.kind, "gid")
+        self.system = flag(spec, "system", self.kind, False)
         self.identity = f"group:{self.group}"
 
     def probes(self) -> list[Probe]:
-        return [Probe(self.identity, f"getent group {q(self.group)} || echo absent")]
+        return [Probe(self.identity, f"getent group -- {q(self.group)} || echo absent")]
 
     def decide(self, found: Mapping[str, str]) -> Decision:
         entry = found.get(self.identity, "absent").strip()
@@ -259,15 +265,16 @@ class Group(Resource):
                 return Decision()
             argv = ["groupadd"] + (["--system"] if self.system else []) + (
                 ["--gid", str(self.gid)] if self.gid is not None else [])
-            return Decision([Action(f"create group {self.group}", cmd(*argv, self.group))],
+            return Decision([Action(f"create group {self.group}", cmd(*argv, "--", self.group))],
                             [f"create group {self.group}"])
         if self.state == "absent":
-            return Decision([Action(f"remove group {self.group}", cmd("groupdel", self.group))],
+            return Decision([Action(f"remove group {self.group}",
+                                    cmd("groupdel", "--", self.group))],
                             [f"remove group {self.group}"])
         fields = entry.split(":")
         if self.gid is not None and len(fields) > 2 and fields[2] != str(self.gid):
             return Decision([Action(f"gid of {self.group}", cmd("groupmod", "--gid",
-                                                                 str(self.gid), self.group))],
+                                                                 str(self.gid), "--", self.group))],
                             [f"group {self.group}: gid {fields[2]} -> {self.gid}"])
         return Decision()
 
@@ -280,19 +287,19 @@ class Sysctl(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.key = self.require(spec, "name", self.kind)
-        if not re.match(r"^[a-z0-9_./-]+$", self.key):
-            raise ResourceSpecError(f"sysctl: bad name {self.key!r}")
+        self.key = valid.sysctl_key(self.require(spec, "name", self.kind), self.kind)
         value = spec.get("value")
         if value is None or isinstance(value, (dict, list)):
             raise ResourceSpecError("sysctl: 'value' is required (a string or number)")
-        self.value = " ".join(str(value).split())
-        self.persist = bool(spec.get("persist", True))
+        # whitespace (tabs, newlines) is one space to sysctl; other control characters are
+        # refused
+        self.value = valid.text(" ".join(str(value).split()), self.kind, "value")
+        self.persist = flag(spec, "persist", self.kind, True)
         self.conf = f"/etc/sysctl.d/90-metalchain-{self.key.replace('/', '.')}.conf"
         self.identity = f"sysctl:{self.key}"
 
     def probes(self) -> list[Probe]:
-        return [Probe(self.identity, f"echo \"runtime=$(sysctl -n {q(self.key)} 2>/dev/null)\"\n"
+        return [Probe(self.identity, f"echo \"runtime=$(sysctl -n -- {q(self.key)} 2>/dev/null)\"\n"
                                      f"echo \"persisted=$(cat {q(self.conf)} 2>/dev/null)\"")]
 
     def decide(self, found: Mapping[str, str]) -> Decision:
@@ -302,7 +309,7 @@ class Sysctl(Resource):
         line = f"{self.key} = {self.value}"
         actions, changes = [], []
         if runtime != self.value:
-            actions.append(Action(f"sysctl {self.key}", cmd("sysctl", "-q", "-w",
+            actions.append(Action(f"sysctl {self.key}", cmd("sysctl", "-q", "-w", "--",
                                                             f"{self.key}={self.value}")))
             changes.append(f"{self.key}: {runtime or '(unset)'} -> {self.value}")
         if self.persist and facts.get("persisted", "").strip() != line:
@@ -321,10 +328,8 @@ class KernelModule(Resource):
 
     def __init__(self, spec: Mapping[str, Any]) -> None:
         super().__init__(spec)
-        self.module = self.require(spec, "name", self.kind)
-        if not re.match(r"^[a-z0-9_-]+$", self.module):
-            raise ResourceSpecError(f"kernel_module: bad name {self.module!r}")
-        self.persist = bool(spec.get("persist", True))
+        self.module = valid.module(self.require(spec, "name", self.kind), self.kind)
+        self.persist = flag(spec, "persist", self.kind, True)
         self.conf = f"/etc/modules-load.d/metalchain-{self.module}.conf"
         self.identity = f"kernel_module:{self.module}"
 
@@ -339,7 +344,7 @@ class KernelModule(Resource):
                      if "=" in ln)
         actions, changes = [], []
         if facts.get("loaded") != "yes":
-            actions.append(Action(f"load {self.module}", cmd("modprobe", self.module)))
+            actions.append(Action(f"load {self.module}", cmd("modprobe", "--", self.module)))
             changes.append(f"load module {self.module}")
         if self.persist and facts.get("persisted", "").strip() != self.module:
             actions.append(Action(f"persist {self.module}", write_file_script(

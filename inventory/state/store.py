@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from inventory.state.audit import AuditMixin
-from inventory.state.base import _sqlite_url
+from inventory.state.base import StateError, _sqlite_url
 from inventory.state.facts import FactsMixin
 from inventory.state.incidents import IncidentsMixin
 from inventory.state.keys import KeysMixin
@@ -15,21 +16,59 @@ from inventory.state.nodes import NodesMixin
 from inventory.state.runs import RunsMixin
 from inventory.state.stats import StatsMixin
 from inventory.state.tokens import TokensMixin
+from runtime.private import FILE_MODE, private_dir, tighten, umask
+
+#: what SQLite keeps beside a database file
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 class StateStore(NodesMixin, RunsMixin, KeysMixin, TokensMixin, FactsMixin, AuditMixin,
                  LeasesMixin, IncidentsMixin, StatsMixin, SchemaMixin):
-    """One handle on the state store. Safe to share between threads of one process."""
+    """One handle on the state store. Safe to share between threads of one process.
+
+    A SQLite file (and its -wal, -shm, -journal files) is 0600 in a 0700 directory, also when
+    an older version left it 0644: it holds host output, run arguments and pinned keys."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine = self._make_engine(url)
-        self._migrate()
+        path = sqlite_file(url)
+        if path is None:
+            self._migrate()
+            return
+        try:
+            make_private_database(path)
+        except OSError as exc:
+            raise StateError(f"cannot open the state store {path}: "
+                             f"{exc.strerror or exc}") from None
+        # SQLite gives its side files the database's mode; the umask covers the first
+        # connection creating them all the same
+        with umask(0o077):
+            self._migrate()
+        for suffix in SQLITE_SIDE_FILES:
+            tighten(path.with_name(path.name + suffix))
 
     @classmethod
     def open_file(cls, path: Path) -> StateStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
         return cls(_sqlite_url(path))
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL; None for other URLs and in-memory
+    databases."""
+    if not url.startswith("sqlite:///"):
+        return None
+    raw = url.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if raw in ("", ":memory:") else Path(raw)
+
+
+def make_private_database(path: Path) -> None:
+    """The database's directory 0700 and the file 0600, created empty if missing (SQLite
+    then makes a database of it), tightened with its side files if they exist."""
+    private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    for p in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
+        tighten(p)

@@ -12,6 +12,7 @@ import click
 from orchestrate import output, schedule
 from orchestrate.commands.common import json_option
 from orchestrate.runs import find_playbook
+from runtime.private import open_private, private_dir
 
 dir_option = click.option("--cron-dir", type=click.Path(file_okay=False, path_type=Path),
                           default=schedule.CRON_DIR, show_default=True,
@@ -68,7 +69,8 @@ def add(obj: Any, name: str, playbook: str, mode: str, every: str | None,
         click.echo(f"warning: {why}", err=True)
     metalchain = str(Path(sys.executable).parent / "metalchain")
     log = site.runs_dir / f"schedule-{name}.log"
-    site.runs_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(site.runs_dir)
+    open_private(log, "a").close()   # cron's >> keeps the mode: the log holds host output
     path = schedule.install(s, cron_dir, metalchain, log)
     extras = "".join(f" -e {shlex.quote(pair)}" for pair in s.extra)
     output.line(f"installed {path}: '{s.when}' {mode} {pb}{extras} (log: {log})")

@@ -42,6 +42,7 @@ from provision.templates import render
 from runtime import process
 from runtime.atomicfile import write_atomic
 from runtime.pidfile import live_pid, read_pid, terminate
+from runtime.private import open_private
 
 log = logging.getLogger("metalchain.bootserver.dnsmasq")
 
@@ -338,7 +339,8 @@ class Dnsmasq:
         self.files.pid.unlink(missing_ok=True)
         argv = [self.binary, "--keep-in-foreground", f"--conf-file={self.files.conf}"]
         try:
-            with open(self.files.stderr, "wb") as stderr:
+            # what it prints names the nodes that asked (MACs, host names): 0600
+            with open_private(self.files.stderr, "wb") as stderr:
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                               stdout=subprocess.DEVNULL, stderr=stderr,
                                               close_fds=True)
