@@ -50,10 +50,13 @@ class Context:
         if self._site is None:
             self._site = Site.open(find_site_dir(self.site_option))
             _SCRUB.site = self._site
+            # {env: VAR} secrets stay with the site, not in what child processes inherit.
+            self._site.withhold_env_secrets()
         return self._site
 
     def close(self) -> None:
         if self._site is not None:
+            self._site.restore_env_secrets()
             self._site.close()
 
 

@@ -370,7 +370,7 @@ def test_every_command_at_debug_leaks_no_secret(lab_site, monkeypatch, tmp_path)
                     args = [a.replace("{last_run}", last_run) for a in args]
                 argv = [METALCHAIN, "--site", str(lab_site), "--debug", *args]
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, cwd=tmp_path)
+                                        stdin=subprocess.DEVNULL, text=True, cwd=tmp_path)
                 sampler.roots.add(proc.pid)
                 if path == ("serve",):
                     _serve_briefly(proc, lab_site, canaries)
@@ -429,16 +429,16 @@ def _serve_briefly(proc, site, canaries):
 
     def up():
         try:
-            with urllib.request.urlopen(url + "/metrics", timeout=1):
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
                 return True
         except OSError:
             return proc.poll() is not None
 
     wait_for(up, 60, "serve's receiver")
     for path, token, body in (
-            ("/api/v1/alerts", WEBHOOK_CANARY, b'{"version": "4", "status": "firing", '
+            ("/v1/alerts", WEBHOOK_CANARY, b'{"version": "4", "status": "firing", '
                                                b'"alerts": []}'),
-            ("/events", canaries["event_token:h02"], b'{"host": "h02"}')):
+            ("/v1/events", canaries["event_token:h02"], b'{"host": "h02"}')):
         req = urllib.request.Request(url + path, data=body, method="POST", headers={
             "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         try:
