@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,8 @@ class _Plan:
     tests: dict[str, list[Path]]
     target: SshTarget | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    #: connects (checking the pinned host key) before pytest's OpenSSH client does
+    prove_host: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,11 @@ def parse_verify(raw: Any) -> VerifyArgs:
 class VerifyStep:
     """Run the testinfra checks of the host's roles (``args.roles``, else the inventory's).
 
-    The host's SSH target comes from its (lazy) connection: no paramiko session is opened,
-    pytest's OpenSSH client does the talking.
+    The host's SSH target comes from its (lazy) connection, which is connected first: that
+    checks the pinned host key with the same clear refusal as every other step (a changed key
+    is named by both fingerprints, and nothing is sent to the impostor), where OpenSSH inside
+    testinfra would only fail the checks. Then pytest's OpenSSH client does the talking
+    (``StrictHostKeyChecking yes`` against the same pins).
     """
 
     name = "verify"
@@ -270,7 +275,8 @@ class VerifyStep:
                 result.message = "no verify tests in the host's roles"
             else:
                 try:
-                    plan.target = ctx.connection().target
+                    conn = ctx.connection()
+                    plan.target, plan.prove_host = conn.target, conn.connect
                 except MetalchainError as exc:
                     result.status, result.message = "error", str(exc)
                 else:
@@ -296,6 +302,11 @@ def report_of(outcomes: Mapping[str, StepOutcome | None], duration: float) -> Ve
 def _run_pytest(plan: _Plan, target: SshTarget, result: HostVerify,
                 timeout: float) -> HostVerify:
     host = plan.host
+    try:
+        plan.prove_host()
+    except MetalchainError as exc:
+        result.status, result.message = "error", str(exc)
+        return result
     work = Path(tempfile.mkdtemp(prefix="mc-verify-"))
     try:
         (work / "known_hosts").write_text(known_hosts_text(target), encoding="utf-8")

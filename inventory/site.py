@@ -63,6 +63,11 @@ class Site:
     _secrets: SecretStore | None = field(default=None, repr=False)
     _state: StateStore | None = field(default=None, repr=False)
     _env_refs: set[str] | None = field(default=None, repr=False)
+    #: the environment the site resolves ``{env: VAR}`` secrets from: a copy taken when it
+    #: was opened, so :meth:`withhold_env_secrets` can take them out of the process's own
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
+    _withheld: bool = field(default=False, repr=False)
+    _taken: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, root: Path, environ: dict[str, str] | None = None) -> Site:
@@ -114,12 +119,13 @@ class Site:
             state = f"sqlite:///{path}"
         key = root / settings.get("ssh_key", "keys/id_ed25519")
         return cls(root=root, inventory_path=inv, secrets_path=secrets, state_url=state,
-                   ssh_key_path=key, settings=settings, settings_file=settings_file)
+                   ssh_key_path=key, settings=settings, settings_file=settings_file,
+                   environ=dict(env))
 
     @property
     def secrets(self) -> SecretStore:
         if self._secrets is None:
-            self._secrets = SecretStore.load(self.secrets_path)
+            self._secrets = SecretStore.load(self.secrets_path, self.environ)
         return self._secrets
 
     def masker(self) -> Masker:
@@ -136,8 +142,27 @@ class Site:
                 store = None
         if store is not None:
             values += store.known_values()
-        values += [os.environ[v] for v in self._referenced_env() if os.environ.get(v)]
+        values += [self.environ[v] for v in self._referenced_env() if self.environ.get(v)]
         return Masker(values)
+
+    def withhold_env_secrets(self) -> list[str]:
+        """Take the environment variables the inventory references as secrets (``{env:
+        VAR}``) out of this process's environment, so that no process it starts (ssh,
+        pytest, Prometheus, gpg, a BMC worker) inherits them; the site keeps its copy
+        (resolution, masking, a reload). What was taken, to give back with
+        :meth:`restore_env_secrets` when the command is done (in-process callers)."""
+        self._withheld = True
+        gone = {v: os.environ[v] for v in sorted(self._referenced_env()) if v in os.environ}
+        for name in gone:
+            del os.environ[name]     # also unsetenv(): children started by any means
+        self._taken = {**gone, **self._taken}
+        return gone
+
+    def restore_env_secrets(self) -> None:
+        """Put back what :meth:`withhold_env_secrets` took (values set since are kept)."""
+        for name, value in self._taken.items():
+            os.environ.setdefault(name, value)
+        self._taken = {}
 
     def _referenced_env(self) -> set[str]:
         if self._env_refs is None:
@@ -165,7 +190,10 @@ class Site:
         self._secrets = None
         self._inventory = None
         self._env_refs = None
-        return self.inventory
+        inv = self.inventory
+        if self._withheld:
+            self.withhold_env_secrets()
+        return inv
 
     @property
     def state(self) -> StateStore:

@@ -17,6 +17,7 @@ import click
 from inventory.errors import MetalchainError
 from inventory.secrets import Masker
 from inventory.site import Site, find_site_dir
+from runtime.text import terminal_safe
 
 log = logging.getLogger("metalchain")
 
@@ -49,10 +50,13 @@ class Context:
         if self._site is None:
             self._site = Site.open(find_site_dir(self.site_option))
             _SCRUB.site = self._site
+            # {env: VAR} secrets stay with the site, not in what child processes inherit.
+            self._site.withhold_env_secrets()
         return self._site
 
     def close(self) -> None:
         if self._site is not None:
+            self._site.restore_env_secrets()
             self._site.close()
 
 
@@ -89,10 +93,19 @@ class _Scrubber(logging.Filter):
 _SCRUB = _Scrubber()
 
 
+class _TerminalFormatter(logging.Formatter):
+    """Log lines as data on the terminal: a record may quote a host's output or an alert's
+    labels, so escape sequences in it are shown, not acted on (newlines of a traceback
+    stay)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
+
+
 def _configure_logging(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_SCRUB)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_TerminalFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -237,13 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("aborted\n")
         return EXIT_FAILED
     except click.ClickException as exc:
+        exc.message = terminal_safe(exc.message)   # it may quote an argument as given
         exc.show()
         return EXIT_INPUT if exc.exit_code in (1, 2) else exc.exit_code
     except MetalchainError as exc:
         if obj.debug:
-            sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
-        for text in _SCRUB.scrub(str(exc)).splitlines() or [""]:
-            sys.stderr.write(f"error: {text}\n")   # several problems: one line each
+            sys.stderr.write(terminal_safe(_SCRUB.scrub(traceback.format_exc())))
+        # An error may quote a host's output: data, one line each (several problems).
+        for text in _SCRUB.scrub(str(exc)).rstrip("\n").split("\n"):
+            sys.stderr.write(f"error: {terminal_safe(text, multiline=False)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
@@ -252,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a clean line
         if obj.debug:
-            sys.stderr.write(_SCRUB.scrub(traceback.format_exc()))
-        sys.stderr.write(f"internal error: {exc.__class__.__name__}: {_SCRUB.scrub(str(exc))}"
+            sys.stderr.write(terminal_safe(_SCRUB.scrub(traceback.format_exc())))
+        why = terminal_safe(_SCRUB.scrub(str(exc)), multiline=False)
+        sys.stderr.write(f"internal error: {exc.__class__.__name__}: {why}"
                          " (run with --debug for the traceback; please report it)\n")
         return EXIT_FAILED
     # Without standalone mode, click returns the code of a command's Exit(code) here.

@@ -3,6 +3,11 @@ tab-separated lines otherwise (so that `| grep` and `| cut` work).
 
 Colour only on a terminal, and never with ``$NO_COLOR`` set or ``--no-color`` given
 (:func:`use_color`). Counts go through :func:`plural`, sizes through :func:`human_size`.
+
+Everything printed here is data first: host names, command output, diffs, facts and error
+messages pass through :func:`runtime.text.terminal_safe` (no escape sequence reaches the
+terminal) and rich gets ``Text`` objects, never markup (``[link=...]`` from a host stays text).
+Commands print through :func:`line` and :func:`table`, never ``print``/``click.echo``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import click
 from inventory.secrets import Secret
 from runtime.jsondoc import json_text
 from runtime.text import human_size as human_size  # re-exported for the commands
-from runtime.text import plural
+from runtime.text import json_terminal_safe, plural, terminal_safe
 
 if TYPE_CHECKING:
     from configure.verify import VerifyReport
@@ -40,13 +45,14 @@ def _default(obj: Any) -> Any:
 
 
 def to_json(doc: Any) -> str:
-    return json_text(doc, default=_default).rstrip("\n")
+    return json_terminal_safe(json_text(doc, default=_default).rstrip("\n"))
 
 
 def emit_json(kind: str, doc: dict[str, Any]) -> None:
-    """Print one versioned JSON document: {"kind": ..., "version": 1, ...}."""
+    """Print one versioned JSON document: {"kind": ..., "version": 1, ...}. Characters a
+    terminal acts on are JSON escapes in it (the same document to a parser)."""
     body = {"kind": kind, "version": JSON_SCHEMA_VERSION, **doc}
-    sys.stdout.write(json_text(body, default=_default))
+    sys.stdout.write(json_terminal_safe(json_text(body, default=_default)))
 
 
 def is_terminal() -> bool:
@@ -68,13 +74,23 @@ def use_color(stream: Any = None) -> bool:
 
 
 def cell(value: Any) -> str:
+    """One table cell as one line of text (tabs and newlines escaped, so a plain row stays
+    one tab-separated line)."""
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
         return ",".join(cell(v) for v in value) or "-"
     if isinstance(value, dict):
-        return ",".join(f"{k}={cell(v)}" for k, v in value.items()) or "-"
-    return str(value)
+        return ",".join(f"{cell(k)}={cell(v)}" for k, v in value.items()) or "-"
+    return terminal_safe(value, multiline=False)
+
+
+def rich_text(value: Any) -> Any:
+    """``value`` for rich: a ``Text`` (shown as is: ``[red]`` or ``[link=...]`` in it is not
+    markup), with anything a terminal would act on escaped."""
+    from rich.text import Text
+
+    return Text(terminal_safe(value))
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -82,20 +98,24 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=title)
+        t = Table(title=rich_text(title))
         for c in columns:
-            t.add_column(c)
+            t.add_column(rich_text(c))
         for r in rows:
-            t.add_row(*(cell(v) for v in r))
+            t.add_row(*(rich_text(cell(v)) for v in r))
         Console(no_color=not use_color()).print(t)
         return
-    print("\t".join(columns))
+    print("\t".join(cell(c) for c in columns))
     for r in rows:
         print("\t".join(cell(v) for v in r))
 
 
-def line(text: str) -> None:
-    print(text)
+def line(text: str, *, err: bool = False, **style: Any) -> None:
+    """Print ``text`` on stdout (stderr with ``err``), newlines kept, escape sequences shown
+    as data; in click ``style`` (``fg="green"``, ``bold=True``) when given: the style is
+    added after the escaping."""
+    safe = terminal_safe(text)
+    print(click.style(safe, **style) if style else safe, file=sys.stderr if err else None)
 
 
 def timestamp(t: float | None) -> str | None:
@@ -129,15 +149,21 @@ _DIFF_STYLES = (("==", {"fg": "cyan", "bold": True}), ("+++", {"bold": True}),
                 ("-", {"fg": "red"}))
 
 
+def diff_style(text: str, color: bool) -> dict[str, Any]:
+    """The click style of a diff line by what it is (header, file line, hunk, added,
+    removed) when ``color``; no style otherwise."""
+    if color:
+        for prefix, style in _DIFF_STYLES:
+            if text.startswith(prefix):
+                return style
+    return {}
+
+
 def style_diff_line(text: str, color: bool) -> str:
-    """``text`` coloured by what it is (header, file line, hunk, added, removed) when
-    ``color``; unchanged otherwise."""
-    if not color:
-        return text
-    for prefix, style in _DIFF_STYLES:
-        if text.startswith(prefix):
-            return click.style(text, **style)
-    return text
+    """``text`` (escaped: a diff shows a host's file) coloured by :func:`diff_style`."""
+    safe = terminal_safe(text)
+    style = diff_style(safe, color)
+    return click.style(safe, **style) if style else safe
 
 
 def print_diffs(report: RunReport) -> None:
@@ -149,7 +175,7 @@ def print_diffs(report: RunReport) -> None:
                 if res["status"] in ("changed", "unknown", "failed") and (
                         res["changes"] or res["diff"] or res["message"]):
                     for text in diff_lines(h, res):
-                        line(style_diff_line(text, color))
+                        line(text, **diff_style(text, color))
 
 
 def summary_lines(report: RunReport) -> list[str]:

@@ -1,4 +1,7 @@
-"""Progress while a run goes: a live rich table on a terminal, plain lines otherwise."""
+"""Progress while a run goes: a live rich table on a terminal, plain lines otherwise.
+
+Host names, step names and messages are data (a message may quote a host's output): they are
+escaped by :func:`runtime.text.terminal_safe` and given to rich as ``Text``, never markup."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from orchestrate.output import use_color
+from orchestrate.output import rich_text, use_color
+from runtime.text import terminal_safe
 
 
 def stopping_line(ev: dict[str, Any]) -> str:
@@ -39,14 +43,15 @@ class PlainProgress:
     def __call__(self, ev: dict[str, Any]) -> None:
         if ev["event"] == "run_stopping":
             with self._lock:
-                self.stream.write(stopping_line(ev) + "\n")
+                self.stream.write(terminal_safe(stopping_line(ev), multiline=False) + "\n")
                 self.stream.flush()
         if ev["event"] == "host_step_end":
             extra = f" ({ev['message']})" if ev.get("status") in ("failed", "unreachable") \
                 and ev.get("message") else ""
+            fields = (ev["host"], ev["step"], ev["status"], f"{ev.get('duration', 0):.2f}s")
             with self._lock:
-                self.stream.write(f"{ev['host']}\t{ev['step']}\t{ev['status']}\t"
-                                  f"{ev.get('duration', 0):.2f}s{extra}\n")
+                self.stream.write("\t".join(terminal_safe(f, multiline=False) for f in fields)
+                                  + terminal_safe(extra, multiline=False) + "\n")
                 self.stream.flush()
 
     def close(self) -> None:
@@ -107,12 +112,14 @@ class LiveProgress:
         for c in ("host", "step", "status", "elapsed"):
             t.add_column(c)
         for host, step, status, elapsed in self._clocks.rows()[-40:]:
-            t.add_row(host, step, status, f"{elapsed:.1f}s")
+            t.add_row(*(rich_text(terminal_safe(v, multiline=False))
+                        for v in (host, step, status, f"{elapsed:.1f}s")))
         return t
 
     def __call__(self, ev: dict[str, Any]) -> None:
         if ev["event"] == "run_stopping":
-            self._live.console.print(stopping_line(ev), markup=False, highlight=False)
+            self._live.console.print(rich_text(stopping_line(ev)), markup=False,
+                                     highlight=False)
             return
         with self._lock:
             if self._clocks.update(ev):

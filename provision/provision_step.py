@@ -52,21 +52,30 @@ def node_doc(result: NodeResult) -> dict[str, Any]:
 
 def answers_as_active(host: Host, store: Any) -> bool:
     """Is ``host`` active in the store, and does SSH answer with its pinned key?"""
+    return active_and_answering(host, store)[0]
+
+
+def active_and_answering(host: Host, store: Any) -> tuple[bool, str]:
+    """:func:`answers_as_active` and, when not, why (a host key that differs is named by
+    both fingerprints: the IP moved to another machine, or the node was reinstalled)."""
     rec = store.node(host.name)
     if rec is None or rec.state != lc.ACTIVE:
-        return False
+        return False, f"{host.name} is {rec.state if rec and rec.state else 'not provisioned'}"
     # A busy emulated node can take seconds for a key exchange: a patient probe with one
     # retry, against every pinned key (a node is never reinstalled by a playbook anyway).
     keys = store.host_keys_of(host.name)
     if not keys or not host.address:
-        return False
+        return False, f"{host.name} has no pinned host key or no address"
+    reasons: list[str] = []
     for _attempt in range(2):
         for key in keys:
-            ok, _why = ssh_answers_with(host.address, key, port=host.ssh.port,
-                                        timeout=ACTIVE_PROBE_TIMEOUT_S)
+            ok, why = ssh_answers_with(host.address, key, port=host.ssh.port,
+                                       timeout=ACTIVE_PROBE_TIMEOUT_S)
             if ok:
-                return True
-    return False
+                return True, ""
+            if why not in reasons:
+                reasons.append(why)
+    return False, "; ".join(reasons)
 
 
 class ProvisionStep:
@@ -119,11 +128,13 @@ class ProvisionStep:
     def _active(ctx: HostContext, host: Host) -> StepOutcome:
         doc = {"node": host.name, "state": lc.ACTIVE, "reason": "", "seconds": 0.0,
                "timings": {}, "error": ""}
-        if answers_as_active(host, ctx.state):
+        ok, why = active_and_answering(host, ctx.state)
+        if ok:
             return StepOutcome("ok", "active; SSH answers with its pinned host key",
                                data={"node": doc})
         doc["error"] = message = (
-            f"{host.name} is active but SSH does not answer with its pinned host key; "
+            f"{host.name} is active but SSH does not answer with its pinned host key "
+            f"({why}); refusing it: "
             f"check it (metalchain power status {host.name}), or reinstall it with "
             f"metalchain provision {host.name} --force")
         return StepOutcome("failed", message, data={"node": doc})

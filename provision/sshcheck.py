@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import socket
 from dataclasses import dataclass
@@ -42,6 +43,15 @@ class PinnedKey:
     def matches(self, offered_blob: bytes) -> bool:
         """True if the server's key (its wire-format blob) is this key."""
         return hmac.compare_digest(offered_blob, self.blob)
+
+
+def key_fingerprint(blob: bytes) -> str:
+    """OpenSSH's SHA256 fingerprint of a public key blob (what ``ssh-keygen -lf`` prints).
+
+    >>> key_fingerprint(b"")
+    'SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU'
+    """
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
 def _blob_type(blob: bytes) -> str | None:
@@ -114,12 +124,18 @@ def probe_host_key(address: str, pinned: str, *, port: int = 22,
             transport.get_security_options().key_types = list(want.algorithms)
         except ValueError:
             return ProbeResult(INVALID_PIN, f"host key type {want.key_type} is not supported")
-        transport.start_client(timeout=timeout)
+        pinned_fp = f"{want.key_type} {key_fingerprint(want.blob)}"
+        try:
+            transport.start_client(timeout=timeout)
+        except paramiko.ssh_exception.IncompatiblePeer:
+            # The server holds no key of the pinned type: another host, or a reinstalled one.
+            return ProbeResult(MISMATCH, f"{address}:{port} offers no {want.key_type} host key "
+                                         f"(pinned: {pinned_fp})")
         key = transport.get_remote_server_key()
         if want.matches(key.asbytes()):
             return ProbeResult(MATCH)
-        return ProbeResult(MISMATCH, f"{address} offered a different {key.get_name()} host "
-                                     "key than the pinned one")
+        return ProbeResult(MISMATCH, f"{address}:{port} offered host key {key.get_name()} "
+                                     f"{key_fingerprint(key.asbytes())}, pinned {pinned_fp}")
     except (paramiko.SSHException, OSError, EOFError) as exc:
         return ProbeResult(NO_ANSWER, f"SSH handshake with {address}:{port} failed: "
                                       f"{exc or exc.__class__.__name__}")

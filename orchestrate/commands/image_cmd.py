@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from orchestrate import output
 from orchestrate.commands.common import json_option
 from orchestrate.guest_image import publish_guest_image
 from orchestrate.output import emit_json, human_size
@@ -51,6 +52,6 @@ def guest(obj: Any, exporter_deb: Path | None, as_json: bool) -> None:
     entry = published.store_entry()
     how = (f"built in {published.build_seconds:.1f} s" if published.build_seconds is not None
            else "from cache")
-    click.echo(f"guest image {published.image.key} ({human_size(published.image.image.size)}, "
+    output.line(f"guest image {published.image.key} ({human_size(published.image.image.size)}, "
                f"{how})\n  name:   {entry['name']}\n  url:    {entry['url']}\n"
                f"  sha256: {entry['sha256']}")

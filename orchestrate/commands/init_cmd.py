@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from inventory.errors import InputError
+from orchestrate import output
 from orchestrate.serve_unit import UNIT_NAME, installed_executable, render_serve_unit
 
 SCAFFOLD_FILES = ("inventory.yml", "playbooks/site.yml")
@@ -51,10 +52,10 @@ def init(directory: Path) -> None:
         (directory / rel).write_text((scaffold / rel).read_text(encoding="utf-8"),
                                      encoding="utf-8")
     write_secrets_file(directory / "secrets.yml", _secrets_text())
-    click.echo(f"created site {directory}")
-    click.echo(f"  inventory: {directory / 'inventory.yml'}")
-    click.echo(f"  secrets:   {directory / 'secrets.yml'} (mode 0600)")
-    click.echo(f"  playbooks: {directory / 'playbooks'}")
+    output.line(f"created site {directory}")
+    output.line(f"  inventory: {directory / 'inventory.yml'}")
+    output.line(f"  secrets:   {directory / 'secrets.yml'} (mode 0600)")
+    output.line(f"  playbooks: {directory / 'playbooks'}")
     _write_serve_unit(directory)
 
 
@@ -62,14 +63,14 @@ def _write_serve_unit(directory: Path) -> None:
     """SITE/metalchain-serve.service: the systemd unit for this site and installation."""
     executable = installed_executable()
     if executable is None:
-        click.echo(f"  no {UNIT_NAME}: no metalchain executable found next to "
+        output.line(f"  no {UNIT_NAME}: no metalchain executable found next to "
                    f"{sys.executable} or on PATH")
         return
     try:
         text = render_serve_unit(executable, Path(os.path.abspath(directory)))
     except InputError as exc:
-        click.echo(f"  no {UNIT_NAME}: {exc}")
+        output.line(f"  no {UNIT_NAME}: {exc}")
         return
     (directory / UNIT_NAME).write_text(text, encoding="utf-8")
-    click.echo(f"  serve unit: {directory / UNIT_NAME} (install -m 0644 it into "
+    output.line(f"  serve unit: {directory / UNIT_NAME} (install -m 0644 it into "
                "/etc/systemd/system/)")

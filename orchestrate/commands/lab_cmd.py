@@ -15,6 +15,7 @@ from inventory.errors import BmcError, InputError, LabError
 from inventory.site import Site, find_site_dir
 from orchestrate import output
 from orchestrate.commands.common import json_option
+from runtime.text import terminal_safe
 
 dir_option = click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
                           help="The lab's site directory (default: --site, $METALCHAIN_SITE, "
@@ -171,6 +172,12 @@ def status(obj: Any, directory: Path | None, as_json: bool) -> None:
     raise click.exceptions.Exit(0 if healthy else 1)
 
 
+def _console_text(data: bytes) -> str:
+    """A node's serial output as data: its escape sequences (a console's colours, or a hostile
+    node's window title) shown, not acted on; CR LF line ends read as newlines."""
+    return terminal_safe(data.decode("utf-8", "replace").replace("\r\n", "\n"))
+
+
 @lab.command()
 @click.argument("node")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
@@ -193,7 +200,7 @@ def console(obj: Any, node: str, follow: bool, lines: int, directory: Path | Non
         raise LabError(f"{node} has no console log yet ({log})")
     data = log.read_bytes()
     tail = b"\n".join(data.split(b"\n")[-lines:])
-    sys.stdout.write(tail.decode("utf-8", "replace"))
+    sys.stdout.write(_console_text(tail))
     sys.stdout.flush()
     pos = len(data)
     while follow:
@@ -202,7 +209,7 @@ def console(obj: Any, node: str, follow: bool, lines: int, directory: Path | Non
         if size > pos:
             with open(log, "rb") as fh:
                 fh.seek(pos)
-                sys.stdout.write(fh.read(size - pos).decode("utf-8", "replace"))
+                sys.stdout.write(_console_text(fh.read(size - pos)))
                 sys.stdout.flush()
             pos = size
 

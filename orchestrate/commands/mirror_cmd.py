@@ -34,6 +34,7 @@ from configure.mirror_server import (
     stop_daemon,
 )
 from inventory.errors import InputError
+from orchestrate import output
 from orchestrate.commands.common import json_option
 from orchestrate.mirror_site import (
     SERVER_STATE,
@@ -92,7 +93,7 @@ def build(obj: Any, packages: str, sign: bool, cache_dir: Path | None, compressi
         emit_json("mirror.build", info.to_json())
         return
     verb = "built" if info.changed else "unchanged"
-    click.echo(f"mirror {verb}: {plural(len(info.resolved), 'package')}, "
+    output.line(f"mirror {verb}: {plural(len(info.resolved), 'package')}, "
                f"{human_size(info.size_bytes)}, {len(info.downloaded)} downloaded, "
                f"{info.reused} from cache, "
                f"{'signed ' + (info.fingerprint or '') if info.signed else 'unsigned'}, "
@@ -134,10 +135,10 @@ def serve(obj: Any, address: str | None, port: int | None, daemon: bool, as_json
             emit_json("mirror.serve", {"pid": pid, "url": mirror_url(address, port),
                                         "source": source})
         else:
-            click.echo(f"serving {mirror_url(address, port)} (pid {pid})\n{source}")
+            output.line(f"serving {mirror_url(address, port)} (pid {pid})\n{source}")
         return
     server = MirrorServer(root, address, port).start()
-    click.echo(f"serving {server.url} (Ctrl-C to stop)\n{source}")
+    output.line(f"serving {server.url} (Ctrl-C to stop)\n{source}")
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -161,20 +162,20 @@ def status(obj: Any, as_json: bool) -> None:
         emit_json("mirror.status", doc)
         return
     if not doc["built"]:
-        click.echo(f"no mirror in {doc['dir']}")
+        output.line(f"no mirror in {doc['dir']}")
     else:
-        click.echo(f"mirror {doc['root']}: {plural(doc['packages'], 'package')}, "
+        output.line(f"mirror {doc['root']}: {plural(doc['packages'], 'package')}, "
                    f"{human_size(doc['size_bytes'])}, "
                    f"{'signed ' + doc['fingerprint'] if doc['signed'] else 'unsigned'}, "
                    f"built {doc['built_at']}")
     srv = doc["server"]
     if srv["running"]:
         health = "answering" if srv["answering"] else "NOT answering"
-        click.echo(f"server: pid {srv['pid']} at {srv['url']} ({health})")
+        output.line(f"server: pid {srv['pid']} at {srv['url']} ({health})")
     else:
-        click.echo("server: not running")
+        output.line("server: not running")
     if doc["source"]:
-        click.echo(f"source: {doc['source']}")
+        output.line(f"source: {doc['source']}")
 
 
 @mirror.command()
@@ -192,4 +193,4 @@ def stop(obj: Any) -> None:
     stopped = stop_daemon(pidfile)
     with contextlib.suppress(FileNotFoundError):
         (directory / SERVER_STATE).unlink()
-    click.echo("mirror server stopped" if stopped else "mirror server was not running")
+    output.line("mirror server stopped" if stopped else "mirror server was not running")

@@ -55,10 +55,10 @@ def up(obj: Any, as_json: bool) -> None:
         output.emit_json("monitor.up", doc)
         return
     for name, pid in doc["pids"].items():
-        click.echo(f"{name}: pid {pid}")
-    click.echo(f"prometheus {doc['prometheus']}, alertmanagers "
+        output.line(f"{name}: pid {pid}")
+    output.line(f"prometheus {doc['prometheus']}, alertmanagers "
                f"{', '.join(doc['alertmanagers'])}; webhook to {doc['webhook']}")
-    click.echo(f"{output.plural(len(doc['alerts']), 'alert')} from {doc['alerts_file']}; "
+    output.line(f"{output.plural(len(doc['alerts']), 'alert')} from {doc['alerts_file']}; "
                f"targets in {doc['targets_file']}")
 
 
@@ -76,7 +76,7 @@ def down(obj: Any, as_json: bool) -> None:
     if as_json:
         output.emit_json("monitor.down", {"stopped": stopped})
         return
-    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "the stack was not running")
+    output.line(f"stopped: {', '.join(stopped)}" if stopped else "the stack was not running")
 
 
 @monitor.command()
@@ -93,7 +93,7 @@ def refresh(obj: Any, as_json: bool) -> None:
     if as_json:
         output.emit_json("monitor.refresh", {"targets_file": str(path)})
         return
-    click.echo(f"targets: {path}")
+    output.line(f"targets: {path}")
 
 
 @monitor.command(epilog="Exit codes: 0 the stack runs, every target is up and no alert "
@@ -115,21 +115,21 @@ def status(obj: Any, as_json: bool) -> None:
         output.emit_json("monitor.status", st.to_json())
         raise click.exceptions.Exit(st.exit_code)
     for name, pid in st.running.items():
-        click.echo(f"{name}: {'pid ' + str(pid) if pid else 'not running'}")
+        output.line(f"{name}: {'pid ' + str(pid) if pid else 'not running'}")
     for am in st.alertmanagers:
-        click.echo(f"{am['name']}: cluster {_shown(am['cluster_status'])}, peers "
+        output.line(f"{am['name']}: cluster {_shown(am['cluster_status'])}, peers "
                    f"{_shown(am['peers'])}")
     if st.targets:
         output.table("targets", ["job", "host", "instance", "health", "error"],
                      [[_shown(t["job"]), _shown(t["host"]), _shown(t["instance"]),
                        _shown(t["health"]), _shown(t["last_error"] or "-")]
                       for t in st.targets])
-    click.echo(f"targets: {len(st.targets) - len(st.down)} up, {len(st.down)} down")
+    output.line(f"targets: {len(st.targets) - len(st.down)} up, {len(st.down)} down")
     if st.firing:
         output.table("firing alerts", ["alert", "host", "unit", "severity", "since"],
                      [[_shown(a["name"]), _shown(a["host"]), _shown(a["unit"] or "-"),
                        _shown(a["severity"]), _shown(a["active_at"])] for a in st.firing])
-    click.echo(f"alerts firing: {len(st.firing)}")
+    output.line(f"alerts firing: {len(st.firing)}")
     for err in st.errors:
-        click.echo(f"error: {_shown(err)}", err=True)
+        output.line(f"error: {_shown(err)}", err=True)
     raise click.exceptions.Exit(st.exit_code)

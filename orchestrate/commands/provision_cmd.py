@@ -16,6 +16,7 @@ from orchestrate import output
 from orchestrate.commands.common import json_option, stop_on_signals
 from orchestrate.provisioning import ProvisionOptions, Serve, provision_nodes
 from orchestrate.reports import EXIT_INTERRUPTED
+from runtime.text import terminal_safe
 
 
 @click.command()
@@ -114,7 +115,7 @@ def provision(obj: Any, target: str | None, image: str | None, parallel: int, re
 
 
 def _say(as_json: bool, text: str) -> None:
-    (sys.stderr if as_json else sys.stdout).write(text + "\n")
+    (sys.stderr if as_json else sys.stdout).write(terminal_safe(text) + "\n")
 
 
 def _progress_printer(as_json: bool):
@@ -126,7 +127,8 @@ def _progress_printer(as_json: bool):
             line = f"{time.monotonic() - start:6.1f}s  {node:<12} {state}"
             if state == "provision_failed" and reason:
                 line += f"  ({reason[:300]})"
-            (sys.stderr if as_json else sys.stdout).write(line + "\n")
+            (sys.stderr if as_json else sys.stdout).write(terminal_safe(line, multiline=False)
+                                                          + "\n")
             (sys.stderr if as_json else sys.stdout).flush()
 
     return show

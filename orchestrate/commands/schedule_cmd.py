@@ -66,7 +66,7 @@ def add(obj: Any, name: str, playbook: str, mode: str, every: str | None,
                           extra=schedule.check_extra(extra))
     why = schedule.every_warning(every)
     if why is not None:
-        click.echo(f"warning: {why}", err=True)
+        output.line(f"warning: {why}", err=True)
     metalchain = str(Path(sys.executable).parent / "metalchain")
     log = site.runs_dir / f"schedule-{name}.log"
     private_dir(site.runs_dir)

@@ -38,11 +38,15 @@ def keygen(path: Path) -> str:
 
 class LocalSshd:
     def __init__(self, workdir: Path, client_pub: str,
-                 addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
+                 addresses: tuple[str, ...] = ("127.0.0.1",), *, port: int | None = None,
+                 extra_config: str = "") -> None:
+        """``port``: a given one (another sshd on the same address:port, started after the
+        first stopped); ``extra_config``: sshd_config lines added at the end (ForceCommand,
+        LogLevel)."""
         self.addresses = addresses
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_tcp_port()
+        self.port = port or free_tcp_port()
         self.host_key_path = self.dir / "host_ed25519"
         self.host_pub = keygen(self.host_key_path)
         (self.dir / "authorized_keys").write_text(client_pub + "\n")
@@ -53,7 +57,8 @@ class LocalSshd:
             + f"HostKey {self.host_key_path}\n"
             f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\nPermitRootLogin yes\n"
             "PasswordAuthentication no\nUsePAM no\nStrictModes no\nSubsystem sftp internal-sftp\n"
-            f"PidFile {self.dir / 'sshd.pid'}\nMaxSessions 100\nMaxStartups 200\n")
+            f"PidFile {self.dir / 'sshd.pid'}\nMaxSessions 100\nMaxStartups 200\n"
+            + extra_config)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
