@@ -24,7 +24,7 @@ from tests import netfuzz
 
 pytestmark = pytest.mark.unit
 
-FAST = settings(max_examples=80, deadline=None, derandomize=True,
+FAST = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -69,7 +69,7 @@ def test_any_body_is_an_event_or_an_event_error(body):
         assert len(inc.starts_at) <= webhook.MAX_STARTS_AT and _storable(inc.target)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(netfuzz.notification())
 def test_a_valid_notification_is_accepted_as_sent(doc):
     got = webhook.parse_notification(json.dumps(doc).encode())
@@ -77,7 +77,7 @@ def test_a_valid_notification_is_accepted_as_sent(doc):
     assert [a.labels for a in got.alerts] == [a["labels"] for a in doc["alerts"]]
 
 
-@settings(max_examples=60, deadline=None, derandomize=True)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(netfuzz.event())
 def test_a_valid_event_is_accepted(doc):
     assert ev.parse_event(json.dumps(doc).encode()).host == doc["host"]
@@ -90,7 +90,7 @@ def store(tmp_path_factory):
     s.close()
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=25, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(netfuzz.mutated_json(netfuzz.notification()),
                  netfuzz.notification().map(lambda d: json.dumps(d).encode())))
