@@ -159,7 +159,10 @@ def normalise_time(value: Any) -> str:
             raise EventError(f"'at' is not an RFC 3339 time: {shown(value)}") from None
         if when.tzinfo is None:
             raise EventError("'at' has no time zone (add Z or an offset)")
-        when = when.astimezone(UTC)
+        try:
+            when = when.astimezone(UTC)
+        except OverflowError:   # e.g. 9999-12-31T23:59:59-14:00 is past year 9999 in UTC
+            raise EventError(f"'at' {shown(value)} is not a plausible time") from None
     else:
         raise EventError("'at' must be an RFC 3339 time or seconds since the epoch")
     return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

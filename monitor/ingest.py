@@ -36,7 +36,7 @@ from typing import Any
 
 from inventory.errors import MetalchainError, StateError
 from inventory.state.incidents import IncidentInput, Ingested
-from monitor.webhook import Alert, Notification
+from monitor.webhook import Alert, Notification, alert_target
 
 log = logging.getLogger("metalchain.monitor.ingest")
 
@@ -46,24 +46,6 @@ Listener = Callable[[list[Ingested]], None]
 Observer = Callable[[str, float, int], None]
 SOURCE_ALERTMANAGER = "alertmanager"
 SOURCE_EVENT = "event"
-
-
-def alert_target(labels: Mapping[str, str]) -> str:
-    """The host an alert is about: its ``host`` label, else ``instance`` without the port.
-
-    >>> alert_target({"instance": "10.0.0.5:9100"}), alert_target({"instance": "[::1]:9100"})
-    ('10.0.0.5', '::1')
-    """
-    host = labels.get("host", "")
-    if host:
-        return host
-    instance = labels.get("instance", "")
-    if instance.startswith("["):
-        return instance[1:].split("]", 1)[0]
-    name, sep, port = instance.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        return name
-    return instance
 
 
 def alert_input(alert: Alert) -> IncidentInput:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import urllib.parse
@@ -70,6 +71,22 @@ _ROUTES = {ALERTS_PATH: ("POST",), EVENTS_PATH: ("POST",), METRICS_PATH: ("GET",
            HEALTH_PATH: ("GET", "HEAD")}
 #: ``event_auth(host, token)``: whether ``token`` is ``host``'s event token.
 EventAuth = Callable[[str, str], bool]
+
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def request_path(target: str) -> str | None:
+    """The path of a request target, or None for one that is no URL (``http://[``, which
+    ``urlsplit`` refuses with ValueError).
+
+    >>> request_path("/v1/alerts?x=1"), request_path("http://[")
+    ('/v1/alerts', None)
+    """
+    try:
+        return urllib.parse.urlsplit(target).path
+    except ValueError:
+        return None
 
 
 class ReceiverError(MetalchainError):
@@ -163,7 +180,7 @@ class _Handler(DispatchingHandler):
 
     def _dispatch(self, method: str) -> None:
         app = self.server.app
-        path = urllib.parse.urlsplit(self.path).path
+        path = request_path(self.path)
         after: Callable[[], None] | None = None
         self._unread = method in ("POST", "PUT", "PATCH") or bool(
             self.headers.get("Content-Length") not in (None, "0")
@@ -188,7 +205,9 @@ class _Handler(DispatchingHandler):
         if after is not None:
             after()
 
-    def _route(self, method: str, path: str) -> tuple[Answer, Callable[[], None] | None]:
+    def _route(self, method: str, path: str | None) -> tuple[Answer, Callable[[], None] | None]:
+        if path is None:
+            raise Reject(HTTPStatus.BAD_REQUEST, "the request target is not a path")
         allowed = _ROUTES.get(path)
         if allowed is None:
             raise Reject(HTTPStatus.NOT_FOUND, "no such path")
@@ -270,7 +289,8 @@ class _Handler(DispatchingHandler):
         if len(set(lengths)) > 1:
             raise Reject(HTTPStatus.BAD_REQUEST, "conflicting Content-Length headers")
         raw = lengths[0].strip()
-        if not raw.isdigit() or len(raw) > 12:
+        # ASCII digits only: str.isdigit() is also true of "²", which int() refuses.
+        if not _DIGITS.fullmatch(raw):
             raise Reject(HTTPStatus.BAD_REQUEST, "Content-Length is not a number")
         length = int(raw)
         if length > limit:
@@ -311,7 +331,7 @@ class _Handler(DispatchingHandler):
             return
         self._logged = True
         raw = getattr(self, "path", "") or ""
-        path = urllib.parse.urlsplit(raw).path if raw else "-"
+        path = (request_path(raw) or "?") if raw else "-"
         method = getattr(self, "command", None) or "-"
         took = f" {seconds * 1000:.1f}ms" if seconds is not None else ""
         log.info("%s %s %s -> %d%s%s", self.client_address[0], method,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,7 +31,16 @@ MAX_BODY = 1 << 20
 MAX_ALERTS = 1000
 MAX_LABELS = 64
 MAX_VALUE = 4096
+#: What the state store's columns hold (inventory/state/schema.py: incidents): a longer value
+#: would be refused by a database that checks lengths (PostgreSQL) with a 503, and
+#: Alertmanager would deliver the notification again forever.
+MAX_FINGERPRINT = 64
+MAX_STARTS_AT = 40
+MAX_ALERTNAME = 200
+MAX_TARGET = 253
 STATUSES = ("firing", "resolved")
+#: Containers nested in a body (Alertmanager's payload has 4 levels).
+MAX_DEPTH = 32
 
 
 class PayloadError(ValueError):
@@ -47,7 +57,8 @@ class WebhookError(PayloadError):
 
 def json_object(body: bytes, limit: int, error: type[PayloadError]) -> dict[str, Any]:
     """``body`` as a JSON object, or ``error`` (413 over ``limit`` bytes, 400 for a body that
-    is not UTF-8, not JSON or not an object) saying what is wrong with it."""
+    is not UTF-8, not strict JSON — a key given twice, NaN, a number too long, nesting over
+    :data:`MAX_DEPTH`, a lone surrogate — or not an object) saying what is wrong with it."""
     if len(body) > limit:
         raise error(f"body of {len(body)} bytes is over the limit of {limit}", 413)
     try:
@@ -55,13 +66,75 @@ def json_object(body: bytes, limit: int, error: type[PayloadError]) -> dict[str,
     except UnicodeDecodeError as exc:
         raise error(f"body is not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise error(f"body is not JSON: {exc.msg} at line {exc.lineno} column "
                     f"{exc.colno}") from None
+    except _NotStrictJson as exc:
+        raise error(f"body is not strict JSON: {exc}") from None
+    except RecursionError:
+        raise error(f"body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError:   # an integer of more digits than Python converts (4300)
+        raise error("body has a number too long to read") from None
     if not isinstance(doc, dict):
         raise error("body is not a JSON object")
+    problem = _unsound(doc)
+    if problem:
+        raise error(f"body {problem}")
     return doc
+
+
+class _NotStrictJson(ValueError):
+    """What RFC 8259 leaves undefined or forbids, which Python's json module would take."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two readers of one body must not see two different documents: a key given twice
+    # (json.loads keeps the last one silently) is refused.
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _NotStrictJson(f"key {shown(key)} is given twice")
+            seen.add(key)
+    return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotStrictJson(f"{name} is not a JSON number")
+
+
+def _unsound(doc: Any) -> str:
+    """Why ``doc`` cannot be stored and shown as it is ("" if it can): containers nested
+    deeper than :data:`MAX_DEPTH`, or a string holding a lone surrogate (``"\\ud800"`` is
+    valid JSON but no UTF-8 text: the state store could not write it, and a notification it
+    refused with 503 would be delivered again forever)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            items: list[Any] = [*value.keys(), *value.values()]
+        elif isinstance(value, list):
+            items = value
+        elif isinstance(value, str):
+            if not _is_utf8(value):
+                return "has a string that is not UTF-8 text (a lone surrogate escape)"
+            continue
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return f"is nested deeper than {MAX_DEPTH} levels"
+        stack.extend((item, depth + 1) for item in items)
+    return ""
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -94,6 +167,24 @@ class Notification:
     #: The sending Alertmanager's own URL (``--web.external-url``): what tells the replicas
     #: apart when they run on one machine with one receiver name ("" if absent).
     external_url: str = ""
+
+
+def alert_target(labels: Mapping[str, str]) -> str:
+    """The host an alert is about: its ``host`` label, else ``instance`` without the port.
+
+    >>> alert_target({"instance": "10.0.0.5:9100"}), alert_target({"instance": "[::1]:9100"})
+    ('10.0.0.5', '::1')
+    """
+    host = labels.get("host", "")
+    if host:
+        return host
+    instance = labels.get("instance", "")
+    if instance.startswith("["):
+        return instance[1:].split("]", 1)[0]
+    name, sep, port = instance.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        return name
+    return instance
 
 
 def check_bearer(header: str | None, token: str) -> bool:
@@ -138,13 +229,25 @@ def _alert(raw: Any, index: int) -> Alert:
     fingerprint = _text(raw, "fingerprint", where)
     if not fingerprint:
         raise WebhookError(f"{where}: 'fingerprint' is missing or empty")
+    if len(fingerprint) > MAX_FINGERPRINT:
+        raise WebhookError(f"{where}: 'fingerprint' is longer than {MAX_FINGERPRINT} "
+                           "characters")
     starts_at = _text(raw, "startsAt", where)
+    if len(starts_at) > MAX_STARTS_AT:
+        raise WebhookError(f"{where}: 'startsAt' is longer than {MAX_STARTS_AT} characters")
     _timestamp(starts_at, f"{where}.startsAt")
     ends_at = _text(raw, "endsAt", where, required=False)
     if ends_at:
         _timestamp(ends_at, f"{where}.endsAt")
+    labels = _string_map(raw.get("labels"), f"{where}.labels", required=True)
+    if len(labels.get("alertname", "")) > MAX_ALERTNAME:
+        raise WebhookError(f"{where}: label 'alertname' is longer than {MAX_ALERTNAME} "
+                           "characters")
+    if len(alert_target(labels)) > MAX_TARGET:
+        raise WebhookError(f"{where}: the host its 'host' or 'instance' label names is longer "
+                           f"than {MAX_TARGET} characters")
     return Alert(status=_choice(raw, "status", where),
-                 labels=_string_map(raw.get("labels"), f"{where}.labels", required=True),
+                 labels=labels,
                  annotations=_string_map(raw.get("annotations", {}), f"{where}.annotations"),
                  starts_at=starts_at, ends_at=ends_at, fingerprint=fingerprint,
                  generator_url=_text(raw, "generatorURL", where, required=False))

@@ -229,7 +229,7 @@ class _Handler(DispatchingHandler):
 
     @property
     def _path(self) -> str:
-        return urllib.parse.urlsplit(self.path).path
+        return _request_path(self.path)
 
     def _dispatch(self, method: str) -> None:
         try:
@@ -254,7 +254,7 @@ class _Handler(DispatchingHandler):
             return
         self._logged = True
         raw_path = getattr(self, "path", "")
-        path = urllib.parse.urlsplit(raw_path).path if raw_path else "-"
+        path = _request_path(raw_path) if raw_path else "-"
         method = getattr(self, "command", None) or "-"
         record = RequestRecord(time.time(), self.client_address[0], method, path, status,
                                self._node)
@@ -446,6 +446,15 @@ class _Handler(DispatchingHandler):
         finally:
             if handle is not None:
                 handle.close()
+
+
+def _request_path(target: str) -> str:
+    """The path of a request target ("" for one ``urlsplit`` refuses, e.g. ``http://[``:
+    no route matches it, so it is answered 404 instead of escaping the handler)."""
+    try:
+        return urllib.parse.urlsplit(target).path
+    except ValueError:
+        return ""
 
 
 def _file_size(handle: BinaryIO) -> int:
