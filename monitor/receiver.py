@@ -128,7 +128,6 @@ class _Server(CappedHTTPServer):
     """Capped connections with a deadline each (runtime/httpserver.py), enforced by the
     serving loop (:meth:`CappedHTTPServer.cut_overdue`)."""
 
-    request_queue_size = 128
     status_line = b"HTTP/1.1"
 
     def __init__(self, app: Receiver, address: tuple[str, int]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import struct
 import threading
 import time
 from collections import Counter
@@ -136,6 +137,9 @@ class CappedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    # The stdlib's backlog of 5 drops the SYNs of everyone else while a crowd connects (their
+    # connect() then waits 1, 3, 7 s for retransmissions): accept fast and refuse with 503.
+    request_queue_size = 128
     status_line = b"HTTP/1.0"
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
@@ -257,6 +261,9 @@ class CappedHTTPServer(ThreadingHTTPServer):
             if not everyone:
                 self.log.info("%s: connection cut (deadline or minimum rate)", client)
             try:
+                # Reset when the handler closes it: what the client did not take is dropped
+                # rather than kept in the kernel for a reader that never reads it.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
