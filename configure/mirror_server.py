@@ -1,8 +1,11 @@
 """Serve the package mirror over HTTP to the hosts of the provisioning network.
 
 Read-only (GET and HEAD only), no directory listings, no path outside the served directory
-(``..``, symlinks leading out, NUL bytes are all refused), a socket timeout on every request,
-and Content-Length taken from the opened file so a mirror switched mid-request still answers
+(``..``, symlinks leading out, NUL bytes are all refused), the routes a table (``ROUTES``),
+the limits of :class:`runtime.httpserver.CappedHTTPServer` (connections in all and per source
+address, a header deadline per request of a kept-alive connection, a whole-response deadline
+with a minimum rate; ``DEFAULT_LIMITS``), files sent with ``socket.sendfile``, and
+Content-Length taken from the opened file so a mirror switched mid-request still answers
 consistently. The served directory is resolved on every request: when ``build_mirror`` moves
 ``current`` to a new release, the next request sees the new one without a restart.
 
@@ -28,18 +31,22 @@ import contextlib
 import http.client
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.parse
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from configure.mirror import MirrorError, mirror_url
-from runtime.httpserver import ServerThread
+from runtime.httpserver import (
+    CappedHTTPServer,
+    ConnectionLimits,
+    DispatchingHandler,
+    ServerThread,
+)
 from runtime.pidfile import live_pid, terminate, write_pidfile
 from runtime.private import open_private
 
@@ -49,7 +56,10 @@ DEFAULT_PORT = 8081
 REQUEST_TIMEOUT = 30.0
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
-CHUNK = 1 << 16
+#: apt on 50 fleet hosts keeps about one connection each; one host may not take more than 16,
+#: an idle connection is cut after 10 s, and a file must flow at 512 KiB/s after 30 s.
+DEFAULT_LIMITS = ConnectionLimits(max_connections=128, max_per_client=16, header_timeout=10.0,
+                                  response_grace=30.0, min_rate=512 * 1024)
 DAEMON_MODULE = "configure.mirror_server"
 IMAGES_PREFIX = "images"
 IMAGES_DIR_NAME = "images"
@@ -82,34 +92,75 @@ def resolve_request(root: Path, url_path: str) -> Path | None:
     return target if target.is_file() else None
 
 
-class _Handler(BaseHTTPRequestHandler):
+@dataclass(frozen=True)
+class MirrorRoute:
+    """A path prefix served from one directory: ``root_attr`` names the :class:`_Server`
+    attribute holding it, looked up per request (``current`` may have moved)."""
+
+    prefix: str
+    root_attr: str
+    methods: tuple[str, ...] = ("GET", "HEAD")
+
+
+#: The mirror's router, most specific prefix first; every route is public and read-only (a
+#: signed apt repository and the lab's guest images: nothing secret is under either root).
+ROUTES: dict[str, MirrorRoute] = {
+    "images": MirrorRoute(f"/{IMAGES_PREFIX}/", "images_dir"),
+    "repository": MirrorRoute("/", "root"),
+}
+
+
+def match_route(url_path: str) -> tuple[str, MirrorRoute, str] | None:
+    """``(name, route, rest)`` for the first route whose prefix ``url_path`` starts with;
+    ``rest`` keeps its leading ``/``.
+
+    >>> match_route("/images/guest.qcow2")[0::2]
+    ('images', '/guest.qcow2')
+    """
+    for name, route in ROUTES.items():
+        if url_path.startswith(route.prefix):
+            return name, route, url_path[len(route.prefix) - 1:]
+    return None
+
+
+class _Handler(DispatchingHandler):
     server: _Server
-    timeout = REQUEST_TIMEOUT          # socket timeout: a stalled client cannot hold a thread
     protocol_version = "HTTP/1.1"      # keep-alive: apt fetches many files over one connection
     server_version = "metalchain-mirror"
     sys_version = ""
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
 
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(REQUEST_TIMEOUT)  # one read or write
+        self._logged = False
 
-    def do_GET(self) -> None:
-        self._serve(body=True)
+    def handle_one_request(self) -> None:
+        self._logged = False
+        super().handle_one_request()
 
-    def do_HEAD(self) -> None:
-        self._serve(body=False)
+    def _answered(self, status: int) -> None:
+        if self._logged:
+            return
+        self._logged = True
+        path = "".join(c if c.isprintable() else "?" for c in (getattr(self, "path", "")
+                                                                or "-")[:200])
+        log.debug("%s %s %s -> %d", self.client_address[0],
+                  getattr(self, "command", None) or "-", path, status)
 
-    def _refuse(self) -> None:
-        self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only mirror")
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
-
-    def _serve(self, *, body: bool) -> None:
-        root, path = self.server.root, self.path
-        prefix = f"/{IMAGES_PREFIX}/"
-        if path.startswith(prefix):
-            root, path = self.server.images_dir, path[len(prefix) - 1:]
+    def _dispatch(self, method: str) -> None:
+        found = match_route(self.path)
+        if found is None:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        _name, route, rest = found
+        if method not in route.methods:
+            self.close_connection = True  # a body we do not read would be the next request
+            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, "read-only mirror")
+            return
         try:
-            target = resolve_request(root, path)
+            target = resolve_request(getattr(self.server, route.root_attr), rest)
         except UnicodeDecodeError:
             target = None
         if target is None:
@@ -122,6 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with fh:
             stat = os.fstat(fh.fileno())
+            body = method == "GET"
+            self._begin_response(stat.st_size if body else 0)
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type",
                              CONTENT_TYPES.get(target.suffix, "application/octet-stream")
@@ -131,19 +184,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if body:
                 try:
-                    shutil.copyfileobj(fh, self.wfile, CHUNK)
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                    self.wfile.flush()
+                    self._send_file(fh, stat.st_size)
+                except OSError:
                     self.close_connection = True
+        self._answered(HTTPStatus.OK)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never blocks stop()
-    allow_reuse_address = True
+class _Server(CappedHTTPServer):
+    status_line = b"HTTP/1.1"
 
-    def __init__(self, root: Path, images_dir: Path, address: tuple[str, int]) -> None:
+    def __init__(self, root: Path, images_dir: Path, address: tuple[str, int], *,
+                 limits: ConnectionLimits) -> None:
         self.root = root
         self.images_dir = images_dir
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, limits=limits, log=log)
 
 
 def default_images_dir(root: Path) -> Path:
@@ -184,7 +239,8 @@ class MirrorServer:
     """The mirror's HTTP server in a background thread of this process."""
 
     def __init__(self, root: Path, address: str, port: int = DEFAULT_PORT, *,
-                 images_dir: Path | None = None) -> None:
+                 images_dir: Path | None = None, limits: ConnectionLimits | None = None) -> None:
+        self.limits = limits or DEFAULT_LIMITS
         self.root = Path(root)
         self.images_dir = Path(images_dir) if images_dir else default_images_dir(self.root)
         self.address = address
@@ -204,7 +260,7 @@ class MirrorServer:
         if self._serving is not None:
             return self
         self._serving = ServerThread.start(lambda addr: _Server(self.root, self.images_dir,
-                                                                addr),
+                                                                addr, limits=self.limits),
                                            (self.address, self.requested_port),
                                            name="mirror-http", error=MirrorError)
         try:
@@ -217,7 +273,13 @@ class MirrorServer:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         serving, self._serving = self._serving, None
         if serving is not None:
-            serving.stop(timeout)
+            serving.stop(timeout, after_shutdown=lambda: serving.server.cut_overdue(
+                everyone=True))
+
+    @property
+    def server(self) -> CappedHTTPServer | None:
+        """The running server (for its :meth:`~CappedHTTPServer.open_connections`)."""
+        return None if self._serving is None else self._serving.server
 
     def __enter__(self) -> MirrorServer:
         return self.start()

@@ -5,8 +5,13 @@ Routes::
 
     POST /v1/alerts    Alertmanager webhook v4; Authorization: Bearer <webhook token>
     POST /v1/events    a host's pushed event (monitor.events); Bearer <that host's token>
-    GET  /metrics      the CollectorRegistry handed in (Prometheus text format)
-    GET  /healthz      "ok"
+    GET  /metrics      public: the CollectorRegistry handed in (Prometheus text format)
+    GET  /healthz      public: "ok"
+
+The two public routes are read by Prometheus and health checks that hold no token; they
+carry counters and durations (runs, incidents, requests by route and status), never a token,
+a host's output or a label value from an alert (tests/lab/test_routes_walked.py checks the
+canary tokens never appear in them). ``_ROUTES`` is the router: a path not in it is 404.
 
 Why the standard library's ``ThreadingHTTPServer`` (as the boot server): a thread per
 connection fits a handful of long-lived keep-alive connections (two Alertmanagers, a scraper,
@@ -16,8 +21,10 @@ hosts posting now and then), and the controller gets no new dependency. Hardenin
 - **Authorization first.** No or a wrong bearer token: 401 before a byte of the body is read.
   An event whose token is not its host's (another host's, a made-up one): 403. A rejected
   request writes nothing and calls nothing.
-- **Limits.** A cap on open connections (503 beyond it); a deadline per request (request line
-  within ``idle_timeout`` of the previous answer, then headers, body and answer within
+- **Limits** (:class:`runtime.httpserver.ConnectionLimits`, kept by the serving loop). A cap
+  on open connections in all and per source address (503 beyond either); a deadline per
+  request (the first request line within ``header_timeout`` of accepting, a later one within
+  ``idle_timeout`` of the previous answer, then headers, body and answer within
   ``request_timeout``: a slowloris client is cut off, and the deadline starts again for each
   request of a kept-alive connection); bodies only with a ``Content-Length`` (411 without one,
   chunked refused) and at most 1 MiB for alerts, 16 KiB for events (413, unread).
@@ -57,7 +64,12 @@ from monitor.ingest import (
     alert_inputs,
     received_detail,
 )
-from runtime.httpserver import CappedHTTPServer, DispatchingHandler, ServerThread
+from runtime.httpserver import (
+    CappedHTTPServer,
+    ConnectionLimits,
+    DispatchingHandler,
+    ServerThread,
+)
 
 log = logging.getLogger("metalchain.monitor.receiver")
 
@@ -96,10 +108,19 @@ class ReceiverError(MetalchainError):
 @dataclass(frozen=True)
 class ReceiverLimits:
     max_connections: int = 256
+    max_per_client: int = 64        # Alertmanagers, Prometheus and the tests share 127.0.0.1
+    header_timeout: float = 10.0    # a new connection's first request line
     request_timeout: float = 10.0   # headers + body + answer of one request
     idle_timeout: float = 75.0      # a kept-alive connection waiting for its next request
     max_alert_body: int = webhook.MAX_BODY
     max_event_body: int = ev.MAX_BODY
+
+    def connection_limits(self) -> ConnectionLimits:
+        # Answers are small and covered by request_timeout; the rate check adds nothing.
+        return ConnectionLimits(max_connections=self.max_connections,
+                                max_per_client=self.max_per_client,
+                                header_timeout=self.header_timeout,
+                                response_grace=self.request_timeout, min_rate=1.0)
 
 
 class Reject(Exception):
@@ -123,15 +144,13 @@ class Answer:
 
 class _Server(CappedHTTPServer):
     """Capped connections with a deadline each (runtime/httpserver.py), enforced by the
-    receiver's reaper thread (:meth:`CappedHTTPServer.cut_overdue`)."""
+    serving loop (:meth:`CappedHTTPServer.cut_overdue`)."""
 
-    request_queue_size = 128
     status_line = b"HTTP/1.1"
 
     def __init__(self, app: Receiver, address: tuple[str, int]) -> None:
         self.app = app
-        super().__init__(address, _Handler, max_connections=app.limits.max_connections,
-                         initial_deadline=app.limits.idle_timeout, log=log)
+        super().__init__(address, _Handler, limits=app.limits.connection_limits(), log=log)
 
 
 class _Handler(DispatchingHandler):
@@ -145,20 +164,25 @@ class _Handler(DispatchingHandler):
 
     def setup(self) -> None:
         super().setup()
-        # A bound for one read or write; the reaper enforces the request deadline.
+        # A bound for one read or write; the serving loop enforces the request deadline.
         self.connection.settimeout(self.server.app.limits.idle_timeout)
         self._logged = False
         self._note = ""
         self._unread = False
+        self._requests = 0
+
+    def _request_wait(self) -> float:
+        limits = self.server.app.limits
+        return limits.idle_timeout if self._requests else limits.header_timeout
 
     def handle_one_request(self) -> None:
-        # Waiting for the (next) request line of this connection.
-        self.server.set_deadline(self.connection, self.server.app.limits.idle_timeout)
+        # Waiting for the (next) request line of this connection (deadline: _request_wait).
         self._logged = False
         self._note = ""
         self._unread = False
         self._started = time.perf_counter()
         super().handle_one_request()
+        self._requests += 1
 
     def parse_request(self) -> bool:
         # The request line is in: headers, body and answer must follow within the deadline.
@@ -170,11 +194,6 @@ class _Handler(DispatchingHandler):
         # The stdlib would answer "100 Continue" before anything is checked, inviting the
         # body of a request about to be refused; _body sends it once token and length pass.
         return True
-
-    # -- entry points (the others: runtime.httpserver.DispatchingHandler) --------------------
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -364,8 +383,6 @@ class Receiver:
         self.observers: list[Observer] = observers if observers is not None else []
         self.limits = limits or ReceiverLimits()
         self._serving: ServerThread[_Server] | None = None
-        self._reaper: threading.Thread | None = None
-        self._stopping = threading.Event()
 
     def start(self) -> Receiver:
         if self._serving is not None:
@@ -373,10 +390,6 @@ class Receiver:
         self._serving = ServerThread.start(lambda addr: _Server(self, addr),
                                            (self.address, self.requested_port),
                                            name="receiver", error=ReceiverError)
-        self._stopping.clear()
-        self._reaper = threading.Thread(target=self._reap, args=(self._serving.server,),
-                                        name="receiver-deadlines", daemon=True)
-        self._reaper.start()
         self.ingestor.start()
         if not self.webhook_token:
             log.warning("no webhook token configured: every Alertmanager notification will be "
@@ -390,18 +403,11 @@ class Receiver:
         serving, self._serving = self._serving, None
         if serving is None:
             return
-        self._stopping.set()
         try:
             serving.stop(timeout, after_shutdown=lambda: serving.server.cut_overdue(
                 everyone=True))
         finally:
-            if self._reaper is not None:
-                self._reaper.join(timeout)
             self.ingestor.stop(timeout)
-
-    def _reap(self, server: _Server) -> None:
-        while not self._stopping.wait(0.25):
-            server.cut_overdue()
 
     @property
     def port(self) -> int:

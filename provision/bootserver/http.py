@@ -6,9 +6,13 @@ few requests per node per install plus one large streaming download, which a thr
 connection serves well, and it adds no dependency to the controller. What it lacks is added
 here:
 
-- **Limits.** A cap on concurrent connections (503 beyond it), a deadline for the whole request
-  (request line, headers and body: a slowloris client is cut off), a per-operation socket
-  timeout (a stalled download is dropped), a body size limit (413).
+- **Limits** (:class:`runtime.httpserver.ConnectionLimits`, kept by the serving loop). A cap
+  on concurrent connections in all and per source address (503 beyond either: one client
+  holding idle sockets leaves the others' slots alone), a deadline for the whole request
+  (request line, headers and body: a slowloris client is cut off), a whole-response deadline
+  with a minimum transfer rate (an answer must be taken at ``min_rate`` on average after
+  ``response_grace`` s: a reader taking a byte now and then is cut, a 400 MB image at a sane
+  rate is not), a per-operation socket timeout, a body size limit (413).
 - **Authorization with one-time tokens.** No token: 401. A token that is not this node's active
   one (another node's, a wrong one, a spent one): 403. Unknown node: 404. A rejected request
   changes nothing and calls nothing. ``done`` and ``failed`` spend the token in the state store
@@ -17,8 +21,25 @@ here:
 - **Quiet about secrets.** Log lines name client, method, path, status and node; never the
   token header, a config.env body or an iPXE script (which carries the token). Errors answer a
   one-line reason; a traceback never reaches the client.
-- **Streaming.** Static files are sent with ``socket.sendfile`` (zero-copy) and a
-  ``Content-Length``; a 400 MB image costs no Python-level copying.
+- **Streaming.** Static files are sent with ``socket.sendfile`` (zero-copy, in 256 KiB steps
+  that report progress to the rate check) and a ``Content-Length``; a 400 MB image costs no
+  Python-level copying.
+
+Routes (``ROUTES``, walked by tests/lab/test_routes_walked.py) and who may call them:
+
+=============== ================================== =========================================
+route           path                               credentials
+=============== ================================== =========================================
+script          /boot/MAC.ipxe                     public; the deploy token only to the
+                                                   node's own address, else ``exit``
+kernel, initrd  /installer/vmlinuz, initrd.img     public: Debian's kernel, our busybox
+                                                   installer (no secret in either)
+image,          /images/NAME.raw(.sha256)          public: golden images carry no host key,
+image_sha256                                       no password (per-node keys come in config)
+config          /v1/nodes/NODE/config.env          the node's active deploy token
+progress, done, /v1/nodes/NODE/...                 the node's active deploy token
+failed
+=============== ================================== =========================================
 """
 
 from __future__ import annotations
@@ -26,9 +47,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import math
 import re
-import socket
 import threading
 import time
 import urllib.parse
@@ -50,7 +69,12 @@ from provision.bootserver.interfaces import (
     TokenStore,
 )
 from provision.templates import render
-from runtime.httpserver import CappedHTTPServer, DispatchingHandler, ServerThread
+from runtime.httpserver import (
+    CappedHTTPServer,
+    ConnectionLimits,
+    DispatchingHandler,
+    ServerThread,
+)
 
 log = logging.getLogger("metalchain.bootserver.http")
 
@@ -72,11 +96,20 @@ class HttpLimits:
     """Resource limits of the HTTP service (defaults fit a busybox installer under TCG)."""
 
     max_connections: int = 64
+    max_per_client: int = 16         # open connections from one address
     request_timeout: float = 10.0    # request line + headers + body, in total
     io_timeout: float = 30.0         # one socket read or write while sending a file
+    response_grace: float = 30.0     # an answer may take this + its size / min_rate
+    min_rate: float = 512 * 1024     # bytes/s, on average after the grace (TCG installs: ~60 MB/s)
     max_body: int = 256 * 1024
     max_message: int = 4096
     max_log: int = 192 * 1024
+
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(max_connections=self.max_connections,
+                                max_per_client=self.max_per_client,
+                                header_timeout=self.request_timeout,
+                                response_grace=self.response_grace, min_rate=self.min_rate)
 
 
 @dataclass(frozen=True)
@@ -188,13 +221,12 @@ def render_config_env(config: NodeConfig, base_url: str) -> str:
 
 
 class _Server(CappedHTTPServer):
-    """Capped connections (runtime/httpserver.py); each request's deadline is kept by its
-    handler's own watchdog, so the tracked deadlines are only used to cut everyone at stop."""
+    """Capped connections with deadlines (runtime/httpserver.py): the request (line, headers
+    and body) within ``request_timeout`` of accepting, then the answer at ``min_rate``."""
 
     def __init__(self, app: BootHttpServer, address: tuple[str, int]) -> None:
         self.app = app
-        super().__init__(address, _Handler, max_connections=app.limits.max_connections,
-                         initial_deadline=math.inf, log=log)
+        super().__init__(address, _Handler, limits=app.limits.connection_limits(), log=log)
 
 
 class _Handler(DispatchingHandler):
@@ -208,22 +240,10 @@ class _Handler(DispatchingHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.settimeout(self.server.app.limits.io_timeout)
-        # The whole request must arrive within request_timeout, however slowly it trickles.
-        self._watchdog = threading.Timer(self.server.app.limits.request_timeout, self._cut_off)
-        self._watchdog.daemon = True
-        self._watchdog.start()
+        # HTTP/1.0, one request per connection: the header deadline set when the request line
+        # is awaited (runtime.httpserver) is request_timeout and covers the body too.
         self._node: str | None = None
         self._logged = False
-
-    def finish(self) -> None:
-        self._watchdog.cancel()
-        super().finish()
-
-    def _cut_off(self) -> None:
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     # -- dispatch (the entry points: runtime.httpserver.DispatchingHandler) ----------------
 
@@ -242,7 +262,6 @@ class _Handler(DispatchingHandler):
                       exc.__class__.__name__, exc)
             response = Response(HTTPStatus.INTERNAL_SERVER_ERROR,
                                 b"500 internal error (see the controller's log)\n")
-        self._watchdog.cancel()
         try:
             self._send(response, head=method == "HEAD")
         except OSError as exc:
@@ -428,6 +447,7 @@ class _Handler(DispatchingHandler):
             except OSError:
                 response = Response(HTTPStatus.NOT_FOUND, b"404 no such file\n")
                 length = len(response.body)
+        self._begin_response(0 if head else length)
         try:
             self.send_response_only(response.status.value)
             self.send_header("Content-Type", response.content_type)
@@ -440,7 +460,7 @@ class _Handler(DispatchingHandler):
                 return
             if handle is not None:
                 self.wfile.flush()
-                self.connection.sendfile(handle)
+                self._send_file(handle, length)
             else:
                 self.wfile.write(response.body)
         finally:
