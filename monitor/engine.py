@@ -78,6 +78,7 @@ from monitor.guards import (
     decide,
 )
 from monitor.rules import MissingValue, Pager, Rule, RuleSet, RuleStep, substitute
+from runtime.crashpoint import crash_point
 from runtime.pidfile import process_stat, same_process
 
 log = logging.getLogger(__name__)
@@ -406,6 +407,7 @@ class Remediator:
                                           detail={"rule": rule.name,
                                                   "since_received": since}):
             return   # another worker (or process) has it
+        crash_point("serve.claimed")
         if rule.escalate:
             self._page_only(inc, rule)
             return
@@ -547,10 +549,12 @@ class Remediator:
 
     def _act(self, inc: IncidentRecord, index: int, step: RuleStep, args: Mapping[str, Any],
              vargs: Mapping[str, Any], action_id: int) -> _Outcome:
+        crash_point("serve.action_started")
         call = ActionCall(target=inc.target, args=dict(args), incident_id=inc.id,
                           timeout=step.timeout, stop=self._stopping)
         t0 = time.monotonic()
         result = call_action(self.actions, step.action, call)
+        crash_point("serve.action_done")
         stopped = self._stopping.is_set() and not result.ok
         outcome = "interrupted" if stopped else ("ok" if result.ok else "failed")
         self.store.finish_action(action_id, outcome, run_uid=result.run_uid,

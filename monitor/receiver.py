@@ -56,6 +56,7 @@ from monitor.ingest import (
     alert_inputs,
     received_detail,
 )
+from runtime.crashpoint import crash_point
 from runtime.httpserver import CappedHTTPServer, DispatchingHandler, ServerThread
 
 log = logging.getLogger("metalchain.monitor.receiver")
@@ -186,6 +187,7 @@ class _Handler(DispatchingHandler):
             app.observe(path, seconds, answer.status.value)
         self._answered(answer.status.value, seconds)
         if after is not None:
+            crash_point("serve.after_ack")
             after()
 
     def _route(self, method: str, path: str) -> tuple[Answer, Callable[[], None] | None]:
