@@ -253,6 +253,9 @@ class Remediator:
         self._picked_up = True
         interrupted = self.store.interrupt_running_actions(
             "the controller stopped while it ran")
+        # Their runs' host leases too: an interrupted action whose effect is verified below
+        # is never run again, so no run of this machine would take those leases over.
+        self.store.release_orphaned_leases(ACTOR)
         by_incident: dict[int, list[int]] = {}
         for act in interrupted:
             by_incident.setdefault(act.incident_id, []).append(act.id)

@@ -220,11 +220,15 @@ class CrashLab:
         return metalchain("--site", str(self.root), *args, timeout=timeout, env=env)
 
     def exec_(self, host: str, script: str) -> str:
-        r = self.cli("exec", host, "--json", "--", "sh", "-c", script, timeout=120)
-        doc = json.loads(r.stdout or "{}").get("hosts", {}).get(host, {})
-        if doc.get("exit_code") != 0:
-            raise CrashLabError(f"exec on {host} failed: {r.stdout[-1000:]} {r.stderr[-1000:]}")
-        return str(doc.get("stdout") or "")
+        """``script`` run by sh inside ``host`` (nsenter into its init's namespaces: the
+        test's own hand on the host, not metalchain's)."""
+        record = json.loads((self.root / "lab" / "fleet" / host / "host.json").read_text())
+        r = subprocess.run(["nsenter", "-t", str(record["init_pid"]), "-a", "-r", "-w",
+                            "/bin/sh", "-c", script], capture_output=True, text=True,
+                           timeout=120, check=False)
+        if r.returncode != 0:
+            raise CrashLabError(f"on {host}: {script!r} exited {r.returncode}: {r.stderr[-800:]}")
+        return r.stdout
 
     # set-up
     def configure(self) -> None:
@@ -646,6 +650,99 @@ def _wait_gone(proc: subprocess.Popen[bytes] | None, delay: float) -> None:
 def _incident_state(lab: CrashLab, incident: int) -> str | None:
     rows = lab.store_query("SELECT state FROM incidents WHERE id = ?", (incident,))
     return rows[0][0] if rows else None
+
+
+# -- scenario: metalchain provision (real QEMU nodes under TCG; the lab lock) ---------------------
+
+NODE = "node1"
+#: The lifecycle states a provision passes through, each a crash point (provision.<state>).
+PROVISION_STATES = ("powering_on", "pxe_booting", "installing", "installed", "rebooting",
+                    "active")
+IN_PROGRESS = ("powering_on", "pxe_booting", "installing", "installed", "rebooting")
+INSTALL_DONE = "] done; rebooting"          # the installer's last line on the node's console
+
+
+def _node_state(lab: CrashLab, node: str = NODE) -> str | None:
+    rows = lab.store_query("SELECT state FROM nodes WHERE name = ?", (node,))
+    return rows[0][0] if rows else None
+
+
+def _installs(lab: CrashLab, node: str = NODE) -> int:
+    """Installs that ran to their end on the node, read from its serial console (the node's
+    own output, not our records)."""
+    log = lab.root / "lab" / "nodes" / node / "serial.log"
+    try:
+        return log.read_text(encoding="utf-8", errors="replace").count(INSTALL_DONE)
+    except FileNotFoundError:
+        return 0
+
+
+def trial_provision(lab: CrashLab, n: int, rng: random.Random, state: str | None = None
+                    ) -> Trial:
+    """``provision NODE --force --retry`` killed when the node reaches ``state`` (a crash
+    point; random when None), then the controller restarted (``serve --no-images``, which
+    re-checks nodes left in progress), then ``provision --retry`` if the node failed.
+    Once: an install that had reported done is never run again."""
+    state = state or rng.choice(PROVISION_STATES)
+    trial = Trial("provision", n, f"hook:provision.{state}#1")
+    t0 = time.monotonic()
+    base = _installs(lab)
+    argv = [METALCHAIN, "--site", str(lab.root), "provision", NODE, "--force", "--retry",
+            "--json"]
+    code, _out = _run_until_killed(argv, {CRASH_ENV: f"provision.{state}#1"}, None,
+                                   timeout=900)
+    trial.killed = code == -signal.SIGKILL
+    at_kill = _node_state(lab)
+    done_at_kill = _installs(lab) - base
+    trial.detail.update(state_at_kill=at_kill, installs_at_kill=done_at_kill)
+    if at_kill in IN_PROGRESS:
+        serve = subprocess.Popen([METALCHAIN, "--site", str(lab.root), "serve", "--no-images"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while _node_state(lab) in IN_PROGRESS and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(serve.pid, signal.SIGTERM)
+            try:
+                serve.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(serve.pid, signal.SIGKILL)
+                serve.wait(30)
+    after_restart = _node_state(lab)
+    trial.detail["after_restart"] = after_restart
+    if after_restart in IN_PROGRESS:
+        trial.violations.append(f"{NODE} still {after_restart} after the restart")
+    if after_restart == "provision_failed":
+        r = lab.cli("provision", NODE, "--retry", "--json", timeout=900)
+        trial.detail["retry_exit"] = r.returncode
+    final = _node_state(lab)
+    if final != "active":
+        trial.violations.append(f"{NODE} ended {final}, not active")
+    installs = _installs(lab) - base
+    trial.detail["installs"] = installs
+    if installs > 1 and done_at_kill >= 1:
+        trial.violations.append(f"{NODE}: installed {installs} times; the first had ended")
+    elif installs > 1:
+        trial.in_doubt_repeats += 1   # cut before its end, installed again by --retry
+    common_checks(lab, trial)
+    trial.seconds = round(time.monotonic() - t0, 2)
+    return trial
+
+
+@contextlib.contextmanager
+def provision_lab(root: Path, *, timeout: float = 900) -> Iterator[CrashLab]:
+    """``lab up`` with one QEMU node (hold /tmp/metalchain-lab.lock), provisioned once."""
+    lab = CrashLab(root)
+    try:
+        _must(metalchain("lab", "up", "--dir", str(root), "--nodes", "1", "--fleet", "0",
+                         "--subnet", SUBNET, timeout=timeout), "lab up")
+        _must(lab.cli("provision", NODE, "--json", timeout=timeout), "the first provision")
+        yield lab
+    finally:
+        metalchain("lab", "down", "--purge", "--dir", str(root), timeout=timeout)
 
 
 TRIALS: dict[str, Callable[[CrashLab, int, random.Random], Trial]] = {

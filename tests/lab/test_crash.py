@@ -19,8 +19,8 @@ from tests.lab import crashlab
 
 pytestmark = pytest.mark.lab
 
-#: Trials per scenario in CI (bench/crash.py runs 70 each).
-PER_SCENARIO = 7
+#: Trials per scenario in CI: 20 (bench/crash.py runs 70 each).
+PER_SCENARIO = {"run": 7, "apply": 7, "serve": 6}
 SEED = 1313
 
 
@@ -38,11 +38,11 @@ def _show(trials: list[crashlab.Trial]) -> str:
 def test_killed_anywhere_ends_consistent_and_nothing_runs_twice(lab, scenario):
     rng = random.Random(f"{SEED}-{scenario}")
     base = {"run": 100, "apply": 200, "serve": 300}[scenario]
-    trials = [crashlab.TRIALS[scenario](lab, base + k, rng) for k in range(PER_SCENARIO)]
+    trials = [crashlab.TRIALS[scenario](lab, base + k, rng) for k in range(PER_SCENARIO[scenario])]
     print(f"\ncrash {scenario}: {json.dumps(crashlab.summary(trials)[scenario])}")
     assert all(t.passed for t in trials), _show(trials)
     # The campaign killed something (a trial whose process finished first proves nothing).
-    assert sum(t.killed for t in trials) >= PER_SCENARIO // 2, [t.kill for t in trials]
+    assert sum(t.killed for t in trials) >= len(trials) // 2, [t.kill for t in trials]
 
 
 def test_a_crash_point_kills_the_process_where_it_is_named(lab):
@@ -57,7 +57,8 @@ def test_a_crash_point_kills_the_process_where_it_is_named(lab):
     assert lab.runs()[0]["status"] == "interrupted"
     r = lab.cli("run", "crash-hook", "--resume", uid, "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert all(st in ("ok", "changed") for _h, _s, st in lab.journal(uid))
+    last = {(h, s): st for h, s, st in lab.journal(uid)}   # the in-doubt row stays, superseded
+    assert len(last) == 6 and set(last.values()) <= {"ok", "changed"}, lab.journal(uid)
 
 
 def _env() -> dict[str, str]:

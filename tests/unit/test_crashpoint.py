@@ -50,3 +50,24 @@ def test_a_resumed_event_log_starts_after_a_torn_last_line(tmp_path):
     log = EventLog(path, "r")   # an intact log gets no blank line
     log.close()
     assert path.read_text().count("\n\n") == 0
+
+
+def test_leases_of_a_dead_owner_of_this_machine_are_released_and_audited(tmp_path):
+    from inventory.state import StateStore
+    from inventory.state.leases import Owner
+
+    store = StateStore.open_file(tmp_path / "s.db")
+    try:
+        dead = Owner("run-dead", "metalchain serve", pid=999_999, pid_start="1")
+        live = Owner.this_process("run-live", "metalchain apply")
+        away = Owner("run-away", "metalchain apply", owner_host="another-controller",
+                     pid=999_999, pid_start="1")
+        store.acquire_leases(["a"], dead)
+        store.acquire_leases(["b"], live)
+        store.acquire_leases(["c"], away)
+        gone = store.release_orphaned_leases("remediation")
+        assert [(g.host, g.holder) for g in gone] == [("a", "run-dead")]
+        assert sorted(lease.host for lease in store.list_leases()) == ["b", "c"]
+        assert store.release_orphaned_leases("remediation") == []
+    finally:
+        store.close()
