@@ -231,15 +231,18 @@ class CrashLab:
         return r.stdout
 
     # set-up
-    def configure(self) -> None:
+    def set_ports(self, first: int = RECEIVER_PORT) -> None:
+        """serve's receiver (and the monitoring ports nothing here starts) on our ports."""
         settings_file = self.root / "metalchain.yml"
         settings = yaml.safe_load(settings_file.read_text()) or {}
-        settings["monitor"] = {"receiver_address": "127.0.0.1",
-                               "receiver_port": RECEIVER_PORT,
-                               "prometheus_port": RECEIVER_PORT + 1,
-                               "alertmanager_ports": [RECEIVER_PORT + 2, RECEIVER_PORT + 3],
-                               "cluster_ports": [RECEIVER_PORT + 4, RECEIVER_PORT + 5]}
+        settings["monitor"] = {"receiver_address": "127.0.0.1", "receiver_port": first,
+                               "prometheus_port": first + 1,
+                               "alertmanager_ports": [first + 2, first + 3],
+                               "cluster_ports": [first + 4, first + 5]}
         settings_file.write_text(yaml.safe_dump(settings))
+
+    def configure(self) -> None:
+        self.set_ports()
         secrets_file = self.root / "secrets.yml"
         values = yaml.safe_load(secrets_file.read_text()) or {}
         values["monitor_webhook_token"] = self.token
@@ -739,6 +742,7 @@ def provision_lab(root: Path, *, timeout: float = 900) -> Iterator[CrashLab]:
     try:
         _must(metalchain("lab", "up", "--dir", str(root), "--nodes", "1", "--fleet", "0",
                          "--subnet", SUBNET, timeout=timeout), "lab up")
+        lab.set_ports(RECEIVER_PORT + 10)
         _must(lab.cli("provision", NODE, "--json", timeout=timeout), "the first provision")
         yield lab
     finally:

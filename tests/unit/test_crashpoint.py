@@ -71,3 +71,20 @@ def test_leases_of_a_dead_owner_of_this_machine_are_released_and_audited(tmp_pat
         assert store.release_orphaned_leases("remediation") == []
     finally:
         store.close()
+
+
+def test_every_point_the_campaign_names_exists_in_the_code():
+    # A crash point renamed in the code but not in the campaign would never fire (the trial
+    # would then prove nothing): each name is listed, and called somewhere.
+    from pathlib import Path
+
+    from tests.lab import crashlab
+
+    repo = Path(__file__).resolve().parents[2]
+    sources = "".join(p.read_text(encoding="utf-8") for d in ("orchestrate", "configure",
+                                                             "monitor", "inventory")
+                      for p in (repo / d).rglob("*.py"))
+    for name in {*crashlab.RUN_POINTS, *crashlab.APPLY_POINTS, *crashlab.SERVE_POINTS}:
+        assert name in crashpoint.POINTS, name
+        assert f'crash_point("{name}")' in sources, name
+    assert 'crash_point(f"provision.{to_state.value}")' in sources
