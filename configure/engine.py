@@ -26,6 +26,7 @@ from configure.resources.base import Decision, Resource, ResourceSpecError
 from inventory.contracts import time_left
 from inventory.errors import TransportError
 from inventory.secrets import Masker
+from runtime.crashpoint import crash_point
 
 OUTPUT_TAIL = 2000
 #: Limits of each round trip when the step has no deadline of its own.
@@ -363,6 +364,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
     # Persist what will be owed if every notifying action succeeds, before touching anything.
     if on_owed is not None:
         on_owed(owed_now)
+    crash_point("apply.before_act")
     try:
         result = conn.run(["sh", "-s"], stdin=build_act_script(act_blocks, forced, token).encode(),
                           timeout=time_left(deadline, ACT_TIMEOUT_S), become=become)
@@ -374,6 +376,7 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
             results[n].message = "in doubt: the action script was sent, its outcome is unknown"
         # Whatever the lost script notified may have changed: those handlers stay owed.
         return report(round_trips + 1, owed_now, message, unreachable)
+    crash_point("apply.after_act")
     round_trips += 1
     finished = script_finished(result, token)
     died = "" if finished else _how_it_ended(result, mask)

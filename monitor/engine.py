@@ -78,6 +78,7 @@ from monitor.guards import (
     decide,
 )
 from monitor.rules import MissingValue, Pager, Rule, RuleSet, RuleStep, substitute
+from runtime.crashpoint import crash_point
 from runtime.pidfile import process_stat, same_process
 
 log = logging.getLogger(__name__)
@@ -252,6 +253,9 @@ class Remediator:
         self._picked_up = True
         interrupted = self.store.interrupt_running_actions(
             "the controller stopped while it ran")
+        # Their runs' host leases too: an interrupted action whose effect is verified below
+        # is never run again, so no run of this machine would take those leases over.
+        self.store.release_orphaned_leases(ACTOR)
         by_incident: dict[int, list[int]] = {}
         for act in interrupted:
             by_incident.setdefault(act.incident_id, []).append(act.id)
@@ -406,6 +410,7 @@ class Remediator:
                                           detail={"rule": rule.name,
                                                   "since_received": since}):
             return   # another worker (or process) has it
+        crash_point("serve.claimed")
         if rule.escalate:
             self._page_only(inc, rule)
             return
@@ -547,10 +552,12 @@ class Remediator:
 
     def _act(self, inc: IncidentRecord, index: int, step: RuleStep, args: Mapping[str, Any],
              vargs: Mapping[str, Any], action_id: int) -> _Outcome:
+        crash_point("serve.action_started")
         call = ActionCall(target=inc.target, args=dict(args), incident_id=inc.id,
                           timeout=step.timeout, stop=self._stopping)
         t0 = time.monotonic()
         result = call_action(self.actions, step.action, call)
+        crash_point("serve.action_done")
         stopped = self._stopping.is_set() and not result.ok
         outcome = "interrupted" if stopped else ("ok" if result.ok else "failed")
         self.store.finish_action(action_id, outcome, run_uid=result.run_uid,

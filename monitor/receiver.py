@@ -45,7 +45,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -64,6 +63,7 @@ from monitor.ingest import (
     alert_inputs,
     received_detail,
 )
+from runtime.crashpoint import crash_point
 from runtime.httpserver import (
     CappedHTTPServer,
     ConnectionLimits,
@@ -222,6 +222,7 @@ class _Handler(DispatchingHandler):
             app.observe(path, seconds, answer.status.value)
         self._answered(answer.status.value, seconds)
         if after is not None:
+            crash_point("serve.after_ack")
             after()
 
     def _route(self, method: str, path: str | None) -> tuple[Answer, Callable[[], None] | None]:

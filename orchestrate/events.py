@@ -36,6 +36,11 @@ class EventLog:
         if path is not None:
             private_dir(path.parent)
             self._fh = open_private(path, "a")  # closed in close()
+            if _torn(path):
+                # A killed run's last line may be cut (SIGKILL inside a large write): end it
+                # here, so the first event of a resumed run starts a line of its own.
+                self._fh.write("\n")
+                self._fh.flush()
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -59,6 +64,19 @@ class EventLog:
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
+
+
+def _torn(path: Path) -> bool:
+    """True if ``path`` is non-empty and does not end with a newline."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, 2)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:

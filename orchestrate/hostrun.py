@@ -24,6 +24,7 @@ from orchestrate.playbook import Play, Step
 from orchestrate.reports import DONE, FAILED, BatchJob, EventSink, HostReport, StepReport
 from orchestrate.steps import StepOutcome, StepRegistry
 from orchestrate.stop import Stop
+from runtime.crashpoint import crash_point
 
 STEP_STRIDE = 1000  # journal step_index = play index * STEP_STRIDE + step index
 #: How long the runner waits for a step without a ``timeout:`` before it gives up on the host.
@@ -211,6 +212,7 @@ class HostRunner:
             outcome = StepOutcome("failed", f"state store: could not journal the intent, "
                                             f"step not run: {exc}")
             return self._finish(ctx, play, step, events, watch, None, outcome, 0, start)
+        crash_point("run.step_intent")
         with watch.lock:
             watch.entry = entry
         events.emit("host_step_start", host=ctx.host, play=play.name, step=step.name,
@@ -300,6 +302,7 @@ class HostRunner:
     def _finish(self, ctx: _HostCtx, play: Play, step: Step, events: EventSink,
                 watch: HostWatch, entry: int | None, outcome: StepOutcome, attempts: int,
                 start: float) -> str | None:
+        crash_point("run.step_done")
         outcome = masked(outcome, self.mask)
         duration = time.monotonic() - start
         with watch.lock:

@@ -51,6 +51,7 @@ from orchestrate.runner import Runner, last_failed_hosts, resume_state, run_outc
 from orchestrate.steps import StepRegistry
 from orchestrate.stop import Stop
 from orchestrate.validation import Problem, RunInputs, ValidationError, check_run
+from runtime.crashpoint import crash_point
 
 Listener = Callable[[dict[str, Any]], None]
 
@@ -297,6 +298,7 @@ def _run(site: Any, playbook: Playbook, options: RunOptions, on_event: Listener 
         status = "aborted"
         raise
     finally:
+        crash_point("run.before_end")
         events.close()
         store.end_run(uid, status, outcome)
     return report

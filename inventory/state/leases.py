@@ -233,3 +233,32 @@ class LeasesMixin(StoreBase):
                                               leases.c.holder == gone.holder))
             write_audit(conn, actor, "lease_break", host, gone.to_json())
         return gone
+
+    def release_orphaned_leases(self, actor: str = "metalchain", *,
+                                alive: Liveness = owner_alive) -> list[Lease]:
+        """Remove the leases whose owner ran on this machine and is gone (killed: nothing of
+        it released them); the leases removed. Each is audited (``lease_orphan_release``).
+
+        A run on this machine would take such a lease over anyway; what this ends is the
+        lease that nobody runs on again — e.g. a remediation action cut by a SIGKILL of
+        ``serve`` whose effect the restarted engine then verified, so no run followed — which
+        ``runs leases`` would show, and a controller on another machine honour, until it
+        expired. Leases of other machines are never touched (their owners cannot be checked
+        from here)."""
+        here = socket.gethostname()
+        gone: list[Lease] = []
+        with self._write("orphaned leases") as conn:
+            rows = conn.execute(select(*_COLUMNS).join(nodes, nodes.c.id == leases.c.node_id)
+                                .where(leases.c.owner_host == here)).all()
+            for row in rows:
+                lease = lease_from_row(row)
+                if alive(lease.pid, lease.pid_start):
+                    continue
+                res = conn.execute(delete(leases).where(
+                    leases.c.node_id == row.node_id, leases.c.holder == lease.holder,
+                    leases.c.expires_at == lease.expires_at))
+                if res.rowcount == 1:
+                    write_audit(conn, actor, "lease_orphan_release", lease.host,
+                                lease.to_json())
+                    gone.append(lease)
+        return gone

@@ -24,6 +24,7 @@ from inventory.state.schema import (
     owed_handlers,
 )
 from inventory.state.states import NodeState, node_state, stored_state
+from runtime.crashpoint import crash_point
 
 #: What a forgotten node is renamed to: ``NAME~forgotten-ID``. "~" is not allowed in an
 #: RFC 1123 host name, so no inventory host can ever take the name (or find the old history).
@@ -170,6 +171,7 @@ class NodesMixin(StoreBase):
             conn.execute(insert(node_transitions).values(
                 node_id=node_id, from_state=None if current is None else current.value,
                 to_state=to_state.value, reason=reason, at=now))
+        crash_point(f"provision.{to_state.value}")
         return Transition(current, to_state, reason, now)
 
     def transitions(self, name: str) -> list[Transition]:
