@@ -29,6 +29,16 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: session first, which took over 10 s on an emulated hypervisor running an emulated guest.
 CHANNEL_OPEN_TIMEOUT = 30.0
 DEFAULT_COMMAND_TIMEOUT = 600.0
+#: OpenSSH's ServerAliveInterval/CountMax, done here: every KEEPALIVE_INTERVAL seconds a
+#: connection asks the host's sshd for an answer (a global request with want-reply, which
+#: sshd answers even while the command runs); no answer within KEEPALIVE_TIMEOUT and the
+#: connection is declared lost and closed. Without it a host frozen (SIGSTOP) or cut off
+#: (link down) in the middle of a command held the run until that command's own timeout
+#: (600 s for a command step, 3600 s for an apply): TCP keeps a frozen host's connection
+#: open (its kernel still acknowledges) and retransmits to a cut one for ~15 minutes.
+#: A lost host is so reported ``unreachable`` 20-25 s after it stopped answering.
+KEEPALIVE_INTERVAL = 5.0
+KEEPALIVE_TIMEOUT = 20.0
 
 OutputSink = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text chunk)
 
@@ -186,14 +196,70 @@ def connect_failure(exc: BaseException, timeout: float) -> str:
     return "; ".join(reasons)
 
 
+class _Liveness:
+    """Watches one transport: a keepalive every ``interval`` seconds, each one answered
+    within ``limit`` seconds, or the transport is closed and :attr:`lost` says why (closing
+    it ends every call blocked on it: a channel's reads, exec, SFTP, the probe itself).
+
+    The probe is paramiko's public ``global_request(wait=True)``, which blocks while the
+    transport is open; it runs in a short-lived thread of its own so the watcher's wait has
+    a limit.
+    """
+
+    KIND = "keepalive@openssh.com"  # what OpenSSH's client sends; sshd answers "failure"
+
+    def __init__(self, host: str, transport: paramiko.Transport, interval: float,
+                 limit: float) -> None:
+        self.host = host
+        self.transport = transport
+        self.interval = interval
+        self.limit = limit
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        threading.Thread(target=self._watch, name=f"ssh-alive-{host}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.transport.is_active():
+                return
+            answered = threading.Event()
+            threading.Thread(target=self._ask, args=(answered,), name=f"ssh-ask-{self.host}",
+                             daemon=True).start()
+            if answered.wait(self.limit) or self._stop.is_set():
+                continue
+            if self.transport.is_active():
+                self.lost = f"no answer to SSH keepalives for {self.limit:g} s"
+                self.transport.close()
+            return
+
+    def _ask(self, answered: threading.Event) -> None:
+        try:
+            self.transport.global_request(self.KIND, wait=True)
+        except (OSError, paramiko.SSHException, EOFError):
+            pass  # a transport that broke is seen by whoever uses it next
+        finally:
+            answered.set()
+
+
 class SshConnection:
-    """One SSH connection to one host, reused for every command of a run. Thread-safe."""
+    """One SSH connection to one host, reused for every command of a run. Thread-safe.
+
+    ``keepalive_interval``/``keepalive_timeout``: see :data:`KEEPALIVE_TIMEOUT`; an interval
+    of 0 turns the keepalives off.
+    """
 
     def __init__(self, target: SshTarget, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 ) -> None:
+                 *, keepalive_interval: float = KEEPALIVE_INTERVAL,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
         self._client: paramiko.SSHClient | None = None
+        self._liveness: _Liveness | None = None
         self._lock = threading.Lock()
         self.round_trips = 0
 
@@ -210,7 +276,25 @@ class SshConnection:
             if self._client is not None and self._client.get_transport() is not None \
                     and self._client.get_transport().is_active():
                 return
+            if self._liveness is not None:
+                self._liveness.stop()
+                self._liveness = None
             self._client = self._open()
+            transport = self._client.get_transport()
+            if self.keepalive_interval > 0 and transport is not None:
+                self._liveness = _Liveness(self.host, transport, self.keepalive_interval,
+                                           self.keepalive_timeout)
+
+    def _lost(self, transport: paramiko.Transport | None) -> str | None:
+        """Why the connection under a call ended, or None while it is up: a call that saw
+        its channel close without an exit status asks this, so a host that died, froze or
+        was cut off is ``unreachable``, not a command that failed."""
+        liveness = self._liveness
+        if liveness is not None and liveness.lost and liveness.transport is transport:
+            return liveness.lost
+        if transport is None or not transport.is_active():
+            return "the connection was closed by the host or the network"
+        return None
 
     def _open(self) -> paramiko.SSHClient:
         t = self.target
@@ -279,8 +363,8 @@ class SshConnection:
         if client is None:
             raise TransportError(f"host '{self.host}': not connected")
         start = time.monotonic()
+        transport = client.get_transport()
         try:
-            transport = client.get_transport()
             if transport is None:
                 raise TransportError(f"host '{self.host}': connection lost")
             chan = transport.open_session(timeout=max(self.connect_timeout,
@@ -296,8 +380,17 @@ class SshConnection:
         except TransportError:
             raise
         except (OSError, paramiko.SSHException, EOFError) as exc:
+            lost = self._lost(transport)
+            detail = f"connection lost: {lost}" if lost else f"{exc or exc.__class__.__name__}"
             raise TransportError(f"host '{self.host}': command failed to run: {line}: "
-                                 f"{exc or exc.__class__.__name__}") from None
+                                 f"{detail}") from None
+        if code == -1:
+            # No exit status: the command was killed by a signal (the connection is up) or
+            # the connection ended under it (the host died, froze or was cut off).
+            lost = self._lost(transport)
+            if lost:
+                raise TransportError(f"host '{self.host}': connection lost during the "
+                                     f"command ({lost}): {line}")
         self.round_trips += 1
         return CommandResult(self.host, line, code, out, err, time.monotonic() - start)
 
@@ -344,7 +437,7 @@ class SshConnection:
                 sftp.posix_rename(tmp, remote_path)
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransportError(f"host '{self.host}': upload to {remote_path} failed: "
-                                 f"{exc or exc.__class__.__name__}") from None
+                                 f"{self._why(exc)}") from None
         self.round_trips += 1
 
     def get(self, remote_path: str, timeout: float = DEFAULT_COMMAND_TIMEOUT) -> bytes:
@@ -356,12 +449,20 @@ class SshConnection:
                     data = fh.read()
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransportError(f"host '{self.host}': download of {remote_path} failed: "
-                                 f"{exc or exc.__class__.__name__}") from None
+                                 f"{self._why(exc)}") from None
         self.round_trips += 1
         return data
 
+    def _why(self, exc: BaseException) -> str:
+        client = self._client
+        lost = self._lost(client.get_transport() if client is not None else None)
+        return f"connection lost: {lost}" if lost else f"{exc or exc.__class__.__name__}"
+
     def close(self) -> None:
         with self._lock:
+            if self._liveness is not None:
+                self._liveness.stop()
+                self._liveness = None
             if self._client is not None:
                 self._client.close()
                 self._client = None

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
 import pytest
 
 from configure.ssh import Shell, SshConnection, SshTarget
 from inventory.errors import TransportError
 from tests.lab.sshd import LocalSshd, keygen
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -88,3 +96,88 @@ def test_strings_are_not_commands():
     with pytest.raises(TypeError):
         from configure.ssh import quote_command
         quote_command("rm -rf /")
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the sshd session processes and their commands)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _sleeping_session(sshd) -> list[int]:
+    procs = _descendants(sshd.proc.pid)
+    names = [Path(f"/proc/{p}/comm").read_text().strip() for p in procs
+             if Path(f"/proc/{p}/comm").exists()]
+    return procs if "sleep" in names else []
+
+
+def _run_in_thread(conn, argv):
+    box: dict[str, object] = {}
+
+    def go() -> None:
+        started = time.monotonic()
+        try:
+            box["result"] = conn.run(argv, timeout=60)
+        except TransportError as exc:
+            box["error"] = exc
+        box["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, box
+
+
+def test_frozen_host_is_lost_within_the_keepalive_timeout(sshd):
+    """SIGSTOP of the session (its kernel still acknowledges TCP): without keepalives the
+    command would wait out its own 60 s timeout."""
+    conn = SshConnection(target(sshd), keepalive_interval=0.3, keepalive_timeout=1.5)
+    stopped: list[int] = []
+    try:
+        thread, box = _run_in_thread(conn, ["sleep", "50"])
+        procs = wait_for(lambda: _sleeping_session(sshd), 10, "the remote sleep")
+        frozen_at = time.monotonic()
+        for pid in procs:
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+        thread.join(10)
+        assert not thread.is_alive()
+        lost_after = time.monotonic() - frozen_at
+        assert "no answer to SSH keepalives for 1.5 s" in str(box["error"])
+        assert "connection lost during the command" in str(box["error"])
+        assert 1.5 <= lost_after < 3.5, lost_after
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        conn.close()
+
+
+def test_killed_session_is_a_lost_connection_not_a_failed_command(sshd):
+    conn = SshConnection(target(sshd))
+    try:
+        thread, box = _run_in_thread(conn, ["sleep", "50"])
+        procs = wait_for(lambda: _sleeping_session(sshd), 10, "the remote sleep")
+        for pid in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        thread.join(10)
+        assert "connection lost during the command" in str(box["error"])
+        assert box["seconds"] < 10
+        # A command killed by a signal while the connection stays up is the command's
+        # failure (no exit status), not a lost host.
+        r = conn.run(["sh", "-c", "kill -9 $$"])
+        assert r.exit_code == -1
+    finally:
+        conn.close()
