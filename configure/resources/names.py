@@ -109,10 +109,3 @@ def number_id(value: Any, kind: str, key: str) -> int | None:
                                 f"got {shown(value)}", key)
     return value
 
-
-def no_nul(value: str, what: str) -> str:
-    """An argument for a host command: a NUL byte cannot be passed in argv at all."""
-    if "\x00" in value:
-        raise ResourceSpecError(f"{what} {shown(value)} has a NUL byte, which no command "
-                                "argument can hold")
-    return value
