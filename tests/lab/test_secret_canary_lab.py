@@ -162,6 +162,11 @@ SKIPPED = {
 }
 
 
+#: Exit codes of the commands whose success the campaign depends on (the canary playbook fails
+#: on purpose: exit 1).
+EXPECT = {("run",): 1, ("inventory", "validate"): 0, ("monitor", "up"): 0}
+
+
 def campaign_canaries(site_names=("h02", "h03")) -> dict[str, str]:
     from monitor.events import derive_token
 
@@ -368,6 +373,7 @@ def test_every_command_at_debug_leaks_no_secret(lab_site, monkeypatch, tmp_path)
                     if "{last_run}" in args:
                         if last_run is None:
                             doc = json.loads(mc(lab_site, "runs", "list", "--json").stdout)
+                            assert doc["runs"], ("no run recorded", ran, outputs[-12:])
                             last_run = doc["runs"][0]["uid"]
                         args = [a.replace("{last_run}", last_run) for a in args]
                     argv = [METALCHAIN, "--site", str(lab_site), "--debug", *args]
@@ -384,6 +390,9 @@ def test_every_command_at_debug_leaks_no_secret(lab_site, monkeypatch, tmp_path)
                         raise AssertionError((args, "hung", out[-2000:], err[-2000:])) from None
                     ran.append((" ".join(args), proc.returncode))
                     outputs.append((" ".join(args), out + err))
+                    if path in EXPECT:
+                        assert proc.returncode == EXPECT[path], (args, proc.returncode,
+                                                                 out[-2000:], err[-3000:])
                     assert proc.returncode in (0, 1, 2, 3, 130, -signal.SIGTERM), (
                         args, proc.returncode, err[-3000:])
         finally:   # no serve, Prometheus, Alertmanager or mirror server outlives the test
