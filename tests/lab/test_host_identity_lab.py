@@ -106,7 +106,7 @@ def test_a_host_that_changed_its_key_gets_no_connection(swapped):
         r = mc(site, *args)
         assert r.returncode in (0, 3), (label, "against A", r.stdout[-2000:], r.stderr[-2000:])
     assert (work / "exec-ran").exists() and (work / "ran-node1").exists()
-    for f in work.glob("*ran*"):
+    for f in [*work.glob("*ran*"), *work.glob("idcheck-*")]:
         f.unlink()
 
     from provision.provision_step import active_and_answering
