@@ -135,7 +135,7 @@ def test_canary_reaches_hosts_and_nothing_else(lab_site, monkeypatch):
 # every process metalchain starts sampled while it runs.
 # ---------------------------------------------------------------------------------------------
 
-BMC_CANARY = "CANARY-bmc-5d21aa-never-print"
+BMC_CANARY = "CANARY-bmc-5d21aa"   # IPMI 2.0: at most 20 bytes
 WEBHOOK_CANARY = "CANARY-webhook-90c4e1-never-print"
 EVENT_KEY_CANARY = "CANARY-eventkey-1f7b3d-never-print"
 CAMPAIGN_HOSTS = "h02,h03"
