@@ -437,40 +437,63 @@ class Fleet:
         return record
 
     def _spawn(self, record: HostRecord) -> None:
-        for directory in record.cgroups:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-c", _LAUNCHER, str(len(record.cgroups)), *record.cgroups,
-                "nsenter", f"--net=/run/netns/{record.netns}", "--",
-                "unshare", "--pid", "--fork", "--kill-child", "--mount", "--uts", "--ipc",
-                "--cgroup", "--propagation", "private", f"--mount-proc={record.root}/proc",
-                "--", "chroot", record.root, "/lib/systemd/systemd", "--system",
-                "--show-status=no"]
-        # container= tells systemd it is not on metal (skips units meant for hardware).
-        env = {"container": "metalchain-lab", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-               "LANG": "C.UTF-8"}
-        with open(Path(record.dir, "console.log"), "ab") as console:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
-                                    stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
-        self._launchers[record.name] = proc
-        record.launcher_pid = proc.pid
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            stat = process_stat(proc.pid)
-            if stat:
-                record.launcher_start = stat.start
-            kids = _children(proc.pid) if proc.poll() is None else []
-            if kids and _is_init(kids[0], record.root):
-                record.init_pid = kids[0]
-                init = process_stat(kids[0])
-                record.init_start = init.start if init else 0
-                record.started_at = time.time()
-                return
-            if proc.poll() is not None:
-                raise LabError(f"{record.name}: launcher exited with {proc.returncode}; "
-                               f"console: {_tail(Path(record.dir, 'console.log'))}")
-            time.sleep(0.05)
-        raise LabError(f"{record.name}: systemd did not start within 15 s")
+        self._launchers[record.name] = spawn_init(record)
+
+
+def spawn_init(record: HostRecord) -> subprocess.Popen[bytes]:
+    """Start the host's systemd (mounts and network already in place); fills in the pids
+    of ``record`` and returns the launcher, which the caller reaps."""
+    for directory in record.cgroups:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-c", _LAUNCHER, str(len(record.cgroups)), *record.cgroups,
+            "nsenter", f"--net=/run/netns/{record.netns}", "--",
+            "unshare", "--pid", "--fork", "--kill-child", "--mount", "--uts", "--ipc",
+            "--cgroup", "--propagation", "private", f"--mount-proc={record.root}/proc",
+            "--", "chroot", record.root, "/lib/systemd/systemd", "--system",
+            "--show-status=no"]
+    # container= tells systemd it is not on metal (skips units meant for hardware).
+    env = {"container": "metalchain-lab", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8"}
+    with open(Path(record.dir, "console.log"), "ab") as console:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
+                                stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    record.launcher_pid = proc.pid
+    deadline = time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        stat = process_stat(proc.pid)
+        if stat:
+            record.launcher_start = stat.start
+        kids = _children(proc.pid) if proc.poll() is None else []
+        if kids and _is_init(kids[0], record.root):
+            record.init_pid = kids[0]
+            init = process_stat(kids[0])
+            record.init_start = init.start if init else 0
+            record.started_at = time.time()
+            return proc
+        if proc.poll() is not None:
+            raise LabError(f"{record.name}: launcher exited with {proc.returncode}; "
+                           f"console: {_tail(Path(record.dir, 'console.log'))}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=5)
+    raise LabError(f"{record.name}: systemd did not start within 15 s")
+
+
+def reboot_host(record: HostRecord, bridge: str, *, timeout: float = 120.0
+                ) -> tuple[HostRecord, subprocess.Popen[bytes]]:
+    """Power-cycle one host the way a machine comes back after a crash: with its disk (the
+    overlay's upper dir is kept), so with its host key and whatever a run wrote there.
+    Waits until SSH answers with the pinned key; returns the new record and the launcher
+    (the caller reaps it, e.g. ``proc.wait()`` after ``stop_host``)."""
+    deadline = time.monotonic() + timeout
+    stop_host(record, timeout=min(30.0, timeout))
+    _mount_root(record)
+    _plumb_network(record, bridge)
+    proc = spawn_init(record)
+    _write_record(record)
+    wait_for_ssh(record, deadline)
+    return record, proc
 
 
 def _is_init(pid: int, root: str) -> bool:

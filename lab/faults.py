@@ -1,0 +1,119 @@
+"""Faults done on purpose to fleet hosts, and their cures: what a reliability test or an
+operator rehearsing an outage uses to lose a host in the middle of a run.
+
+* ``kill``: SIGKILL of the host's init, so its whole PID namespace dies at once (a crash or
+  a power cut); its network namespace and address stay, so the kernel answers new
+  connections with a reset. Cured by :func:`reboot` (the host comes back with its disk and
+  its host key).
+* ``freeze``: SIGSTOP of every process of the host (a hung machine): its kernel still
+  acknowledges TCP, nothing answers above it. Cured by SIGCONT (:func:`thaw`).
+* ``cut``: the host's port on the lab bridge set down (a pulled cable): packets to and from
+  it vanish. Cured by :func:`relink`.
+
+The faults act from outside the host (signals, ``ip``), never over SSH, so they work on a
+host that no longer answers, and each cure checks that the host answers SSH with its pinned
+key again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from inventory.errors import LabError
+from lab.fleet import HostRecord, cgroup_pids, reboot_host, wait_for_ssh
+from lab.network import BRIDGE, run_command
+from runtime.pidfile import process_stat, same_process
+
+FAULTS = ("kill", "freeze", "cut")
+#: How often ``freeze`` sweeps the host's processes again (a fork in flight escapes a sweep).
+FREEZE_SWEEPS = 3
+
+
+def host_pids(record: HostRecord) -> list[int]:
+    """Every process of the host: its cgroups (all hierarchies), init included."""
+    pids = {p for c in record.cgroups for p in cgroup_pids(Path(c))}
+    if same_process(record.init_pid, record.init_start):
+        pids.add(record.init_pid)
+    return sorted(pids)
+
+
+def _stopped(pid: int) -> bool:
+    stat = process_stat(pid)
+    return stat is None or stat.state in ("T", "t", "Z", "X")
+
+
+def kill(record: HostRecord) -> None:
+    """SIGKILL of the host's init: every process of its PID namespace dies with it."""
+    if not same_process(record.init_pid, record.init_start):
+        raise LabError(f"{record.name} is not running")
+    os.kill(record.init_pid, signal.SIGKILL)
+
+
+def freeze(record: HostRecord) -> int:
+    """SIGSTOP of every process of the host, swept until none is left running; returns how
+    many were stopped."""
+    stopped: set[int] = set()
+    for _ in range(FREEZE_SWEEPS):
+        for pid in host_pids(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.add(pid)
+    running = [p for p in host_pids(record) if not _stopped(p)]
+    if running:
+        raise LabError(f"{record.name}: processes {running} still run after SIGSTOP")
+    return len(stopped)
+
+
+def thaw(record: HostRecord, *, timeout: float = 60.0) -> None:
+    """SIGCONT of every process of the host; waits until SSH answers again."""
+    for pid in host_pids(record):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    wait_for_ssh(record, time.monotonic() + timeout)
+
+
+def cut(record: HostRecord) -> None:
+    """The host's port on the lab bridge down: nothing reaches it, nothing leaves it."""
+    run_command(["ip", "-n", record.lab_netns, "link", "set", record.lab_ifname, "down"])
+
+
+def relink(record: HostRecord, *, timeout: float = 60.0) -> None:
+    """The host's bridge port up again; waits until SSH answers."""
+    run_command(["ip", "-n", record.lab_netns, "link", "set", record.lab_ifname, "up"])
+    wait_for_ssh(record, time.monotonic() + timeout)
+
+
+def reboot(record: HostRecord, *, bridge: str = BRIDGE, timeout: float = 120.0
+           ) -> HostRecord:
+    """Start a killed host again with its disk and identity (``lab.fleet.reboot_host``).
+    Its launcher lives as long as the host; once forgotten here, the subprocess module
+    reaps it when it exits (or the machine's init does, after this process ended)."""
+    fresh, _launcher = reboot_host(record, bridge, timeout=timeout)
+    return fresh
+
+
+def inject(kind: str, record: HostRecord) -> None:
+    """Do the fault ``kind`` (one of :data:`FAULTS`) to the host."""
+    actions: dict[str, Callable[[HostRecord], object]] = {"kill": kill, "freeze": freeze,
+                                                          "cut": cut}
+    if kind not in actions:
+        raise LabError(f"unknown fault {kind!r}; known: {', '.join(FAULTS)}")
+    actions[kind](record)
+
+
+def heal(kind: str, record: HostRecord, *, timeout: float = 120.0) -> HostRecord:
+    """Undo the fault ``kind``; returns the host's record (new pids after a reboot)."""
+    if kind == "kill":
+        return reboot(record, timeout=timeout)
+    if kind == "freeze":
+        thaw(record, timeout=timeout)
+        return record
+    if kind == "cut":
+        relink(record, timeout=timeout)
+        return record
+    raise LabError(f"unknown fault {kind!r}; known: {', '.join(FAULTS)}")
