@@ -48,6 +48,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -116,8 +117,8 @@ def bridge_role(dest: Path) -> None:
     (dest / "defaults.yml").write_text((SHIPPED_ROLES / "base" / "defaults.yml").read_text()
                                        + "\n" + (shipped / "defaults.yml").read_text())
     (dest / "handlers.yml").write_text((shipped / "handlers.yml").read_text())
-    for sub in ("templates", "files"):
-        (dest / sub).symlink_to(shipped / sub)
+    for sub in ("templates", "files"):     # copies: a role ships only its own files
+        shutil.copytree(shipped / sub, dest / sub)
 
 
 @pytest.fixture(scope="module")
