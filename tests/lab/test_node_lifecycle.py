@@ -144,6 +144,7 @@ def lab(tmp_path_factory):
 def served(lab):
     """A running ``Serve`` (poller + engine) in this process, from the first test that asks
     for it to the end of the module (tests 6-9)."""
+    configure(lab)      # again: the `lab up` of test 5 (restarting the BMC) rewrote it
     site = Site.open(lab)
     srv = Serve(site)
     loop = threading.Thread(target=srv.run, name="serve", daemon=True)
