@@ -69,6 +69,14 @@ def make_private_database(path: Path) -> None:
     """The database's directory 0700 and the file 0600, created empty if missing (SQLite
     then makes a database of it), tightened with its side files if they exist."""
     private_dir(path.parent)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    if not path.exists():
+        # Only a file that does not exist yet is opened here: closing any descriptor of a
+        # database this process already has open drops all of its POSIX locks on the file
+        # (SQLite's locks included), and another process may then delete the -shm/-wal under
+        # a live connection ("disk I/O error"). An existing file is only chmod-ed.
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+        except FileExistsError:
+            pass
     for p in (path, *(path.with_name(path.name + s) for s in SQLITE_SIDE_FILES)):
         tighten(p)
