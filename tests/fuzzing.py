@@ -83,15 +83,15 @@ def yaml_values(max_leaves: int = 12) -> st.SearchStrategy[Any]:
 
 # -- structure-aware mutation --------------------------------------------------------------
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def paths_into(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every path into ``doc`` (keys and indexes), the root included as ``()``."""
     out = [prefix]
     if isinstance(doc, dict):
         for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
+            out += paths_into(v, (*prefix, k))
     elif isinstance(doc, list):
         for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
+            out += paths_into(v, (*prefix, i))
     return out
 
 
@@ -116,7 +116,7 @@ def _nest(value: Any, depth: int, as_list: bool) -> Any:
 
 @st.composite
 def _tree_mutation(draw: st.DrawFn, doc: Any) -> Any:
-    paths = _paths(doc)
+    paths = paths_into(doc)
     path = draw(st.sampled_from(paths))
     op = draw(st.sampled_from(["replace", "replace", "drop", "add", "rename", "nest",
                                "listify", "huge"]))

@@ -25,6 +25,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from provision import contract
+from tests.fuzzing import paths_into
 
 #: Template-injection payloads: Jinja2 expressions and statements, the classic sandbox escape
 #: (with ``CANARY`` replaced by a path a test checks for), raw/comment tricks, Go templates
@@ -155,17 +156,6 @@ def event(draw: st.DrawFn) -> dict[str, Any]:
 
 # -- mutations of a JSON document ---------------------------------------------------------------
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
-    return out
-
-
 def _set(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
     if not path:
         return value
@@ -193,7 +183,7 @@ def mutated_json(draw: st.DrawFn, valid: st.SearchStrategy[dict[str, Any]]) -> b
     """A valid document with one or two structure-aware mutations, serialised."""
     doc = draw(valid)
     for _ in range(draw(st.integers(1, 2))):
-        paths = _paths(doc)
+        paths = paths_into(doc)
         path = draw(st.sampled_from(paths))
         how = draw(st.sampled_from(["drop", "value", "type", "huge", "deep"]))
         if how == "drop" and path:
