@@ -16,7 +16,7 @@ from inventory.state.nodes import NodesMixin
 from inventory.state.runs import RunsMixin
 from inventory.state.stats import StatsMixin
 from inventory.state.tokens import TokensMixin
-from runtime.private import FILE_MODE, private_dir, tighten, umask
+from runtime.private import FILE_MODE, private_dir, tighten
 
 #: what SQLite keeps beside a database file
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -41,10 +41,10 @@ class StateStore(NodesMixin, RunsMixin, KeysMixin, TokensMixin, FactsMixin, Audi
         except OSError as exc:
             raise StateError(f"cannot open the state store {path}: "
                              f"{exc.strerror or exc}") from None
-        # SQLite gives its side files the database's mode; the umask covers the first
-        # connection creating them all the same
-        with umask(0o077):
-            self._migrate()
+        # SQLite creates the -wal/-shm/-journal files with the database file's mode (its unix
+        # VFS copies it), and that file is 0600 already: no process-wide umask needed, which
+        # other threads of serve would have shared
+        self._migrate()
         for suffix in SQLITE_SIDE_FILES:
             tighten(path.with_name(path.name + suffix))
 
