@@ -13,10 +13,8 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -60,14 +58,3 @@ def open_private(path: Path, mode: str = "a", **kw: Any) -> IO[Any]:
     except BaseException:
         os.close(fd)
         raise
-
-
-@contextlib.contextmanager
-def umask(mask: int) -> Iterator[None]:
-    """The process's umask set to ``mask`` for the block (it is process-wide: use it
-    around a creation that cannot be given a mode, such as a library's, and briefly)."""
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
