@@ -30,6 +30,16 @@ measured, and each one dictates part of this design:
    throws away all of pyghmi's cached state -- a sessionless ping decides "BMC down" (fail at
    once) versus "session stale" (new worker, log in, retry once), all within the call's deadline.
 
+4. *Repeated requests act twice.* pyghmi retransmits a request whose reply is late with the
+   same sequence number (its ``_timedout`` treats every command as safe to repeat), and the
+   recovery in 3. sends it again on a new session; a BMC that does not drop duplicates (the
+   lab BMC, many real ones) then runs it twice. For a power on/off/status or a boot-device set
+   that is harmless (idempotent). A chassis "cycle" is not, so ``power_cycle`` never sends it:
+   it is off -> wait until off -> on -> wait until on (:func:`safe_power_cycle`). "reset" and
+   "soft" (the ACPI button) have no idempotent form: they go out once (``retry=False`` to
+   pyghmi, no second attempt), and a lost reply is the error "sent, reply lost: the node may
+   have reset". Measured through a lossy relay (``lab/udprelay.py``, ``bench/bmc_loss.py``).
+
 Measured in the lab (8 threads, 8 lab BMCs, 8 TCG machines on 2 cores, power/boot commands in a
 loop): plain in-process pyghmi ``Command`` objects, one per thread, had a worst call of 978 ms and
 23 of 576 calls over 0.4 s; this driver's worst call was 125-200 ms over 672 calls (median
@@ -92,6 +102,13 @@ SOFTWARE_ID = 0x81
 RMCP_HEADER = b"\x06\x00\xff\x07"
 
 POLL_SLICE = 0.01  # slice of pyghmi's event loop in the worker; bounds a lost wake-up
+PING_RESEND = 0.15  # seconds before a sessionless ping is sent again (loss on the way)
+#: Chassis controls that are not safe to send twice, and what a lost reply may mean. A
+#: repeated "cycle" or "reset" that reached the BMC twice acts twice (the lab BMC, like many
+#: real ones, does not drop duplicates), so these go out once and a lost reply is an error.
+AT_MOST_ONCE = {"cycle": "the node may have been power-cycled",
+                "reset": "the node may have reset",
+                "soft": "the node may be shutting down"}
 
 
 # -- pure codecs ------------------------------------------------------------------------------
@@ -197,15 +214,23 @@ def ping(address: str, port: int = 623, *, timeout: float = 1.0) -> float | None
             sock.connect(sockaddr)  # also filters datagrams from anyone else
             start = time.monotonic()
             sock.send(request)
+            resend = start + PING_RESEND
             while True:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     return None
-                sock.settimeout(remaining)
-                packet = sock.recv(512)
+                if now >= resend:  # sessionless and read-only: safe to repeat on loss
+                    sock.send(request)
+                    resend = now + PING_RESEND
+                sock.settimeout(max(0.001, min(remaining, resend - now)))
+                try:
+                    packet = sock.recv(512)
+                except TimeoutError:
+                    continue
                 if parse_auth_cap_response(packet, seq) is not None:
                     return time.monotonic() - start
-        except (TimeoutError, ConnectionRefusedError):
+        except ConnectionRefusedError:
             return None
         except OSError:
             return None
@@ -239,7 +264,11 @@ class BmcDriver(ABC):
 
     @abstractmethod
     def power_cycle(self, timeout: float | None = None) -> None:
-        """Make the machine boot afresh: off then on if it is on, just on if it is off."""
+        """Make the machine boot afresh: off then on if it is on, just on if it is off.
+
+        Must act once even when replies are lost: build it from idempotent steps
+        (:func:`safe_power_cycle`), never from a command that is not safe to resend.
+        """
 
     @abstractmethod
     def soft_off(self, timeout: float | None = None) -> None:
@@ -273,6 +302,81 @@ class BmcDriver(ABC):
             if self.power_status(timeout=min(remaining, 5.0)) == state:
                 return
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+# -- power cycle from idempotent steps --------------------------------------------------------
+
+#: Seconds after a successful "off"/"on" before it is sent again if the state has not changed
+#: (a BMC may take a moment; the command is a no-op in the state it asks for, so resending
+#: is safe, only noisy).
+RESEND_AFTER = 3.0
+
+
+def safe_power_cycle(bmc: BmcDriver, timeout: float, *, interval: float = 0.2) -> str:
+    """Power-cycle ``bmc``'s node from idempotent steps, all within ``timeout`` seconds.
+
+    off -> wait until off -> on -> wait until on; a node that is off is only powered on. Each
+    step is safe to retry: a lost reply is answered by reading the power state and, if it is
+    not yet what we want, sending the same idempotent command again. Returns what was done
+    ("cycled" or "powered on (it was off)"); raises ``BmcError`` naming the step that did not
+    finish in time. Works on any ``BmcDriver``.
+    """
+    deadline = time.monotonic() + timeout
+    state = _read_power(bmc, deadline, "read the power state")
+    if state == "on":
+        _drive_power(bmc, "off", deadline)
+    _drive_power(bmc, "on", deadline)
+    return "cycled" if state == "on" else "powered on (it was off)"
+
+
+def _cycle_error(bmc: BmcDriver, step: str, last: str) -> BmcError:
+    detail = f" (last error: {last})" if last else ""
+    return BmcError(f"{bmc.host} (BMC {bmc.address}): power cycle: could not {step} within "
+                    f"the time limit{detail}")
+
+
+def _read_power(bmc: BmcDriver, deadline: float, step: str, *, interval: float = 0.2
+                ) -> PowerState:
+    last = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _cycle_error(bmc, step, last)
+        try:
+            return bmc.power_status(timeout=remaining)
+        except BmcError as exc:
+            last = str(exc)
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def _drive_power(bmc: BmcDriver, want: PowerState, deadline: float, *,
+                 interval: float = 0.2) -> None:
+    """Send power ``want`` (again only after a failure or RESEND_AFTER) until the BMC says so."""
+    step = f"power {want}"
+    send = bmc.power_off if want == "off" else bmc.power_on
+    last = ""
+    sent_at: float | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _cycle_error(bmc, step, last)
+        if sent_at is None or time.monotonic() - sent_at >= RESEND_AFTER:
+            try:
+                send(timeout=remaining)
+                sent_at = time.monotonic()
+            except BmcError as exc:
+                last = str(exc)
+                sent_at = None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _cycle_error(bmc, step, last)
+        try:
+            if bmc.power_status(timeout=remaining) == want:
+                return
+            last = f"the BMC still says {'on' if want == 'off' else 'off'}"
+        except BmcError as exc:
+            last = str(exc)
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 # -- the IPMI driver --------------------------------------------------------------------------
@@ -351,10 +455,12 @@ class _Worker:
             raise _WorkerLost("malformed worker reply")
         return reply
 
-    def raw(self, netfn: int, command: int, data: list[int], timeout: float) -> dict[str, Any]:
+    def raw(self, netfn: int, command: int, data: list[int], timeout: float,
+            retry: bool = True) -> dict[str, Any]:
+        """One request; ``retry=False`` forbids pyghmi's retransmission (sent exactly once)."""
         self._next_id += 1
         self._send({"id": self._next_id, "netfn": netfn, "command": command, "data": data,
-                    "timeout": timeout})
+                    "timeout": timeout, "retry": retry})
         while True:
             reply = self.receive(timeout)
             if reply.get("id") == self._next_id:
@@ -477,17 +583,22 @@ class IpmiBmc(BmcDriver):
         return worker
 
     def _raw(self, what: str, netfn: int, command: int, data: list[int],
-             timeout: float | None) -> tuple[int, list[int]]:
-        """One IPMI request with the recovery described in the module docstring."""
+             timeout: float | None, *, lost: str | None = None) -> tuple[int, list[int]]:
+        """One IPMI request with the recovery described in the module docstring.
+
+        ``lost`` marks a request that is not safe to repeat (see ``AT_MOST_ONCE``): it is sent
+        once, without pyghmi's retransmissions and without our second attempt, and a lost
+        reply raises "sent, reply lost: <lost>".
+        """
         deadline = time.monotonic() + (timeout or self.timeout)
         with self._locked(deadline, what):
             try:
-                return self._attempts(what, netfn, command, data, deadline)
+                return self._attempts(what, netfn, command, data, deadline, lost)
             finally:
                 _LAST_COMMAND[(self.address, self.port)] = time.monotonic()
 
     def _attempts(self, what: str, netfn: int, command: int, data: list[int],
-                  deadline: float) -> tuple[int, list[int]]:
+                  deadline: float, lost: str | None = None) -> tuple[int, list[int]]:
         for attempt in (1, 2):
             gap = _LAST_COMMAND.get((self.address, self.port), 0.0) + self.min_interval \
                 - time.monotonic()
@@ -500,12 +611,16 @@ class IpmiBmc(BmcDriver):
             remaining = deadline - time.monotonic()
             try:
                 reply = worker.raw(netfn, command, data,
-                                   timeout=min(self.attempt_timeout, max(0.0, remaining)))
+                                   timeout=min(self.attempt_timeout, max(0.0, remaining)),
+                                   retry=lost is None)
                 if "error" in reply:
                     raise _WorkerLost(str(reply["error"]))
                 return int(reply["code"]), [int(b) for b in reply["data"]]
             except _WorkerLost as exc:
                 self._drop_worker()
+                if lost is not None:  # it may have reached the BMC: never send it again
+                    raise self._error(what, f"sent, reply lost ({exc}): {lost}; not resent, "
+                                            "it is not safe to repeat") from None
                 if attempt == 2 or deadline - time.monotonic() <= 0:
                     raise self._error(what, str(exc)) from None
                 # Down, or only our session is stale (e.g. the BMC restarted)?
@@ -533,7 +648,7 @@ class IpmiBmc(BmcDriver):
 
     def _chassis(self, action: str, timeout: float | None) -> int:
         code, _ = self._raw(f"power {action}", NETFN_CHASSIS, CMD_CHASSIS_CONTROL,
-                            [CHASSIS_CONTROL[action]], timeout)
+                            [CHASSIS_CONTROL[action]], timeout, lost=AT_MOST_ONCE.get(action))
         return code
 
     def _chassis_ok(self, action: str, what: str, timeout: float | None) -> None:
@@ -548,12 +663,15 @@ class IpmiBmc(BmcDriver):
         self._chassis_ok("off", "power off", timeout)
 
     def power_cycle(self, timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        code = self._chassis("cycle", timeout)
-        if code == CC_NOT_IN_PRESENT_STATE:  # the spec's answer for "cycle" while off
-            self.power_on(timeout=max(0.01, deadline - time.monotonic()))
-        elif code != CC_OK:
-            raise self._error("power cycle", f"completion code {completion_text(code)}")
+        """Off, wait until off, on, wait until on: every step idempotent, so retries are safe.
+
+        The chassis "cycle" control is never sent: its request or pyghmi's retransmission of
+        it can reach the BMC twice when a reply is lost, and a BMC that does not drop
+        duplicates (the lab's, many real ones) cycles the node twice. Off and on are no-ops
+        in the state they ask for, and the two waits keep a late duplicate from overtaking
+        the next step. All of it within ``timeout``.
+        """
+        safe_power_cycle(self, timeout or self.timeout)
 
     def power_reset(self, timeout: float | None = None) -> None:
         """Hard reset without a power transition (fails while off)."""
@@ -669,8 +787,11 @@ def _session_command(session: Any, session_class: Any, request: dict[str, Any],
     keepalive wrapper does.
     """
     result: list[dict[str, Any]] = []
+    # retry=False: pyghmi keeps no copy to retransmit (``lastpayload``), so the request goes
+    # out once and a lost reply just times out here.
     session.raw_command(netfn=request["netfn"], command=request["command"],
-                        data=tuple(request["data"]), callback=result.append)
+                        data=tuple(request["data"]), callback=result.append,
+                        retry=bool(request.get("retry", True)))
     try:
         while not result:
             remaining = deadline - time.monotonic()
