@@ -28,7 +28,8 @@ measured, and each one dictates part of this design:
    keeps returning the cached broken session. Here each command has an attempt timeout
    (default 1 s; a live BMC answers in milliseconds); on expiry the worker is killed -- which
    throws away all of pyghmi's cached state -- a sessionless ping decides "BMC down" (fail at
-   once) versus "session stale" (new worker, log in, retry once), all within the call's deadline.
+   once) versus "session stale" or packets lost (new worker, log in, retry; an idempotent
+   command and a login are tried again while the call's deadline allows), all within it.
 
 4. *Repeated requests act twice.* pyghmi retransmits a request whose reply is late with the
    same sequence number (its ``_timedout`` treats every command as safe to repeat), and the
@@ -103,6 +104,9 @@ RMCP_HEADER = b"\x06\x00\xff\x07"
 
 POLL_SLICE = 0.01  # slice of pyghmi's event loop in the worker; bounds a lost wake-up
 PING_RESEND = 0.15  # seconds before a sessionless ping is sent again (loss on the way)
+PING_TIMEOUT = 1.0  # seconds a "BMC down?" ping may take (about 6 sends)
+MIN_LOGIN_LEFT = 0.5  # seconds a new login needs at least to be worth starting
+MIN_ATTEMPT_LEFT = 0.2  # seconds a new attempt needs at least to be worth starting
 #: Chassis controls that are not safe to send twice, and what a lost reply may mean. A
 #: repeated "cycle" or "reset" that reached the BMC twice acts twice (the lab BMC, like many
 #: real ones, does not drop duplicates), so these go out once and a lost reply is an error.
@@ -182,6 +186,13 @@ def decode_boot_flags(data: bytes | list[int]) -> BootSetting:
         return BootSetting("default", True)
     code = (data[3] >> 2) & 0x0F
     return BootSetting(BOOT_CODE_DEVICES.get(code, code), bool(flags & 0x40))
+
+
+def login_error_transient(text: str) -> bool:
+    """A pyghmi login error worth another login (lost packets), not refused credentials."""
+    lowered = text.lower()
+    return lowered in ("", "none") or any(
+        word in lowered for word in ("timeout", "timed out", "no longer connected"))
 
 
 def completion_text(code: int) -> str:
@@ -566,21 +577,32 @@ class IpmiBmc(BmcDriver):
         if self._worker is not None and self._worker.proc.poll() is None:
             return self._worker
         self._drop_worker()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or ping(self.address, self.port, timeout=min(0.5, remaining)) is None:
-            raise self._error("BMC does not answer a sessionless ping")
-        worker = _Worker(self.address, self.port, self._user, self._password)
-        try:
-            wait = min(self.login_timeout, max(0.0, deadline - time.monotonic()))
-            reply = worker.receive(wait)
-        except _WorkerLost as exc:
-            worker.kill()
-            raise self._error("login", str(exc)) from None
-        if "error" in reply:
-            worker.kill()
-            raise self._error("login failed", str(reply["error"]))
-        self._worker = worker
-        return worker
+        # A login sends no chassis command, so one lost on the way (timeouts) is tried again
+        # on a fresh worker while the call has time; refused credentials are not.
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or ping(self.address, self.port,
+                                      timeout=min(PING_TIMEOUT, remaining)) is None:
+                raise self._error("BMC does not answer a sessionless ping")
+            worker = _Worker(self.address, self.port, self._user, self._password)
+            try:
+                # pyghmi's login retransmits on its own: give it all the call has left (a dead
+                # BMC was already ruled out by the ping; a restart loses pyghmi's progress).
+                wait = max(0.0, deadline - time.monotonic())
+                reply = worker.receive(wait)
+            except _WorkerLost as exc:
+                worker.kill()
+                if deadline - time.monotonic() > MIN_LOGIN_LEFT:
+                    continue
+                raise self._error("login", str(exc)) from None
+            if "error" in reply:
+                worker.kill()
+                text = str(reply["error"])
+                if login_error_transient(text) and deadline - time.monotonic() > MIN_LOGIN_LEFT:
+                    continue
+                raise self._error("login failed", text)
+            self._worker = worker
+            return worker
 
     def _raw(self, what: str, netfn: int, command: int, data: list[int],
              timeout: float | None, *, lost: str | None = None) -> tuple[int, list[int]]:
@@ -599,7 +621,9 @@ class IpmiBmc(BmcDriver):
 
     def _attempts(self, what: str, netfn: int, command: int, data: list[int],
                   deadline: float, lost: str | None = None) -> tuple[int, list[int]]:
-        for attempt in (1, 2):
+        attempt = 0
+        while True:
+            attempt += 1
             gap = _LAST_COMMAND.get((self.address, self.port), 0.0) + self.min_interval \
                 - time.monotonic()
             if gap > 0:
@@ -621,14 +645,14 @@ class IpmiBmc(BmcDriver):
                 if lost is not None:  # it may have reached the BMC: never send it again
                     raise self._error(what, f"sent, reply lost ({exc}): {lost}; not resent, "
                                             "it is not safe to repeat") from None
-                if attempt == 2 or deadline - time.monotonic() <= 0:
-                    raise self._error(what, str(exc)) from None
+                # Idempotent: attempts go on while the call has time (loss, a stale session).
+                if deadline - time.monotonic() <= MIN_ATTEMPT_LEFT:
+                    raise self._error(what, f"{exc} (after {attempt} attempts)") from None
                 # Down, or only our session is stale (e.g. the BMC restarted)?
                 if ping(self.address, self.port,
-                        timeout=min(0.5, max(0.0, deadline - time.monotonic()))) is None:
+                        timeout=min(PING_TIMEOUT, max(0.0, deadline - time.monotonic()))) is None:
                     raise self._error(what, f"{exc}; BMC does not answer a ping") from None
                 time.sleep(_jitter(deadline - time.monotonic() - 0.1))
-        raise self._error(what, "no attempt left")  # unreachable; keeps type checkers calm
 
     def _checked(self, what: str, netfn: int, command: int, data: list[int],
                  timeout: float | None) -> list[int]:

@@ -234,3 +234,19 @@ def test_worker_asks_pyghmi_not_to_retransmit_when_told() -> None:
         request = {"netfn": 0, "command": 2, "data": [3], "retry": retry}
         bmcmod._session_command(Session(), SessionClass, request, bmcmod.time.monotonic() + 1)
     assert [c["retry"] for c in calls] == [False, True]
+
+
+def test_only_lost_packets_make_a_login_worth_repeating() -> None:
+    assert bmcmod.login_error_transient("timeout")
+    assert bmcmod.login_error_transient("Session no longer connected")
+    assert not bmcmod.login_error_transient("Incorrect password provided")
+    assert not bmcmod.login_error_transient("Unauthorized name")
+
+
+@pytest.mark.usefixtures("fast")
+def test_an_idempotent_command_is_retried_while_the_call_has_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    node = Node("on")
+    driver, worker = driver_with(monkeypatch, node, [True] * 5)
+    assert driver.power_status(timeout=5) == "on"
+    assert len(worker.sent) == 6
