@@ -72,3 +72,45 @@ def test_calls_through_a_lossy_link_succeed_or_fail_clearly_and_never_act_twice(
             assert "lossnode (BMC 127.0.0.1:" in r.error, table
     if loss == 0.1:
         assert sum(r.outcome == "ok" for r in results) >= len(results) - 2, table
+
+
+def test_the_relay_forwards_both_ways_and_drops_what_it_is_told():
+    """The relay itself (no QEMU): an echo server behind it; all lost up, none lost, delays."""
+    import socket
+    import threading
+
+    from lab.udprelay import UdpRelay
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 20803))
+    echo.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                data, addr = echo.recvfrom(512)
+            except TimeoutError:
+                continue
+            echo.sendto(data, addr)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        with UdpRelay(("127.0.0.1", 20803), listen_port=20804, drop_up=1.0, seed=1) as relay, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(0.3)
+            client.sendto(b"lost", ("127.0.0.1", relay.port))
+            with pytest.raises(TimeoutError):
+                client.recvfrom(512)
+            assert relay.stats.dropped_up == 1
+            relay.set_loss(0.0, 0.0, (0.01, 0.03))
+            for n in range(5):
+                client.sendto(b"x%d" % n, ("127.0.0.1", relay.port))
+            got = sorted(client.recvfrom(512)[0] for _ in range(5))
+            assert got == [b"x%d" % n for n in range(5)]
+            assert relay.stats.up == 6 and relay.stats.down == 5
+    finally:
+        stop.set()
+        server.join(timeout=2)
+        echo.close()

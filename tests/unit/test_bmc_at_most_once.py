@@ -250,3 +250,18 @@ def test_an_idempotent_command_is_retried_while_the_call_has_time(
     driver, worker = driver_with(monkeypatch, node, [True] * 5)
     assert driver.power_status(timeout=5) == "on"
     assert len(worker.sent) == 6
+
+
+@pytest.mark.usefixtures("fast")
+def test_the_power_step_and_so_the_power_cycle_remediation_use_the_safe_cycle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """orchestrate/power_remedy.py runs the ``power`` step with action ``cycle`` (when the
+    node is on) or ``on``; both reach the driver's idempotent calls, never chassis cycle."""
+    from provision.power_step import parse_power, power_action
+
+    node = Node("on")
+    driver, worker = driver_with(monkeypatch, node, [False, True, False, False, True])
+    assert power_action(driver, parse_power({"action": "cycle"}), 5.0) == "cycled"
+    assert node.transitions == ["off", "on"]
+    assert all(d[0] != CHASSIS_CONTROL["cycle"] for c, d, _ in worker.sent
+               if c == CMD_CHASSIS_CONTROL)
