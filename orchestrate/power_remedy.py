@@ -2,7 +2,9 @@
 
 What "power cycle" means depends on what the BMC says first: a node that is **off** is powered
 **on** (a chassis cycle of an off node is refused by many BMCs, and "on" is what it needs); a
-node that is **on** but hung (the reason we are asked) is **cycled**. The BMC action is an
+node that is **on** but hung (the reason we are asked) is **cycled** (the driver's
+``power_cycle``: off, wait until off, on, wait until on, each step idempotent, so a lost IPMI
+reply never cycles it twice; provision/bmc.py, "Repeated requests"). The BMC action is an
 ordinary run (kind ``remediation``) of the ``power`` step, so it is journaled, takes the
 node's lease (serve's BMC poller leaves a leased node alone: one BMC session at a time) and
 shows in ``runs list``. ``if_on="leave"`` (the shipped rule for ``NodePoweredOff``) does not

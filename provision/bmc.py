@@ -28,7 +28,18 @@ measured, and each one dictates part of this design:
    keeps returning the cached broken session. Here each command has an attempt timeout
    (default 1 s; a live BMC answers in milliseconds); on expiry the worker is killed -- which
    throws away all of pyghmi's cached state -- a sessionless ping decides "BMC down" (fail at
-   once) versus "session stale" (new worker, log in, retry once), all within the call's deadline.
+   once) versus "session stale" or packets lost (new worker, log in, retry; an idempotent
+   command and a login are tried again while the call's deadline allows), all within it.
+
+4. *Repeated requests act twice.* pyghmi retransmits a request whose reply is late with the
+   same sequence number (its ``_timedout`` treats every command as safe to repeat), and the
+   recovery in 3. sends it again on a new session; a BMC that does not drop duplicates (the
+   lab BMC, many real ones) then runs it twice. For a power on/off/status or a boot-device set
+   that is harmless (idempotent). A chassis "cycle" is not, so ``power_cycle`` never sends it:
+   it is off -> wait until off -> on -> wait until on (:func:`safe_power_cycle`). "reset" and
+   "soft" (the ACPI button) have no idempotent form: they go out once (``retry=False`` to
+   pyghmi, no second attempt), and a lost reply is the error "sent, reply lost: the node may
+   have reset". Measured through a lossy relay (``lab/udprelay.py``, ``bench/bmc_loss.py``).
 
 Measured in the lab (8 threads, 8 lab BMCs, 8 TCG machines on 2 cores, power/boot commands in a
 loop): plain in-process pyghmi ``Command`` objects, one per thread, had a worst call of 978 ms and
@@ -92,6 +103,16 @@ SOFTWARE_ID = 0x81
 RMCP_HEADER = b"\x06\x00\xff\x07"
 
 POLL_SLICE = 0.01  # slice of pyghmi's event loop in the worker; bounds a lost wake-up
+PING_RESEND = 0.15  # seconds before a sessionless ping is sent again (loss on the way)
+PING_TIMEOUT = 1.0  # seconds a "BMC down?" ping may take (about 6 sends)
+MIN_LOGIN_LEFT = 0.5  # seconds a new login needs at least to be worth starting
+MIN_ATTEMPT_LEFT = 0.2  # seconds a new attempt needs at least to be worth starting
+#: Chassis controls that are not safe to send twice, and what a lost reply may mean. A
+#: repeated "cycle" or "reset" that reached the BMC twice acts twice (the lab BMC, like many
+#: real ones, does not drop duplicates), so these go out once and a lost reply is an error.
+AT_MOST_ONCE = {"cycle": "the node may have been power-cycled",
+                "reset": "the node may have reset",
+                "soft": "the node may be shutting down"}
 
 
 # -- pure codecs ------------------------------------------------------------------------------
@@ -167,6 +188,13 @@ def decode_boot_flags(data: bytes | list[int]) -> BootSetting:
     return BootSetting(BOOT_CODE_DEVICES.get(code, code), bool(flags & 0x40))
 
 
+def login_error_transient(text: str) -> bool:
+    """A pyghmi login error worth another login (lost packets), not refused credentials."""
+    lowered = text.lower()
+    return lowered in ("", "none") or any(
+        word in lowered for word in ("timeout", "timed out", "no longer connected"))
+
+
 def completion_text(code: int) -> str:
     return f"0x{code:02x} ({COMPLETION_CODES.get(code, 'completion code')})"
 
@@ -197,15 +225,23 @@ def ping(address: str, port: int = 623, *, timeout: float = 1.0) -> float | None
             sock.connect(sockaddr)  # also filters datagrams from anyone else
             start = time.monotonic()
             sock.send(request)
+            resend = start + PING_RESEND
             while True:
-                remaining = deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = deadline - now
                 if remaining <= 0:
                     return None
-                sock.settimeout(remaining)
-                packet = sock.recv(512)
+                if now >= resend:  # sessionless and read-only: safe to repeat on loss
+                    sock.send(request)
+                    resend = now + PING_RESEND
+                sock.settimeout(max(0.001, min(remaining, resend - now)))
+                try:
+                    packet = sock.recv(512)
+                except TimeoutError:
+                    continue
                 if parse_auth_cap_response(packet, seq) is not None:
                     return time.monotonic() - start
-        except (TimeoutError, ConnectionRefusedError):
+        except ConnectionRefusedError:
             return None
         except OSError:
             return None
@@ -239,7 +275,11 @@ class BmcDriver(ABC):
 
     @abstractmethod
     def power_cycle(self, timeout: float | None = None) -> None:
-        """Make the machine boot afresh: off then on if it is on, just on if it is off."""
+        """Make the machine boot afresh: off then on if it is on, just on if it is off.
+
+        Must act once even when replies are lost: build it from idempotent steps
+        (:func:`safe_power_cycle`), never from a command that is not safe to resend.
+        """
 
     @abstractmethod
     def soft_off(self, timeout: float | None = None) -> None:
@@ -273,6 +313,81 @@ class BmcDriver(ABC):
             if self.power_status(timeout=min(remaining, 5.0)) == state:
                 return
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+# -- power cycle from idempotent steps --------------------------------------------------------
+
+#: Seconds after a successful "off"/"on" before it is sent again if the state has not changed
+#: (a BMC may take a moment; the command is a no-op in the state it asks for, so resending
+#: is safe, only noisy).
+RESEND_AFTER = 3.0
+
+
+def safe_power_cycle(bmc: BmcDriver, timeout: float, *, interval: float = 0.2) -> str:
+    """Power-cycle ``bmc``'s node from idempotent steps, all within ``timeout`` seconds.
+
+    off -> wait until off -> on -> wait until on; a node that is off is only powered on. Each
+    step is safe to retry: a lost reply is answered by reading the power state and, if it is
+    not yet what we want, sending the same idempotent command again. Returns what was done
+    ("cycled" or "powered on (it was off)"); raises ``BmcError`` naming the step that did not
+    finish in time. Works on any ``BmcDriver``.
+    """
+    deadline = time.monotonic() + timeout
+    state = _read_power(bmc, deadline, "read the power state")
+    if state == "on":
+        _drive_power(bmc, "off", deadline)
+    _drive_power(bmc, "on", deadline)
+    return "cycled" if state == "on" else "powered on (it was off)"
+
+
+def _cycle_error(bmc: BmcDriver, step: str, last: str) -> BmcError:
+    detail = f" (last error: {last})" if last else ""
+    return BmcError(f"{bmc.host} (BMC {bmc.address}): power cycle: could not {step} within "
+                    f"the time limit{detail}")
+
+
+def _read_power(bmc: BmcDriver, deadline: float, step: str, *, interval: float = 0.2
+                ) -> PowerState:
+    last = ""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _cycle_error(bmc, step, last)
+        try:
+            return bmc.power_status(timeout=remaining)
+        except BmcError as exc:
+            last = str(exc)
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def _drive_power(bmc: BmcDriver, want: PowerState, deadline: float, *,
+                 interval: float = 0.2) -> None:
+    """Send power ``want`` (again only after a failure or RESEND_AFTER) until the BMC says so."""
+    step = f"power {want}"
+    send = bmc.power_off if want == "off" else bmc.power_on
+    last = ""
+    sent_at: float | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _cycle_error(bmc, step, last)
+        if sent_at is None or time.monotonic() - sent_at >= RESEND_AFTER:
+            try:
+                send(timeout=remaining)
+                sent_at = time.monotonic()
+            except BmcError as exc:
+                last = str(exc)
+                sent_at = None
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _cycle_error(bmc, step, last)
+        try:
+            if bmc.power_status(timeout=remaining) == want:
+                return
+            last = f"the BMC still says {'on' if want == 'off' else 'off'}"
+        except BmcError as exc:
+            last = str(exc)
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
 # -- the IPMI driver --------------------------------------------------------------------------
@@ -351,10 +466,12 @@ class _Worker:
             raise _WorkerLost("malformed worker reply")
         return reply
 
-    def raw(self, netfn: int, command: int, data: list[int], timeout: float) -> dict[str, Any]:
+    def raw(self, netfn: int, command: int, data: list[int], timeout: float,
+            retry: bool = True) -> dict[str, Any]:
+        """One request; ``retry=False`` forbids pyghmi's retransmission (sent exactly once)."""
         self._next_id += 1
         self._send({"id": self._next_id, "netfn": netfn, "command": command, "data": data,
-                    "timeout": timeout})
+                    "timeout": timeout, "retry": retry})
         while True:
             reply = self.receive(timeout)
             if reply.get("id") == self._next_id:
@@ -460,35 +577,53 @@ class IpmiBmc(BmcDriver):
         if self._worker is not None and self._worker.proc.poll() is None:
             return self._worker
         self._drop_worker()
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or ping(self.address, self.port, timeout=min(0.5, remaining)) is None:
-            raise self._error("BMC does not answer a sessionless ping")
-        worker = _Worker(self.address, self.port, self._user, self._password)
-        try:
-            wait = min(self.login_timeout, max(0.0, deadline - time.monotonic()))
-            reply = worker.receive(wait)
-        except _WorkerLost as exc:
-            worker.kill()
-            raise self._error("login", str(exc)) from None
-        if "error" in reply:
-            worker.kill()
-            raise self._error("login failed", str(reply["error"]))
-        self._worker = worker
-        return worker
+        # A login sends no chassis command, so one lost on the way (timeouts) is tried again
+        # on a fresh worker while the call has time; refused credentials are not.
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or ping(self.address, self.port,
+                                      timeout=min(PING_TIMEOUT, remaining)) is None:
+                raise self._error("BMC does not answer a sessionless ping")
+            worker = _Worker(self.address, self.port, self._user, self._password)
+            try:
+                # pyghmi's login retransmits on its own: give it all the call has left (a dead
+                # BMC was already ruled out by the ping; a restart loses pyghmi's progress).
+                wait = max(0.0, deadline - time.monotonic())
+                reply = worker.receive(wait)
+            except _WorkerLost as exc:
+                worker.kill()
+                if deadline - time.monotonic() > MIN_LOGIN_LEFT:
+                    continue
+                raise self._error("login", str(exc)) from None
+            if "error" in reply:
+                worker.kill()
+                text = str(reply["error"])
+                if login_error_transient(text) and deadline - time.monotonic() > MIN_LOGIN_LEFT:
+                    continue
+                raise self._error("login failed", text)
+            self._worker = worker
+            return worker
 
     def _raw(self, what: str, netfn: int, command: int, data: list[int],
-             timeout: float | None) -> tuple[int, list[int]]:
-        """One IPMI request with the recovery described in the module docstring."""
+             timeout: float | None, *, lost: str | None = None) -> tuple[int, list[int]]:
+        """One IPMI request with the recovery described in the module docstring.
+
+        ``lost`` marks a request that is not safe to repeat (see ``AT_MOST_ONCE``): it is sent
+        once, without pyghmi's retransmissions and without our second attempt, and a lost
+        reply raises "sent, reply lost: <lost>".
+        """
         deadline = time.monotonic() + (timeout or self.timeout)
         with self._locked(deadline, what):
             try:
-                return self._attempts(what, netfn, command, data, deadline)
+                return self._attempts(what, netfn, command, data, deadline, lost)
             finally:
                 _LAST_COMMAND[(self.address, self.port)] = time.monotonic()
 
     def _attempts(self, what: str, netfn: int, command: int, data: list[int],
-                  deadline: float) -> tuple[int, list[int]]:
-        for attempt in (1, 2):
+                  deadline: float, lost: str | None = None) -> tuple[int, list[int]]:
+        attempt = 0
+        while True:
+            attempt += 1
             gap = _LAST_COMMAND.get((self.address, self.port), 0.0) + self.min_interval \
                 - time.monotonic()
             if gap > 0:
@@ -500,20 +635,24 @@ class IpmiBmc(BmcDriver):
             remaining = deadline - time.monotonic()
             try:
                 reply = worker.raw(netfn, command, data,
-                                   timeout=min(self.attempt_timeout, max(0.0, remaining)))
+                                   timeout=min(self.attempt_timeout, max(0.0, remaining)),
+                                   retry=lost is None)
                 if "error" in reply:
                     raise _WorkerLost(str(reply["error"]))
                 return int(reply["code"]), [int(b) for b in reply["data"]]
             except _WorkerLost as exc:
                 self._drop_worker()
-                if attempt == 2 or deadline - time.monotonic() <= 0:
-                    raise self._error(what, str(exc)) from None
+                if lost is not None:  # it may have reached the BMC: never send it again
+                    raise self._error(what, f"sent, reply lost ({exc}): {lost}; not resent, "
+                                            "it is not safe to repeat") from None
+                # Idempotent: attempts go on while the call has time (loss, a stale session).
+                if deadline - time.monotonic() <= MIN_ATTEMPT_LEFT:
+                    raise self._error(what, f"{exc} (after {attempt} attempts)") from None
                 # Down, or only our session is stale (e.g. the BMC restarted)?
                 if ping(self.address, self.port,
-                        timeout=min(0.5, max(0.0, deadline - time.monotonic()))) is None:
+                        timeout=min(PING_TIMEOUT, max(0.0, deadline - time.monotonic()))) is None:
                     raise self._error(what, f"{exc}; BMC does not answer a ping") from None
                 time.sleep(_jitter(deadline - time.monotonic() - 0.1))
-        raise self._error(what, "no attempt left")  # unreachable; keeps type checkers calm
 
     def _checked(self, what: str, netfn: int, command: int, data: list[int],
                  timeout: float | None) -> list[int]:
@@ -533,7 +672,7 @@ class IpmiBmc(BmcDriver):
 
     def _chassis(self, action: str, timeout: float | None) -> int:
         code, _ = self._raw(f"power {action}", NETFN_CHASSIS, CMD_CHASSIS_CONTROL,
-                            [CHASSIS_CONTROL[action]], timeout)
+                            [CHASSIS_CONTROL[action]], timeout, lost=AT_MOST_ONCE.get(action))
         return code
 
     def _chassis_ok(self, action: str, what: str, timeout: float | None) -> None:
@@ -548,12 +687,15 @@ class IpmiBmc(BmcDriver):
         self._chassis_ok("off", "power off", timeout)
 
     def power_cycle(self, timeout: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        code = self._chassis("cycle", timeout)
-        if code == CC_NOT_IN_PRESENT_STATE:  # the spec's answer for "cycle" while off
-            self.power_on(timeout=max(0.01, deadline - time.monotonic()))
-        elif code != CC_OK:
-            raise self._error("power cycle", f"completion code {completion_text(code)}")
+        """Off, wait until off, on, wait until on: every step idempotent, so retries are safe.
+
+        The chassis "cycle" control is never sent: its request or pyghmi's retransmission of
+        it can reach the BMC twice when a reply is lost, and a BMC that does not drop
+        duplicates (the lab's, many real ones) cycles the node twice. Off and on are no-ops
+        in the state they ask for, and the two waits keep a late duplicate from overtaking
+        the next step. All of it within ``timeout``.
+        """
+        safe_power_cycle(self, timeout or self.timeout)
 
     def power_reset(self, timeout: float | None = None) -> None:
         """Hard reset without a power transition (fails while off)."""
@@ -669,8 +811,11 @@ def _session_command(session: Any, session_class: Any, request: dict[str, Any],
     keepalive wrapper does.
     """
     result: list[dict[str, Any]] = []
+    # retry=False: pyghmi keeps no copy to retransmit (``lastpayload``), so the request goes
+    # out once and a lost reply just times out here.
     session.raw_command(netfn=request["netfn"], command=request["command"],
-                        data=tuple(request["data"]), callback=result.append)
+                        data=tuple(request["data"]), callback=result.append,
+                        retry=bool(request.get("retry", True)))
     try:
         while not result:
             remaining = deadline - time.monotonic()
