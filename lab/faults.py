@@ -32,6 +32,8 @@ from runtime.pidfile import process_stat, same_process
 FAULTS = ("kill", "freeze", "cut")
 #: How often ``freeze`` sweeps the host's processes again (a fork in flight escapes a sweep).
 FREEZE_SWEEPS = 3
+#: Seconds ``freeze`` waits for every process to show stopped (signals land when it runs).
+FREEZE_TIMEOUT = 10.0
 
 
 def host_pids(record: HostRecord) -> list[int]:
@@ -54,19 +56,33 @@ def kill(record: HostRecord) -> None:
     os.kill(record.init_pid, signal.SIGKILL)
 
 
-def freeze(record: HostRecord) -> int:
+def freeze(record: HostRecord, *, timeout: float = FREEZE_TIMEOUT) -> int:
     """SIGSTOP of every process of the host, swept until none is left running; returns how
-    many were stopped."""
+    many were stopped.
+
+    A signal is delivered when its target next runs, so right after ``kill`` a process may
+    still show as running (on a loaded machine for a while): the sweep goes on, sending
+    SIGSTOP again to whatever still runs (a fork in flight escapes a sweep), until every
+    process shows stopped or ``timeout`` seconds have passed.
+    """
     stopped: set[int] = set()
-    for _ in range(FREEZE_SWEEPS):
-        for pid in host_pids(record):
+    deadline = time.monotonic() + timeout
+    sweeps = 0
+    while True:
+        running = [p for p in host_pids(record) if not _stopped(p)]
+        if not running and sweeps >= FREEZE_SWEEPS:
+            return len(stopped)
+        if time.monotonic() >= deadline:
+            raise LabError(f"{record.name}: processes {running} still run after SIGSTOP "
+                           f"({timeout:g} s)")
+        for pid in running:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
                 stopped.add(pid)
-    running = [p for p in host_pids(record) if not _stopped(p)]
-    if running:
-        raise LabError(f"{record.name}: processes {running} still run after SIGSTOP")
-    return len(stopped)
+        sweeps += 1
+        if not running:
+            continue
+        time.sleep(0.01)
 
 
 def thaw(record: HostRecord, *, timeout: float = 60.0) -> None:
