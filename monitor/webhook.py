@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 #: The payload version this receiver reads (Alertmanager 0.x sends "4").
@@ -235,7 +236,7 @@ def _alert(raw: Any, index: int) -> Alert:
     starts_at = _text(raw, "startsAt", where)
     if len(starts_at) > MAX_STARTS_AT:
         raise WebhookError(f"{where}: 'startsAt' is longer than {MAX_STARTS_AT} characters")
-    _timestamp(starts_at, f"{where}.startsAt")
+    starts_at = canonical_time(starts_at, f"{where}.startsAt")
     ends_at = _text(raw, "endsAt", where, required=False)
     if ends_at:
         _timestamp(ends_at, f"{where}.endsAt")
@@ -291,6 +292,28 @@ def _timestamp(value: str, where: str) -> None:
         datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise WebhookError(f"{where} is not an RFC 3339 time: {shown(value)}") from None
+
+
+_RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})"
+                      r"(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def canonical_time(value: str, where: str) -> str:
+    """``value`` (RFC 3339) as one spelling per instant: UTC, ``T``, the fraction's trailing
+    zeros dropped, ``Z`` -- Go's RFC3339Nano, so Alertmanager's own ``startsAt`` comes out
+    unchanged while ``...+00:00``, ``...+01:00`` or ``...z`` of the same instant map to it (an
+    incident is keyed by it: two spellings must not be two incidents)."""
+    match = _RFC3339.fullmatch(value)
+    if match is None:
+        raise WebhookError(f"{where} is not an RFC 3339 time: {shown(value)}")
+    day, clock, fraction, zone = match.groups()
+    try:
+        when = datetime.fromisoformat(f"{day}T{clock}{'+00:00' if zone in 'Zz' else zone}")
+        when = when.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise WebhookError(f"{where} is not a valid RFC 3339 time: {shown(value)}") from None
+    fraction = (fraction or "").rstrip("0")
+    return when.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
 
 
 def _printable(text: str) -> str:

@@ -154,3 +154,42 @@ def test_the_same_alert_firing_again_later_is_a_new_incident_and_is_acted_on(sto
     finally:
         assert eng.stop(5)
     assert host.restarts == 2
+
+
+def test_one_instant_spelt_two_ways_is_one_incident(store):
+    """A proxy or a second sender may write the same startsAt with an offset instead of Z,
+    or with trailing zeros: still (fingerprint, startsAt) of one incident, one action."""
+    host = Host()
+    eng = engine(store, host)
+    eng.start()
+    try:
+        [first] = deliver(store, eng, body(starts="2026-12-01T10:00:00.5Z"))
+        for spelling in ("2026-12-01T10:00:00.500+00:00", "2026-12-01T11:00:00.5+01:00",
+                         "2026-12-01t10:00:00.50z"):
+            [again] = deliver(store, eng, body(starts=spelling))
+            assert (again.incident_id, again.new) == (first.incident_id, False), spelling
+        [later] = deliver(store, eng, body(starts="2026-12-01T10:00:01.5Z"))
+        assert later.new and later.incident_id != first.incident_id
+        assert eng.wait_idle(10)
+    finally:
+        assert eng.stop(5)
+    assert store.incident(first.incident_id).starts_at == "2026-12-01T10:00:00.5Z"
+
+
+@pytest.mark.parametrize("spelling, canonical", [
+    ("2026-12-01T16:20:00.123456789Z", "2026-12-01T16:20:00.123456789Z"),  # Alertmanager's
+    ("2026-12-01T16:20:00Z", "2026-12-01T16:20:00Z"),
+    ("2026-12-01T16:20:00.000Z", "2026-12-01T16:20:00Z"),
+    ("2026-12-01T18:20:00-00:00".replace("-00:00", "+02:00"), "2026-12-01T16:20:00Z"),
+    ("2026-12-01 16:20:00.10+00:00", "2026-12-01T16:20:00.1Z"),
+])
+def test_starts_at_has_one_spelling_per_instant(spelling, canonical):
+    assert webhook.canonical_time(spelling, "x") == canonical
+
+
+@pytest.mark.parametrize("bad", ["2026-12-01", "2026-12-01T16:20:00", "2026-13-01T00:00:00Z",
+                                 "0001-01-01T00:00:00+01:00", "2026-12-01T16:20:00.1234567891Z",
+                                 "١٢٣٤-12-01T16:20:00Z"])
+def test_a_start_that_is_not_an_rfc3339_instant_is_refused(bad):
+    with pytest.raises(webhook.WebhookError, match="RFC 3339"):
+        webhook.canonical_time(bad, "alerts[0].startsAt")
