@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
@@ -58,6 +58,10 @@ class UndefinedVariable(InputError):
 MAX_REPEAT = 1_000_000
 #: The largest integer ``**`` may build, in bits (``{{ 9 ** 9 ** 9 }}`` would run for hours).
 MAX_POWER_BITS = 100_000
+#: Characters one render may produce (as much as a YAML file may hold): nested loops over
+#: ``range`` (100,000 items each) would otherwise fill the controller's memory. A loop that
+#: writes nothing is not bounded by this.
+MAX_OUTPUT = 16 * 1024 * 1024
 
 
 class _Environment(SandboxedEnvironment):
@@ -121,9 +125,21 @@ def _reveal(value: Any) -> Any:
     return value
 
 
+def _bounded(chunks: Iterator[str]) -> str:
+    """The chunks of a render joined, or SecurityError once they pass :data:`MAX_OUTPUT`."""
+    parts: list[str] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_OUTPUT:
+            raise SecurityError(f"the output would be longer than {MAX_OUTPUT} characters")
+        parts.append(chunk)
+    return "".join(parts)
+
+
 def render_text(text: str, variables: Mapping[str, Any], source: str) -> str:
     try:
-        return _ENV.from_string(text).render(_reveal(dict(variables)))
+        return _bounded(_ENV.from_string(text).generate(_reveal(dict(variables))))
     except TemplateError as exc:
         where = _where(source, getattr(exc, "lineno", None) or _template_line(exc))
         message = f"{where}: template error: {exc.message or exc}"

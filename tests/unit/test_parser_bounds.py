@@ -259,8 +259,10 @@ def test_template_source_name_longer_than_255_bytes(tmp_path, run_cli):
     ("{{ 'x' * 10**10 }}", "'*' would build more than"),
     ("{{ [0] * 10**10 }}", "'*' would build more than"),
     ("{{ 10 ** 1000000 }}", "'**' would build a number"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}0123456789{% endfor %}"
+     "{% endfor %}", "t.j2: template error: the output would be longer than 16777216"),
 ], ids=["huge range", "range over the sandbox cap", "division by zero", "type error",
-        "string repeat", "list repeat", "power"])
+        "string repeat", "list repeat", "power", "nested loops"])
 def test_template_runtime_errors_name_the_template_line(template, expect):
     start = time.monotonic()
     with pytest.raises(InputError) as info:
