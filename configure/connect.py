@@ -11,7 +11,7 @@ from pathlib import Path
 
 from configure.ssh import SshConnection, SshTarget
 from inventory.errors import TransportError
-from inventory.model import Inventory
+from inventory.model import Inventory, SshSettings
 from inventory.state import StateStore
 
 CONNECTABLE_STATES = ("active", "maintenance")
@@ -35,7 +35,14 @@ def ssh_target(inv: Inventory, store: StateStore, host: str,
                              "the inventory (ssh.host_key); refusing to connect")
     return SshTarget(host=host, address=h.address, pinned_keys=tuple(keys), user=h.ssh.user,
                      port=h.ssh.port, private_key=private_key,
-                     proxy_command=h.ssh.proxy_command)
+                     proxy_command=h.ssh.proxy_command, **keepalives(h.ssh))
+
+
+def keepalives(ssh: SshSettings) -> dict[str, float]:
+    """The host's ``ssh.keepalive_*`` where the inventory sets them (else SshTarget's)."""
+    found = {"keepalive_interval": ssh.keepalive_interval,
+             "keepalive_timeout": ssh.keepalive_timeout}
+    return {k: float(v) for k, v in found.items() if v is not None}
 
 
 def connector(inv: Inventory, store: StateStore, private_key: Path | None,

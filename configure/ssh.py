@@ -92,6 +92,8 @@ class SshTarget:
     port: int = 22
     private_key: Path | None = None
     proxy_command: str | None = None
+    keepalive_interval: float = KEEPALIVE_INTERVAL   # the inventory's ssh.keepalive_*
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
 
 
 _PROXY_TOKEN = re.compile(r"%(.?)")
@@ -252,12 +254,14 @@ class SshConnection:
     """
 
     def __init__(self, target: SshTarget, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-                 *, keepalive_interval: float = KEEPALIVE_INTERVAL,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT) -> None:
+                 *, keepalive_interval: float | None = None,
+                 keepalive_timeout: float | None = None) -> None:
         self.target = target
         self.connect_timeout = connect_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
+        self.keepalive_interval = target.keepalive_interval if keepalive_interval is None \
+            else keepalive_interval
+        self.keepalive_timeout = target.keepalive_timeout if keepalive_timeout is None \
+            else keepalive_timeout
         self._client: paramiko.SSHClient | None = None
         self._liveness: _Liveness | None = None
         self._lock = threading.Lock()

@@ -151,8 +151,7 @@ def ssh_config_text(target: SshTarget, known_hosts: Path, control_path: Path) ->
              "  PasswordAuthentication no",
              "  KbdInteractiveAuthentication no",
              f"  ConnectTimeout {CONNECT_TIMEOUT}",
-             "  ServerAliveInterval 10",
-             "  ServerAliveCountMax 3",
+             *server_alive(target),
              "  ControlMaster auto",
              f"  ControlPath {control_path}",
              "  ControlPersist 120"]
@@ -162,6 +161,16 @@ def ssh_config_text(target: SshTarget, known_hosts: Path, control_path: Path) ->
     if proxy is not None:
         lines.append(f"  ProxyCommand {proxy}")
     return "\n".join(lines) + "\n"
+
+
+def server_alive(target: SshTarget) -> list[str]:
+    """OpenSSH's keepalives with the meaning paramiko's have (configure/ssh.py): one every
+    ``keepalive_interval`` s, the host lost after ``keepalive_timeout`` s without an answer."""
+    interval = round(target.keepalive_interval)
+    if interval <= 0:
+        return ["  ServerAliveInterval 0"]
+    count = max(1, -(-round(target.keepalive_timeout) // interval))
+    return [f"  ServerAliveInterval {interval}", f"  ServerAliveCountMax {count}"]
 
 
 def known_hosts_text(target: SshTarget) -> str:

@@ -67,7 +67,8 @@ BMC_KEYS = ("address", "port", "username", "password", "driver")
 BMC_DRIVERS = ("ipmi",)
 IPMI_PASSWORD_MAX = 20
 PROVISION_KEYS = ("mac", "ip", "image", "console_log")
-SSH_KEYS = ("user", "port", "host_key", "proxy_command")
+SSH_KEYS = ("user", "port", "host_key", "proxy_command", "keepalive_interval",
+            "keepalive_timeout")
 VM_KEYS = ("hypervisor", "image", "mac", "network", "vcpus", "memory_mib", "disk_mib",
            "hostname", "ssh_authorized_keys", "state", "autostart", "domain_type",
            "console_log")
@@ -326,7 +327,16 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
         host_key=s.string("host_key", check=lambda k: bool(_HOST_KEY.match(k.strip())),
                           what="a public key line like 'ssh-ed25519 AAAA...'"),
         proxy_command=s.string("proxy_command"),
+        keepalive_interval=s.integer("keepalive_interval", 0, 0, 3600)
+        if "keepalive_interval" in sd else None,
+        keepalive_timeout=s.integer("keepalive_timeout", 1, 1, 86400)
+        if "keepalive_timeout" in sd else None,
     )
+    if ssh.keepalive_interval and ssh.keepalive_timeout and \
+            ssh.keepalive_timeout < ssh.keepalive_interval:
+        raise s.fail("keepalive_timeout", f"host '{name}': ssh.keepalive_timeout "
+                     f"({ssh.keepalive_timeout} s) is shorter than ssh.keepalive_interval "
+                     f"({ssh.keepalive_interval} s)")
     vm = _vm(c, name) if "vm" in data else None
     if vm is not None and (bmc is not None or prov is not None):
         raise c.fail("vm", "a host with a vm section is a guest: it has no bmc or provision "

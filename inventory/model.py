@@ -86,6 +86,10 @@ class SshSettings:
     port: int = 22
     host_key: str | None = None
     proxy_command: str | None = None
+    #: Seconds between SSH keepalives (0: none) and without an answer before the host is
+    #: unreachable; None: configure/ssh.py's defaults (5 and 20).
+    keepalive_interval: int | None = None
+    keepalive_timeout: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

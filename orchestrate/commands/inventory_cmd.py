@@ -29,7 +29,9 @@ def host_doc(h: Host) -> dict[str, Any]:
         "provision": None if h.provision is None else {
             "mac": h.provision.mac, "ip": h.provision.ip, "image": h.provision.image},
         "ssh": {"user": h.ssh.user, "port": h.ssh.port, "host_key": h.ssh.host_key,
-                "proxy_command": h.ssh.proxy_command},
+                "proxy_command": h.ssh.proxy_command,
+                "keepalive_interval": h.ssh.keepalive_interval,
+                "keepalive_timeout": h.ssh.keepalive_timeout},
         "vm": vm_doc(h),
         "source": f"{h.file}:{h.line}",
     }
