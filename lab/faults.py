@@ -44,9 +44,37 @@ def host_pids(record: HostRecord) -> list[int]:
     return sorted(pids)
 
 
+_SIGSTOP_BIT = 1 << (signal.SIGSTOP - 1)
+
+
 def _stopped(pid: int) -> bool:
+    """``pid`` runs no more of its own code: stopped, gone, or with a SIGSTOP pending.
+
+    A pending SIGSTOP is delivered before the process next returns to user space, so it
+    counts as frozen: a process sleeping in the kernel (``D``) -- e.g. a vfork()/posix_spawn()
+    parent whose child was stopped before its exec -- never gets to run to take it, and
+    waiting for its ``T`` would wait forever.
+    """
     stat = process_stat(pid)
-    return stat is None or stat.state in ("T", "t", "Z", "X")
+    if stat is None or stat.state in ("T", "t", "Z", "X"):
+        return True
+    return _sigstop_pending(pid)
+
+
+def _sigstop_pending(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True  # gone meanwhile
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigPnd", "ShdPnd"):
+            try:
+                if int(value.strip(), 16) & _SIGSTOP_BIT:
+                    return True
+            except ValueError:
+                continue
+    return False
 
 
 def kill(record: HostRecord) -> None:
