@@ -17,6 +17,8 @@ from inventory.state.runowner import RunOwner, seen_status
 from inventory.state.schema import journal, nodes, runs
 
 JOURNAL_OUTCOMES = ("ok", "changed", "failed", "unreachable", "skipped")
+#: The status of an intent whose step a resumed run ran again (its outcome never landed).
+SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,21 @@ class RunsMixin(StoreBase):
             if run_id is None:
                 raise StateError(f"no run '{run_uid}' in the state store")
             node_id = self._node_id(conn, host, create=True)
+            now = time.time()
             res = conn.execute(insert(journal).values(
                 run_id=run_id, node_id=node_id, step_index=step_index, step=step,
-                status="intent", started_at=time.time(), detail="{}"))
-            return int(res.inserted_primary_key[0])
+                status="intent", started_at=now, detail="{}"))
+            entry = int(res.inserted_primary_key[0])
+            # A resumed run runs again a step whose outcome never landed: the old intent is
+            # closed (never left looking like a step still in doubt), pointing at this one.
+            conn.execute(update(journal).where(
+                journal.c.run_id == run_id, journal.c.node_id == node_id,
+                journal.c.step_index == step_index, journal.c.status == "intent",
+                journal.c.id != entry).values(
+                    status=SUPERSEDED, ended_at=now,
+                    detail=json.dumps({"superseded_by": entry,
+                                       "message": "in doubt; run again by the resumed run"})))
+            return entry
 
     def journal_outcome(self, entry_id: int, status: str,
                         detail: dict[str, Any] | None = None) -> None:

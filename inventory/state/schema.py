@@ -73,7 +73,8 @@ journal = Table(
     Column("node_id", Integer, ForeignKey("nodes.id"), nullable=False, index=True),
     Column("step_index", Integer, nullable=False),
     Column("step", Text, nullable=False),
-    # 'intent' until the outcome is written: ok, changed, failed, unreachable, skipped.
+    # 'intent' until the outcome is written: ok, changed, failed, unreachable, skipped;
+    # 'superseded' when a resumed run ran the step again without its outcome.
     Column("status", String(16), nullable=False),
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float),

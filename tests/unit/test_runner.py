@@ -396,6 +396,18 @@ def test_resume_skips_what_is_done_and_rechecks_what_is_in_doubt(inv, store, tmp
     s0 = report.hosts["h01"].steps[0]
     assert s0.resumed and s0.outcome.message == "done in the resumed run"
     assert "re-checked: already done" in report.hosts["h02"].steps[0].outcome.message
+    # The intents left by the killed run are closed, each pointing at the entry that ran
+    # the step again: nothing in the journal still looks in doubt.
+    entries = store.journal_entries(uid)
+    assert not [e for e in entries if e.status == "intent"], entries
+    old = [e for e in entries if e.status == "superseded"]
+    assert sorted(e.host for e in old) == ["h02", "h03"]
+    by_id = {e.id: e for e in entries}
+    for e in old:
+        newer = by_id[e.detail["superseded_by"]]
+        assert (newer.host, newer.step_index) == (e.host, e.step_index) and newer.id > e.id
+        assert newer.status in ("ok", "changed") and e.ended_at is not None
+    assert resume_state(store, uid)[("h03", journal_index(play, play.steps[0]))] == "changed"
 
 
 def test_secrets_are_masked_in_journal_events_and_reports(inv, store, tmp_path):
