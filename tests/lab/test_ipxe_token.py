@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import re
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,3 +155,34 @@ def test_callbacks_notify_the_watchers(deployment):
     assert deployment.changes.version("node1") == after_script
     assert deployment.post("progress", token, stage="started", message="x") == 200
     assert deployment.changes.version("node1") > after_script
+
+
+def test_the_deploy_token_is_nowhere_but_in_the_script_and_the_callbacks(deployment, tmp_path,
+                                                                          caplog):
+    """The secrets canary of issue 13 for deploy tokens (a fresh random value per deployment,
+    so the real one is the canary): through the whole install flow at DEBUG, the token is in
+    no log record, in no byte of the state store (hashes only; its -wal and -shm too), and
+    in no file under the test's directory (deploy keys, images, installer)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    token = deployment.script_token()
+    assert len(token) >= 32
+    status, _body = deployment.request("GET", contract.NODE_CONFIG.format(node="node1"), token)
+    assert status == 200
+    assert deployment.post("progress", token, stage="streaming", message="image") == 200
+    assert deployment.post("done", token) == 200
+    assert deployment.post("done", token) == 403          # spent
+    deadline = time.monotonic() + 5                        # access log lines come after
+    while "/v1/nodes/node1/done -> 403" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "/v1/nodes/node1/done -> 403" in caplog.text
+    assert token not in caplog.text
+    assert not [r for r in caplog.records if token in repr(r.args) or token in str(r.msg)]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "metalchain.db" for p in files)
+    hits = [str(p) for p in files if token.encode() in p.read_bytes()]
+    assert not hits, hits
+    runs = deployment.store.list_runs(limit=50)
+    assert token not in repr(runs)
+    assert token not in repr(deployment.store.transitions("node1"))

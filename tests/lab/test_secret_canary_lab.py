@@ -154,8 +154,10 @@ SKIPPED = {
                    "canary BMC password",
     ("lab", "down"): "as lab up",
     ("lab", "console"): "needs a lab node's serial log (lab up)",
-    ("provision",): "installs QEMU nodes (deploy tokens): tests/lab/test_provision.py; the "
-                    "CI size cannot afford a TCG install",
+    ("provision",): "installs QEMU nodes (the CI size cannot afford another TCG install); "
+                    "its secrets: the BMC password in tests/lab/test_bmc.py, the deploy "
+                    "token through the whole install flow in tests/lab/test_ipxe_token.py "
+                    "(logs at DEBUG, the store, every file) and test_bootserver.py",
     ("image", "guest"): "builds a guest image with mmdebstrap (minutes)",
     ("mirror", "build"): "downloads packages with apt-get (minutes; no network in CI)",
     ("mirror", "serve"): "serves a built mirror (needs mirror build)",
