@@ -724,6 +724,8 @@ def trial_provision(lab: CrashLab, n: int, rng: random.Random, state: str | None
     final = _node_state(lab)
     if final != "active":
         trial.violations.append(f"{NODE} ended {final}, not active")
+    if at_kill not in IN_PROGRESS:
+        _next_run_takes_over(lab, trial)
     installs = _installs(lab) - base
     trial.detail["installs"] = installs
     if installs > 1 and done_at_kill >= 1:
@@ -733,6 +735,26 @@ def trial_provision(lab: CrashLab, n: int, rng: random.Random, state: str | None
     common_checks(lab, trial)
     trial.seconds = round(time.monotonic() - t0, 2)
     return trial
+
+
+def _next_run_takes_over(lab: CrashLab, trial: Trial) -> None:
+    """Killed once the node was ``active``, no controller process follows (nothing is left in
+    progress): the dead provision's lease of the node is still in the store. The contract
+    (README, host leases) is that it blocks nothing -- the next run on this machine takes it
+    over at once -- so that is what is checked, with a run that takes the node's lease and
+    changes nothing (``power on`` of a node that is on); after it no lease may be left."""
+    left = lab.store_query("SELECT n.name FROM leases l JOIN nodes n ON n.id = l.node_id")
+    trial.detail["leases_after_kill"] = len(left)
+    if not left:
+        return
+    before = lab.store_query("SELECT COUNT(*) FROM audit WHERE action = 'lease_take_over'")
+    r = lab.cli("power", "on", NODE, timeout=120)
+    after = lab.store_query("SELECT COUNT(*) FROM audit WHERE action = 'lease_take_over'")
+    took = after[0][0] > before[0][0]       # audited by the store when a lease changes hands
+    trial.detail["next_run_took_over"] = took
+    if r.returncode != 0 or not took:
+        trial.violations.append(f"the next run on {NODE} did not take the dead provision's "
+                                f"lease over (exit {r.returncode}): {(r.stdout + r.stderr)[-300:]}")
 
 
 @contextlib.contextmanager
