@@ -52,10 +52,18 @@ def main() -> int:
     ap.add_argument("--provision", type=int, default=0, metavar="N",
                     help="also N provision trials, cycling through the lifecycle states "
                          "(a QEMU node: hold /tmp/metalchain-lab.lock)")
+    ap.add_argument("--states", default=",".join(crashlab.PROVISION_STATES),
+                    help="the lifecycle states the provision trials cycle through "
+                         "(comma-separated; default all)")
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--keep", action="store_true", help="leave the lab's directory")
     ap.add_argument("--json", type=Path, help="also write the result to this file")
     args = ap.parse_args()
+    states = [s for s in args.states.split(",") if s]
+    unknown = [s for s in states if s not in crashlab.PROVISION_STATES]
+    if unknown or not states:
+        ap.error(f"--states: unknown {unknown or 'none given'}; known: "
+                 f"{', '.join(crashlab.PROVISION_STATES)}")
     scenarios = args.scenario or list(crashlab.SCENARIOS)
     per = args.trials // len(scenarios)
     counts = {s: per for s in scenarios}
@@ -77,7 +85,7 @@ def main() -> int:
         rng = random.Random(args.seed)
         with crashlab.provision_lab(root.parent / "prov") as lab:
             for k in range(args.provision):
-                state = crashlab.PROVISION_STATES[k % len(crashlab.PROVISION_STATES)]
+                state = states[k % len(states)]
                 trial = crashlab.trial_provision(lab, 10_000 + k, rng, state)
                 show(trial)
                 trials.append(trial)
