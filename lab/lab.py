@@ -27,6 +27,8 @@ from lab import fleet as fleetmod
 from lab.bmc import BmcProcessSpec, bmc_pid, start_bmc, stop_bmc
 from lab.machine import Machine, MachineSpec, TapNetwork
 from lab.network import LabNetwork, netns_exists
+from provision.bootserver.dnsmasq import stop_orphan
+from provision.bootserver.interfaces import BootServerError
 from provision.guestimage import STORE_NAME as GUEST_STORE_NAME
 from runtime import process
 from runtime.atomicfile import write_atomic
@@ -309,7 +311,7 @@ class Lab:
                 "subnet": config.ipv4, "http_port": config.http_port,
                 # dnsmasq drops to 'nobody', who cannot enter a site under /root or /tmp/xyz
                 # made 0700: its state lives where it can read it.
-                "state_dir": f"/run/metalchain/{config.netns}/boot"}
+                "state_dir": str(boot_state_dir(config.netns))}
         doc: dict[str, Any] = {"boot": boot}
         if config.chain:
             # Emulated nodes pay for every scrape: node_exporter under TCG costs ~0.8 s of CPU
@@ -417,6 +419,13 @@ class Lab:
                 self._stop_node(config, node)  # type: ignore[arg-type]
             except LabError as exc:
                 errors.append(str(exc))
+        if config is not None:
+            # A controller killed while it served the lab (SIGKILL: no atexit) leaves its
+            # dnsmasq behind; nothing else would stop it once the lab is gone.
+            try:
+                stop_orphan(boot_state_dir(config.netns))
+            except (BootServerError, OSError) as exc:
+                errors.append(str(exc))
         if config is not None and netns_exists(config.netns):
             try:
                 self.network(config).down()
@@ -436,6 +445,12 @@ class Lab:
             out[node.name] = {"qemu": self.machine(config, node).pid(),  # type: ignore[arg-type]
                               "bmc": bmc_pid(self.bmc_spec(node).pidfile)}
         return out
+
+
+def boot_state_dir(netns: str) -> Path:
+    """The boot server's state directory ``lab up`` gives the lab's site: dnsmasq drops to
+    'nobody', who cannot enter a site under /root or a 0700 directory, so it is under /run."""
+    return Path("/run/metalchain") / netns / "boot"
 
 
 def node_problem(power: str, bmc_error: str | None, qemu_pid: int | None,

@@ -75,6 +75,22 @@ class DnsmasqFiles:
         self.tftp_root = state_dir / "tftp"
 
 
+def stop_orphan(state_dir: Path) -> int | None:
+    """Stop the dnsmasq a killed controller left on ``state_dir`` (its pid file names a live
+    dnsmasq with this directory's config on its command line); the pid stopped, or None.
+    Used before a new start and by ``lab down`` (nothing else would stop it: its controller
+    is gone). Raises BootServerError if it survives SIGKILL."""
+    files = DnsmasqFiles(state_dir)
+    pid = live_pid(files.pid, markers=(f"--conf-file={files.conf}",))
+    if pid is not None:
+        log.warning("stopping dnsmasq pid %d left over from an earlier run", pid)
+        if not terminate(pid, term_timeout=STOP_TIMEOUT_S, kill_timeout=STOP_TIMEOUT_S):
+            raise BootServerError(f"dnsmasq pid {pid} left over from an earlier run "
+                                  "survived SIGKILL")
+    files.pid.unlink(missing_ok=True)
+    return pid
+
+
 def script_url(base_url: str) -> str:
     """The URL iPXE is told to chain, with iPXE's own MAC expansion in it."""
     return base_url + contract.IPXE_SCRIPT.format(mac_hyphens=IPXE_MAC_HYPHENS)
@@ -368,13 +384,7 @@ class Dnsmasq:
 
     def _reclaim_orphan(self) -> None:
         """Stop a dnsmasq a killed controller left behind on this state directory."""
-        pid = live_pid(self.files.pid, markers=(f"--conf-file={self.files.conf}",))
-        if pid is not None:
-            log.warning("stopping dnsmasq pid %d left over from an earlier run", pid)
-            if not terminate(pid, term_timeout=STOP_TIMEOUT_S, kill_timeout=STOP_TIMEOUT_S):
-                raise BootServerError(f"dnsmasq pid {pid} left over from an earlier run "
-                                      "survived SIGKILL")
-        self.files.pid.unlink(missing_ok=True)
+        stop_orphan(self.files.state_dir)
 
     def _stderr_tail(self) -> str:
         try:
