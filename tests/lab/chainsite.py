@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -152,6 +153,8 @@ class ChainLab:
         self.event_key = event_key
         self.serve = Serve(root)
         self._site: Site | None = None
+        self._retry_lock = threading.Lock()
+        self.retried_503 = 0
 
     # -- the CLI and the hosts ---------------------------------------------------------------
 
@@ -191,9 +194,29 @@ class ChainLab:
                     self.webhook_token)
 
     def post_many(self, docs: list[dict], workers: int = 100) -> list[tuple[int, dict]]:
-        """``docs`` posted at once, one connection each."""
+        """``docs`` posted at once, one connection each, as Alertmanager delivers: a 503 (more
+        connections from this address than the receiver's per-client cap, 64, when the
+        machine is too busy to answer the first ones in time; the server may close before the
+        body is sent: a broken pipe) is sent again after a short pause, as Alertmanager
+        retries a 5xx or a failed connection. ``self.retried_503`` counts them."""
+
+        def deliver(doc: dict) -> tuple[int, dict]:
+            status, answer = 0, {}
+            for attempt in range(20):
+                try:
+                    status, answer = self.post_alerts(doc)
+                except (urllib.error.URLError, ConnectionError) as exc:
+                    status, answer = 0, {"error": str(exc)}
+                if status not in (0, 503):
+                    return status, answer
+                with self._retry_lock:
+                    self.retried_503 += 1
+                time.sleep(0.1 * (attempt + 1))
+            return status, answer
+
+        self.retried_503 = 0
         with concurrent.futures.ThreadPoolExecutor(min(workers, len(docs))) as pool:
-            return list(pool.map(self.post_alerts, docs))
+            return list(pool.map(deliver, docs))
 
     # -- the state store -----------------------------------------------------------------------
 

@@ -216,7 +216,9 @@ def test_paused_remediation_acts_on_none_of_a_100_alert_storm(lab):
                              name=f"mc-storm{n}.service", job="node", state="failed")
                 for n in range(100)]
         answers = lab.post_many(docs)
-        assert [s for s, _a in answers] == [200] * 100
+        assert [s for s, _a in answers] == [200] * 100, (answers, lab.retried_503)
+        print(f"\nstorm: 100 notifications, {lab.retried_503} sent again after a 503 or a "
+              "closed connection (the per-client cap)")
         ids = [a["incidents"][0] for _s, a in answers]
         assert len(set(ids)) == 100
         ended = [lab.wait_ended(i, 60) for i in ids]
