@@ -23,6 +23,7 @@ from pathlib import Path
 import paramiko
 
 from inventory.errors import InputError, TransportError
+from inventory.model import SSH_KEEPALIVE_INTERVAL, SSH_KEEPALIVE_TIMEOUT
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds a connected host may take to open a session channel: sshd forks and sets up the
@@ -37,8 +38,8 @@ DEFAULT_COMMAND_TIMEOUT = 600.0
 #: (600 s for a command step, 3600 s for an apply): TCP keeps a frozen host's connection
 #: open (its kernel still acknowledges) and retransmits to a cut one for ~15 minutes.
 #: A lost host is so reported ``unreachable`` 20-25 s after it stopped answering.
-KEEPALIVE_INTERVAL = 5.0
-KEEPALIVE_TIMEOUT = 20.0
+KEEPALIVE_INTERVAL = float(SSH_KEEPALIVE_INTERVAL)
+KEEPALIVE_TIMEOUT = float(SSH_KEEPALIVE_TIMEOUT)
 
 OutputSink = Callable[[str, str], None]  # (stream name "stdout"|"stderr", text chunk)
 

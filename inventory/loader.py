@@ -46,6 +46,8 @@ from typing import Any
 from inventory.errors import InventoryError, SecretError
 from inventory.model import (
     ALL_GROUP,
+    SSH_KEEPALIVE_INTERVAL,
+    SSH_KEEPALIVE_TIMEOUT,
     VM_DOMAIN_TYPES,
     VM_STATES,
     Bmc,
@@ -249,6 +251,20 @@ def _vars(c: _Checker, resolver: _Resolver) -> dict[str, Any]:
     return out
 
 
+def _check_keepalives(ssh: SshSettings, s: _Checker, name: str) -> None:
+    """The keepalive timeout, set or the default, must cover at least one interval (else a
+    host would be declared lost before the next keepalive was even sent)."""
+    interval = SSH_KEEPALIVE_INTERVAL if ssh.keepalive_interval is None \
+        else ssh.keepalive_interval
+    timeout = SSH_KEEPALIVE_TIMEOUT if ssh.keepalive_timeout is None else ssh.keepalive_timeout
+    if interval and timeout < interval:
+        default = "" if ssh.keepalive_timeout is not None else ", the default"
+        raise s.fail("keepalive_timeout" if ssh.keepalive_timeout is not None
+                     else "keepalive_interval",
+                     f"host '{name}': ssh.keepalive_timeout ({timeout} s{default}) is shorter "
+                     f"than ssh.keepalive_interval ({interval} s)")
+
+
 def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host:
     if not isinstance(name, str) or not valid_hostname(name):
         raise InventoryError(f"host name {_describe(name)} is not a valid RFC 1123 host name",
@@ -332,11 +348,7 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
         keepalive_timeout=s.integer("keepalive_timeout", 1, 1, 86400)
         if "keepalive_timeout" in sd else None,
     )
-    if ssh.keepalive_interval and ssh.keepalive_timeout and \
-            ssh.keepalive_timeout < ssh.keepalive_interval:
-        raise s.fail("keepalive_timeout", f"host '{name}': ssh.keepalive_timeout "
-                     f"({ssh.keepalive_timeout} s) is shorter than ssh.keepalive_interval "
-                     f"({ssh.keepalive_interval} s)")
+    _check_keepalives(ssh, s, name)
     vm = _vm(c, name) if "vm" in data else None
     if vm is not None and (bmc is not None or prov is not None):
         raise c.fail("vm", "a host with a vm section is a guest: it has no bmc or provision "

@@ -78,6 +78,12 @@ class VmSpec:
     console_log: str | None = None
 
 
+#: SSH keepalives when the inventory sets none (configure/ssh.py explains them): one every 5 s,
+#: the host lost after 20 s without an answer.
+SSH_KEEPALIVE_INTERVAL = 5
+SSH_KEEPALIVE_TIMEOUT = 20
+
+
 @dataclass(frozen=True)
 class SshSettings:
     """How configure/ and orchestrate/ reach the host over SSH."""
@@ -87,7 +93,7 @@ class SshSettings:
     host_key: str | None = None
     proxy_command: str | None = None
     #: Seconds between SSH keepalives (0: none) and without an answer before the host is
-    #: unreachable; None: configure/ssh.py's defaults (5 and 20).
+    #: unreachable; None: SSH_KEEPALIVE_INTERVAL and SSH_KEEPALIVE_TIMEOUT.
     keepalive_interval: int | None = None
     keepalive_timeout: int | None = None
 
