@@ -18,6 +18,7 @@ key again.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import time
@@ -95,11 +96,10 @@ def freeze(record: HostRecord, *, timeout: float = FREEZE_TIMEOUT) -> int:
     """
     stopped: set[int] = set()
     deadline = time.monotonic() + timeout
-    sweeps = 0
-    while True:
+    for sweep in itertools.count():
         running = [p for p in host_pids(record) if not _stopped(p)]
-        if not running and sweeps >= FREEZE_SWEEPS:
-            return len(stopped)
+        if not running and sweep >= FREEZE_SWEEPS:
+            break
         if time.monotonic() >= deadline:
             raise LabError(f"{record.name}: processes {running} still run after SIGSTOP "
                            f"({timeout:g} s)")
@@ -107,10 +107,9 @@ def freeze(record: HostRecord, *, timeout: float = FREEZE_TIMEOUT) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
                 stopped.add(pid)
-        sweeps += 1
-        if not running:
-            continue
-        time.sleep(0.01)
+        if running:
+            time.sleep(0.01)
+    return len(stopped)
 
 
 def thaw(record: HostRecord, *, timeout: float = 60.0) -> None:

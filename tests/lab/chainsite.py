@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -153,7 +152,6 @@ class ChainLab:
         self.event_key = event_key
         self.serve = Serve(root)
         self._site: Site | None = None
-        self._retry_lock = threading.Lock()
         self.retried_503 = 0
 
     # -- the CLI and the hosts ---------------------------------------------------------------
@@ -200,7 +198,7 @@ class ChainLab:
         body is sent: a broken pipe) is sent again after a short pause, as Alertmanager
         retries a 5xx or a failed connection. ``self.retried_503`` counts them."""
 
-        def deliver(doc: dict) -> tuple[int, dict]:
+        def deliver(doc: dict) -> tuple[int, dict, int]:
             status, answer = 0, {}
             for attempt in range(20):
                 try:
@@ -208,15 +206,14 @@ class ChainLab:
                 except (urllib.error.URLError, ConnectionError) as exc:
                     status, answer = 0, {"error": str(exc)}
                 if status not in (0, 503):
-                    return status, answer
-                with self._retry_lock:
-                    self.retried_503 += 1
+                    return status, answer, attempt
                 time.sleep(0.1 * (attempt + 1))
-            return status, answer
+            return status, answer, 20
 
-        self.retried_503 = 0
         with concurrent.futures.ThreadPoolExecutor(min(workers, len(docs))) as pool:
-            return list(pool.map(deliver, docs))
+            delivered = list(pool.map(deliver, docs))
+        self.retried_503 = sum(resent for _s, _a, resent in delivered)
+        return [(status, answer) for status, answer, _r in delivered]
 
     # -- the state store -----------------------------------------------------------------------
 
