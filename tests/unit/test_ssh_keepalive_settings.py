@@ -66,3 +66,16 @@ def test_bad_keepalives_name_the_file_and_line(tmp_path, ssh, message):
     with pytest.raises(InventoryError) as info:
         inventory(tmp_path, ssh)
     assert "inventory.yml:4" in str(info.value) and message in str(info.value), info.value
+
+
+def test_an_interval_alone_longer_than_the_default_timeout_is_refused(tmp_path):
+    """keepalive_interval: 30 with the default 20 s timeout would call a host lost before its
+    second keepalive was sent."""
+    with pytest.raises(InventoryError) as info:
+        inventory(tmp_path, "{keepalive_interval: 30}")
+    assert "inventory.yml:4" in str(info.value)
+    assert ("ssh.keepalive_timeout (20 s, the default) is shorter than "
+            "ssh.keepalive_interval (30 s)") in str(info.value)
+    settings = inventory(tmp_path, "{keepalive_interval: 30, keepalive_timeout: 90}").host(
+        "far1").ssh
+    assert (settings.keepalive_interval, settings.keepalive_timeout) == (30, 90)
