@@ -21,7 +21,10 @@ A worker takes one incident at a time:
    concurrency and fleet-cap guards, and an action already running on the same host, only
    *defer* it: it waits, still ``acting``, until an action ends and is decided again. After
    a cooldown refusal the step's verification is asked first: the same failure seen by both
-   paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done.
+   paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done; a
+   host still failing waits, ``acting``, until its cooldown ends and is decided again then
+   (a cooldown spaces actions on a host out, it never drops a fault). An incident that
+   waited ends ``resolved``, with nothing done, if its alert resolved meanwhile.
    Incidents of one host a few seconds apart count once for the flap guard.
 
 The decision and the start of the action are made under one lock, so the concurrency and
@@ -172,6 +175,8 @@ class Remediator:
         self._owned: set[int] = set()      # acting incidents this engine continues
         self._deferred: dict[int, None] = {}   # ... waiting for a free slot, oldest first
         self._defer_logged: dict[int, int] = {}   # incident -> step whose wait is recorded
+        self._wakes: dict[int, float] = {}  # ... waiting out a cooldown: monotonic wake-up
+        self._wake = threading.Event()     # the backstop's timer: a wake-up was added
         self._running = 0                  # actions this engine has running
         self._dups: set[int] = set()
         self._decide_lock = threading.Lock()
@@ -224,6 +229,7 @@ class Remediator:
         that ends because of it is recorded ``interrupted`` and picked up next start).
         Returns whether every thread ended within ``timeout``."""
         self._stopping.set()
+        self._wake.set()
         with self._cond:
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
@@ -335,14 +341,32 @@ class Remediator:
                     self._push(incident_id)
 
     def _backstop(self) -> None:
-        while not self._stopping.wait(self.backstop):
-            try:
-                self._release_deferred()
-                for inc in self.store.unfinished_incidents():
-                    if inc.state == "open":
-                        self._push(inc.id)
-            except Exception:
-                log.exception("remediation backstop failed")
+        """Every ``backstop`` seconds: the waiting incidents decided again, the open ones a
+        wake-up missed queued. In between: incidents whose cooldown wait is over, on time."""
+        swept = time.monotonic()
+        while not self._stopping.is_set():
+            now = time.monotonic()
+            with self._cond:
+                due = [i for i, at in self._wakes.items() if at <= now]
+                for incident_id in due:
+                    del self._wakes[incident_id]
+                nearest = min(self._wakes.values(), default=None)
+            for incident_id in due:
+                self._push(incident_id)
+            if now - swept >= self.backstop:
+                swept = now
+                try:
+                    self._release_deferred()
+                    for inc in self.store.unfinished_incidents():
+                        if inc.state == "open":
+                            self._push(inc.id)
+                except Exception:
+                    log.exception("remediation backstop failed")
+            pause = swept + self.backstop - now
+            if nearest is not None:
+                pause = min(pause, nearest - now)
+            self._wake.wait(max(0.0, pause))
+            self._wake.clear()
 
     def _release_deferred(self, limit: int | None = None) -> None:
         """Queue the oldest waiting incidents again: ``limit`` of them (about as many as
@@ -469,6 +493,10 @@ class Remediator:
                     return self._step_failed(inc, index, step, "its action was cut short "
                                                                f"twice; not in effect: {why}")
                 # cut short once and not in effect: run it again (below)
+            if not prior and inc.alert_status == "resolved":
+                # It waited (a slot, a cooldown, a restart) and its alert ended meanwhile.
+                return self._end(inc, "resolved", "nothing_to_do", "its alert resolved while "
+                                 "it waited; nothing done", step=index)
         decision, action_id, deferred = self._decide(inc, index, step, args)
         if decision.verdict == ACT and action_id is not None:
             return self._act(inc, index, step, args, vargs, action_id)
@@ -476,19 +504,47 @@ class Remediator:
             return self._end(inc, "dry_run", "dry_run", decision.reason)
         if deferred:
             return _DEFER
-        if decision.guard == "cooldown" and step.verify is not None:
+        if decision.guard == "cooldown":
             # The host was acted on moments ago (often: the same failure seen by the other
             # path, pushed event and Prometheus): if it is healthy, nothing is left to do.
-            checked = self._verify(inc, index, step, vargs, after="cooldown")
+            checked = self._verify(inc, index, step, vargs, after="cooldown") \
+                if step.verify is not None else None
             if checked is not None and checked.ok:
                 return self._end(inc, "healed", "healed", f"already healthy, nothing done "
                                  f"({decision.reason}): {checked.message}", step=index,
                                  action=None, verified=True)
+            if self._stopping.is_set():
+                return _STOPPED
+            # Still failing: a cooldown spaces actions on a host out, it does not drop the
+            # fault (Alertmanager would not ask again before its repeat_interval).
+            return self._wait_cooldown(inc, index, checked)
         if decision.verdict in (ESCALATE, NEEDS_APPROVAL):
             return self._end(inc, "escalated", "escalated", decision.reason,
                              guard=decision.guard)
         return self._end(inc, "suppressed", "suppressed", decision.reason,
                          guard=decision.guard)
+
+    def _wait_cooldown(self, inc: IncidentRecord, index: int,
+                       checked: VerifyResult | None) -> _Outcome:
+        """The incident waits, still ``acting``, until its host's cooldown ends, and is then
+        decided again (or ends ``resolved`` if its alert resolved meanwhile)."""
+        now = self.clock()
+        cooldown = self.rules.policy.cooldown
+        starts = [a.started_at for a in self._situation(inc, self.rules.policy, now).actions
+                  if a.target == inc.target]
+        until = max(starts, default=now) + cooldown
+        detail = {"step": index, "reason": "still failing: decided again when the host's "
+                                           "cooldown ends", "until": round(until, 3),
+                  "seconds": round(max(0.0, until - now), 3),
+                  "since_received": round(time.time() - inc.created_at, 3)}
+        if checked is not None:
+            detail["verification"] = checked.message
+        self.store.add_incident_event(inc.id, "waiting", detail)
+        with self._cond:
+            self._owned.add(inc.id)
+            self._wakes[inc.id] = time.monotonic() + max(0.0, until - now)
+        self._wake.set()
+        return _DEFER
 
     def _situation(self, inc: IncidentRecord, policy: Any, now: float) -> Situation:
         horizon = max(policy.cooldown, policy.rate_window)

@@ -1,6 +1,6 @@
 """Remediation's safety guards, as one pure decision: may this action run on this target now?
 
-The remediation engine (issue 11, not built yet) gathers a :class:`Situation` from the state
+The remediation engine (``monitor/engine.py``) gathers a :class:`Situation` from the state
 store — actions running and recent, incidents per target, group sizes — and asks
 :func:`decide` before every action; the :class:`Decision` (and the guard that made it) goes to
 the audit log whatever it is. Nothing here reads a clock, a store or the network, so every
@@ -18,7 +18,8 @@ Guards, in the order they are asked (the first that objects decides):
 3. approval — ``power_cycle`` and ``reprovision`` wait for an operator unless the rule allows
    them (``NEEDS_APPROVAL``);
 4. cooldown — one action per target per ``cooldown`` seconds, counted from the last action's
-   start (``SUPPRESSED``);
+   start (``SUPPRESSED``; the engine verifies, and a target still failing waits for the
+   cooldown's end instead of ending);
 5. rate limit — at most ``rate_count`` actions of one kind per ``rate_window`` seconds;
 6. concurrency — at most ``max_concurrent`` actions running at once;
 7. fleet cap — never more than ``fleet_cap`` of any group the target is in (at least one host

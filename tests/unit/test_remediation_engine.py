@@ -320,12 +320,90 @@ def test_one_failure_seen_by_both_paths_is_one_action_and_one_flap(store):
     assert second.state == "healed" and len(fleet.calls) == 1
     healed = store.incident_timeline(second.id)[-1]["detail"]
     assert healed["reason"].startswith("already healthy, nothing done")
-    # A failure that is really back (the host broken again) is not healed by looking.
+    # A failure that is really back (the host broken again) is not healed by looking: it
+    # waits out the host's cooldown (nothing done yet) ...
     fleet.healthy.discard("web1")
     again = store.ingest([_alert(n=3)], "alertmanager")
     eng.process(again[0].incident_id)
-    assert store.incident(again[0].incident_id).state == "suppressed"
+    assert store.incident(again[0].incident_id).state == "acting"
+    assert _kinds(store, again[0].incident_id)[-1] == "waiting"
     assert len(fleet.calls) == 1
+
+
+def _clock(start: float = 1_000_000.0) -> list[float]:
+    return [start]
+
+
+def test_a_fault_within_the_cooldown_is_acted_on_when_the_cooldown_ends(store):
+    """A host acted on a moment ago for one fault, broken by another: the cooldown spaces the
+    two actions out, it does not drop the second fault."""
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    now = _clock(time.time())
+    eng = _engine(store, fleet, _rules(cooldown=60), clock=lambda: now[0])
+    first = store.ingest([_alert(n=1)], "event")
+    eng.process(first[0].incident_id)
+    fleet.healthy.discard("web1")
+    now[0] += 45
+    other = store.ingest([_alert(n=2, unit="exporter.service")], "alertmanager")
+    eng.process(other[0].incident_id)
+    inc = store.incident(other[0].incident_id)
+    assert inc.state == "acting" and len(fleet.calls) == 1
+    waiting = store.incident_timeline(inc.id)[-1]
+    assert waiting["kind"] == "waiting" and 14 <= waiting["detail"]["seconds"] <= 16, waiting
+    assert waiting["detail"]["verification"] == "inactive"
+    # decided again before the cooldown ends (a stray wake-up): it waits again
+    now[0] += 5
+    eng.process(inc.id)
+    assert store.incident(inc.id).state == "acting" and len(fleet.calls) == 1
+    now[0] += 11
+    eng.process(inc.id)
+    assert store.incident(inc.id).state == "healed"
+    assert fleet.calls[-1] == ("restart_service", "web1", {"service": "exporter.service"})
+    assert len(fleet.calls) == 2
+
+
+def test_a_fault_that_resolves_during_its_cooldown_wait_ends_resolved_with_nothing_done(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    now = _clock(time.time())
+    eng = _engine(store, fleet, _rules(cooldown=60), clock=lambda: now[0])
+    eng.process(store.ingest([_alert(n=1)], "event")[0].incident_id)
+    fleet.healthy.discard("web1")
+    alert = _alert(n=2, unit="exporter.service")
+    other = store.ingest([alert], "alertmanager")[0].incident_id
+    eng.process(other)
+    assert store.incident(other).state == "acting"
+    store.ingest([IncidentInput(alert.fingerprint, alert.starts_at, "resolved",
+                                alert.alertname, alert.target, alert.labels)], "alertmanager")
+    now[0] += 61
+    eng.process(other)
+    inc = store.incident(other)
+    assert inc.state == "resolved" and len(fleet.calls) == 1
+    assert store.incident_timeline(other)[-1]["detail"]["reason"].startswith(
+        "its alert resolved while it waited")
+
+
+def test_a_running_engine_wakes_a_cooldown_wait_on_time_not_at_its_backstop(store):
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet, _rules(cooldown=0.5), backstop=3600)
+    eng.start()
+    try:
+        first = store.ingest([_alert(n=1)], "event")
+        eng.on_ingested(first)
+        wait_for(lambda: store.incident(first[0].incident_id).state == "healed", 5,
+                 "the first fault healed")
+        fleet.healthy.discard("web1")
+        other = store.ingest([_alert(n=2, unit="exporter.service")], "alertmanager")
+        t0 = time.monotonic()
+        eng.on_ingested(other)
+        wait_for(lambda: store.incident(other[0].incident_id).state == "healed", 5,
+                 "the second fault healed after the cooldown")
+        assert time.monotonic() - t0 < 3
+    finally:
+        eng.stop(5)
+    assert [c[2]["service"] for c in fleet.calls] == ["nginx.service", "exporter.service"]
 
 
 def test_an_incident_on_a_host_being_acted_on_waits_for_that_action(store):
