@@ -260,7 +260,15 @@ def _wait_healed(site: Path, target: str, alert: str, since: float) -> dict[str,
     inc = json.loads(r.stdout)["incident"] if r.stdout.strip() else {}
     doc = json.loads(mc("--site", str(site), "incidents", "show", str(inc.get("id", 0)),
                         "--json").stdout or "{}")
-    assert r.returncode == 0 and inc["state"] == "healed", (r.stderr, json.dumps(doc)[-4000:])
+    if r.returncode != 0 or inc.get("state") != "healed":
+        # Every incident of the site with how it ended: the one before may be the cause
+        # (a guard counts actions of other incidents on the same host).
+        listing = mc("--site", str(site), "incidents", "list", "--json").stdout
+        others = [{k: i.get(k) for k in ("id", "source", "alertname", "target", "state", "rule",
+                                         "created_at", "ended_at")}
+                  for i in json.loads(listing or "{}").get("incidents", [])]
+        raise AssertionError(f"{alert} on {target} not healed: {r.stderr[-1000:]}\n"
+                             f"{json.dumps(doc)[-3000:]}\nall incidents: {json.dumps(others)}")
     return doc
 
 
