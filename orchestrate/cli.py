@@ -6,18 +6,22 @@ Only ``-v``/``--debug`` prints a traceback; every other failure is one line on s
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from inventory.errors import MetalchainError
 from inventory.secrets import Masker
-from inventory.site import Site, find_site_dir
 from runtime.text import terminal_safe
+
+if TYPE_CHECKING:
+    from inventory.site import Site
 
 log = logging.getLogger("metalchain")
 
@@ -25,10 +29,18 @@ EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("metalchain")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def _show_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"metalchain, version {_version()}")
+        ctx.exit()
 
 
 @dataclass
@@ -48,6 +60,8 @@ class Context:
     @property
     def site(self) -> Site:
         if self._site is None:
+            from inventory.site import Site, find_site_dir
+
             self._site = Site.open(find_site_dir(self.site_option))
             _SCRUB.site = self._site
             # {env: VAR} secrets stay with the site, not in what child processes inherit.
@@ -130,7 +144,7 @@ def _set_no_color(ctx: click.Context, _param: click.Parameter, value: bool) -> N
 def global_options(command: click.Command) -> click.Command:
     """Give ``command`` the global options (``--site``, ``-v/--debug``, ``--no-color``).
 
-    Applied to the root group and, by :func:`_register`, to every command and subgroup of
+    Applied to the root group and, by :func:`_equip`, to every command and subgroup of
     the tree, so an option means the same wherever it is written. The options write into the
     shared :class:`Context` (never into the command's arguments); an option left out of a
     later position does not undo one given earlier."""
@@ -162,9 +176,93 @@ Shell completion (bash; zsh and fish likewise):
 """
 
 
+#: The root's subcommands: name -> (module, attribute). A module is imported when its command
+#: is used (``metalchain apply`` loads what apply needs, not the provisioner, the monitor or
+#: the lab: start-up is part of every run); ``--help``, completion and a walk of
+#: ``cli.commands`` load them all.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("init_cmd", "init"),
+    "inventory": ("inventory_cmd", "inventory"),
+    "state": ("state_cmd", "state"),
+    "run": ("run_cmd", "run"),
+    "exec": ("run_cmd", "exec_"),
+    "runs": ("run_cmd", "runs"),
+    "facts": ("run_cmd", "facts"),
+    "apply": ("apply_cmd", "apply"),
+    "drift": ("apply_cmd", "drift"),
+    "schedule": ("schedule_cmd", "schedule_group"),
+    "lab": ("lab_cmd", "lab"),
+    "power": ("power_cmd", "power"),
+    "serve": ("provision_cmd", "serve"),
+    "provision": ("provision_cmd", "provision"),
+    "mirror": ("mirror_cmd", "mirror"),
+    "image": ("image_cmd", "image"),
+    "monitor": ("monitor_cmd", "monitor"),
+    "verify": ("verify_cmd", "verify"),
+    "incidents": ("incidents_cmd", "incidents"),
+    "remediation": ("incidents_cmd", "remediation"),
+}
+
+
+def _with_leases(name: str) -> Callable[[click.Command], None]:
+    def attach(command: click.Command) -> None:
+        from orchestrate.commands import leases_cmd
+
+        if isinstance(command, click.Group):
+            command.add_command(getattr(leases_cmd, name))
+    return attach
+
+
+#: What a subcommand gets from elsewhere when it is loaded.
+_ATTACH: dict[str, Callable[[click.Command], None]] = {
+    "runs": _with_leases("leases_list"), "state": _with_leases("release")}
+
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands in :data:`SUBCOMMANDS` are imported on first use, then
+    given the global options and completion (:func:`_equip`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lazy: dict[str, tuple[str, str]] = {}
+        self._loaded: dict[str, click.Command] = {}
+        super().__init__(*args, **kwargs)
+        self._lazy = dict(SUBCOMMANDS)
+
+    @property   # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
+        for name in list(self._lazy):
+            self._load(name)
+        return self._loaded
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._loaded = dict(value)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        self._loaded[name or cmd.name or ""] = cmd
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            self._load(cmd_name)
+        return self._loaded.get(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self._loaded, *self._lazy})
+
+    def _load(self, name: str) -> None:
+        module, attr = self._lazy.pop(name)
+        command = getattr(importlib.import_module(f"orchestrate.commands.{module}"), attr)
+        if name in _ATTACH:
+            _ATTACH[name](command)
+        _equip(command)
+        self._loaded[name] = command
+
+
 @global_options
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
-@click.version_option(_version(), "--version", prog_name="metalchain")
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EPILOG)
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_show_version, help="Show the version and exit.")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """metalchain: from bare metal to monitored virtual machines, with one inventory."""
@@ -173,68 +271,21 @@ def cli(ctx: click.Context) -> None:
     ctx.call_on_close(obj.close)
 
 
-def _register() -> None:
-    from orchestrate.commands import (
-        apply_cmd,
-        image_cmd,
-        incidents_cmd,
-        init_cmd,
-        inventory_cmd,
-        lab_cmd,
-        leases_cmd,
-        mirror_cmd,
-        monitor_cmd,
-        power_cmd,
-        provision_cmd,
-        run_cmd,
-        schedule_cmd,
-        state_cmd,
-        verify_cmd,
-    )
-
-    cli.add_command(init_cmd.init)
-    cli.add_command(inventory_cmd.inventory)
-    cli.add_command(state_cmd.state)
-    cli.add_command(run_cmd.run)
-    cli.add_command(run_cmd.exec_)
-    cli.add_command(run_cmd.runs)
-    cli.add_command(run_cmd.facts)
-    cli.add_command(apply_cmd.apply)
-    cli.add_command(apply_cmd.drift)
-    cli.add_command(schedule_cmd.schedule_group)
-    cli.add_command(lab_cmd.lab)
-    cli.add_command(power_cmd.power)
-    cli.add_command(provision_cmd.serve)
-    cli.add_command(provision_cmd.provision)
-    cli.add_command(mirror_cmd.mirror)
-    cli.add_command(image_cmd.image)
-    cli.add_command(monitor_cmd.monitor)
-    cli.add_command(verify_cmd.verify)
-    cli.add_command(incidents_cmd.incidents)
-    cli.add_command(incidents_cmd.remediation)
-    run_cmd.runs.add_command(leases_cmd.leases_list)
-    state_cmd.state.add_command(leases_cmd.release)
-    _give_global_options(cli)
-
-
-def _give_global_options(group: click.Group) -> None:
+def _equip(command: click.Command) -> None:
     """The global options, and completion of the site's names (hosts, targets, roles,
     playbooks) for every parameter named as in :data:`orchestrate.completion.BY_PARAMETER`,
-    on every command of the tree below ``group``."""
+    on ``command`` and every command of the tree below it."""
     from orchestrate.completion import BY_PARAMETER
 
-    for command in group.commands.values():
-        global_options(command)
-        for param in command.params:
-            complete = BY_PARAMETER.get(param.name or "")
-            # click keeps a parameter's shell_complete= here; one given by the command wins.
-            if complete is not None and param._custom_shell_complete is None:
-                param._custom_shell_complete = complete
-        if isinstance(command, click.Group):
-            _give_global_options(command)
-
-
-_register()
+    global_options(command)
+    for param in command.params:
+        complete = BY_PARAMETER.get(param.name or "")
+        # click keeps a parameter's shell_complete= here; one given by the command wins.
+        if complete is not None and param._custom_shell_complete is None:
+            param._custom_shell_complete = complete
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _equip(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

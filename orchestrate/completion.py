@@ -108,7 +108,7 @@ def playbooks_and_targets(ctx: click.Context, param: click.Parameter, incomplete
 
 
 #: Parameter name -> its completer, for every command of the tree (see
-#: :func:`orchestrate.cli._give_global_options`).
+#: :func:`orchestrate.cli._equip`).
 BY_PARAMETER: dict[str, Completer] = {
     "target": targets,
     "limit": targets,

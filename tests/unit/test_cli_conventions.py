@@ -220,3 +220,21 @@ def test_every_name_parameter_completes():
         for param in command.params:
             if param.name in BY_PARAMETER:
                 assert param._custom_shell_complete is BY_PARAMETER[param.name], path
+
+
+def test_each_lazily_loaded_subcommand_is_the_command_of_that_name_once_equipped():
+    """The root imports a subcommand's module on first use: every name in SUBCOMMANDS is
+    the command it loads, carries the global options once, and the leases commands hang
+    under `runs` and `state` as before."""
+    from orchestrate.cli import SUBCOMMANDS
+
+    ctx = click.Context(cli)
+    assert cli.list_commands(ctx) == sorted(SUBCOMMANDS)
+    for name in SUBCOMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+        opts = [o for p in command.params for o in p.opts]
+        assert all(opts.count(g) == 1 for g in GLOBAL), (name, opts)
+    assert set(cli.commands) == set(SUBCOMMANDS)
+    assert "leases" in cli.commands["runs"].commands    # type: ignore[attr-defined]
+    assert "release" in cli.commands["state"].commands    # type: ignore[attr-defined]
