@@ -41,6 +41,11 @@ BMC_USER = "admin"
 FIRST_NODE_HOST = 11
 FIRST_FLEET_HOST = 100
 FIRST_BMC_PORT = 6230
+#: Each lab's BMC ports start at FIRST_BMC_PORT + BMC_PORT_STRIDE * (a number from its netns
+#: name, below BMC_PORT_SLOTS): labs set up at the same moment (before either BMC has bound
+#: its port), or one whose BMC is down for a while, do not take each other's ports.
+BMC_PORT_STRIDE = 8
+BMC_PORT_SLOTS = 200
 NODE_IMAGE = "debian-12"
 FIRST_GUEST_HOST = 200
 GUEST_MEMORY_MIB = 256
@@ -105,6 +110,17 @@ def _udp_port_free(port: int) -> bool:
     return True
 
 
+def first_bmc_port(netns: str) -> int:
+    """Where the BMC ports of the lab ``netns`` start (then the next free ones).
+
+    >>> first_bmc_port("mclab-a") == first_bmc_port("mclab-a") != first_bmc_port("mclab-b")
+    True
+    """
+    digest = hashlib.sha256(f"bmc\0{netns}".encode()).digest()
+    return FIRST_BMC_PORT + BMC_PORT_STRIDE * (int.from_bytes(digest[:4], "big")
+                                               % BMC_PORT_SLOTS)
+
+
 def _free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,7 +171,7 @@ class Lab:
         tag = hashlib.sha256(netns.encode()).digest()
         kept = {n.name: n for n in (old.nodes if old else [])}
         used_ports = {n.bmc_port for n in kept.values()}
-        port = FIRST_BMC_PORT
+        port = first_bmc_port(netns)
         out: list[NodeConfig] = []
         for i in range(1, nodes + 1):
             nname = f"node{i}"
