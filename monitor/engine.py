@@ -19,7 +19,10 @@ A worker takes one incident at a time:
    ``dry_run`` / ``suppressed`` / ``escalate`` / ``needs_approval`` end the incident so
    (``needs_approval`` and flap stops as ``escalated``: a human must look), except that the
    concurrency and fleet-cap guards, and an action already running on the same host, only
-   *defer* it: it waits, still ``acting``, until an action ends and is decided again. After
+   *defer* it: it waits, still ``acting``, until an action ends and is decided again; so does
+   the lease guard (another run is changing the host), looked at again every few seconds.
+   Before a ladder's next step the incident is read again: an alert resolved meanwhile ends
+   it ``resolved`` instead of taking the heavier step. After
    a cooldown refusal the step's verification is asked first: the same failure seen by both
    paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done; a
    host still failing waits, ``acting``, until its cooldown ends and is decided again then
@@ -60,6 +63,7 @@ from typing import Any
 
 from inventory.errors import MetalchainError
 from inventory.state.incidents import IncidentRecord, Ingested
+from inventory.state.leases import HELD, Owner, lease_claim, owner_alive
 from monitor.actions import (
     ActionCall,
     Actions,
@@ -87,8 +91,10 @@ from runtime.pidfile import process_stat, same_process
 log = logging.getLogger(__name__)
 
 ACTOR = "remediation"
-#: Guards whose refusal only makes an incident wait for a free slot.
-DEFER_GUARDS = frozenset({"concurrency", "fleet_cap"})
+#: Guards whose refusal only makes an incident wait: for a free slot (decided again when an
+#: action ends), or for another run's lease on the host (looked at every LEASE_RECHECK s).
+DEFER_GUARDS = frozenset({"concurrency", "fleet_cap", "lease"})
+LEASE_RECHECK = 5.0
 #: Seconds between two reads of the store for incidents a wake-up missed.
 BACKSTOP_INTERVAL = 60.0
 #: First and longest pause between two probes of a step's verification.
@@ -454,6 +460,14 @@ class Remediator:
 
     def _ladder(self, inc: IncidentRecord, rule: Rule, first: int, *, resume: bool) -> None:
         for index in range(first, len(rule.steps)):
+            if index > first:
+                fresh = self.store.incident(inc.id)
+                if fresh is not None and fresh.alert_status == "resolved":
+                    # The source says healthy while our verification said not (a slow host,
+                    # a short timeout): the heavier next step is not taken on a resolved alert.
+                    self._end(inc, "resolved", "nothing_to_do", f"its alert resolved; step "
+                              f"{index} ({rule.steps[index].action}) not taken", step=index)
+                    return
             outcome = self._step(inc, rule, index, resume=resume and index == first)
             if outcome is not _NEXT:
                 return
@@ -554,10 +568,14 @@ class Remediator:
                 for a in self.store.actions(since=now - horizon, running=True)
                 if a.incident_id != inc.id]
         starts = self.store.incident_starts(now - policy.flap_window)
+        # Leases held by a live run (remediation's own runs are its running actions above).
+        nobody = Owner.this_process("", "")
+        changing = {lease.host: lease.describe() for lease in self.store.list_leases()
+                    if lease_claim(lease, nobody, time.time(), owner_alive) == HELD}
         return Situation(actions=past,
                          incidents={t: merged_starts(v, self.flap_merge)
                                     for t, v in starts.items()},
-                         group_sizes=dict(self.group_sizes_fn()))
+                         group_sizes=dict(self.group_sizes_fn()), changing=changing)
 
     def _decide(self, inc: IncidentRecord, index: int, step: RuleStep,
                 args: Mapping[str, Any]) -> tuple[Decision, int | None, bool]:
@@ -603,7 +621,11 @@ class Remediator:
             elif deferred:
                 with self._cond:
                     self._owned.add(inc.id)
-                    self._deferred[inc.id] = None
+                    if decision.guard == "lease":
+                        self._wakes[inc.id] = time.monotonic() + LEASE_RECHECK
+                    else:
+                        self._deferred[inc.id] = None
+                self._wake.set()
         return decision, action_id, deferred
 
     def _act(self, inc: IncidentRecord, index: int, step: RuleStep, args: Mapping[str, Any],

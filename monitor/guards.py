@@ -20,11 +20,15 @@ Guards, in the order they are asked (the first that objects decides):
 4. cooldown — one action per target per ``cooldown`` seconds, counted from the last action's
    start (``SUPPRESSED``; the engine verifies, and a target still failing waits for the
    cooldown's end instead of ending);
-5. rate limit — at most ``rate_count`` actions of one kind per ``rate_window`` seconds;
-6. concurrency — at most ``max_concurrent`` actions running at once;
-7. fleet cap — never more than ``fleet_cap`` of any group the target is in (at least one host
+5. lease — a run that is not remediation's holds the target's lease (an operator's
+   ``apply``, a site run, a provisioning): it is changing the host, and what it restarts
+   looks like a fault from outside (``SUPPRESSED``; the engine waits for the lease and then
+   decides again, and the fault has often resolved by then);
+6. rate limit — at most ``rate_count`` actions of one kind per ``rate_window`` seconds;
+7. concurrency — at most ``max_concurrent`` actions running at once;
+8. fleet cap — never more than ``fleet_cap`` of any group the target is in (at least one host
    of a group may always be acted on);
-8. dry run — everything passed, nothing is done (``DRY_RUN``); else ``ACT``.
+9. dry run — everything passed, nothing is done (``DRY_RUN``); else ``ACT``.
 """
 
 from __future__ import annotations
@@ -92,11 +96,12 @@ class PastAction:
 @dataclass(frozen=True)
 class Situation:
     """What the guards look at: recent and running actions, incident start times per target,
-    and how many hosts each group has."""
+    how many hosts each group has, and the hosts another run is changing (host -> who)."""
 
     actions: Sequence[PastAction] = ()
     incidents: Mapping[str, Sequence[float]] = field(default_factory=dict)
     group_sizes: Mapping[str, int] = field(default_factory=dict)
+    changing: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,9 @@ def decide(request: ActionRequest, situation: Situation, policy: Policy,
     if last is not None and now - last < policy.cooldown:
         return Decision(SUPPRESSED, "cooldown", f"{target} was acted on {now - last:.0f} s "
                         f"ago (cooldown {policy.cooldown:g} s)")
+    if target in situation.changing:
+        return Decision(SUPPRESSED, "lease", f"{target} is being changed: its lease is "
+                        f"{situation.changing[target]}")
     same_kind = [a for a in situation.actions
                  if a.action == action and now - a.started_at < policy.rate_window]
     if len(same_kind) >= policy.rate_count:

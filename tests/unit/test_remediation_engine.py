@@ -685,3 +685,71 @@ def test_a_rule_built_by_hand_runs_too(store):
     eng.process(got[0].incident_id)
     assert store.incident(got[0].incident_id).state == "healed"
     assert fleet.calls == [("restart_service", "db1", {"service": "x.service"})]
+
+
+def test_a_host_whose_lease_a_run_holds_waits_for_it_and_a_fault_gone_by_then_ends_resolved(
+        store):
+    """A site run restarting the exporter looks like ExporterDown from outside: remediation
+    does not act while the run holds the host's lease, and when the alert resolved meanwhile
+    there is nothing to do."""
+    from inventory.state.leases import Owner
+
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet)
+    run = Owner.this_process("site-run", "metalchain run site.yml")
+    assert store.acquire_leases(["web1"], run).acquired == ["web1"]
+    alert = _alert(n=1)
+    got = store.ingest([alert], "alertmanager")[0].incident_id
+    eng.process(got)
+    inc = store.incident(got)
+    assert inc.state == "acting" and fleet.calls == []
+    decision = [e for e in store.incident_timeline(got) if e["kind"] == "decision"][-1]
+    assert decision["detail"]["guard"] == "lease" and decision["detail"]["deferred"]
+    assert "metalchain run site.yml" in decision["detail"]["reason"]
+    # still held: it waits again, and its wait is recorded once
+    eng.process(got)
+    assert store.incident(got).state == "acting" and fleet.calls == []
+    assert [e["kind"] for e in store.incident_timeline(got)].count("decision") == 1
+    store.release_leases("site-run")
+    store.ingest([IncidentInput(alert.fingerprint, alert.starts_at, "resolved",
+                                alert.alertname, alert.target, alert.labels)], "alertmanager")
+    eng.process(got)
+    assert store.incident(got).state == "resolved" and fleet.calls == []
+
+
+def test_a_host_whose_lease_is_released_with_the_fault_still_there_is_acted_on(store):
+    from inventory.state.leases import Owner
+
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    eng = _engine(store, fleet)
+    store.acquire_leases(["web1"], Owner.this_process("apply-run", "metalchain apply"))
+    got = store.ingest([_alert(n=1)], "alertmanager")[0].incident_id
+    eng.process(got)
+    assert store.incident(got).state == "acting"
+    store.release_leases("apply-run")
+    eng.process(got)
+    assert store.incident(got).state == "healed" and len(fleet.calls) == 1
+
+
+def test_a_resolved_alert_stops_the_ladder_before_its_next_step(store):
+    """Step 0 acted but its verification failed (a slow host, a short timeout) while the
+    alert resolved: the heavier step 1 is not taken."""
+    fleet = Fleet()   # restart_service does not heal: the verification fails
+    eng = _engine(store, fleet)
+    alert = _alert(n=1)
+    got = store.ingest([alert], "alertmanager")[0].incident_id
+
+    def resolve_then_run(call):
+        store.ingest([IncidentInput(alert.fingerprint, alert.starts_at, "resolved",
+                                    alert.alertname, alert.target, alert.labels)],
+                     "alertmanager")
+        return ActionResult(True, "restarted")
+
+    eng.actions.register("restart_service", resolve_then_run)
+    eng.process(got)
+    inc = store.incident(got)
+    assert inc.state == "resolved" and fleet.calls == []    # apply_role never ran
+    last = store.incident_timeline(got)[-1]
+    assert "step 1 (apply_role) not taken" in last["detail"]["reason"], last

@@ -69,6 +69,18 @@ def test_cooldown_per_target_and_a_running_action_on_it():
     assert verdict(situation=other) == (ACT, "")      # another target's cooldown is its own
 
 
+def test_a_host_another_run_is_changing_is_not_acted_on_other_hosts_are():
+    changing = Situation(group_sizes=FLEET, changing={"fleet03": "held by run 1a2b ..."})
+    d = decide(RESTART, changing, Policy(), NOW)
+    assert (d.verdict, d.guard) == (SUPPRESSED, "lease") and "held by run 1a2b" in d.reason
+    assert verdict(ActionRequest("fleet04", "restart_service", groups=("fleet",)),
+                   situation=changing) == (ACT, "")
+    # after the cooldown in the order: a host acted on a moment ago says so first
+    recent = Situation(actions=[PastAction("fleet03", "restart_service", NOW - 5, NOW - 4)],
+                       group_sizes=FLEET, changing={"fleet03": "x"})
+    assert verdict(situation=recent, cooldown=60) == (SUPPRESSED, "cooldown")
+
+
 def test_rate_limit_per_kind_of_action():
     done = [PastAction(f"fleet{i:02d}", "restart_service", NOW - 10, NOW - 5)
             for i in range(10, 15)]
