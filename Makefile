@@ -16,7 +16,7 @@ demo-down: bootstrap
 
 test: bootstrap
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -m "unit or lab or e2e" tests
+	$(VENV)/bin/python tests/streams.py
 
 test-unit: bootstrap
 	$(VENV)/bin/python -m pytest -m unit tests
