@@ -22,7 +22,9 @@ A worker takes one incident at a time:
    *defer* it: it waits, still ``acting``, until an action ends and is decided again; so does
    the lease guard (another run is changing the host), looked at again every few seconds.
    Before a ladder's next step the incident is read again: an alert resolved meanwhile ends
-   it ``resolved`` instead of taking the heavier step. After
+   it ``resolved`` instead of taking the heavier step. A first step that cycles a machine or
+   a guest (:data:`LOOK_FIRST`) probes its verification once before it acts: a host that
+   answers again (it only missed its probes while busy) is not cycled. After
    a cooldown refusal the step's verification is asked first: the same failure seen by both
    paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done; a
    host still failing waits, ``acting``, until its cooldown ends and is decided again then
@@ -95,6 +97,10 @@ ACTOR = "remediation"
 #: action ends), or for another run's lease on the host (looked at every LEASE_RECHECK s).
 DEFER_GUARDS = frozenset({"concurrency", "fleet_cap", "lease"})
 LEASE_RECHECK = 5.0
+#: First steps whose verification is asked once before they act (they cycle a machine or a
+#: guest: not done on a signal that is already stale), and that probe's longest wait.
+LOOK_FIRST = frozenset({"power_cycle", "reprovision", "restart_vm"})
+LOOK_FIRST_TIMEOUT = 10.0
 #: Seconds between two reads of the store for incidents a wake-up missed.
 BACKSTOP_INTERVAL = 60.0
 #: First and longest pause between two probes of a step's verification.
@@ -511,6 +517,18 @@ class Remediator:
                 # It waited (a slot, a cooldown, a restart) and its alert ended meanwhile.
                 return self._end(inc, "resolved", "nothing_to_do", "its alert resolved while "
                                  "it waited; nothing done", step=index)
+        if index == 0 and step.action in LOOK_FIRST and step.verify is not None \
+                and not (resume and prior):
+            # A disruptive first step on a signal that may already be stale (a slow host
+            # missed its probes, the alert's resolution not delivered yet): look once first.
+            looked = self._verify(inc, index, step, vargs, after="before",
+                                  limit=min(step.verify.timeout, LOOK_FIRST_TIMEOUT), once=True)
+            if looked is not None and looked.ok:
+                return self._end(inc, "healed", "healed", f"healthy when looked at before "
+                                 f"{step.action}, nothing done: {looked.message}",
+                                 step=index, action=None, verified=True)
+            if self._stopping.is_set():
+                return _STOPPED
         decision, action_id, deferred = self._decide(inc, index, step, args)
         if decision.verdict == ACT and action_id is not None:
             return self._act(inc, index, step, args, vargs, action_id)
@@ -659,12 +677,15 @@ class Remediator:
         return self._step_failed(inc, index, step, f"verification failed: {checked.message}")
 
     def _verify(self, inc: IncidentRecord, index: int, step: RuleStep,
-                args: Mapping[str, Any], *, after: str) -> VerifyResult | None:
-        """Poll the step's verification until it passes or its timeout (None: the step has
-        none). Records one ``verified`` or ``verify_failed`` event."""
+                args: Mapping[str, Any], *, after: str, limit: float | None = None,
+                once: bool = False) -> VerifyResult | None:
+        """Poll the step's verification until it passes or its timeout (``limit`` if given;
+        ``once``: a single probe). None: the step has none. Records one ``verified`` or
+        ``verify_failed`` event."""
         if step.verify is None:
             return None
-        kind, limit = step.verify.kind, step.verify.timeout
+        kind = step.verify.kind
+        limit = step.verify.timeout if limit is None else limit
         t0 = time.monotonic()
         deadline = t0 + limit
         pause = VERIFY_FIRST_PAUSE
@@ -676,7 +697,7 @@ class Remediator:
                 timeout=max(left, 1.0)))
             attempts += 1
             left = deadline - time.monotonic()
-            if result.ok or left <= 0 or self._stopping.is_set():
+            if result.ok or once or left <= 0 or self._stopping.is_set():
                 break
             if self._stopping.wait(min(pause, left)):
                 break

@@ -753,3 +753,49 @@ def test_a_resolved_alert_stops_the_ladder_before_its_next_step(store):
     assert inc.state == "resolved" and fleet.calls == []    # apply_role never ran
     last = store.incident_timeline(got)[-1]
     assert "step 1 (apply_role) not taken" in last["detail"]["reason"], last
+
+
+POWER = """
+rules:
+  - name: host-down
+    match: {alertname: HostDown}
+    steps:
+      - action: power_cycle
+        allow: true
+        verify: {kind: service_active, timeout: 30}
+"""
+
+
+def _host_down(target: str = "node1", n: int = 0) -> IncidentInput:
+    return IncidentInput(fingerprint=f"hd-{target}-{n}", starts_at=f"2026-12-01T10:01:{n:02d}Z",
+                         status="firing", alertname="HostDown", target=target,
+                         labels={"alertname": "HostDown", "host": target})
+
+
+def test_a_machine_that_answers_when_looked_at_is_not_power_cycled(store):
+    """HostDown from a host that missed its probes while busy, answering again by the time
+    the engine decides: the cycle is not done on a stale signal."""
+    fleet = Fleet()
+    fleet.healthy.add("node1")
+    eng = _engine(store, fleet, _rules(POWER))
+    got = store.ingest([_host_down()], "alertmanager")[0].incident_id
+    eng.process(got)
+    inc = store.incident(got)
+    assert inc.state == "healed" and fleet.calls == []
+    looked = [e for e in store.incident_timeline(got) if e["kind"] == "verified"]
+    assert [e["detail"]["after"] for e in looked] == ["before"]
+    assert looked[0]["detail"]["attempts"] == 1
+
+
+def test_a_machine_that_does_not_answer_is_power_cycled_after_one_look(store):
+    fleet = Fleet()
+    fleet.fixes["power_cycle"] = "heals"
+    eng = _engine(store, fleet, _rules(POWER))
+    t0 = time.monotonic()
+    got = store.ingest([_host_down()], "alertmanager")[0].incident_id
+    eng.process(got)
+    assert store.incident(got).state == "healed"
+    assert [c[0] for c in fleet.calls] == ["power_cycle"]
+    first = next(e for e in store.incident_timeline(got) if e["kind"] == "verify_failed")
+    assert first["detail"]["after"] == "before" and first["detail"]["attempts"] == 1
+    assert time.monotonic() - t0 < 5     # one probe, not the step's 30 s of polling
