@@ -13,9 +13,22 @@ Paths:
             `metalchain serve --no-boot`) the fault is a `kill -9` of a test service's main
             process; the host's OnFailure companion posts the failure to /v1/events and the
             engine restarts the unit.
-  prometheus (the same lab) the fault is a stopped prometheus-node-exporter: Prometheus
-            (1 s scrape and evaluation, `for: 0s`) -> the two Alertmanagers -> the webhook ->
-            the same engine.
+  prometheus (the same lab) Prometheus -> the two Alertmanagers -> the webhook -> the same
+            engine, under each `--intervals` setting: `lab` (1 s scrape and evaluation,
+            `for: 0s`, group_wait 0s, group_interval 1s), `metalchain` (what metalchain ships:
+            monitor/settings.py's 15 s intervals, alerts.yml's `for: 1m`, group_wait 0s,
+            group_interval = the evaluation interval) and `stock` (stock Prometheus and
+            Alertmanager: 1 min scrape and evaluation, group_wait 30s, group_interval 5m; the
+            same rules, so `for: 1m`). The fault (`--prom-fault`): `unit` (default) kills a
+            unit of the trial's own (OnFailure companion masked: only Prometheus finds it,
+            as SystemdUnitFailed), at a random moment within a window of ~0.75 evaluation
+            intervals per trial, so trials overlap -- with one alert per host, each trial
+            would have to wait for the last one's resolved notification (up to
+            group_interval: 5 min with stock settings), or Alertmanager's notification log
+            would hold the next firing of the same alert back for repeat_interval;
+            `exporter` stops prometheus-node-exporter (ExporterDown), one trial at a time.
+            The guards that space actions out (cooldown, fleet cap, rate) are lifted for
+            overlapping trials: they are not what the intervals are measured for.
   For both: fault time = the host's own clock (`date +%s.%N`, the kernel clock the controller
   shares) just before the fault command; healed = the incident's `healed` event in the store.
   Breakdown from the incident's timeline: detect (fault -> committed in the store), to_action
@@ -25,8 +38,14 @@ Usage (from the repository):
     .venv/bin/python bench/heal_latency.py --path overhead --trials 200
     flock /tmp/metalchain-lab.lock .venv/bin/python bench/heal_latency.py --path engine \\
         --trials 20 [--json FILE]
-    flock /tmp/metalchain-lab.lock .venv/bin/python bench/heal_latency.py --path pushed \\
-        --path prometheus --trials 20 [--json FILE]
+    nice -n 19 .venv/bin/python bench/heal_latency.py --path pushed --path prometheus \\
+        --intervals lab --intervals metalchain --intervals stock --trials 20 --hosts 2 \\
+        --ingest 3 --setup-lock /tmp/metalchain-light.lock --json FILE.json --plot FILE.png
+    .venv/bin/python bench/heal_latency.py --plot-from FILE.json --plot FILE.png
+
+The chain lab runs on 10.141.0.0/24, ports 23000-23006 (the receiver's ingest run: 23010).
+``--ingest S`` also runs bench/ingest.py (its own loopback site) for S s per level; ``--plot``
+draws bench/heal_plot.py's figure with matplotlib in a venv of its own under /tmp.
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ def main(src: Path, out: Path) -> None:
                     xytext=(0, 8), ha="center", fontsize=8)
     ax.set_xticks(range(1, len(rows) + 1), [label for label, _ in rows], fontsize=8)
     ax.set_yscale("log")
+    # room above the highest label (log scale)
+    ax.set_ylim(top=max(max(v) for _, v in rows) * 3)
     ax.set_ylabel("fault -> healed (s, log scale)")
     ax.set_title(f"restart_service, fault -> healed ({doc.get('trials')} trials each; "
                  f"{doc.get('machine', {}).get('date', '')})", fontsize=9)
