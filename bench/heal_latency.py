@@ -31,8 +31,9 @@ Paths:
             overlapping trials: they are not what the intervals are measured for.
   For both: fault time = the host's own clock (`date +%s.%N`, the kernel clock the controller
   shares) just before the fault command; healed = the incident's `healed` event in the store.
-  Breakdown from the incident's timeline: detect (fault -> committed in the store), to_action
-  (-> the action's start), action (its run), verify, rest.
+  Breakdown from the incident and its timeline: detect (fault -> its firing / failure time),
+  deliver (-> committed in the store), to_action (-> the action's start), action (its run),
+  verify, rest.
 
 Usage (from the repository):
     .venv/bin/python bench/heal_latency.py --path overhead --trials 200
