@@ -63,6 +63,7 @@ import os
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -475,14 +476,16 @@ def _unit_trials(lab: Any, name: str, trials: int, setting: Intervals) -> dict[s
     t0 = time.monotonic() + 1
     faults: dict[str, float] = {}
     errors: list[str] = []
+    stop = threading.Event()    # set when the run fails: the faults not yet made are not made
 
     def one(unit: str, at: float) -> None:
-        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        if stop.wait(max(0.0, t0 + at - time.monotonic())):
+            return
         q = shlex.quote(unit)
         try:
             faults[unit] = lab.fault(where[unit], f"p=$(systemctl show -P MainPID {q}); "
                                      f"[ \"$p\" -gt 0 ] || exit 3; kill -9 \"$p\"")
-        except AssertionError as exc:
+        except (AssertionError, subprocess.SubprocessError, OSError) as exc:
             errors.append(f"{unit}: {exc}")
 
     limit = setting.worst_case() + 120
@@ -491,26 +494,11 @@ def _unit_trials(lab: Any, name: str, trials: int, setting: Intervals) -> dict[s
     with concurrent.futures.ThreadPoolExecutor(len(units)) as pool:
         for unit, at in zip(units, starts, strict=True):
             pool.submit(one, unit, at)
-        deadline = time.monotonic() + window + limit + 30
-        while len(ended) < len(units):
-            if errors:
-                raise BenchError(f"{name}: a fault failed: {errors[0]}")
-            if time.monotonic() > deadline:
-                missing = sorted(set(units) - set(ended))
-                raise BenchError(f"{name}: {len(missing)} trials not ended within "
-                                 f"{limit:.0f} s of their fault: {missing[:5]}")
-            for inc in lab.incidents(lambda i: i.alertname == "SystemdUnitFailed"
-                                     and i.labels.get("unit") in where):
-                unit = inc.labels["unit"]
-                if unit in faults and inc.created_at >= faults[unit]:
-                    incidents.setdefault(unit, inc)
-            for unit, inc in incidents.items():
-                if unit not in ended:
-                    now = lab.store.incident(inc.id)
-                    if now.state in ("healed", "escalated", "suppressed", "dry_run",
-                                     "resolved", "unmatched"):
-                        ended[unit] = now
-            time.sleep(0.5)
+        try:
+            _watch(lab, name, units, where, faults, errors, incidents, ended,
+                   time.monotonic() + window + limit + 30, limit)
+        finally:
+            stop.set()
     parts: dict[str, list[float]] = {}
     for unit in units:
         inc = ended[unit]
@@ -524,6 +512,31 @@ def _unit_trials(lab: Any, name: str, trials: int, setting: Intervals) -> dict[s
     doc["fault_window_s"] = round(window, 1)
     doc["actions"] = sum(len(lab.store.actions(incident_id=ended[u].id)) for u in units)
     return doc
+
+
+def _watch(lab: Any, name: str, units: list[str], where: dict[str, str],
+           faults: dict[str, float], errors: list[str], incidents: dict[str, Any],
+           ended: dict[str, Any], deadline: float, limit: float) -> None:
+    """Poll the store until every unit's incident (after its fault) ended, into ``ended``."""
+    while len(ended) < len(units):
+        if errors:
+            raise BenchError(f"{name}: a fault failed: {errors[0]}")
+        if time.monotonic() > deadline:
+            missing = sorted(set(units) - set(ended))
+            raise BenchError(f"{name}: {len(missing)} trials not ended within "
+                             f"{limit:.0f} s of their fault: {missing[:5]}")
+        for inc in lab.incidents(lambda i: i.alertname == "SystemdUnitFailed"
+                                 and i.labels.get("unit") in where):
+            unit = inc.labels["unit"]
+            if unit in faults and inc.created_at >= faults[unit]:
+                incidents.setdefault(unit, inc)
+        for unit, inc in incidents.items():
+            if unit not in ended:
+                now = lab.store.incident(inc.id)
+                if now.state in ("healed", "escalated", "suppressed", "dry_run",
+                                 "resolved", "unmatched"):
+                    ended[unit] = now
+        time.sleep(0.5)
 
 
 def _chain_trials(lab: Any, chainsite: Any, path: str, trials: int,
