@@ -171,11 +171,13 @@ def main() -> None:
                     help="resend one notification (every alert a duplicate)")
     ap.add_argument("--profile", type=Path, default=None,
                     help="record the serve process with py-spy into this file (svg)")
+    ap.add_argument("--port", type=int, default=None,
+                    help="the receiver's loopback port (default: a free one)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
     token = secrets.token_urlsafe(24)
-    port = free_port()
+    port = args.port if args.port is not None else free_port()
     with tempfile.TemporaryDirectory(prefix="mc-bench-ingest-") as tmp:
         site = Path(tmp)
         make_site(site, port, token)

@@ -40,7 +40,7 @@ ALERTS_FILE = "alerts.yml"
 SEVERITIES = ("critical", "warning", "info")
 TOP_KEYS = ("defaults", "notifications", "alerts")
 DEFAULT_KEYS = ("for", "severity")
-NOTIFICATION_KEYS = ("group_interval", "repeat_interval")
+NOTIFICATION_KEYS = ("group_wait", "group_interval", "repeat_interval")
 ALERT_KEYS = ("name", "expr", "for", "severity", "host_from", "unit_from", "summary")
 #: Labels every generated rule sets (remediation rules match on them).
 CONTRACT_LABELS = ("host", "unit", "severity")
@@ -71,12 +71,13 @@ class AlertRule:
 
 @dataclass(frozen=True)
 class Notifications:
-    """How Alertmanager repeats itself (``notifications:`` of the alerts file): a changed
-    group is sent again after ``group_interval`` (None: the evaluation interval), a firing
-    one every ``repeat_interval``."""
+    """How Alertmanager repeats itself (``notifications:`` of the alerts file): a new group
+    is sent after ``group_wait`` (0s: at once), a changed one again after ``group_interval``
+    (None: the evaluation interval), a firing one every ``repeat_interval``."""
 
     group_interval: str | None = None
     repeat_interval: str = "4h"
+    group_wait: str = "0s"
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,8 @@ def parse_notifications(doc: Any, file: str) -> Notifications:
     line_of = getattr(doc, "line_of", lambda _k: 1)
     raw = doc.get("notifications") or {} if isinstance(doc, Mapping) else {}
     if not isinstance(raw, Mapping):
-        raise fail("notifications must be a mapping like {group_interval: 1s, "
-                   "repeat_interval: 4h}", line_of("notifications"))
+        raise fail("notifications must be a mapping like {group_wait: 0s, "
+                   "group_interval: 1s, repeat_interval: 4h}", line_of("notifications"))
     n_line = getattr(raw, "line_of", lambda _k: line_of("notifications"))
     for key in raw:
         if key not in NOTIFICATION_KEYS:
@@ -123,10 +124,13 @@ def parse_notifications(doc: Any, file: str) -> Notifications:
                           n_line("group_interval"))
     repeat = _duration(raw.get("repeat_interval", "4h"), "notifications.repeat_interval",
                        fail, n_line("repeat_interval"))
+    # 0s is Alertmanager's "send a new group at once" (metalchain's default), so no floor here
+    wait = _duration(raw.get("group_wait", "0s"), "notifications.group_wait", fail,
+                     n_line("group_wait"))
     for key, value in (("group_interval", group), ("repeat_interval", repeat)):
         if value is not None and duration_seconds(value) < 1:
             raise fail(f"notifications.{key} must be at least 1s, got {value}", n_line(key))
-    return Notifications(group, repeat)
+    return Notifications(group, repeat, wait)
 
 
 def parse_alerts(doc: Any, file: str) -> list[AlertRule]:

@@ -162,14 +162,15 @@ def prometheus_config(settings: MonitorSettings, lay: Layout) -> dict[str, Any]:
 
 def alertmanager_config(settings: MonitorSettings, lay: Layout,
                         notifications: Notifications | None = None) -> dict[str, Any]:
-    """alertmanager.yml: one route to the remediation webhook, sent at once (``group_wait``
-    0s), again after ``group_interval`` (default: the evaluation interval, at least 1 s) when
-    the group changes, and every ``repeat_interval`` while it fires; resolved alerts are sent
-    too. The bearer token is read from :attr:`Layout.token_file`."""
+    """alertmanager.yml: one route to the remediation webhook, sent after ``group_wait``
+    (default 0s: at once), again after ``group_interval`` (default: the evaluation interval,
+    at least 1 s) when the group changes, and every ``repeat_interval`` while it fires;
+    resolved alerts are sent too. The bearer token is read from :attr:`Layout.token_file`."""
     notes = notifications or Notifications()
     group = notes.group_interval or prometheus_duration(max(settings.evaluation_interval, 1.0))
     return {
-        "route": {"receiver": RECEIVER_NAME, "group_by": list(GROUP_BY), "group_wait": "0s",
+        "route": {"receiver": RECEIVER_NAME, "group_by": list(GROUP_BY),
+                  "group_wait": notes.group_wait,
                   "group_interval": group, "repeat_interval": notes.repeat_interval},
         "receivers": [{"name": RECEIVER_NAME, "webhook_configs": [{
             "url": settings.receiver_url + WEBHOOK_PATH,

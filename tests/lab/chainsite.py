@@ -9,6 +9,10 @@ and `metalchain serve --no-boot` (receiver + remediation engine) as a subprocess
 
 Everything is torn down on the way out, also when the body fails: serve (SIGTERM, then
 SIGKILL), `monitor down`, the mirror, `lab down --purge`. No pytest in here (bench/ uses it).
+
+The subnet, the number of hosts and the ports are :data:`DEFAULT_NET` unless the caller passes
+its own :class:`ChainNet` (a benchmark beside the test suite: ``ChainNet.at(subnet, hosts,
+first_port)``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -51,6 +56,41 @@ EXPORTER = "prometheus-node-exporter"
 TERMINAL = ("healed", "escalated", "suppressed", "dry_run", "resolved", "unmatched")
 
 
+@dataclass(frozen=True)
+class ChainNet:
+    """Where a chain lab lives: its subnet, its hosts and its ports (mirror, Prometheus, the two
+    Alertmanagers, their gossip, the receiver)."""
+
+    subnet: str = SUBNET
+    hosts: tuple[str, ...] = HOSTS
+    mirror_port: int = MIRROR_PORT
+    prometheus_port: int = PROM
+    alertmanager_ports: tuple[int, int] = (AM1, AM2)
+    cluster_ports: tuple[int, int] = (GOSSIP1, GOSSIP2)
+    receiver_port: int = RECEIVER
+
+    @classmethod
+    def at(cls, subnet: str, hosts: int, first_port: int) -> ChainNet:
+        """``hosts`` fleet hosts (fleet01...) on ``subnet``; the seven ports from
+        ``first_port`` on."""
+        p = first_port
+        return cls(subnet=subnet, hosts=tuple(f"fleet{i:02d}" for i in range(1, hosts + 1)),
+                   mirror_port=p, prometheus_port=p + 1, alertmanager_ports=(p + 2, p + 3),
+                   cluster_ports=(p + 4, p + 5), receiver_port=p + 6)
+
+    @property
+    def controller(self) -> str:
+        return str(ipaddress.ip_network(self.subnet)[1])
+
+    @property
+    def am_urls(self) -> tuple[str, str]:
+        a, b = self.alertmanager_ports
+        return (f"http://127.0.0.1:{a}", f"http://127.0.0.1:{b}")
+
+
+DEFAULT_NET = ChainNet()
+
+
 def _secret(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(18)).decode()
 
@@ -71,8 +111,9 @@ def rules_text(*, cooldown: int | None = None) -> str:
 class Serve:
     """``metalchain serve --no-boot`` of the site, in its own process group."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, net: ChainNet = DEFAULT_NET) -> None:
         self.root = root
+        self.net = net
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "serve-chain.log"
 
@@ -88,7 +129,8 @@ class Serve:
             raise AssertionError(f"serve exited {self.proc.returncode}: "
                                  f"{self.log.read_text(errors='replace')[-2000:]}")
         try:
-            return http_get(f"http://{CONTROLLER}:{RECEIVER}/healthz")[0] == 200
+            return http_get(f"http://{self.net.controller}:{self.net.receiver_port}"
+                            "/healthz")[0] == 200
         except OSError:
             return False
 
@@ -146,11 +188,13 @@ def notification(host: str, alertname: str, fingerprint: str, starts: str, *,
 class ChainLab:
     """The lab's site and its serve; helpers to act on hosts and read the store."""
 
-    def __init__(self, root: Path, webhook_token: str, event_key: str) -> None:
+    def __init__(self, root: Path, webhook_token: str, event_key: str,
+                 net: ChainNet = DEFAULT_NET) -> None:
         self.root = root
+        self.net = net
         self.webhook_token = webhook_token
         self.event_key = event_key
-        self.serve = Serve(root)
+        self.serve = Serve(root, net)
         self._site: Site | None = None
         self.retried_503 = 0
 
@@ -188,8 +232,8 @@ class ChainLab:
     # -- the receiver --------------------------------------------------------------------------
 
     def post_alerts(self, doc: dict) -> tuple[int, dict]:
-        return post(f"http://{CONTROLLER}:{RECEIVER}/v1/alerts", json.dumps(doc).encode(),
-                    self.webhook_token)
+        return post(f"http://{self.net.controller}:{self.net.receiver_port}/v1/alerts",
+                    json.dumps(doc).encode(), self.webhook_token)
 
     def post_many(self, docs: list[dict], workers: int = 100) -> list[tuple[int, dict]]:
         """``docs`` posted at once, one connection each, as Alertmanager delivers: a 503 (more
@@ -276,14 +320,15 @@ class ChainLab:
             self._site = None
 
 
-def _configure(root: Path, webhook_token: str, event_key: str) -> None:
+def _configure(root: Path, webhook_token: str, event_key: str, net: ChainNet) -> None:
     settings_file = root / "metalchain.yml"
     settings = (yaml.safe_load(settings_file.read_text()) if settings_file.exists() else
                 None) or {}
-    settings["monitor"] = {"prometheus_port": PROM, "alertmanager_ports": [AM1, AM2],
-                           "cluster_ports": [GOSSIP1, GOSSIP2], "scrape_interval": 1,
-                           "evaluation_interval": 1, "receiver_address": CONTROLLER,
-                           "receiver_port": RECEIVER}
+    settings["monitor"] = {"prometheus_port": net.prometheus_port,
+                           "alertmanager_ports": list(net.alertmanager_ports),
+                           "cluster_ports": list(net.cluster_ports), "scrape_interval": 1,
+                           "evaluation_interval": 1, "receiver_address": net.controller,
+                           "receiver_port": net.receiver_port}
     settings_file.write_text(yaml.safe_dump(settings))
     secrets_file = root / "secrets.yml"
     values = (yaml.safe_load(secrets_file.read_text()) if secrets_file.exists() else None) or {}
@@ -309,36 +354,40 @@ def _must(r: subprocess.CompletedProcess[str], what: str) -> None:
                              f"{r.stderr[-3000:]}")
 
 
-def node_targets_up() -> bool:
-    status, body = http_get(f"http://127.0.0.1:{PROM}/api/v1/targets?state=active")
+def node_targets_up(net: ChainNet = DEFAULT_NET) -> bool:
+    status, body = http_get(f"http://127.0.0.1:{net.prometheus_port}/api/v1/targets"
+                            "?state=active")
     if status != 200:
         return False
     up = {t["labels"]["instance"] for t in json.loads(body)["data"]["activeTargets"]
           if t["labels"].get("job") == "node" and t["health"] == "up"}
-    return up == set(HOSTS)
+    return up == set(net.hosts)
 
 
 @contextlib.contextmanager
-def chain_lab(root: Path, figures: dict[str, Any] | None = None) -> Iterator[ChainLab]:
-    """The lab at ``root`` (see the module docstring); ``figures`` gets its set-up times."""
+def chain_lab(root: Path, figures: dict[str, Any] | None = None,
+              net: ChainNet = DEFAULT_NET) -> Iterator[ChainLab]:
+    """The lab at ``root`` on ``net`` (see the module docstring); ``figures`` gets its set-up
+    times."""
     figures = figures if figures is not None else {}
     webhook_token, event_key = _secret("webhook-"), _secret("event-key-")
-    with fleet_site(root, len(HOSTS), SUBNET) as site:
-        lab = ChainLab(site, webhook_token, event_key)
+    with fleet_site(root, len(net.hosts), net.subnet) as site:
+        lab = ChainLab(site, webhook_token, event_key, net)
         try:
             t0 = time.monotonic()
-            _configure(site, webhook_token, event_key)
+            _configure(site, webhook_token, event_key, net)
             _must(lab.cli("mirror", "build", "--packages", ",".join(PACKAGES), "--sign",
                           "--cache-dir", CACHE, "--json", timeout=600), "mirror build")
-            _must(lab.cli("mirror", "serve", "--address", CONTROLLER, "--port",
-                          str(MIRROR_PORT), "--daemon"), "mirror serve")
+            _must(lab.cli("mirror", "serve", "--address", net.controller, "--port",
+                          str(net.mirror_port), "--daemon"), "mirror serve")
             role_args = [a for r in ROLES for a in ("--role", r)]
             _must(lab.cli("apply", *role_args, "fleet", "--json", timeout=600), "apply")
             figures["mirror_and_apply_s"] = round(time.monotonic() - t0, 1)
             t0 = time.monotonic()
             _must(lab.cli("monitor", "up", "--json"), "monitor up")
             lab.serve.start()
-            wait_for(node_targets_up, 60, "Prometheus scraping every fleet host's exporter")
+            wait_for(lambda: node_targets_up(net), 60,
+                     "Prometheus scraping every fleet host's exporter")
             figures["monitor_up_serve_targets_s"] = round(time.monotonic() - t0, 1)
             yield lab
         finally:

@@ -65,6 +65,15 @@ def test_notifications_default_to_the_evaluation_interval_and_4h(tmp_path):
     path.write_text("notifications: {group_interval: 2s, repeat_interval: 1h}\n"
                     "alerts: [{name: A, expr: up}]\n")
     assert load_alerts_file(path).notifications == Notifications("2s", "1h")
+    assert load_alerts_file(path).notifications.group_wait == "0s"
+
+
+def test_group_wait_is_read_and_may_be_0s(tmp_path):
+    path = tmp_path / "alerts.yml"
+    path.write_text("notifications: {group_wait: 30s}\nalerts: [{name: A, expr: up}]\n")
+    assert load_alerts_file(path).notifications == Notifications(None, "4h", "30s")
+    path.write_text("notifications: {group_wait: 0s}\nalerts: [{name: A, expr: up}]\n")
+    assert load_alerts_file(path).notifications.group_wait == "0s"
 
 
 def test_summaries_become_templates_of_the_series_labels_and_nothing_else():
@@ -97,8 +106,12 @@ def test_summaries_become_templates_of_the_series_labels_and_nothing_else():
     ("alerts:\n  - just a string\n", 2, "each alert must be a mapping"),
     ("notifications: [1s]\nalerts: [{name: A, expr: up}]\n", 1,
      "notifications must be a mapping"),
-    ("notifications:\n  group_wait: 1s\nalerts: [{name: A, expr: up}]\n", 2,
-     "notifications: unknown key 'group_wait'"),
+    ("notifications:\n  group_by: [host]\nalerts: [{name: A, expr: up}]\n", 2,
+     "notifications: unknown key 'group_by'; allowed: group_wait, group_interval"),
+    ("notifications:\n  repeat_interval: 1h\n  group_wait: soon\nalerts: [{name: A, expr: up}]\n",
+     3, "notifications.group_wait must be a duration"),
+    ("notifications:\n  group_wait: 30\nalerts: [{name: A, expr: up}]\n", 2,
+     "notifications.group_wait must be a duration"),
     ("notifications:\n  repeat_interval: 100ms\nalerts: [{name: A, expr: up}]\n", 2,
      "repeat_interval must be at least 1s"),
     ("notifications:\n  group_interval: often\nalerts: [{name: A, expr: up}]\n", 2,

@@ -72,6 +72,9 @@ def test_alertmanager_yml_routes_everything_to_the_remediation_webhook(tmp_path)
                                                   "webhook-token")}}
     route = stack.alertmanager_config(s, lay, Notifications("5s", "1h"))["route"]
     assert (route["group_interval"], route["repeat_interval"]) == ("5s", "1h")
+    assert route["group_wait"] == "0s"
+    route = stack.alertmanager_config(s, lay, Notifications("5m", "4h", "30s"))["route"]
+    assert (route["group_wait"], route["group_interval"]) == ("30s", "5m")
     slow = stack.alertmanager_config(settings(tmp_path, evaluation_interval=0.5), lay)
     assert slow["route"]["group_interval"] == "1s"
 
