@@ -44,6 +44,8 @@ SIDE = (
     "tests/e2e",
     "tests/lab/test_provision.py",
     "tests/lab/test_installer.py",
+    "tests/lab/test_node_lifecycle.py",
+    "tests/lab/test_secret_canary_lab.py",
 )
 #: Seconds a stream may take before it is interrupted (CI allows 90 minutes in all).
 STREAM_TIMEOUT = 80 * 60
