@@ -35,10 +35,12 @@ the end, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -64,6 +66,7 @@ from peerkit import (
     workload,
 )
 
+from configure.mirror import KEYRING_NAME, KEYRING_PATH
 from lab.fleet import HostRecord, exec_in_host, load_records
 
 SUBNET = "10.131.0.0/24"
@@ -223,22 +226,25 @@ class Fleet:
     def exec(self, record: HostRecord, argv: list[str], timeout: float = 120.0) -> str:
         r = exec_in_host(record, argv, timeout=timeout)
         if r.returncode != 0:
-            raise BenchError(f"{record.name}: {' '.join(argv)} failed ({r.returncode}): "
+            raise BenchError(f"{record.name}: {' '.join(argv)[:120]} failed ({r.returncode}): "
                              f"{r.stdout[-1000:]}{r.stderr[-1000:]}")
         return r.stdout
 
-    def prepare(self, mirror_source: str) -> None:
-        """sshd at LogLevel VERBOSE, the site's mirror as the only apt source."""
+    def prepare(self, mirror_source: str, keyring_b64: str) -> None:
+        """sshd at LogLevel VERBOSE, the site's (signed) mirror as the only apt source."""
         script = (
             'set -e\nprintf "%s" "$1" > /etc/ssh/sshd_config.d/90-bench-verbose.conf\n'
             "systemctl reload ssh\n"
+            f"mkdir -p {shlex.quote(str(Path(KEYRING_PATH).parent))}\n"
+            f'printf "%s" "$3" | base64 -d > {shlex.quote(KEYRING_PATH)}\n'
+            f"chmod 644 {shlex.quote(KEYRING_PATH)}\n"
             "mkdir -p /etc/apt/sources.disabled-by-bench\n"
             "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do\n"
             '  [ -e "$f" ] && mv -f "$f" /etc/apt/sources.disabled-by-bench/ || true\ndone\n'
             'printf "%s\\n" "$2" > /etc/apt/sources.list.d/bench-mirror.list\n'
             "apt-get -q -o Acquire::Retries=2 update >/dev/null\n")
         self.each(lambda r: self.exec(r, ["/bin/sh", "-c", script, "sh", SSHD_VERBOSE,
-                                          mirror_source], 300))
+                                          mirror_source, keyring_b64], 300))
         self.mark()
 
     def _journal(self, record: HostRecord, cursor: str | None) -> tuple[list[str], str]:
@@ -382,7 +388,7 @@ class Bench:
         self.site, self.work = tmp / "lab", tmp / "work"
         self.fleet = Fleet(self.site)
         self.delay: subprocess.Popen[str] | None = None
-        self.mirror_source = ""
+        self.mirror_source = self.keyring_b64 = ""
         self.tools: Tools | None = None
         self.fig: dict[str, Any] = {"hosts": args.fleet, "repeat": args.repeat,
                                     "warmup": 1, "subnet": SUBNET}
@@ -401,7 +407,7 @@ class Bench:
         self.lab_up(0)
         self.lab_up(self.args.fleet)
         self.fleet.load()
-        self.fleet.prepare(self.mirror_source)
+        self.fleet.prepare(self.mirror_source, self.keyring_b64)
         assert self.tools is not None
         self.tools.write_endpoints(self.direct_endpoints())
 
@@ -419,9 +425,12 @@ class Bench:
               CONTROLLER, "--port", str(MIRROR_PORT)], 120)
         _, r = must([METALCHAIN, "--site", str(self.site), "mirror", "status", "--json"], 60)
         doc = json.loads(r.stdout)
-        self.mirror_source = doc.get("source") or (doc.get("data") or {}).get("source")
-        if not self.mirror_source:
-            raise BenchError(f"mirror status has no source line: {r.stdout[:500]}")
+        self.mirror_source = doc.get("source") or ""
+        keyring = Path(doc.get("root") or "/nonexistent") / KEYRING_NAME
+        if not self.mirror_source or not keyring.is_file():
+            raise BenchError(f"mirror status: no source line or no {keyring}: "
+                             f"{r.stdout[:500]}")
+        self.keyring_b64 = base64.b64encode(keyring.read_bytes()).decode()
 
     @contextlib.contextmanager
     def delayed(self) -> Iterator[None]:
@@ -530,7 +539,7 @@ class Bench:
         self.fleet.load()
         if len(self.fleet.records) != a.fleet:
             raise BenchError(f"{len(self.fleet.records)} fleet hosts, expected {a.fleet}")
-        self.fleet.prepare(self.mirror_source)
+        self.fleet.prepare(self.mirror_source, self.keyring_b64)
         self.tools = Tools(self.site, self.work, ansible, pyinfra, a.fleet)
         w1, w3 = workload.w1(), workload.w3()
         self.tools.write([w1, w3], self.direct_endpoints())
