@@ -72,7 +72,7 @@ from lab.fleet import HostRecord, exec_in_host, load_records
 SUBNET = "10.131.0.0/24"
 CONTROLLER = "10.131.0.1"
 MIRROR_PORT = 22510
-DELAY_FIRST_PORT = 22600
+DELAY_PORT = 22600
 LONG = 3600.0  # seconds: the limit of one tool run or lab step
 ANSIBLE_VENV = Path("/tmp/mc-bench-ansible")
 ANSIBLE_CORE_VERSION = "2.19.14"
@@ -415,8 +415,8 @@ class Bench:
         return {n: (r.address, 22) for n, r in self.fleet.records.items()}
 
     def delayed_endpoints(self) -> dict[str, tuple[str, int]]:
-        return {n: ("127.0.0.1", DELAY_FIRST_PORT + i)
-                for i, n in enumerate(self.fleet.names())}
+        # one loopback address per host (metalchain refuses two hosts with one address)
+        return {n: (f"127.0.131.{i + 1}", DELAY_PORT) for i, n in enumerate(self.fleet.names())}
 
     def start_mirror(self) -> None:
         must([METALCHAIN, "--site", str(self.site), "mirror", "build", "--packages",
@@ -436,8 +436,8 @@ class Bench:
     def delayed(self) -> Iterator[None]:
         """The delay forwarder between the tools and every host's sshd."""
         one_way = self.args.latency_ms / 2
-        mapping = [f"{port}={self.fleet.records[n].address}:22"
-                   for n, (_, port) in self.delayed_endpoints().items()]
+        mapping = [f"{addr}:{port}={self.fleet.records[n].address}:22"
+                   for n, (addr, port) in self.delayed_endpoints().items()]
         self.delay = subprocess.Popen(
             [sys.executable, "-m", "peerkit.delay", "--one-way-ms", str(one_way), "--map",
              *mapping], cwd=BENCH, stdout=subprocess.PIPE, text=True)
@@ -627,8 +627,8 @@ def main() -> int:
     if args.fleet < 3 or args.repeat < 1:
         ap.error("--fleet must be at least 3 (the first apply is split between the tools) "
                  "and --repeat at least 1")
-    if args.fleet > DELAY_FIRST_PORT - 22500 + 300:
-        ap.error("at most 400 hosts (the forwarder's ports are 22600-22999)")
+    if args.fleet > 150:
+        ap.error("at most 150 hosts (lab up's limit; the forwarder uses 127.0.131.1-150)")
     # SIGTERM runs the same clean-up as Ctrl-C
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     become_subreaper()

@@ -2,12 +2,14 @@
 site" (issue 14).
 
 This kernel has no ``sch_netem`` (``tc qdisc add ... netem`` fails: "Specified qdisc kind is
-unknown"), so the latency is added in user space: one listener per fleet host on loopback,
+unknown"), so the latency is added in user space: one listener per fleet host on its own loopback
+address (metalchain refuses two hosts with one address),
 each forwarding to the host's sshd and holding every chunk ``one_way_ms`` before passing it
 on, in both directions (round trip + 2 x one_way_ms). Chunks keep their order and are not
 coalesced; bandwidth is not limited. All three tools' SSH connections go through it.
 
-Run: ``python -m peerkit.delay --one-way-ms 5 --map 22501=10.131.0.100:22 ...``; it prints
+Run: ``python -m peerkit.delay --one-way-ms 5 --map 127.0.131.1:22600=10.131.0.100:22 ...``;
+it prints
 ``ready`` once every listener is bound and runs until SIGTERM/SIGINT.
 """
 
@@ -24,19 +26,21 @@ from collections.abc import Sequence
 CHUNK = 65536
 
 
-def parse_map(items: Sequence[str]) -> dict[int, tuple[str, int]]:
-    """``LISTEN_PORT=ADDRESS:PORT`` items.
+def parse_map(items: Sequence[str], listen: str = "127.0.0.1"
+              ) -> dict[tuple[str, int], tuple[str, int]]:
+    """``[LISTEN_ADDRESS:]LISTEN_PORT=ADDRESS:PORT`` items.
 
-    >>> parse_map(["22501=10.131.0.100:22"])
-    {22501: ('10.131.0.100', 22)}
+    >>> parse_map(["22600=10.131.0.100:22", "127.0.131.2:22600=10.131.0.101:22"])
+    {('127.0.0.1', 22600): ('10.131.0.100', 22), ('127.0.131.2', 22600): ('10.131.0.101', 22)}
     """
-    out: dict[int, tuple[str, int]] = {}
+    out: dict[tuple[str, int], tuple[str, int]] = {}
     for item in items:
-        listen, _, target = item.partition("=")
+        source, _, target = item.partition("=")
+        l_addr, _, l_port = source.rpartition(":")
         addr, _, port = target.rpartition(":")
-        if not (listen.isdigit() and addr and port.isdigit()):
-            raise ValueError(f"not LISTEN_PORT=ADDRESS:PORT: {item!r}")
-        out[int(listen)] = (addr, int(port))
+        if not (l_port.isdigit() and addr and port.isdigit()):
+            raise ValueError(f"not [LISTEN_ADDRESS:]LISTEN_PORT=ADDRESS:PORT: {item!r}")
+        out[(l_addr or listen, int(l_port))] = (addr, int(port))
     return out
 
 
@@ -95,10 +99,10 @@ def handler(target: tuple[str, int], one_way: float, connect_timeout: float = 10
     return handle
 
 
-async def serve(mapping: dict[int, tuple[str, int]], one_way: float, host: str = "127.0.0.1",
+async def serve(mapping: dict[tuple[str, int], tuple[str, int]], one_way: float,
                 ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     servers = [await asyncio.start_server(handler(target, one_way), host, port)
-               for port, target in mapping.items()]
+               for (host, port), target in mapping.items()]
     if ready is not None:
         ready.set()
     stop = stop or asyncio.Event()
@@ -116,15 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--listen", default="127.0.0.1")
     ap.add_argument("--map", nargs="+", required=True, metavar="PORT=ADDR:PORT")
     args = ap.parse_args(argv)
-    mapping = parse_map(args.map)
+    mapping = parse_map(args.map, args.listen)
 
     async def run() -> None:
         stop, ready = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(mapping, args.one_way_ms / 1000, args.listen,
-                                         ready, stop))
+        task = asyncio.create_task(serve(mapping, args.one_way_ms / 1000, ready, stop))
         await ready.wait()
         print("ready", flush=True)
         await task

@@ -206,7 +206,10 @@ def test_proctree_parsing():
 
 
 def test_delay_map_parsing():
-    assert delay.parse_map(["22600=10.131.0.100:22"]) == {22600: ("10.131.0.100", 22)}
+    assert delay.parse_map(["22600=10.131.0.100:22"]) == {
+        ("127.0.0.1", 22600): ("10.131.0.100", 22)}
+    assert delay.parse_map(["127.0.131.7:22600=10.131.0.106:22"]) == {
+        ("127.0.131.7", 22600): ("10.131.0.106", 22)}
     with pytest.raises(ValueError):
         delay.parse_map(["22600:10.131.0.100"])
 
@@ -225,7 +228,7 @@ def test_delay_forwarder_adds_the_round_trip_time():
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         ready, stop = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(delay.serve({port: ("127.0.0.1", target)}, 0.02,
+        task = asyncio.create_task(delay.serve({("127.0.0.1", port): ("127.0.0.1", target)}, 0.02,
                                                ready=ready, stop=stop))
         await ready.wait()
         r, wr = await asyncio.open_connection("127.0.0.1", port)
