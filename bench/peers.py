@@ -442,8 +442,8 @@ class Bench:
             [sys.executable, "-m", "peerkit.delay", "--one-way-ms", str(one_way), "--map",
              *mapping], cwd=BENCH, stdout=subprocess.PIPE, text=True)
         ready = threading.Event()
-        threading.Thread(target=lambda: (self.delay.stdout.readline(), ready.set()),
-                         daemon=True).start()  # type: ignore[union-attr]
+        first = self.delay.stdout.readline  # type: ignore[union-attr]
+        threading.Thread(target=lambda: (first(), ready.set()), daemon=True).start()
         if not ready.wait(30) or self.delay.poll() is not None:
             raise BenchError("the delay forwarder did not start")
         assert self.tools is not None
@@ -452,17 +452,23 @@ class Bench:
             yield
         finally:
             self.tools.write_endpoints(self.direct_endpoints())
-            self.stop_delay()
+            self.fig["delay_forwarded_connections"] = self.stop_delay()
 
-    def stop_delay(self) -> None:
+    def stop_delay(self) -> int | None:
+        """Stop the forwarder; returns how many connections it forwarded."""
+        forwarded = None
         if self.delay is not None and self.delay.poll() is None:
             self.delay.terminate()
             try:
-                self.delay.wait(10)
+                rest, _ = self.delay.communicate(timeout=10)
+                for line in rest.splitlines():
+                    if line.startswith("connections "):
+                        forwarded = int(line.split()[1])
             except subprocess.TimeoutExpired:
                 self.delay.kill()
                 self.delay.wait(10)
         self.delay = None
+        return forwarded
 
     # runs -----------------------------------------------------------------------------------
     def one(self, tool: str, w: workload.Workload, *, check: bool = False,
@@ -504,6 +510,8 @@ class Bench:
                                  + ", ".join(f"{h} ({owner[h]}'s): {c}"
                                              for h, c in sorted(bad.items())))
         out["equivalent"] = True
+        print(f"peers: {w.name} equivalent; first apply, changed per host: "
+              f"{out['first_apply_changed_per_host']}", file=sys.stderr, flush=True)
         return out
 
     def timed(self, label: str, w: workload.Workload, *, check: bool = False,

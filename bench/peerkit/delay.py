@@ -10,7 +10,8 @@ coalesced; bandwidth is not limited. All three tools' SSH connections go through
 
 Run: ``python -m peerkit.delay --one-way-ms 5 --map 127.0.131.1:22600=10.131.0.100:22 ...``;
 it prints
-``ready`` once every listener is bound and runs until SIGTERM/SIGINT.
+``ready`` once every listener is bound and runs until SIGTERM/SIGINT, then prints
+``connections N`` (how many it forwarded: proof that the tools went through it).
 """
 
 from __future__ import annotations
@@ -79,8 +80,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
             await rx
 
 
-def handler(target: tuple[str, int], one_way: float, connect_timeout: float = 10.0):
+def handler(target: tuple[str, int], one_way: float, tally: list[int] | None = None,
+            connect_timeout: float = 10.0):
     async def handle(c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        if tally is not None:
+            tally[0] += 1
         try:
             h_reader, h_writer = await asyncio.wait_for(
                 asyncio.open_connection(*target), connect_timeout)
@@ -100,8 +104,10 @@ def handler(target: tuple[str, int], one_way: float, connect_timeout: float = 10
 
 
 async def serve(mapping: dict[tuple[str, int], tuple[str, int]], one_way: float,
-                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
-    servers = [await asyncio.start_server(handler(target, one_way), host, port)
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                tally: list[int] | None = None) -> None:
+    """Forward until ``stop``; ``tally[0]`` counts the connections accepted."""
+    servers = [await asyncio.start_server(handler(target, one_way, tally), host, port)
                for (host, port), target in mapping.items()]
     if ready is not None:
         ready.set()
@@ -127,10 +133,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(mapping, args.one_way_ms / 1000, ready, stop))
+        tally = [0]
+        task = asyncio.create_task(serve(mapping, args.one_way_ms / 1000, ready, stop, tally))
         await ready.wait()
         print("ready", flush=True)
         await task
+        print(f"connections {tally[0]}", flush=True)
 
     asyncio.run(run())
     return 0

@@ -165,7 +165,9 @@ def w3(files: int = 40, lines: int = 40) -> Workload:
         files=tuple(FileSpec(f"{W3_DIR}/f{i:02d}.conf", f"# bench file {i}\nkey{i} = value{i}\n")
                     for i in range(files)),
         sysctls=sysctls, sysctl_file="/etc/sysctl.d/91-bench3.conf",
-        lines=tuple(LineSpec(f"{W3_DIR}/lines.conf", f"bench3_line_{i:02d} = on")
+        # one line per file: metalchain fails a second line resource on a file the first
+        # changed in the same run ("changed since it was probed")
+        lines=tuple(LineSpec(f"{W3_DIR}/line{i:02d}.conf", f"bench3_line_{i:02d} = on")
                     for i in range(lines)),
     )
 
