@@ -322,8 +322,10 @@ class Tools:
             endpoints, key, str(self.work / "pyinfra" / "known_hosts")))
 
     def apply(self, tool: str, w: workload.Workload, *, check: bool = False,
-              limit: Sequence[str] | None = None) -> tuple[Measured, dict[str, int]]:
-        """One run; returns its measurement and the changed count per host."""
+              limit: Sequence[str] | None = None
+              ) -> tuple[Measured, dict[str, int], dict[str, list[str]]]:
+        """One run; returns its measurement, the changed count per host and, per host, what
+        changed (resource, task or operation names)."""
         self.runs += 1
         if tool == "metalchain":
             argv = [METALCHAIN, "--site", str(self.site), "apply", "--role", f"bench_{w.name}",
@@ -339,7 +341,7 @@ class Tools:
             bad = counts.metalchain_failures(doc)
             if bad or m.rc not in (0,):
                 raise BenchError(f"metalchain apply failed ({m.rc}): {bad[:5]}")
-            return m, counts.metalchain_changed(doc)
+            return m, counts.metalchain_changed(doc), counts.metalchain_changed_items(doc)
         if tool == "ansible":
             cp = Path(tempfile.mkdtemp(prefix="cp-", dir=self.work))
             env = {**os.environ, "ANSIBLE_CONFIG": str(self.work / "ansible" / "ansible.cfg"),
@@ -354,7 +356,8 @@ class Tools:
             bad = {h: r for h, r in recap.items() if r["failed"] or r["unreachable"]}
             if m.rc != 0 or bad or not recap:
                 raise BenchError(f"ansible-playbook failed ({m.rc}): {bad}\n{m.out[-3000:]}")
-            return m, {h: r["changed"] for h, r in recap.items()}
+            return (m, {h: r["changed"] for h, r in recap.items()},
+                    ansible_play.changed_tasks(m.out))
         argv = [self.pyinfra, "-y", "--parallel", str(self.forks)] + (["--dry"] if check else [])
         for h in limit or ():
             argv += ["--limit", h]
@@ -364,7 +367,7 @@ class Tools:
         bad = {h: dict(c) for h, c in out.items() if c["Error"]}
         if m.rc != 0 or bad or not out:
             raise BenchError(f"pyinfra failed ({m.rc}): {bad}\n{m.out[-3000:]}")
-        return m, {h: c["Success"] for h, c in out.items()}
+        return m, {h: c["Success"] for h, c in out.items()}, pyinfra_deploy.changed_ops(m.out)
 
 
 def close_masters(control_dir: Path) -> None:
@@ -475,7 +478,7 @@ class Bench:
             limit: Sequence[str] | None = None) -> dict[str, Any]:
         assert self.tools is not None
         self.fleet.mark()
-        m, changed = self.tools.apply(tool, w, check=check, limit=limit)
+        m, changed, items = self.tools.apply(tool, w, check=check, limit=limit)
         ssh = self.fleet.ssh_counts()
         hosts = list(limit) if limit else self.fleet.names()
         missing = sorted(set(hosts) - set(changed))
@@ -488,7 +491,8 @@ class Bench:
                 "commands_per_host": counts.per_host_spread(
                     {h: ssh[h][1] for h in hosts}),
                 "changed": {h: changed[h] for h in hosts},
-                "changed_total": sum(changed[h] for h in hosts)}
+                "changed_total": sum(changed[h] for h in hosts),
+                "changed_items_first_host": items.get(hosts[0], [])}
 
     def equivalence(self, w: workload.Workload) -> dict[str, Any]:
         """Crosswise first apply on thirds, then every tool on all hosts: nothing to change."""
@@ -500,6 +504,7 @@ class Bench:
                 continue
             r = self.one(tool, w, limit=part)
             out["first_apply_changed_per_host"][tool] = sorted(set(r["changed"].values()))
+            out.setdefault("first_apply_changed_items", {})[tool] = r["changed_items_first_host"]
             out[f"first_apply_{tool}_on_{len(part)}_s"] = round(r["wall_s"], 2)
         for tool in TOOLS:
             r = self.one(tool, w)
@@ -532,6 +537,9 @@ class Bench:
                 print(f"peers: {label} {tool} run {rep}: {r['wall_s']:.2f} s, changed "
                       f"{r['changed_total']}", file=sys.stderr, flush=True)
         summary = {t: table.summarize(rs) for t, rs in runs.items()}
+        for t, rs in runs.items():
+            if rs and rs[-1]["changed_items_first_host"]:
+                summary[t]["changed_items_first_host"] = rs[-1]["changed_items_first_host"]
         return {"tools": summary, "ratios": table.ratios(summary)}
 
     def measure(self) -> dict[str, Any]:
@@ -587,6 +595,9 @@ class Bench:
             results["W4"] = self.timed("W4", w1, check=True, expect=exactly_drifted)
             results["W4"]["drifted_hosts"] = len(drifted)
             self.tools.apply("metalchain", w1)  # undo the drift
+        for res in results.values():
+            # per host, every tool the same count (W1: see first_apply_changed_items)
+            res["changed_agree"] = len({tuple(s["changed"]) for s in res["tools"].values()}) == 1
         self.fig["results"] = results
         self.fig["table"] = table.render(results)
         return self.fig

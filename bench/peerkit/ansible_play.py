@@ -116,3 +116,22 @@ def recap(output: str) -> dict[str, dict[str, int]]:
         if m:
             out[m["host"]] = {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
     return out
+
+
+_TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<name>.*)\] \**$")
+_CHANGED = re.compile(r"^changed: \[(?P<host>[^\]]+)\]")
+
+
+def changed_tasks(output: str) -> dict[str, list[str]]:
+    """Per host, the names of the tasks (and handlers) that changed something."""
+    out: dict[str, list[str]] = {}
+    task = ""
+    for line in output.splitlines():
+        m = _TASK.match(line)
+        if m:
+            task = m["name"]
+            continue
+        m = _CHANGED.match(line)
+        if m:
+            out.setdefault(m["host"], []).append(task)
+    return out

@@ -23,6 +23,20 @@ def metalchain_changed(doc: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
+def metalchain_changed_items(doc: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per host, the resources (``role/identity``) that changed, in order, each once."""
+    out: dict[str, list[str]] = {}
+    for host, res in doc["hosts"].items():
+        items: list[str] = []
+        for step in res["steps"]:
+            for change in step.get("changes") or ():
+                item = change.split(": ", 1)[0]
+                if item not in items:
+                    items.append(item)
+        out[host] = items
+    return out
+
+
 def metalchain_failures(doc: Mapping[str, Any]) -> list[str]:
     c = doc["counts"]
     if c.get("failed") or c.get("unreachable") or c.get("not_run"):

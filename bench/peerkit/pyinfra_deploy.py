@@ -81,3 +81,21 @@ def outcomes(output: str) -> dict[str, Counter[str]]:
         if m:
             out.setdefault(m["host"], Counter())[m["what"]] += 1
     return out
+
+
+_OPERATION = re.compile(r"^--> Starting operation: (?P<name>.*?)\s*$")
+
+
+def changed_ops(output: str) -> dict[str, list[str]]:
+    """Per host, the names of the operations that changed something ("Success")."""
+    out: dict[str, list[str]] = {}
+    op = ""
+    for line in output.splitlines():
+        m = _OPERATION.match(line)
+        if m:
+            op = m["name"]
+            continue
+        m = _HOST_LINE.match(line)
+        if m and m["what"] == "Success":
+            out.setdefault(m["host"], []).append(op)
+    return out

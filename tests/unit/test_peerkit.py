@@ -144,6 +144,30 @@ def test_ansible_recap():
     assert ansible_play.recap("fleet100 : ok=1 changed=1 unreachable=0 failed=0") == {}
 
 
+def test_ansible_changed_tasks():
+    out = ("TASK [template /etc/bench/app.conf] ***\nchanged: [fleet01]\nok: [fleet02]\n"
+           "RUNNING HANDLER [restart cron] ***\nchanged: [fleet01]\n")
+    assert ansible_play.changed_tasks(out) == {
+        "fleet01": ["template /etc/bench/app.conf", "restart cron"]}
+
+
+def test_pyinfra_changed_ops():
+    out = ("--> Starting operation: directory /etc/bench \n    [fleet01] Success\n"
+           "    [fleet02] No changes\n--> Starting operation: user benchuser\n"
+           "    [fleet01] Success\n")
+    assert pyinfra_deploy.changed_ops(out) == {
+        "fleet01": ["directory /etc/bench", "user benchuser"]}
+
+
+def test_metalchain_changed_items():
+    doc = {"hosts": {"a": {"steps": [{"changes": [
+        "bench_w1/sysctl:net.ipv4.ip_forward: net.ipv4.ip_forward: 0 -> 1",
+        "bench_w1/user:benchuser: create user benchuser",
+        "bench_w1/user:benchuser: something else"]}]}}}
+    assert counts.metalchain_changed_items(doc) == {
+        "a": ["bench_w1/sysctl:net.ipv4.ip_forward", "bench_w1/user:benchuser"]}
+
+
 def test_pyinfra_outcomes():
     out = ("    [fleet100] Success\n    [fleet100] No changes\n    [fleet101] Error\n"
            "--> Starting operation: x\n")
