@@ -139,8 +139,10 @@ def _cpu_children() -> float:
 
 
 class Measured:
-    def __init__(self, wall: float, cpu: float, peak_rss: int, out: str, rc: int) -> None:
-        self.wall, self.cpu, self.peak_rss, self.out, self.rc = wall, cpu, peak_rss, out, rc
+    def __init__(self, wall: float, cpu: float, peak_rss: int, out: str, err: str, rc: int
+                 ) -> None:
+        self.wall, self.cpu, self.peak_rss, self.rc = wall, cpu, peak_rss, rc
+        self.out, self.err = out, err
 
 
 def measured(argv: list[str], cwd: Path | None, env: dict[str, str] | None, timeout: float,
@@ -159,9 +161,10 @@ def measured(argv: list[str], cwd: Path | None, env: dict[str, str] | None, time
             peak[0] = max(peak[0], proctree.tree_rss_bytes(tab, pids))
             done.wait(interval)
 
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as out, \
+            tempfile.TemporaryFile("w+", encoding="utf-8") as err:
         start = time.monotonic()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -179,8 +182,9 @@ def measured(argv: list[str], cwd: Path | None, env: dict[str, str] | None, time
             done.set()
             sampler.join(5)
         out.seek(0)
-        text = out.read()
-    return Measured(wall, _cpu_children() - cpu0, peak[0], text, rc)
+        err.seek(0)
+        text, errors = out.read(), err.read()
+    return Measured(wall, _cpu_children() - cpu0, peak[0], text, errors, rc)
 
 
 def reap_orphans(keep: set[int], timeout: float = 10.0) -> None:
@@ -280,6 +284,7 @@ class Tools:
         self.site, self.work, self.ansible, self.pyinfra = site, work, ansible, pyinfra
         self.forks = forks
         self.runs = 0
+        self.hosts: list[str] = []
 
     def write(self, workloads: Sequence[workload.Workload], endpoints: dict[str, tuple[str, int]]
               ) -> None:
@@ -298,6 +303,7 @@ class Tools:
         self.write_endpoints(endpoints)
 
     def write_endpoints(self, endpoints: dict[str, tuple[str, int]]) -> None:
+        self.hosts = sorted(endpoints)
         inv_path = self.site / "inventory.yml"
         text = inv_path.read_text(encoding="utf-8")
         header = text.split("\n", 1)[0] + "\n"
@@ -337,7 +343,7 @@ class Tools:
                 doc = json.loads(m.out[m.out.index("{"):])
             except ValueError:
                 raise BenchError(f"metalchain apply ({m.rc}) printed no JSON:\n"
-                                 f"{m.out[-3000:]}") from None
+                                 f"{m.out[-3000:]}\n{m.err[-3000:]}") from None
             bad = counts.metalchain_failures(doc)
             if bad or m.rc not in (0,):
                 raise BenchError(f"metalchain apply failed ({m.rc}): {bad[:5]}")
@@ -355,14 +361,29 @@ class Tools:
             recap = ansible_play.recap(m.out)
             bad = {h: r for h, r in recap.items() if r["failed"] or r["unreachable"]}
             if m.rc != 0 or bad or not recap:
-                raise BenchError(f"ansible-playbook failed ({m.rc}): {bad}\n{m.out[-3000:]}")
+                raise BenchError(f"ansible-playbook failed ({m.rc}): {bad}\n{m.out[-3000:]}"
+                                 f"\n{m.err[-2000:]}")
             return (m, {h: r["changed"] for h, r in recap.items()},
                     ansible_play.changed_tasks(m.out))
-        argv = [self.pyinfra, "-y", "--parallel", str(self.forks)] + (["--dry"] if check else [])
+        argv = [self.pyinfra, "-y", "--parallel", str(self.forks)]
+        argv += ["--dry", "--json"] if check else []
         for h in limit or ():
             argv += ["--limit", h]
         argv += ["inventory.py", f"{w.name}.py"]
         m = measured(argv, self.work / "pyinfra", None, LONG)
+        if check:
+            # --dry runs no operation: what it would change is the plan (its --json output)
+            try:
+                plan = pyinfra_deploy.dry_changes(json.loads(m.out))
+            except ValueError:
+                raise BenchError(f"pyinfra --dry --json ({m.rc}) printed no JSON:\n"
+                                 f"{m.out[-2000:]}\n{m.err[-2000:]}") from None
+            if m.rc != 0:
+                raise BenchError(f"pyinfra --dry failed ({m.rc}):\n{m.err[-3000:]}")
+            hosts = list(limit) if limit else list(self.hosts)
+            return (m, {h: len(plan.get(h, [])) for h in hosts},
+                    {h: plan.get(h, []) for h in hosts})
+        m.out = m.out + m.err  # pyinfra logs its results on stderr
         out = pyinfra_deploy.outcomes(m.out)
         bad = {h: dict(c) for h, c in out.items() if c["Error"]}
         if m.rc != 0 or bad or not out:

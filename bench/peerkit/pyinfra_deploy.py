@@ -6,6 +6,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict
+from typing import Any
 
 from .workload import Workload
 
@@ -98,4 +99,15 @@ def changed_ops(output: str) -> dict[str, list[str]]:
         m = _HOST_LINE.match(line)
         if m and m["what"] == "Success":
             out.setdefault(m["host"], []).append(op)
+    return out
+
+
+def dry_changes(plan_doc: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per host, the operations ``pyinfra --dry --json`` says would change it. Conditional
+    ones (``_if``: the restart handler) are left out: they depend on others' results, and
+    the other tools' check modes report a handler only when its notifier would change."""
+    out: dict[str, list[str]] = {}
+    for op in plan_doc.get("plan") or ():
+        for host in op.get("hosts_with_change") or ():
+            out.setdefault(host, []).append(op.get("name") or op.get("op_hash", "?"))
     return out

@@ -159,6 +159,14 @@ def test_pyinfra_changed_ops():
         "fleet01": ["directory /etc/bench", "user benchuser"]}
 
 
+def test_pyinfra_dry_plan():
+    doc = {"plan": [{"name": "template /etc/bench/app.conf", "hosts_with_change": ["h1"],
+                     "hosts_with_conditional_change": []},
+                    {"name": "restart cron", "hosts_with_change": [],
+                     "hosts_with_conditional_change": ["h1", "h2"]}], "results": None}
+    assert pyinfra_deploy.dry_changes(doc) == {"h1": ["template /etc/bench/app.conf"]}
+
+
 def test_metalchain_changed_items():
     doc = {"hosts": {"a": {"steps": [{"changes": [
         "bench_w1/sysctl:net.ipv4.ip_forward: net.ipv4.ip_forward: 0 -> 1",
