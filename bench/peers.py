@@ -365,8 +365,9 @@ class Tools:
                                  f"\n{m.err[-2000:]}")
             return (m, {h: r["changed"] for h, r in recap.items()},
                     ansible_play.changed_tasks(m.out))
-        argv = [self.pyinfra, "-y", "--parallel", str(self.forks)]
-        argv += ["--dry", "--json"] if check else []
+        # --dry without -y: -y turns pyinfra's change detection off (State(check_for_changes))
+        argv = [self.pyinfra, "--parallel", str(self.forks)]
+        argv += ["--dry", "--json"] if check else ["-y"]
         for h in limit or ():
             argv += ["--limit", h]
         argv += ["inventory.py", f"{w.name}.py"]
