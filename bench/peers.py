@@ -3,7 +3,8 @@ the same run, for the same desired state (issue 14, workloads W1-W4).
 
 Usage (as root, from the repository; on the shared 2-CPU machine under nice and the lock):
     nice -n 19 flock /tmp/metalchain-light.lock \\
-        .venv/bin/python bench/peers.py --fleet 10 --repeat 3 --json /tmp/peers-10.json
+        .venv/bin/python bench/peers.py --fleet 10 --repeat 3 --json /tmp/peers-10.json \
+            --plots /tmp/peers-plots
 
 Workloads (bench/peerkit/workload.py, written once and generated as a metalchain role, an
 Ansible playbook and a pyinfra deploy):
