@@ -155,10 +155,12 @@ def measured(argv: list[str], cwd: Path | None, env: dict[str, str] | None, time
     done = threading.Event()
     peak = [0]
 
+    tool = [0]
+
     def sample() -> None:
         while not done.is_set():
             tab = proctree.snapshot()
-            pids = proctree.descendants(tab, [me]) - before
+            pids = proctree.run_tree(tab, me, tool[0], before)
             peak[0] = max(peak[0], proctree.tree_rss_bytes(tab, pids))
             done.wait(interval)
 
@@ -167,6 +169,7 @@ def measured(argv: list[str], cwd: Path | None, env: dict[str, str] | None, time
         start = time.monotonic()
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL)
+        tool[0] = proc.pid
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:

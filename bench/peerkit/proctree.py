@@ -58,3 +58,19 @@ def descendants(table: dict[int, tuple[int, int]], roots: Iterable[int]) -> set[
 
 def tree_rss_bytes(table: dict[int, tuple[int, int]], pids: Iterable[int]) -> int:
     return sum(table[p][1] for p in pids if p in table) * PAGE
+
+
+def run_tree(table: dict[int, tuple[int, int]], me: int, tool: int, before: set[int]
+             ) -> set[int]:
+    """The processes of one tool run: the tool's tree, plus the trees of orphans that were
+    reparented to ``me`` (the subreaper) since the run began (ControlPersist masters). Not
+    the trees under children of ``me`` that existed before (the lab's fleet launchers,
+    whose containers start processes of their own during the run: not the controller's).
+
+    >>> tab = {1: (0, 1), 5: (1, 1), 6: (5, 1), 7: (6, 1), 8: (5, 1), 9: (8, 1),
+    ...        10: (5, 1), 11: (10, 1)}
+    >>> sorted(run_tree(tab, me=5, tool=6, before={5, 8}))
+    [6, 7, 10, 11]
+    """
+    roots = {tool} | {p for p, (ppid, _) in table.items() if ppid == me and p not in before}
+    return descendants(table, roots)

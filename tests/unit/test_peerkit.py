@@ -237,6 +237,13 @@ def test_proctree_parsing():
     assert proctree.tree_rss_bytes(tab, {10, 11}) == 5 * proctree.PAGE
 
 
+def test_a_runs_tree_leaves_out_the_fleet_containers():
+    # bench 5; fleet launcher 8 (started before the run) with container processes 9, 12;
+    # the tool 6 with a worker 7; a ControlPersist master 10 reparented to the bench
+    tab = {5: (1, 1), 6: (5, 1), 7: (6, 1), 8: (5, 1), 9: (8, 1), 12: (9, 1), 10: (5, 1)}
+    assert proctree.run_tree(tab, 5, 6, before={5, 8, 9}) == {6, 7, 10}
+
+
 def test_delay_map_parsing():
     assert delay.parse_map(["22600=10.131.0.100:22"]) == {
         ("127.0.0.1", 22600): ("10.131.0.100", 22)}
