@@ -30,6 +30,7 @@ from pathlib import Path
 
 import yaml
 from harness import METALCHAIN, BenchError, must, report, run
+from peerkit.pyinfra_deploy import outcomes as pyinfra_outcomes
 
 SUBNET = "10.93.0.0/24"
 PYINFRA_VENV = Path("/tmp/mc-bench-pyinfra")
@@ -124,18 +125,7 @@ def write_pyinfra(site: Path, work: Path) -> dict[str, str]:
     return {name: h["address"] for name, h in hosts.items()}
 
 
-_PYINFRA_HOST_LINE = re.compile(r"^\s*\[(?P<host>[^\]]+)\] (?P<what>Success|No changes|Error)")
 _PYINFRA_COMMAND = re.compile(r"Running command on (?P<host>[^:\s]+): ")
-
-
-def pyinfra_outcomes(output: str) -> dict[str, Counter[str]]:
-    """Per host: how many operations changed something ("Success"), did not, or failed."""
-    out: dict[str, Counter[str]] = {}
-    for line in output.splitlines():
-        m = _PYINFRA_HOST_LINE.match(line)
-        if m:
-            out.setdefault(m["host"], Counter())[m["what"]] += 1
-    return out
 
 
 def pyinfra_apply(exe: str, work: Path, parallel: int, debug: bool = False

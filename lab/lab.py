@@ -14,12 +14,15 @@ import json
 import secrets as pysecrets
 import shutil
 import socket
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from configure.resources.base import ResourceSpecError
+from configure.resources.names import package
 from inventory.errors import InputError, InventoryError, LabError
 from inventory.state import StateStore
 from inventory.yamlsource import read_yaml_file
@@ -30,6 +33,7 @@ from lab.network import LabNetwork, netns_exists
 from provision.bootserver.dnsmasq import stop_orphan
 from provision.bootserver.interfaces import BootServerError
 from provision.guestimage import STORE_NAME as GUEST_STORE_NAME
+from provision.image import DEFAULT_PACKAGES, ImageSpec
 from runtime import process
 from runtime.atomicfile import write_atomic
 from runtime.jsondoc import write_json
@@ -81,6 +85,10 @@ class LabConfig:
     #: the image store's catalogue (``image_store_images``), set once the guest image is
     #: published
     images: list[dict[str, str]] = field(default_factory=list)
+    #: Debian packages the fleet's image has on top of the golden image's (``lab up
+    #: --fleet-package``): e.g. python3 for a peer tool's benchmark. Another image variant,
+    #: cached by its own content hash; the same image for every fleet host.
+    fleet_packages: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LabConfig:
@@ -152,8 +160,8 @@ class Lab:
         write_json(self.config_path, asdict(config))
 
     def plan(self, nodes: int, fleet: int, *, ipv4: str | None, name: str | None,
-             memory_mib: int, disk_gib: int, chain: bool = False, vms: int = 0
-             ) -> LabConfig:
+             memory_mib: int, disk_gib: int, chain: bool = False, vms: int = 0,
+             fleet_packages: Sequence[str] = ()) -> LabConfig:
         """The configuration for ``nodes``/``fleet``, keeping what an earlier run chose."""
         old = self.load()
         netns = old.netns if old else (f"mclab-{name}" if name else default_netns(self.root))
@@ -166,6 +174,13 @@ class Lab:
             raise LabError("guests (--vms) are part of the chain's inventory: add --chain")
         if vms and not nodes:
             raise LabError("guests (--vms) need at least one node to be their hypervisor")
+        try:
+            extra = sorted({package(p, "lab up", "--fleet-package") for p in fleet_packages})
+        except ResourceSpecError as exc:
+            raise InputError(str(exc)) from None
+        if old and old.fleet and fleet and extra != sorted(old.fleet_packages):
+            raise LabError(f"this lab's fleet runs the image with extra packages "
+                           f"{old.fleet_packages or 'none'}; run lab down to change them")
         if vms > 250 - FIRST_GUEST_HOST:
             raise LabError(f"at most {250 - FIRST_GUEST_HOST} guests")
         tag = hashlib.sha256(netns.encode()).digest()
@@ -188,7 +203,7 @@ class Lab:
         return LabConfig(name=netns.removeprefix("mclab-"), netns=netns, ipv4=str(net.ipv4),
                          ipv6=str(net.ipv6), memory_mib=memory_mib, disk_gib=disk_gib,
                          nodes=out, fleet=fleet, http_port=http_port, chain=chain, vms=vms,
-                         images=old.images if old else [])
+                         images=old.images if old else [], fleet_packages=extra)
 
     def network(self, config: LabConfig) -> LabNetwork:
         return LabNetwork(config.netns, ipv4=config.ipv4, ipv6=config.ipv6)
@@ -410,7 +425,8 @@ class Lab:
             return []
         from provision.image import ensure_image
 
-        rootfs = ensure_image().rootfs if specs else Path("/")
+        rootfs = ensure_image(fleet_image_spec(config.fleet_packages)).rootfs if specs \
+            else Path("/")
         fl = fleetmod.Fleet(self.dir, net, rootfs, [pub])
         if extra:
             fl.stop(extra)
@@ -461,6 +477,19 @@ class Lab:
             out[node.name] = {"qemu": self.machine(config, node).pid(),  # type: ignore[arg-type]
                               "bmc": bmc_pid(self.bmc_spec(node).pidfile)}
         return out
+
+
+def fleet_image_spec(extra_packages: Sequence[str]) -> ImageSpec:
+    """The fleet's image: the golden image, plus ``extra_packages`` when there are any.
+
+    >>> fleet_image_spec([]) == ImageSpec()
+    True
+    >>> "python3" in fleet_image_spec(["python3"]).packages
+    True
+    """
+    if not extra_packages:
+        return ImageSpec()
+    return ImageSpec(packages=tuple(dict.fromkeys((*DEFAULT_PACKAGES, *extra_packages))))
 
 
 def boot_state_dir(netns: str) -> Path:

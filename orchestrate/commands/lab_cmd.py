@@ -59,12 +59,15 @@ def lab() -> None:
                    "the first fleet host as image store with the lab's guest image, guests.")
 @click.option("--vms", type=click.IntRange(0, 50), default=None,
               help="Guests (VMs) on the nodes, with --chain.  [default: 1 with --chain]")
+@click.option("--fleet-package", "fleet_packages", multiple=True, metavar="NAME",
+              help="A Debian package the fleet's image has too (repeatable; e.g. python3 for "
+                   "a peer tool's benchmark): an image variant, built once and cached.")
 @dir_option
 @json_option
 @click.pass_obj
 def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
-       memory_mib: int, disk_gib: int, chain: bool, vms: int | None, directory: Path | None,
-       as_json: bool) -> None:
+       memory_mib: int, disk_gib: int, chain: bool, vms: int | None,
+       fleet_packages: tuple[str, ...], directory: Path | None, as_json: bool) -> None:
     """Bring the lab up (idempotent; re-run to resize).
 
     With --chain the inventory also carries what playbooks/site.yml needs: roles for every
@@ -81,7 +84,7 @@ def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
     if vms is None:
         vms = 1 if chain else 0
     config = lb.plan(nodes, fleet, ipv4=subnet, name=name, memory_mib=memory_mib,
-                     disk_gib=disk_gib, chain=chain, vms=vms)
+                     disk_gib=disk_gib, chain=chain, vms=vms, fleet_packages=fleet_packages)
     result = lb.up(config)
     if chain and vms:
         from orchestrate.guest_image import publish_guest_image
