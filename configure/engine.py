@@ -23,6 +23,7 @@ from typing import Any
 
 from configure.apt_batch import Step, join_installs
 from configure.resources.base import Decision, Resource, ResourceSpecError
+from configure.resources.files import Line
 from inventory.contracts import time_left
 from inventory.errors import TransportError
 from inventory.secrets import Masker
@@ -263,12 +264,20 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
                 return again
 
     decisions: dict[int, Decision | ResourceSpecError] = {}
+    # Every probe ran before any action: a line resource after another on the same file
+    # decides from what the earlier one's edit leaves (its own guard then expects that too).
+    edited: dict[str, str] = {}
     for it in items:
         n = plan.n(it)
         text = found_by_idx[n][0] if probe_scripts else ""
         found = {p.key: text for p in it.resource.probes()}
+        line_path = it.resource.path if isinstance(it.resource, Line) else None
+        if line_path in edited:
+            found = {key: edited[line_path] for key in found}
         try:
             decisions[n] = it.resource.decide(found)
+            if line_path is not None and decisions[n].changed:
+                edited[line_path] = it.resource.leaves(found)
         except ResourceSpecError as exc:
             decisions[n] = exc
         except (ValueError, LookupError, TypeError) as exc:

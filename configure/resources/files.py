@@ -275,6 +275,17 @@ class Line(Resource):
                 kept.append(self.line or "")
         return "\n".join(kept) + ("\n" if kept else "")
 
+    def leaves(self, found: Mapping[str, str]) -> str:
+        """What this resource's probe would print after its action: the next line resource
+        on the same file (see :func:`configure.engine.converge`) decides from this, since
+        every probe ran before any action."""
+        raw = found.get(self.identity, "").strip()
+        if raw == "absent" and self.state == "absent":
+            return raw
+        text = (_host_base64(raw, self.path) if raw and raw != "absent" else b"").decode(
+            "utf-8", "replace")
+        return base64.b64encode(self.wanted(text).encode("utf-8")).decode("ascii")
+
     def decide(self, found: Mapping[str, str]) -> Decision:
         raw = found.get(self.identity, "").strip()
         if raw == "absent":

@@ -361,3 +361,47 @@ def test_what_a_dead_script_left_on_stderr_is_scrubbed_of_secrets():
                       secret_values=["s3cret-value"])
     text = report.error + "".join(r.message for r in report.results)
     assert "s3cret-value" not in text and "cannot use ***" in report.error
+
+
+def _plain(*resources: Resource) -> list[RoleBlock]:
+    return [RoleBlock("r", [Item("r", res, (), f"recipe.yml:{i + 1}")
+                            for i, res in enumerate(resources)])]
+
+
+def test_several_lines_in_one_file_are_all_set_in_one_apply_and_then_left_alone(tmp_path):
+    """Every probe runs before any action: the second and third line resources on a file
+    decide from what the earlier ones leave, so one apply sets them all (before, the second
+    refused: 'changed since it was probed') and a check run afterwards finds nothing."""
+    from configure.resources.files import Line
+
+    conf, fresh = tmp_path / "app.conf", tmp_path / "new.conf"
+    conf.write_text("# app\nlevel = 1\n")
+
+    def lines() -> list[RoleBlock]:
+        return _plain(Line({"path": str(conf), "line": "level = 2", "regexp": "^level ="}),
+                      Line({"path": str(conf), "line": "color = off"}),
+                      Line({"path": str(conf), "line": "# app", "state": "absent"}),
+                      Line({"path": str(fresh), "line": "a = 1", "create": True}),
+                      Line({"path": str(fresh), "line": "b = 2", "create": True}))
+
+    report = converge(LocalSh(), lines(), check=False)
+    assert [r.status for r in report.results] == ["changed"] * 5, statuses(report)
+    assert conf.read_text() == "level = 2\ncolor = off\n"
+    assert fresh.read_text() == "a = 1\nb = 2\n"
+    again = converge(LocalSh(), lines(), check=True)
+    assert [r.status for r in again.results] == ["ok"] * 5, statuses(again)
+
+
+def test_a_line_file_changed_by_someone_else_between_probe_and_act_is_refused(tmp_path):
+    from configure.resources.files import Line
+
+    conf = tmp_path / "app.conf"
+    conf.write_text("level = 1\n")
+    res = _plain(Line({"path": str(conf), "line": "level = 2", "regexp": "^level ="}),
+                 Line({"path": str(conf), "line": "color = off"}))
+    # between the probe and the act script, another writer changes the file
+    sneak = f"echo 'other = 1' >> {conf}\n".encode()
+    report = converge(LocalSh(act_prefix=sneak), res, check=False)
+    assert report.results[0].status == "failed", statuses(report)
+    assert "changed since it was probed" in report.results[0].message
+    assert "other = 1" in conf.read_text()
