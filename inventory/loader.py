@@ -612,7 +612,12 @@ def _check_unique(inv: Inventory) -> None:
             claim("IP", host.vm.network.ip, host, "vm.network")
         own_ip = (host.provision.ip if host.provision else
                   host.vm.network.ip if host.vm else None)
-        if host.address and host.address != own_ip:
-            claim("IP", host.address if _ip(host.address) else None, host, "address")
+        # One SSH endpoint per host: an address:port, so hosts behind one NAT address on
+        # ports of their own are fine, two hosts at one endpoint are not.
+        reach = host.address or own_ip
+        if reach and (_ip(reach) or reach != own_ip):
+            claim("SSH endpoint", f"{reach}:{host.ssh.port}", host,
+                  "address" if host.address else
+                  ("provision.ip" if host.provision else "vm.network"))
         if host.bmc:
             claim("BMC", f"{host.bmc.address}:{host.bmc.port}", host, "bmc")

@@ -96,3 +96,20 @@ def test_normalisation(inv):
     ("a_b", False), ("a" * 64, False), ("", False), ("a..b", False)])
 def test_rfc1123(name, ok):
     assert valid_hostname(name) is ok
+
+
+def test_hosts_behind_one_address_on_ports_of_their_own_are_one_endpoint_each(tmp_path):
+    """Port-forwarded hosts (one NAT address, an SSH port each) are fine; two hosts at one
+    address and port are refused, naming both."""
+    p = tmp_path / "inventory.yml"
+    p.write_text("hosts:\n"
+                 "  a: {address: 192.0.2.10, ssh: {port: 2201}}\n"
+                 "  b: {address: 192.0.2.10, ssh: {port: 2202}}\n")
+    hosts = load_inventory(p, SecretStore({})).hosts
+    assert (hosts["a"].ssh.port, hosts["b"].ssh.port) == (2201, 2202)
+    p.write_text("hosts:\n"
+                 "  a: {address: 192.0.2.10, ssh: {port: 2201}}\n"
+                 "  b: {address: 192.0.2.10, ssh: {port: 2201}}\n")
+    with pytest.raises(InputError, match=r"SSH endpoint 192\.0\.2\.10:2201 is also used by "
+                                         r"host 'a'"):
+        load_inventory(p, SecretStore({}))
