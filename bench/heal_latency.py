@@ -68,8 +68,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -320,9 +318,12 @@ def apply_intervals(lab: Any, setting: Intervals) -> dict[str, Any]:
     lab.serve.stop()
     lab.serve.start()
     net = lab.net
-    status, body = _http_get(f"http://127.0.0.1:{net.prometheus_port}/api/v1/status/config")
+    from tests.lab.chainsite import http_get
+
+    status, body = http_get(f"http://127.0.0.1:{net.prometheus_port}/api/v1/status/config",
+                            timeout=10)
     prom = yaml.safe_load(json.loads(body)["data"]["yaml"])["global"] if status == 200 else {}
-    status, body = _http_get(f"{net.am_urls[0]}/api/v2/status")
+    status, body = http_get(f"{net.am_urls[0]}/api/v2/status", timeout=10)
     route = (yaml.safe_load(json.loads(body)["config"]["original"])["route"]
              if status == 200 else {})
     running = {"scrape_interval": prom.get("scrape_interval"),
@@ -338,15 +339,6 @@ def apply_intervals(lab: Any, setting: Intervals) -> dict[str, Any]:
             raise BenchError(f"{setting.name}: the running stack has {key} {running[key]!r}, "
                              f"not {value}")
     return running
-
-
-def _http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 @contextlib.contextmanager
