@@ -116,11 +116,17 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _comm(pid: int) -> str:
+    """The process's name, or "" if it is gone (it may exit between listing and reading)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def _sleeping_session(sshd) -> list[int]:
     procs = _descendants(sshd.proc.pid)
-    names = [Path(f"/proc/{p}/comm").read_text().strip() for p in procs
-             if Path(f"/proc/{p}/comm").exists()]
-    return procs if "sleep" in names else []
+    return procs if "sleep" in [_comm(p) for p in procs] else []
 
 
 def _run_in_thread(conn, argv):
