@@ -187,7 +187,7 @@ class Remediator:
         self._owned: set[int] = set()      # acting incidents this engine continues
         self._deferred: dict[int, None] = {}   # ... waiting for a free slot, oldest first
         self._defer_logged: dict[int, int] = {}   # incident -> step whose wait is recorded
-        self._wakes: dict[int, float] = {}  # ... waiting out a cooldown: monotonic wake-up
+        self._wakes: dict[int, float] = {}  # ... waiting out a cooldown or a lease: wake-up
         self._wake = threading.Event()     # the backstop's timer: a wake-up was added
         self._running = 0                  # actions this engine has running
         self._dups: set[int] = set()
