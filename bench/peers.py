@@ -81,6 +81,8 @@ ANSIBLE_VERSION = "12.3.0"  # the package with ansible.posix (sysctl); requires 
 PYINFRA_VENV = Path("/tmp/mc-bench-pyinfra")
 PYINFRA_VERSION = "3.10.0"
 PLOT_VENV = Path("/tmp/mc-bench-plot")
+PROFILE_VENV = Path("/tmp/mc-bench-profile")
+PY_SPY_VERSION = "0.4.1"
 FLEET_PACKAGES = ("python3", "python3-apt")
 TOOLS = table.TOOLS
 BENCH = Path(__file__).resolve().parent
@@ -122,6 +124,14 @@ def ensure_plot_venv(venv: Path) -> str | None:
         print(f"peers: no plots (matplotlib did not install): {exc}", file=sys.stderr)
         return None
     return str(py)
+
+
+def ensure_py_spy(venv: Path) -> str:
+    exe = venv / "bin" / "py-spy"
+    if exe.exists() and PY_SPY_VERSION in run([str(exe), "--version"], 60)[1].stdout:
+        return str(exe)
+    pip_install(venv, [f"py-spy=={PY_SPY_VERSION}"])
+    return str(exe)
 
 
 # --- measuring one run ---------------------------------------------------------------------
@@ -523,7 +533,8 @@ class Bench:
     def equivalence(self, w: workload.Workload) -> dict[str, Any]:
         """Crosswise first apply on thirds, then every tool on all hosts: nothing to change."""
         names = self.fleet.names()
-        parts = {t: names[i::3] for i, t in enumerate(TOOLS)}
+        tools = self.args.tools
+        parts = {t: names[i::len(tools)] for i, t in enumerate(tools)}
         out: dict[str, Any] = {"first_apply_changed_per_host": {}}
         for tool, part in parts.items():
             if not part:
@@ -532,7 +543,7 @@ class Bench:
             out["first_apply_changed_per_host"][tool] = sorted(set(r["changed"].values()))
             out.setdefault("first_apply_changed_items", {})[tool] = r["changed_items_first_host"]
             out[f"first_apply_{tool}_on_{len(part)}_s"] = round(r["wall_s"], 2)
-        for tool in TOOLS:
+        for tool in tools:
             r = self.one(tool, w)
             bad = {h: c for h, c in r["changed"].items() if c}
             if bad:
@@ -549,9 +560,9 @@ class Bench:
               expect: Callable[[dict[str, int]], str | None],
               before_each: Callable[[], None] | None = None, warmup: bool = True
               ) -> dict[str, Any]:
-        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in TOOLS}
+        runs: dict[str, list[dict[str, Any]]] = {t: [] for t in self.args.tools}
         for rep in range((1 if warmup else 0) + self.args.repeat):
-            for tool in TOOLS:
+            for tool in self.args.tools:
                 if before_each:
                     before_each()
                 r = self.one(tool, w, check=check)
@@ -570,12 +581,17 @@ class Bench:
 
     def measure(self) -> dict[str, Any]:
         a = self.args
-        ansible = ensure_ansible(a.ansible_venv)
-        pyinfra = ensure_pyinfra(a.pyinfra_venv, PYINFRA_VERSION)
-        self.fig["versions"] = {
-            "ansible": must_output([ansible, "--version"], 120)[1].splitlines()[0],
-            "ansible_package": ANSIBLE_VERSION,
-            "pyinfra": must_output([pyinfra, "--version"], 120)[1].strip()}
+        ansible = ensure_ansible(a.ansible_venv) if "ansible" in a.tools else "ansible-playbook"
+        pyinfra = (ensure_pyinfra(a.pyinfra_venv, PYINFRA_VERSION) if "pyinfra" in a.tools
+                   else "pyinfra")
+        self.fig["tools"] = list(a.tools)
+        self.fig["versions"] = {}
+        if "ansible" in a.tools:
+            self.fig["versions"].update(
+                ansible=must_output([ansible, "--version"], 120)[1].splitlines()[0],
+                ansible_package=ANSIBLE_VERSION)
+        if "pyinfra" in a.tools:
+            self.fig["versions"]["pyinfra"] = must_output([pyinfra, "--version"], 120)[1].strip()
         self.fig["lab_up_s"] = round(self.lab_up(a.fleet), 1)
         self.start_mirror()
         self.fleet.load()
@@ -599,6 +615,8 @@ class Bench:
         converged = lambda c: None if not any(c.values()) else f"changed {c}"  # noqa: E731
         if "W2" in wanted:
             results["W2"] = self.timed("W2", w1, expect=converged)
+        if a.profile is not None:
+            self.fig["profile"] = self.profile(w1, a.profile)
         if "W2lat" in wanted:
             with self.delayed():
                 results["W2+lat"] = self.timed("W2+lat", w1, expect=converged)
@@ -627,6 +645,23 @@ class Bench:
         self.fig["results"] = results
         self.fig["table"] = table.render(results)
         return self.fig
+
+    def profile(self, w: workload.Workload, out: Path) -> dict[str, Any]:
+        """One more converged run of metalchain, recorded by py-spy: a flame graph (SVG) and
+        the raw collapsed stacks (for top frames). Not a timed run: py-spy samples it."""
+        spy = ensure_py_spy(PROFILE_VENV)
+        out.mkdir(parents=True, exist_ok=True)
+        argv = [METALCHAIN, "--site", str(self.site), "apply", "--role", f"bench_{w.name}",
+                "fleet", "--json", "--parallel", str(self.args.fleet)]
+        files = {}
+        for fmt, name in (("flamegraph", f"w2-{self.args.fleet}.svg"),
+                          ("raw", f"w2-{self.args.fleet}.txt")):
+            m = measured([spy, "record", "--rate", "250", "--threads", "--idle", "--format", fmt,
+                          "--output", str(out / name), "--", *argv], None, None, LONG)
+            if m.rc != 0:
+                raise BenchError(f"py-spy record ({m.rc}): {m.err[-2000:]}")
+            files[fmt] = str(out / name)
+        return {"py_spy": PY_SPY_VERSION, "files": files}
 
     def cleanup(self) -> list[str]:
         """Stop everything this run started; returns what failed."""
@@ -667,11 +702,22 @@ def main() -> int:
     ap.add_argument("--pyinfra-venv", type=Path, default=PYINFRA_VENV)
     ap.add_argument("--plot-venv", type=Path, default=PLOT_VENV)
     ap.add_argument("--plots", type=Path, help="Write PNG plots into this directory.")
+    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS),
+                    help="A subset, for profiling (metalchain is always one: ratios are "
+                         "against it).")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="After W2, record one more metalchain run with py-spy into DIR.")
+    ap.add_argument("--keep", action="store_true",
+                    help="Leave the lab, its mirror server and the tools' files up; prints "
+                         "where they are (stop with: metalchain lab down --purge --dir D).")
     ap.add_argument("--json", type=Path, help="Also write the figures to this file.")
     args = ap.parse_args()
     if args.fleet < 3 or args.repeat < 1:
         ap.error("--fleet must be at least 3 (the first apply is split between the tools) "
                  "and --repeat at least 1")
+    if "metalchain" not in args.tools:
+        ap.error("--tools must include metalchain")
+    args.tools = [t for t in TOOLS if t in args.tools]
     if args.fleet > 150:
         ap.error("at most 150 hosts (lab up's limit; the forwarder uses 127.0.131.1-150)")
     # SIGTERM runs the same clean-up as Ctrl-C
@@ -689,10 +735,17 @@ def main() -> int:
     except KeyboardInterrupt:
         print("peers: interrupted; cleaning up", file=sys.stderr)
     finally:
-        problems = bench.cleanup()
+        if args.keep:
+            bench.stop_delay()
+            problems = []
+            print(f"peers: kept the lab in {bench.site} and the tools' files in "
+                  f"{bench.work}; stop with: {METALCHAIN} --site {bench.site} mirror stop; "
+                  f"{METALCHAIN} lab down --purge --dir {bench.site}", file=sys.stderr)
+        else:
+            problems = bench.cleanup()
+            shutil.rmtree(tmp, ignore_errors=True)
         for p in problems:
             print(f"peers: clean-up: {p}", file=sys.stderr)
-        shutil.rmtree(tmp, ignore_errors=True)
     if figures is None:
         return 1
     figures["bench_s"] = round(time.monotonic() - started, 1)
