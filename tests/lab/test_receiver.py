@@ -31,7 +31,7 @@ from tests.waiting import wait_for
 
 pytestmark = pytest.mark.lab
 
-SUBNET = "10.92.0.0/24"
+SUBNET = "10.151.0.0/24"  # not e2e's 10.92: the two run at once (tests/streams.py)
 CONTROLLER = str(ipaddress.ip_network(SUBNET)[1])
 PORT = 19301
 MIRROR_PORT = 19302
