@@ -647,20 +647,22 @@ class Bench:
         return self.fig
 
     def profile(self, w: workload.Workload, out: Path) -> dict[str, Any]:
-        """One more converged run of metalchain, recorded by py-spy: a flame graph (SVG) and
-        the raw collapsed stacks (for top frames). Not a timed run: py-spy samples it."""
+        """Two more converged runs of metalchain, recorded by py-spy (not timed: py-spy
+        samples them): a flame graph of every thread, idle ones included (SVG: where the
+        wall time waits), and the stacks that held the GIL (raw collapsed stacks: where the
+        controller's CPU goes; the top frames in RESULTS.md come from these)."""
         spy = ensure_py_spy(PROFILE_VENV)
         out.mkdir(parents=True, exist_ok=True)
         argv = [METALCHAIN, "--site", str(self.site), "apply", "--role", f"bench_{w.name}",
                 "fleet", "--json", "--parallel", str(self.args.fleet)]
         files = {}
-        for fmt, name in (("flamegraph", f"w2-{self.args.fleet}.svg"),
-                          ("raw", f"w2-{self.args.fleet}.txt")):
-            m = measured([spy, "record", "--rate", "250", "--threads", "--idle", "--format", fmt,
-                          "--output", str(out / name), "--", *argv], None, None, LONG)
-            if m.rc != 0:
-                raise BenchError(f"py-spy record ({m.rc}): {m.err[-2000:]}")
-            files[fmt] = str(out / name)
+        for kind, how, name in (("wall", ["--threads", "--idle", "--format", "flamegraph"],
+                                 f"w2-{self.args.fleet}.svg"),
+                                ("gil", ["--gil", "--format", "raw"],
+                                 f"w2-{self.args.fleet}-gil.txt")):
+            must([spy, "record", "--rate", "200", *how, "--output", str(out / name), "--",
+                  *argv], LONG)
+            files[kind] = str(out / name)
         return {"py_spy": PY_SPY_VERSION, "files": files}
 
     def cleanup(self) -> list[str]:
