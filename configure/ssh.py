@@ -12,7 +12,6 @@ import base64
 import errno
 import hashlib
 import re
-import select
 import shlex
 import socket
 import threading
@@ -59,6 +58,23 @@ def quote_command(argv: Sequence[str]) -> str:
     if isinstance(argv, str):
         raise TypeError("commands are argument lists; use Shell(...) for raw shell on purpose")
     return " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class _Wake:
+    """An event for paramiko's stream buffers: they set() it when data or the end arrives.
+
+    clear() is the collector's alone (a buffer that empties must not clear it while the
+    other stream still has data), so the buffers' clear() does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def clear(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -409,16 +425,19 @@ class SshConnection:
         err: list[bytes] = []
         streams = (("stdout", chan.recv_ready, chan.recv, out),
                    ("stderr", chan.recv_stderr_ready, chan.recv_stderr, err))
-        # A pipe that paramiko keeps readable while either stream has data, and for good
-        # after the end of the output: the wait below sleeps until something arrives.
-        # (Polling every 10 ms instead cost 100 threads 10,000 wake-ups a second of GIL
-        # time: at 100 hosts more controller CPU than the SSH work itself.) poll, not
-        # select: select() refuses descriptors above 1023, which a controller holding
-        # hundreds of connections passes.
-        ready = select.poll()
-        ready.register(chan.fileno(), select.POLLIN)
+        # Woken by paramiko's own reader thread when either stream gets data or ends (its
+        # buffers call set() on the event they are given): the wait below sleeps until
+        # something arrives. (Polling every 10 ms instead cost 100 threads 10,000 wake-ups a
+        # second of GIL time: at 100 hosts more controller CPU than the SSH work itself.)
+        # A threading event, not paramiko's fileno() pipe: that pipe's descriptors are closed
+        # by close() while the reader thread may still write to them, and a descriptor
+        # number reused meanwhile by another host's socket would take the stray byte.
+        wake = _Wake()
+        chan.in_buffer.set_event(wake)
+        chan.in_stderr_buffer.set_event(wake)
         try:
             while True:
+                wake.event.clear()  # before draining: whatever arrives from now on wakes us
                 got = False
                 for name, has_data, receive, chunks in streams:
                     while has_data():
@@ -439,9 +458,9 @@ class SshConnection:
                     if chan.eof_received or chan.closed:
                         chan.status_event.wait(COLLECT_WAIT)  # only the exit status is owed
                     else:
-                        ready.poll(COLLECT_WAIT * 1000)
+                        wake.event.wait(COLLECT_WAIT)
         except BaseException:
-            chan.close()  # also closes the ready pipe: an error path leaks no descriptors
+            chan.close()
             raise
         return (b"".join(out).decode("utf-8", "replace"),
                 b"".join(err).decode("utf-8", "replace"))

@@ -371,13 +371,17 @@ class VmResource(Resource):
             cmd("mkdir", "-p", "--", images_dir),
             cmd("chmod", "0755", "--", images_dir),
             cmd("rm", "-f", "--", part),
+            # Retried, also when refused (an image store that is restarting), and on failure
+            # a line that says what failed (wget -q said nothing and exited 4).
+            f"mc_fail() {{ printf 'fetching %s from the image store failed (%s exit %s)\\n' "
+            f"{q(img.name)} \"$1\" \"$2\" >&2; rm -f -- {q(part)}; exit 1; }}",
             "if command -v wget >/dev/null 2>&1; then",
-            f"  {cmd('wget', '-q', '--tries=3', '--timeout=30', '-O', part, '--', img.url)}",
+            f"  {cmd('wget', '-nv', '--tries=5', '--retry-connrefused', '--waitretry=2', '--timeout=30', '-O', part, '--', img.url)} || mc_fail wget $?",  # noqa: E501
             "elif command -v curl >/dev/null 2>&1; then",
-            f"  {cmd('curl', '-fsS', '--retry', '3', '--connect-timeout', '30', '-o', part, '--', img.url)}",  # noqa: E501
+            f"  {cmd('curl', '-fsS', '--retry', '5', '--retry-connrefused', '--connect-timeout', '30', '-o', part, '--', img.url)} || mc_fail curl $?",  # noqa: E501
             # Every Debian host has apt's own downloader, even without wget or curl.
             "elif [ -x /usr/lib/apt/apt-helper ]; then",
-            f"  {cmd('/usr/lib/apt/apt-helper', '-o', 'APT::Sandbox::User=root', '-o', 'Acquire::http::Timeout=30', 'download-file', img.url, part)} >/dev/null",  # noqa: E501
+            f"  {cmd('/usr/lib/apt/apt-helper', '-o', 'APT::Sandbox::User=root', '-o', 'Acquire::http::Timeout=30', 'download-file', img.url, part)} >/dev/null || mc_fail apt-helper $?",  # noqa: E501
             "else echo 'no wget, curl or apt-helper on the hypervisor: cannot fetch the "
             "image' >&2; exit 1; fi",
             f"mc_sum=$(sha256sum < {q(part)}); mc_sum=${{mc_sum%% *}}",

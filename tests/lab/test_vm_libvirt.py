@@ -188,6 +188,12 @@ def lab(tmp_path_factory):
         conn = NsConnection(_ns_init(proc.pid))
         wait_for(lambda: conn.run(["virsh", "-c", "qemu:///system", "list"],
                                   timeout=10).exit_code == 0, 30, "libvirtd to answer")
+        # The image store too: "ready" is written when it was started, not when it listens
+        # (a first download that found it not yet listening failed CI's run).
+        probe = ("import urllib.request; urllib.request.urlopen("
+                 f"'http://127.0.0.1:{PORT}/images/placeholder.qcow2', timeout=5).read(1)")
+        wait_for(lambda: conn.run(["python3", "-c", probe], timeout=10).exit_code == 0, 30,
+                 "the image store to answer")
         yield Lab(conn, work, store, index, sha)
     finally:
         store.close()
