@@ -233,11 +233,22 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
     extra_idx = len(items)
     if ride_along is not None:
         probe_scripts.append((extra_idx, ride_along.script))
+    # Identical probes (a service and its handler, two lines in one file) run once: every
+    # probe reads, none changes anything, so one answer serves all of them.
+    first_of: dict[str, int] = {}
+    same_as: dict[int, int] = {}
+    unique: list[tuple[int, str]] = []
+    for n, script in probe_scripts:
+        if script in first_of:
+            same_as[n] = first_of[script]
+        else:
+            first_of[script] = n
+            unique.append((n, script))
     found_by_idx: dict[int, tuple[str, int | None]] = {}
     if probe_scripts:
         try:
             result = conn.run(["sh", "-s"],
-                              stdin=build_probe_script(probe_scripts, token).encode(),
+                              stdin=build_probe_script(unique, token).encode(),
                               timeout=time_left(deadline, PROBE_TIMEOUT_S), become=become)
         except TransportError as exc:
             message, unreachable = _connection_lost(exc, deadline, "probe script",
@@ -245,6 +256,9 @@ def converge(conn: Any, blocks: list[RoleBlock], *, check: bool,
             return _unprobed(plan, {}, message, unreachable, round_trips + 1, owed)
         round_trips += 1
         found_by_idx = parse_frames(result.stdout, token)
+        for n, first in same_as.items():
+            if first in found_by_idx:
+                found_by_idx[n] = found_by_idx[first]
         incomplete = [n for n, _ in probe_scripts if found_by_idx.get(n, ("", None))[1] is None]
         if not script_finished(result, token) or incomplete:
             message = (f"host '{conn.host}': the probe script did not finish "

@@ -405,3 +405,16 @@ def test_a_line_file_changed_by_someone_else_between_probe_and_act_is_refused(tm
     assert report.results[0].status == "failed", statuses(report)
     assert "changed since it was probed" in report.results[0].message
     assert "other = 1" in conf.read_text()
+
+
+def test_identical_probes_run_once_and_answer_every_resource_that_has_them(tmp_path):
+    count = tmp_path / "probed"
+    probe = f"echo x >> {count}; echo new"
+    conn = LocalSh()
+    report = converge(conn, block(Fake("a", probe=probe), Fake("b", probe=probe),
+                                  Fake("c", probe=f"echo y >> {count}; echo old")),
+                      check=False)
+    assert count.read_text().split() == ["x", "y"]  # a's and b's probe once, c's once
+    assert statuses(report) == {"fake:a": ("ok", ""), "fake:b": ("ok", ""),
+                                "fake:c": ("changed", "")}
+    assert report.round_trips == 2

@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 from configure.resources import ResourceSpecError, parse_resource
+from configure.resources.system import proc_sys_path
 from configure.roles import RoleError, blocks_for_host, load_role
 from inventory.errors import InputError
 
@@ -104,7 +105,8 @@ def test_operands_follow_dashdash_in_probes_and_actions(kind, spec, found, opera
     script = "\n".join(a.script for a in decision.actions)
     assert _after_dashdash(script, operand), script
     probe = "\n".join(p.script for p in res.probes())
-    name = spec.get("name") if kind != "sysctl" else spec["name"]
+    # (a sysctl's probe reads its /proc/sys file: cat -- PATH)
+    name = spec.get("name") if kind != "sysctl" else proc_sys_path(spec["name"])
     # (a kernel module's probe reads /sys/module/NAME: a path, no command's operand)
     if isinstance(name, str) and kind not in ("file", "directory", "kernel_module"):
         assert _after_dashdash(probe.replace("$(", "$( ").replace(")", " )"), name), probe
@@ -136,3 +138,15 @@ def test_a_value_rendered_per_host_is_checked_too_naming_the_entry(tmp_path):
     loaded = load_role("app", [tmp_path / "roles"])   # templated: checked after rendering
     with pytest.raises(InputError, match=r"recipe\.yml:1: sysctl: name '-p' is not a sysctl"):
         blocks_for_host([loaded], {"key": "-p", "facts": {}})
+
+
+@pytest.mark.parametrize("key,path", [
+    ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+    ("net/ipv4/ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+    # sysctl(8): after a '.' first, a '/' is a literal dot (a VLAN interface's name)
+    ("net.ipv4.conf.eth0/100.forwarding", "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
+    ("net/ipv4/conf/eth0.100/forwarding", "/proc/sys/net/ipv4/conf/eth0.100/forwarding"),
+    ("kernel", "/proc/sys/kernel"),
+])
+def test_a_sysctl_key_maps_to_its_proc_sys_file_as_sysctl_maps_it(key, path):
+    assert proc_sys_path(key) == path
