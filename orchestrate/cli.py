@@ -123,6 +123,10 @@ def _configure_logging(debug: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # paramiko's reader thread logs each failed connection as ERROR lines of a traceback
+    # ("Error reading SSH protocol banner" from a guest still booting); the failure reaches
+    # the caller as a TransportError that names the host, which is what is reported.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def _set_site(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
