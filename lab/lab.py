@@ -75,6 +75,8 @@ class LabConfig:
     ipv4: str
     ipv6: str
     memory_mib: int = 1024
+    #: vCPUs per node (a hypervisor running a guest under TCG wants one for the guest)
+    cpus: int = 1
     disk_gib: int = 4
     http_port: int = 0
     nodes: list[NodeConfig] = field(default_factory=list)
@@ -161,7 +163,7 @@ class Lab:
 
     def plan(self, nodes: int, fleet: int, *, ipv4: str | None, name: str | None,
              memory_mib: int, disk_gib: int, chain: bool = False, vms: int = 0,
-             fleet_packages: Sequence[str] = ()) -> LabConfig:
+             fleet_packages: Sequence[str] = (), cpus: int = 1) -> LabConfig:
         """The configuration for ``nodes``/``fleet``, keeping what an earlier run chose."""
         old = self.load()
         netns = old.netns if old else (f"mclab-{name}" if name else default_netns(self.root))
@@ -201,7 +203,8 @@ class Lab:
                 ip=str(net.ipv4[FIRST_NODE_HOST + i - 1]), tap=f"tap{i}", bmc_port=port))
         http_port = old.http_port if old and old.http_port else _free_tcp_port()
         return LabConfig(name=netns.removeprefix("mclab-"), netns=netns, ipv4=str(net.ipv4),
-                         ipv6=str(net.ipv6), memory_mib=memory_mib, disk_gib=disk_gib,
+                         ipv6=str(net.ipv6), memory_mib=memory_mib, cpus=cpus,
+                         disk_gib=disk_gib,
                          nodes=out, fleet=fleet, http_port=http_port, chain=chain, vms=vms,
                          images=old.images if old else [], fleet_packages=extra)
 
@@ -214,6 +217,7 @@ class Lab:
         return Machine(MachineSpec(
             name=node.name, workdir=self.dir / "nodes" / node.name, mac=node.mac,
             network=TapNetwork(node.tap), netns=config.netns, memory_mib=config.memory_mib,
+            cpus=config.cpus,
             disk_bytes=config.disk_gib * 1024**3))
 
     def bmc_spec(self, node: NodeConfig) -> BmcProcessSpec:

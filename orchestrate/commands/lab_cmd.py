@@ -52,6 +52,8 @@ def lab() -> None:
 @click.option("--name", help="Lab name (network namespace mclab-NAME); default from the dir.")
 @click.option("--memory", "memory_mib", type=click.IntRange(128, 65536), default=1024,
               show_default=True, help="MiB of RAM per node.")
+@click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="vCPUs per node.")
 @click.option("--disk", "disk_gib", type=click.IntRange(1, 1024), default=4, show_default=True,
               help="GiB of (sparse) disk per node.")
 @click.option("--chain", is_flag=True,
@@ -66,7 +68,7 @@ def lab() -> None:
 @json_option
 @click.pass_obj
 def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
-       memory_mib: int, disk_gib: int, chain: bool, vms: int | None,
+       memory_mib: int, cpus: int, disk_gib: int, chain: bool, vms: int | None,
        fleet_packages: tuple[str, ...], directory: Path | None, as_json: bool) -> None:
     """Bring the lab up (idempotent; re-run to resize).
 
@@ -83,7 +85,7 @@ def up(obj: Any, nodes: int, fleet: int, subnet: str | None, name: str | None,
     started = time.monotonic()
     if vms is None:
         vms = 1 if chain else 0
-    config = lb.plan(nodes, fleet, ipv4=subnet, name=name, memory_mib=memory_mib,
+    config = lb.plan(nodes, fleet, ipv4=subnet, name=name, memory_mib=memory_mib, cpus=cpus,
                      disk_gib=disk_gib, chain=chain, vms=vms, fleet_packages=fleet_packages)
     result = lb.up(config)
     if chain and vms:

@@ -69,6 +69,14 @@ def test_libvirt(host, role_vars):
     # ...for good: not with Debian's --timeout 120, after which an idle libvirtd exits.
     pid = host.check_output("systemctl show -P MainPID libvirtd")
     assert "--timeout" not in host.file(f"/proc/{pid}/cmdline").content_string
+    # The guests yield to the host: machine.slice's weight, kept by systemd (and, once a
+    # guest runs, in the slice's cgroup, where the kernel reads it).
+    weight = role_vars.get("hypervisor_guest_cpu_weight")
+    if weight:
+        assert host.check_output("systemctl show -P CPUWeight machine.slice") == str(weight)
+        cgroup = host.file("/sys/fs/cgroup/machine.slice/cpu.weight")
+        if cgroup.exists:
+            assert cgroup.content_string.strip() == str(weight)
     listed = host.run("timeout 60 virsh -c qemu:///system list --all")
     assert listed.rc == 0, listed.stderr
     assert "Name" in listed.stdout and "State" in listed.stdout
