@@ -24,6 +24,15 @@ def test_flags_file(host, role_vars):
         defaults.content_string
 
 
+def test_systemd_collector_only_when_asked(host, role_vars):
+    """Debian's exporter runs its systemd collector unless told not to; the role tells it."""
+    asked = bool(role_vars.get("node_exporter_systemd_collector")) or \
+        "--collector.systemd" in str(role_vars.get("node_exporter_args", "")).split()
+    out = host.check_output("bash -c %s", GET.format(port=port(role_vars), path="/metrics"))
+    ran = 'node_scrape_collector_success{collector="systemd"}' in out
+    assert ran == asked, f"systemd collector ran: {ran}, asked: {asked}"
+
+
 def test_listening(host, role_vars):
     assert host.socket(f"tcp://{port(role_vars)}").is_listening
 
