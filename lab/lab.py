@@ -75,7 +75,7 @@ class LabConfig:
     ipv4: str
     ipv6: str
     memory_mib: int = 1024
-    #: vCPUs per node (a hypervisor running a guest under TCG wants one for the guest)
+    #: vCPUs per node (an emulated hypervisor running a guest wants one for the guest)
     cpus: int = 1
     disk_gib: int = 4
     http_port: int = 0

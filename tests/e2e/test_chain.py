@@ -98,9 +98,10 @@ def site(tmp_path_factory):
     serve = None
     try:
         t0 = time.monotonic()
-        # Two vCPUs: node1 runs vm1 under TCG inside TCG; with one, the guest's emulation and
-        # node1's own services (sshd, the exporter) shared it and node1's sshd sent no banner
-        # for minutes while vm1 ran (the hypervisor role also gives guests a lower CPU weight).
+        # Two vCPUs: node1 (itself emulated) runs vm1 (KVM on the SVM its emulated CPU
+        # offers); with one, the guest and node1's own services (sshd, the exporter) shared it
+        # and node1's sshd sent no banner for minutes while vm1 ran (the hypervisor role also
+        # gives guests a lower CPU weight).
         must(mc("lab", "up", "--dir", str(root), "--nodes", "1", "--fleet", "2", "--chain",
                 "--vms", "1", "--subnet", SUBNET, "--memory", "1536", "--cpus", "2"),
              "lab up")

@@ -1,5 +1,5 @@
-"""`lab up --cpus N`: each node is a QEMU machine with N vCPUs (the e2e's hypervisor runs its
-guest under TCG on a vCPU of its own), recorded in lab.json; a lab.json from before has 1."""
+"""`lab up --cpus N`: each node is a QEMU machine with N vCPUs (the e2e's emulated hypervisor
+runs its guest on a vCPU of its own), recorded in lab.json; a lab.json from before has 1."""
 
 from __future__ import annotations
 
