@@ -570,9 +570,12 @@ class Serve:
             interval=monitor.bmc_poll_interval, timeout=monitor.bmc_poll_timeout,
             bmc_for=driver_for, busy=self._watching, on_ingested=self.notify_ingested)
         self.reach_cache = ReachCache()
+        # Its own pace, not the BMC poll's: each probe makes the host's sshd fork (and
+        # re-exec) a session process, which a loaded host or a guest feels (see
+        # monitor/settings.py); and an SSH banner may take longer than a BMC's answer.
         self.reach_watch = ReachWatch(self._inventory, self.reach_cache,
-                                      interval=monitor.bmc_poll_interval,
-                                      timeout=monitor.bmc_poll_timeout,
+                                      interval=monitor.reach_probe_interval,
+                                      timeout=monitor.reach_probe_timeout,
                                       guest_ready=pinned_in(self.site.state))
         self.metrics_registry, self.metrics = build_registry(
             self.site.state, bmc_status=self.power_cache.snapshot,

@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from inventory.errors import InventoryError
 from inventory.model import SshSettings
 from monitor.reach import ReachCache
+from monitor.settings import parse_settings
 from orchestrate.reach_watch import ReachWatch
 
 pytestmark = pytest.mark.unit
@@ -50,3 +52,16 @@ def test_probes_hosts_with_an_address_and_follows_the_inventory():
         assert set(cache.snapshot()) == {"a"}
     finally:
         watch.stop()
+
+
+def test_the_probe_has_its_own_pace_not_the_bmc_polls(tmp_path):
+    """monitor.reach_probe_interval / reach_probe_timeout (15 s, 10 s): a BMC poll every 1 s
+    does not make every host's sshd fork a session process every second."""
+    s = parse_settings({"bmc_poll_interval": 1, "bmc_poll_timeout": 0.5}, tmp_path)
+    assert (s.reach_probe_interval, s.reach_probe_timeout) == (15.0, 10.0)
+    s = parse_settings({"reach_probe_interval": 30, "reach_probe_timeout": 20}, tmp_path)
+    assert (s.reach_probe_interval, s.reach_probe_timeout) == (30.0, 20.0)
+    assert (s.bmc_poll_interval, s.bmc_poll_timeout) == (5.0, 2.0)
+    for key in ("reach_probe_interval", "reach_probe_timeout"):
+        with pytest.raises(InventoryError, match=rf"monitor\.{key}"):
+            parse_settings({key: "soon"}, tmp_path)
