@@ -39,14 +39,16 @@ def ssh_target(inv: Inventory, store: StateStore, host: str,
 
 
 def keepalives(ssh: SshSettings) -> dict[str, float]:
-    """The host's ``ssh.keepalive_*`` where the inventory sets them (else SshTarget's)."""
+    """The host's ``ssh.keepalive_*`` and ``ssh.connect_timeout`` where the inventory sets them
+    (else SshTarget's)."""
     found = {"keepalive_interval": ssh.keepalive_interval,
-             "keepalive_timeout": ssh.keepalive_timeout}
+             "keepalive_timeout": ssh.keepalive_timeout,
+             "connect_timeout": ssh.connect_timeout}
     return {k: float(v) for k, v in found.items() if v is not None}
 
 
 def connector(inv: Inventory, store: StateStore, private_key: Path | None,
-              connect_timeout: float = 10.0):
+              connect_timeout: float | None = None):
     """A factory host -> SshConnection (connected lazily by the first command)."""
 
     def make(host: str) -> SshConnection:

@@ -115,6 +115,7 @@ class SshTarget:
     proxy_command: str | None = None
     keepalive_interval: float = KEEPALIVE_INTERVAL   # the inventory's ssh.keepalive_*
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # the inventory's ssh.connect_timeout
 
 
 _PROXY_TOKEN = re.compile(r"%(.?)")
@@ -274,11 +275,12 @@ class SshConnection:
     of 0 turns the keepalives off.
     """
 
-    def __init__(self, target: SshTarget, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    def __init__(self, target: SshTarget, connect_timeout: float | None = None,
                  *, keepalive_interval: float | None = None,
                  keepalive_timeout: float | None = None) -> None:
         self.target = target
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = target.connect_timeout if connect_timeout is None \
+            else connect_timeout
         self.keepalive_interval = target.keepalive_interval if keepalive_interval is None \
             else keepalive_interval
         self.keepalive_timeout = target.keepalive_timeout if keepalive_timeout is None \

@@ -42,7 +42,6 @@ from runtime.text import plural
 
 DEFAULT_PARALLEL = 16
 DEFAULT_TIMEOUT = 600.0          # seconds for one host's whole test run
-CONNECT_TIMEOUT = 10
 MESSAGE_TAIL = 2000
 
 # Written next to the copied tests: the fixture that hands them the host's variables.
@@ -150,7 +149,7 @@ def ssh_config_text(target: SshTarget, known_hosts: Path, control_path: Path) ->
              "  BatchMode yes",
              "  PasswordAuthentication no",
              "  KbdInteractiveAuthentication no",
-             f"  ConnectTimeout {CONNECT_TIMEOUT}",
+             f"  ConnectTimeout {max(1, round(target.connect_timeout))}",
              *server_alive(target),
              "  ControlMaster auto",
              f"  ControlPath {control_path}",

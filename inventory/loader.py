@@ -70,7 +70,7 @@ BMC_DRIVERS = ("ipmi",)
 IPMI_PASSWORD_MAX = 20
 PROVISION_KEYS = ("mac", "ip", "image", "console_log")
 SSH_KEYS = ("user", "port", "host_key", "proxy_command", "keepalive_interval",
-            "keepalive_timeout")
+            "keepalive_timeout", "connect_timeout")
 VM_KEYS = ("hypervisor", "image", "mac", "network", "vcpus", "memory_mib", "disk_mib",
            "hostname", "ssh_authorized_keys", "state", "autostart", "domain_type",
            "console_log")
@@ -347,6 +347,8 @@ def _host(name: Any, data: Any, where: LocatedDict, resolver: _Resolver) -> Host
         if "keepalive_interval" in sd else None,
         keepalive_timeout=s.integer("keepalive_timeout", 1, 1, 86400)
         if "keepalive_timeout" in sd else None,
+        connect_timeout=s.integer("connect_timeout", 1, 1, 600)
+        if "connect_timeout" in sd else None,
     )
     _check_keepalives(ssh, s, name)
     vm = _vm(c, name) if "vm" in data else None

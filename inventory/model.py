@@ -96,6 +96,9 @@ class SshSettings:
     #: unreachable; None: SSH_KEEPALIVE_INTERVAL and SSH_KEEPALIVE_TIMEOUT.
     keepalive_interval: int | None = None
     keepalive_timeout: int | None = None
+    #: Seconds to connect and get the server's identification and authentication done;
+    #: None: configure/ssh.py's DEFAULT_CONNECT_TIMEOUT.
+    connect_timeout: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -325,6 +325,9 @@ class Lab:
                        "network": {"address": f"{ip}/{net.ipv4.prefixlen}",
                                    "gateway": str(net.controller_ipv4.ip)},
                        "memory_mib": GUEST_MEMORY_MIB, "disk_mib": 512},
+                # Emulated twice (KVM on the SVM of an emulated node) and sharing its
+                # hypervisor's vCPUs: in CI its sshd once took 20.7 s to send its banner.
+                "ssh": {"connect_timeout": 30},
             }
 
     def set_images(self, images: list[dict[str, str]]) -> None:
@@ -350,10 +353,12 @@ class Lab:
         doc: dict[str, Any] = {"boot": boot}
         if config.chain:
             # Emulated nodes pay for every scrape: node_exporter under TCG costs ~0.8 s of CPU
-            # per scrape (every 2 s it took 40% of a node), so scrape every 10 s; probes of
-            # busy nodes get 5 s to answer.
+            # per scrape (every 2 s it took 40% of a node), so scrape every 10 s; BMC polls
+            # get 5 s to answer. SSH reach probes run at their default pace (15 s) and give
+            # a guest, emulated twice and sharing its hypervisor's vCPUs, 20 s for its banner
+            # (in CI, with the other test stream on the same two CPUs, one took 20.7 s).
             doc["monitor"] = {"scrape_interval": 10, "evaluation_interval": 5,
-                              "bmc_poll_timeout": 5}
+                              "bmc_poll_timeout": 5, "reach_probe_timeout": 20}
         write_atomic(settings, SETTINGS_HEADER + yaml.safe_dump(doc, sort_keys=False))
 
     def record_state(self, config: LabConfig, fleet_records: list[fleetmod.HostRecord], *,

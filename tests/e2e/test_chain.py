@@ -170,7 +170,7 @@ def ssh_hostname(root: Path, host: str) -> str:
     try:
         client.connect(address, username="root", key_filename=str(root / "keys" /
                                                                   "id_ed25519"),
-                       timeout=20, banner_timeout=20, auth_timeout=20, look_for_keys=False,
+                       timeout=30, banner_timeout=30, auth_timeout=30, look_for_keys=False,
                        allow_agent=False)
         _, out, _ = client.exec_command("hostname", timeout=20)
         return out.read().decode().strip()

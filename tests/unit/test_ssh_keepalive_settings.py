@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from configure.connect import keepalives
-from configure.ssh import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, SshConnection, SshTarget
+from configure.ssh import (
+    DEFAULT_CONNECT_TIMEOUT,
+    KEEPALIVE_INTERVAL,
+    KEEPALIVE_TIMEOUT,
+    SshConnection,
+    SshTarget,
+)
 from configure.verify import server_alive, ssh_config_text
 from inventory.errors import InventoryError
 from inventory.loader import load_inventory
@@ -79,3 +85,22 @@ def test_an_interval_alone_longer_than_the_default_timeout_is_refused(tmp_path):
     settings = inventory(tmp_path, "{keepalive_interval: 30, keepalive_timeout: 90}").host(
         "far1").ssh
     assert (settings.keepalive_interval, settings.keepalive_timeout) == (30, 90)
+
+
+def test_a_slow_host_gets_its_own_connect_timeout_in_both_clients(tmp_path):
+    """ssh.connect_timeout: paramiko's connect/banner/auth timeouts and OpenSSH's
+    ConnectTimeout (verify); unset, configure/ssh.py's default; an argument still wins."""
+    slow = inventory(tmp_path, "{connect_timeout: 30}").host("far1").ssh
+    assert slow.connect_timeout == 30
+    target = SshTarget("far1", "10.0.0.9", (KEY,), **keepalives(slow))
+    assert SshConnection(target).connect_timeout == 30.0
+    assert "  ConnectTimeout 30\n" in ssh_config_text(target, Path("/kh"), Path("/cm"))
+    assert SshConnection(target, 3).connect_timeout == 3
+    plain = SshTarget("h", "10.0.0.9", (KEY,))
+    assert SshConnection(plain).connect_timeout == DEFAULT_CONNECT_TIMEOUT
+    assert f"  ConnectTimeout {round(DEFAULT_CONNECT_TIMEOUT)}\n" in ssh_config_text(
+        plain, Path("/kh"), Path("/cm"))
+    with pytest.raises(InventoryError) as info:
+        inventory(tmp_path, "{connect_timeout: 0}")
+    assert "inventory.yml:4" in str(info.value) and \
+        "ssh.connect_timeout must be an integer 1-600, got 0" in str(info.value)
