@@ -24,7 +24,11 @@ A worker takes one incident at a time:
    Before a ladder's next step the incident is read again: an alert resolved meanwhile ends
    it ``resolved`` instead of taking the heavier step. A first step that cycles a machine or
    a guest (:data:`LOOK_FIRST`) probes its verification once before it acts: a host that
-   answers again (it only missed its probes while busy) is not cycled. After
+   answers again (it only missed its probes while busy) is not cycled; its incident waits,
+   ``acting``, for its alert to resolve (``look_again_after`` s: how long a stale alert takes
+   to resolve) and ends ``healed`` with nothing done when it does, or when a second look
+   still finds the host healthy; a host that fails the second look (the fault became real
+   meanwhile: the alert, still firing, would not be sent again) is acted on. After
    a cooldown refusal the step's verification is asked first: the same failure seen by both
    paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done; a
    host still failing waits, ``acting``, until its cooldown ends and is decided again then
@@ -101,6 +105,9 @@ LEASE_RECHECK = 5.0
 #: guest: not done on a signal that is already stale), and that probe's longest wait.
 LOOK_FIRST = frozenset({"power_cycle", "reprovision", "restart_vm"})
 LOOK_FIRST_TIMEOUT = 10.0
+#: Default seconds a host found healthy by that look waits for its alert to resolve before it
+#: is looked at again (serve derives it from the monitor's intervals: stale_alert_seconds).
+LOOK_AGAIN_AFTER = 60.0
 #: Seconds between two reads of the store for incidents a wake-up missed.
 BACKSTOP_INTERVAL = 60.0
 #: First and longest pause between two probes of a step's verification.
@@ -165,7 +172,8 @@ class Remediator:
                  group_sizes_fn: Callable[[], Mapping[str, int]] | None = None,
                  groups_of_fn: Callable[[str], Iterable[str]] | None = None,
                  workers: int = 4, backstop: float = BACKSTOP_INTERVAL,
-                 pages: Pages | None = None, flap_merge: float = FLAP_MERGE) -> None:
+                 pages: Pages | None = None, flap_merge: float = FLAP_MERGE,
+                 look_again_after: float = LOOK_AGAIN_AFTER) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.store = store
@@ -179,6 +187,7 @@ class Remediator:
         self.backstop = backstop
         self.pages = pages or post_page
         self.flap_merge = flap_merge
+        self.look_again_after = look_again_after
         self._cond = threading.Condition()
         self._queue: deque[int] = deque()
         self._queued: set[int] = set()
@@ -188,6 +197,7 @@ class Remediator:
         self._deferred: dict[int, None] = {}   # ... waiting for a free slot, oldest first
         self._defer_logged: dict[int, int] = {}   # incident -> step whose wait is recorded
         self._wakes: dict[int, float] = {}  # ... waiting out a cooldown or a lease: wake-up
+        self._looking: set[int] = set()    # ... found healthy, waiting for their alert to end
         self._wake = threading.Event()     # the backstop's timer: a wake-up was added
         self._running = 0                  # actions this engine has running
         self._dups: set[int] = set()
@@ -294,7 +304,16 @@ class Remediator:
         """What the receiver calls after a notification is committed (and answered)."""
         for item in items:
             if item.resolved:
-                continue   # the store ended it if it was open; a running ladder verifies
+                # The store ended it if it was open; a running ladder verifies. One found
+                # healthy and waiting for exactly this is ended now, not at its wake-up.
+                with self._cond:
+                    looking = item.incident_id in self._looking
+                    if looking:
+                        self._looking.discard(item.incident_id)
+                        self._wakes.pop(item.incident_id, None)
+                if looking:
+                    self._push(item.incident_id)
+                continue
             if not item.new:
                 with self._cond:
                     self._dups.add(item.incident_id)
@@ -405,6 +424,7 @@ class Remediator:
             owned = incident_id in self._owned
             if inc.state == "acting" and owned:
                 self._owned.discard(incident_id)
+                self._looking.discard(incident_id)
         if inc.state == "open":
             self._begin(inc)
         elif inc.state == "acting" and owned:
@@ -513,7 +533,12 @@ class Remediator:
                     return self._step_failed(inc, index, step, "its action was cut short "
                                                                f"twice; not in effect: {why}")
                 # cut short once and not in effect: run it again (below)
+            seen = self._looked_healthy(inc.id, index) if not prior else None
             if not prior and inc.alert_status == "resolved":
+                if seen is not None:
+                    return self._end(inc, "healed", "healed", f"healthy when looked at "
+                                     f"before {step.action}, and its alert resolved: nothing "
+                                     f"done ({seen})", step=index, action=None, verified=True)
                 # It waited (a slot, a cooldown, a restart) and its alert ended meanwhile.
                 return self._end(inc, "resolved", "nothing_to_do", "its alert resolved while "
                                  "it waited; nothing done", step=index)
@@ -521,11 +546,16 @@ class Remediator:
                 and not (resume and prior):
             # A disruptive first step on a signal that may already be stale (a slow host
             # missed its probes, the alert's resolution not delivered yet): look once first.
-            looked = self._verify(inc, index, step, vargs, after="before",
+            again = resume and self._looked_healthy(inc.id, index) is not None
+            looked = self._verify(inc, index, step, vargs, after="again" if again else "before",
                                   limit=min(step.verify.timeout, LOOK_FIRST_TIMEOUT), once=True)
             if looked is not None and looked.ok:
-                return self._end(inc, "healed", "healed", f"healthy when looked at before "
-                                 f"{step.action}, nothing done: {looked.message}",
+                if not again and self.look_again_after > 0:
+                    return self._wait_look(inc, index, step, looked)
+                return self._end(inc, "healed", "healed", "healthy when looked at "
+                                 + ("again, its alert still firing" if again
+                                    else f"before {step.action}")
+                                 + f", nothing done: {looked.message}",
                                  step=index, action=None, verified=True)
             if self._stopping.is_set():
                 return _STOPPED
@@ -577,6 +607,34 @@ class Remediator:
             self._wakes[inc.id] = time.monotonic() + max(0.0, until - now)
         self._wake.set()
         return _DEFER
+
+    def _wait_look(self, inc: IncidentRecord, index: int, step: RuleStep,
+                   looked: VerifyResult) -> _Outcome:
+        """A host found healthy before a disruptive first step: the incident waits,
+        ``acting``, for its alert to resolve (ended at once when the resolution arrives) and
+        is looked at again after ``look_again_after`` s if it does not."""
+        wait = self.look_again_after
+        self.store.add_incident_event(inc.id, "waiting", {
+            "step": index, "reason": f"healthy when looked at before {step.action}: waiting "
+                                     f"for its alert to resolve, looked at again in {wait:g} s",
+            "seconds": round(wait, 3), "verification": looked.message,
+            "since_received": round(time.time() - inc.created_at, 3)})
+        with self._cond:
+            self._owned.add(inc.id)
+            self._looking.add(inc.id)
+            self._wakes[inc.id] = time.monotonic() + wait
+        self._wake.set()
+        return _DEFER
+
+    def _looked_healthy(self, incident_id: int, index: int) -> str | None:
+        """The message of this step's look before it acted, if that look found the host
+        healthy (the incident then waited for its alert to resolve); else None."""
+        for event in self.store.incident_timeline(incident_id):
+            d = event.get("detail") or {}
+            if event.get("kind") == "verified" and d.get("after") == "before" \
+                    and d.get("step") == index:
+                return str(d.get("message", ""))
+        return None
 
     def _situation(self, inc: IncidentRecord, policy: Any, now: float) -> Situation:
         horizon = max(policy.cooldown, policy.rate_window)

@@ -77,6 +77,20 @@ class MonitorSettings:
     def receiver_url(self) -> str:
         return f"http://{self.receiver_address}:{self.receiver_port}"
 
+    @property
+    def stale_alert_seconds(self) -> float:
+        """About the longest a host-down alert takes to resolve once its host answers
+        again: the next reach probe (interval and timeout), a scrape of its result, and an
+        evaluation and Alertmanager's group interval (which defaults to the evaluation
+        interval). The remediation engine waits this long for the alert of a host it found
+        healthy before it looks again.
+
+        >>> MonitorSettings(dir=Path("monitor")).stale_alert_seconds
+        70.0
+        """
+        return (self.reach_probe_interval + self.reach_probe_timeout + self.scrape_interval
+                + 2 * max(self.evaluation_interval, 1.0))
+
     @classmethod
     def from_site(cls, site: Any) -> MonitorSettings:
         """The site's settings (``site.settings``: the parsed metalchain.yml)."""

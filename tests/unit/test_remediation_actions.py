@@ -33,8 +33,9 @@ class Runs:
         return report
 
 
-def _impl(runs: Runs) -> OrchestrateActions:
-    site = SimpleNamespace(inventory=SimpleNamespace(hosts={"web1": object()}))
+def _impl(runs: Runs, connect_timeout: int | None = None) -> OrchestrateActions:
+    host = SimpleNamespace(ssh=SimpleNamespace(connect_timeout=connect_timeout))
+    site = SimpleNamespace(inventory=SimpleNamespace(hosts={"web1": host}))
     return OrchestrateActions(site, run=runs)
 
 
@@ -111,6 +112,17 @@ def test_service_active_takes_no_lease_and_power_cycle_without_its_helper_fails_
     except ImportError:
         result = call_action(actions, "power_cycle", _call())
         assert not result.ok and "not available" in result.message
+
+
+@pytest.mark.parametrize("own,left,want", [(None, 60, 10), (30, 60, 30), (30, 20, 20),
+                                            (5, 60, 10)])
+def test_a_verification_probe_waits_as_long_as_the_hosts_own_ssh_connect_timeout(own, left,
+                                                                                 want):
+    """One probe's limit: the step's time left, at most PROBE_TIMEOUT (10 s) or the host's
+    longer ssh.connect_timeout (a host whose sessions take 12 s would fail every 10 s probe)."""
+    runs = Runs(status="ok")
+    assert _impl(runs, own).service_active(VerifyCall("web1", {"service": "x"}, {}, left)).ok
+    assert runs.calls[0][0].plays[0].steps[0].timeout == want
 
 
 def test_promql_strings_quote_what_an_alert_holds():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -774,17 +775,74 @@ def _host_down(target: str = "node1", n: int = 0) -> IncidentInput:
 
 def test_a_machine_that_answers_when_looked_at_is_not_power_cycled(store):
     """HostDown from a host that missed its probes while busy, answering again by the time
-    the engine decides: the cycle is not done on a stale signal."""
+    the engine decides: the cycle is not done on a stale signal. The incident waits for the
+    alert's resolution, which ends it healed with nothing done."""
     fleet = Fleet()
     fleet.healthy.add("node1")
-    eng = _engine(store, fleet, _rules(POWER))
-    got = store.ingest([_host_down()], "alertmanager")[0].incident_id
+    eng = _engine(store, fleet, _rules(POWER), look_again_after=600)
+    alert = _host_down()
+    got = store.ingest([alert], "alertmanager")[0].incident_id
     eng.process(got)
+    assert store.incident(got).state == "acting" and fleet.calls == []
+    waiting = [e for e in store.incident_timeline(got) if e["kind"] == "waiting"]
+    assert len(waiting) == 1 and waiting[0]["detail"]["seconds"] == 600
+    assert got in eng._wakes
+    # The resolution arrives: the incident is queued at once, not at its wake-up.
+    resolved = replace(alert, status="resolved")
+    eng.on_ingested(store.ingest([resolved], "alertmanager"))
+    assert got not in eng._wakes and eng._queue.count(got) == 1
+    eng.process(eng._queue.popleft())
     inc = store.incident(got)
-    assert inc.state == "healed" and fleet.calls == []
+    assert inc.state == "healed" and fleet.calls == [], _kinds(store, got)
     looked = [e for e in store.incident_timeline(got) if e["kind"] == "verified"]
     assert [e["detail"]["after"] for e in looked] == ["before"]
     assert looked[0]["detail"]["attempts"] == 1
+    assert "its alert resolved" in store.incident_timeline(got)[-1]["detail"]["reason"]
+
+
+def test_a_machine_healthy_when_looked_at_and_again_later_is_left_alone(store):
+    """Its alert never resolves (Prometheus sees what the engine's probe does not): the
+    second look, after look_again_after, decides; the host answers, nothing is done."""
+    fleet = Fleet()
+    fleet.healthy.add("node1")
+    eng = _engine(store, fleet, _rules(POWER), look_again_after=600)
+    got = store.ingest([_host_down()], "alertmanager")[0].incident_id
+    eng.process(got)
+    eng.process(got)                   # its wake-up
+    inc = store.incident(got)
+    assert inc.state == "healed" and fleet.calls == [], _kinds(store, got)
+    looked = [e["detail"]["after"] for e in store.incident_timeline(got)
+              if e["kind"] == "verified"]
+    assert looked == ["before", "again"]
+
+
+def test_a_fault_that_becomes_real_after_the_look_is_acted_on(store):
+    """The alert was stale when looked at, then the host really went down (its alert, still
+    firing, would not be sent again): the second look fails and the step acts."""
+    fleet = Fleet()
+    fleet.healthy.add("node1")
+    fleet.fixes["power_cycle"] = "heals"
+    eng = _engine(store, fleet, _rules(POWER), look_again_after=600)
+    got = store.ingest([_host_down()], "alertmanager")[0].incident_id
+    eng.process(got)
+    assert store.incident(got).state == "acting"
+    fleet.healthy.discard("node1")     # killed after the look
+    eng.process(got)
+    inc = store.incident(got)
+    assert inc.state == "healed" and [c[0] for c in fleet.calls] == ["power_cycle"]
+    after = [(e["kind"], e["detail"].get("after")) for e in store.incident_timeline(got)
+             if e["kind"] in ("verified", "verify_failed")]
+    assert after[:2] == [("verified", "before"), ("verify_failed", "again")]
+    assert after[-1] == ("verified", "action")
+
+
+def test_without_look_again_a_healthy_look_ends_the_incident_at_once(store):
+    fleet = Fleet()
+    fleet.healthy.add("node1")
+    eng = _engine(store, fleet, _rules(POWER), look_again_after=0)
+    got = store.ingest([_host_down()], "alertmanager")[0].incident_id
+    eng.process(got)
+    assert store.incident(got).state == "healed" and fleet.calls == []
 
 
 def test_a_machine_that_does_not_answer_is_power_cycled_after_one_look(store):
