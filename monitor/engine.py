@@ -29,7 +29,8 @@ A worker takes one incident at a time:
    to resolve) and ends ``healed`` with nothing done when it does, or when a second look
    still finds the host healthy; a host that fails the second look (the fault became real
    meanwhile: the alert, still firing, would not be sent again) is acted on. After
-   a cooldown refusal the step's verification is asked first: the same failure seen by both
+   a cooldown refusal the step's verification is asked first (polled no longer than the
+   cooldown has left to run): the same failure seen by both
    paths (a pushed event, then the Prometheus alert) ends ``healed`` with nothing done; a
    host still failing waits, ``acting``, until its cooldown ends and is decided again then
    (a cooldown spaces actions on a host out, it never drops a fault). An incident that
@@ -569,7 +570,11 @@ class Remediator:
         if decision.guard == "cooldown":
             # The host was acted on moments ago (often: the same failure seen by the other
             # path, pushed event and Prometheus): if it is healthy, nothing is left to do.
-            checked = self._verify(inc, index, step, vargs, after="cooldown") \
+            # Polled no longer than the cooldown lasts (it is decided again when it ends):
+            # a step's verification may wait minutes for a host that is really down.
+            left = self._cooldown_until(inc, self.clock()) - self.clock()
+            checked = self._verify(inc, index, step, vargs, after="cooldown",
+                                   limit=min(step.verify.timeout, max(0.0, left))) \
                 if step.verify is not None else None
             if checked is not None and checked.ok:
                 return self._end(inc, "healed", "healed", f"already healthy, nothing done "
@@ -591,10 +596,7 @@ class Remediator:
         """The incident waits, still ``acting``, until its host's cooldown ends, and is then
         decided again (or ends ``resolved`` if its alert resolved meanwhile)."""
         now = self.clock()
-        cooldown = self.rules.policy.cooldown
-        starts = [a.started_at for a in self._situation(inc, self.rules.policy, now).actions
-                  if a.target == inc.target]
-        until = max(starts, default=now) + cooldown
+        until = self._cooldown_until(inc, now)
         detail = {"step": index, "reason": "still failing: decided again when the host's "
                                            "cooldown ends", "until": round(until, 3),
                   "seconds": round(max(0.0, until - now), 3),
@@ -607,6 +609,13 @@ class Remediator:
             self._wakes[inc.id] = time.monotonic() + max(0.0, until - now)
         self._wake.set()
         return _DEFER
+
+    def _cooldown_until(self, inc: IncidentRecord, now: float) -> float:
+        """When the cooldown of ``inc``'s host ends (the latest action on it, by another
+        incident, plus the policy's cooldown)."""
+        starts = [a.started_at for a in self._situation(inc, self.rules.policy, now).actions
+                  if a.target == inc.target]
+        return max(starts, default=now) + self.rules.policy.cooldown
 
     def _wait_look(self, inc: IncidentRecord, index: int, step: RuleStep,
                    looked: VerifyResult) -> _Outcome:

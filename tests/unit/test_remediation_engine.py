@@ -364,6 +364,27 @@ def test_a_fault_within_the_cooldown_is_acted_on_when_the_cooldown_ends(store):
     assert len(fleet.calls) == 2
 
 
+def test_a_cooldown_check_polls_no_longer_than_the_cooldown_lasts(store):
+    """In the e2e a guest's VmDown came 23 s after a restart_service on it (its ExporterDown
+    came first and failed): the cooldown's verification polled the step's 300 s before the
+    incident waited out a cooldown that had long ended. It polls at most what is left."""
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    now = _clock(time.time())
+    eng = _engine(store, fleet, _rules(LADDER.replace("timeout: 0.1", "timeout: 30"),
+                                       cooldown=60), clock=lambda: now[0])
+    eng.process(store.ingest([_alert(n=1)], "event")[0].incident_id)
+    fleet.healthy.discard("web1")
+    now[0] += 59.5
+    other = store.ingest([_alert(n=2, unit="exporter.service")], "alertmanager")[0].incident_id
+    t0 = time.monotonic()
+    eng.process(other)
+    assert time.monotonic() - t0 < 5
+    looked = next(e for e in store.incident_timeline(other) if e["kind"] == "verify_failed")
+    assert looked["detail"]["after"] == "cooldown" and looked["detail"]["timeout"] < 1
+    assert _kinds(store, other)[-1] == "waiting" and len(fleet.calls) == 1
+
+
 def test_a_fault_that_resolves_during_its_cooldown_wait_ends_resolved_with_nothing_done(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
