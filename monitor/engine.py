@@ -612,10 +612,11 @@ class Remediator:
 
     def _cooldown_until(self, inc: IncidentRecord, now: float) -> float:
         """When the cooldown of ``inc``'s host ends (the latest action on it, by another
-        incident, plus the policy's cooldown)."""
+        incident, plus the policy's cooldown); ``now`` if no action is that recent (the
+        cooldown ended, e.g. while its verification was polled: not a whole cooldown more)."""
         starts = [a.started_at for a in self._situation(inc, self.rules.policy, now).actions
                   if a.target == inc.target]
-        return max(starts, default=now) + self.rules.policy.cooldown
+        return max(starts) + self.rules.policy.cooldown if starts else now
 
     def _wait_look(self, inc: IncidentRecord, index: int, step: RuleStep,
                    looked: VerifyResult) -> _Outcome:

@@ -385,6 +385,36 @@ def test_a_cooldown_check_polls_no_longer_than_the_cooldown_lasts(store):
     assert _kinds(store, other)[-1] == "waiting" and len(fleet.calls) == 1
 
 
+def test_a_cooldown_that_ends_while_it_is_checked_is_not_waited_out_a_second_time(store):
+    """The e2e: the check polled to the cooldown's end, and then the action that set it was
+    outside the guards' window, so the wait began a whole new cooldown (60 s for nothing)."""
+    fleet = Fleet()
+    fleet.fixes["restart_service"] = "heals"
+    now = _clock(time.time())
+    actions, verifiers = fleet.registries()
+    late = {"on": False}
+
+    def probe(call):                 # time passes while the host is probed
+        if late["on"]:
+            now[0] += 1.0
+        return VerifyResult(call.target in fleet.healthy, "inactive")
+
+    verifiers.register("service_active", probe)
+    eng = Remediator(store, _rules(LADDER.replace("timeout: 0.1", "timeout: 30"), cooldown=60),
+                     actions, verifiers, clock=lambda: now[0])
+    eng.process(store.ingest([_alert(n=1)], "event")[0].incident_id)
+    fleet.healthy.discard("web1")
+    late["on"] = True
+    now[0] += 59.8
+    other = store.ingest([_alert(n=2, unit="exporter.service")], "alertmanager")[0].incident_id
+    eng.process(other)
+    waiting = store.incident_timeline(other)[-1]
+    assert waiting["kind"] == "waiting" and waiting["detail"]["seconds"] == 0, waiting
+    assert other in eng._wakes and len(fleet.calls) == 1
+    eng.process(other)               # its wake-up, at once: the cooldown is over
+    assert store.incident(other).state == "healed" and len(fleet.calls) == 2
+
+
 def test_a_fault_that_resolves_during_its_cooldown_wait_ends_resolved_with_nothing_done(store):
     fleet = Fleet()
     fleet.fixes["restart_service"] = "heals"
