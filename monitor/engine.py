@@ -511,6 +511,7 @@ class Remediator:
                 if step.verify is not None and step.verify.args is not None else args
         except MissingValue as exc:
             return self._step_failed(inc, index, step, f"cannot fill in its arguments: {exc}")
+        seen: str | None = None   # this step's earlier look found the host healthy
         if resume:
             prior = [a for a in self.store.actions(incident_id=inc.id) if a.step == index]
             last = prior[-1] if prior else None
@@ -534,7 +535,8 @@ class Remediator:
                     return self._step_failed(inc, index, step, "its action was cut short "
                                                                f"twice; not in effect: {why}")
                 # cut short once and not in effect: run it again (below)
-            seen = self._looked_healthy(inc.id, index) if not prior else None
+            if not prior and step.action in LOOK_FIRST:
+                seen = self._looked_healthy(inc.id, index)
             if not prior and inc.alert_status == "resolved":
                 if seen is not None:
                     return self._end(inc, "healed", "healed", f"healthy when looked at "
@@ -547,7 +549,7 @@ class Remediator:
                 and not (resume and prior):
             # A disruptive first step on a signal that may already be stale (a slow host
             # missed its probes, the alert's resolution not delivered yet): look once first.
-            again = resume and self._looked_healthy(inc.id, index) is not None
+            again = seen is not None
             looked = self._verify(inc, index, step, vargs, after="again" if again else "before",
                                   limit=min(step.verify.timeout, LOOK_FIRST_TIMEOUT), once=True)
             if looked is not None and looked.ok:

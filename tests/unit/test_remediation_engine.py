@@ -375,7 +375,7 @@ def test_a_cooldown_check_polls_no_longer_than_the_cooldown_lasts(store):
                                        cooldown=60), clock=lambda: now[0])
     eng.process(store.ingest([_alert(n=1)], "event")[0].incident_id)
     fleet.healthy.discard("web1")
-    now[0] += 59.5
+    now[0] += 59.95
     other = store.ingest([_alert(n=2, unit="exporter.service")], "alertmanager")[0].incident_id
     t0 = time.monotonic()
     eng.process(other)
@@ -405,7 +405,7 @@ def test_a_cooldown_that_ends_while_it_is_checked_is_not_waited_out_a_second_tim
     eng.process(store.ingest([_alert(n=1)], "event")[0].incident_id)
     fleet.healthy.discard("web1")
     late["on"] = True
-    now[0] += 59.8
+    now[0] += 59.95
     other = store.ingest([_alert(n=2, unit="exporter.service")], "alertmanager")[0].incident_id
     eng.process(other)
     waiting = store.incident_timeline(other)[-1]
