@@ -323,24 +323,28 @@ def test_a_killed_vm_is_started_again(site: Path):
     t = time.time()
     exec_(site, "node1", f"kill -9 {old_pid}")
     doc = _wait_healed(site, "vm1", "VmDown", t)
-    FIGURES["vm_kill_to_healed_s"] = round(doc["incident"]["ended_at"] - t, 1)
-    finished = [e for e in doc["timeline"] if e["kind"] == "action_finished"]
-    assert finished and finished[-1]["detail"].get("action") == "restart_vm", \
-        json.dumps(doc["timeline"])[-4000:]
+    # Which incident restarts the guest is a race: its ExporterDown (the scrape) can come
+    # before its VmDown (the reach probe); that ladder's restart_service fails, its
+    # restart_vm brings the guest back, and VmDown then finds it healthy. Either way: once.
+    _wait_quiet(site)
+    s = Site.open(site)
+    try:
+        restarts = [(a.action, a.outcome, a.incident_id)
+                    for a in s.state.actions(since=t) if a.target == "vm1"
+                    and a.action == "restart_vm"]
+        ended = max(i.ended_at or 0 for i in s.state.list_incidents(target="vm1")
+                    if i.created_at >= t)
+    finally:
+        s.close()
+    FIGURES["vm_kill_to_healed_s"] = round(ended - t, 1)
+    assert [(a, o) for a, o, _ in restarts] == [("restart_vm", "ok")], \
+        (restarts, json.dumps(doc["timeline"])[-4000:])
     # the host itself: the domain runs with a new QEMU, the guest answers with its pinned key
     assert exec_(site, "node1", "virsh -c qemu:///system domstate vm1") == "running"
     assert exec_(site, "node1", "cat /run/libvirt/qemu/vm1.pid") != old_pid
     assert ssh_hostname(site, "vm1") == "vm1"
     wait_for(lambda: node_targets().get("vm1", {}).get("health") == "up", 120,
              "Prometheus scraping vm1 again")
-    # the audit log: remediation's actions, each ok
-    s = Site.open(site)
-    try:
-        actions = s.state.actions(incident_id=doc["incident"]["id"])
-    finally:
-        s.close()
-    assert [(a.action, a.target, a.outcome) for a in actions] == [
-        ("restart_vm", "vm1", "ok")], actions
 
 
 def test_the_site_is_intact_after_the_chain(site: Path):
